@@ -1,0 +1,514 @@
+//! One client/backend pair and its state machine.
+//!
+//! ```text
+//!   start ──► Connecting ──writable──► Established ──both pipes done──► closed
+//!                │  ▲                       │
+//!   refused,     │  │ next backend          └── reset / error on either side ──► closed
+//!   unreachable, ▼  │ (client bytes kept)        (reset passed on to the other side)
+//!   timed out ── retry ──no backend left──► closed at once
+//! ```
+//!
+//! Two [`Pipe`]s move the bytes: `up` from client to backend, `down` from backend to client.
+//! As with tokio's `copy_bidirectional`, EOF on one side is passed on as `shutdown(Write)` on
+//! the other once everything before it is delivered; the other direction keeps flowing; the
+//! session ends when both directions are done.
+
+use crate::balancer::Lease;
+use crate::context::{Context, TimerKey};
+use crate::logging::suppressed_note;
+use crate::net;
+use crate::pipe::{Fault, Flow, Pipe, Readiness};
+use crate::timer::TimerId;
+use log::{debug, warn};
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Which socket of a session an event is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client = 0,
+    Backend = 1,
+}
+
+/// A session's slot in the reactor's slab plus a generation, so an event or timer meant for
+/// a session that has ended is never delivered to the next session in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionId {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl SessionId {
+    /// The poll token of one of the session's sockets: generation, slot and side packed in
+    /// one word. Tokens at the very top of the range are left to the reactor's own sockets.
+    pub fn token(self, side: Side) -> Token {
+        Token(((self.generation as usize) << 32) | ((self.slot as usize) << 1) | side as usize)
+    }
+
+    /// The session and side a token names.
+    pub fn from_token(token: Token) -> (SessionId, Side) {
+        let id = SessionId {
+            slot: ((token.0 >> 1) & 0x7fff_ffff) as u32,
+            generation: (token.0 >> 32) as u32,
+        };
+        let side = if token.0 & 1 == 0 {
+            Side::Client
+        } else {
+            Side::Backend
+        };
+        (id, side)
+    }
+}
+
+// Tokens pack a generation into the upper half of the word.
+const _: () = assert!(usize::BITS >= 64, "tcplb needs a 64-bit target");
+
+/// How a session ended: for the access log, the counters and debug logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Both directions finished; the client closed its side first.
+    ClientClosed,
+    /// Both directions finished; the backend closed its side first.
+    BackendClosed,
+    ClientReset,
+    BackendReset,
+    IdleTimeout,
+    /// Every connect attempt failed, or no backend was available.
+    NoBackend,
+    /// Out of file descriptors while connecting.
+    NoResources,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClosed => "client_fin",
+            EndReason::BackendClosed => "backend_fin",
+            EndReason::ClientReset => "client_reset",
+            EndReason::BackendReset => "backend_reset",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::NoBackend => "no_backend",
+            EndReason::NoResources => "no_resources",
+        }
+    }
+}
+
+/// What the reactor should do with a session after a handler ran.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    Open,
+    Closed(EndReason),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a non-blocking connect; counts the attempts made for this client.
+    Connecting {
+        attempts: u32,
+    },
+    Established,
+}
+
+pub struct Session {
+    id: SessionId,
+    client: TcpStream,
+    backend: TcpStream,
+    client_ready: Readiness,
+    backend_ready: Readiness,
+    /// Client to backend.
+    up: Pipe,
+    /// Backend to client.
+    down: Pipe,
+    lease: Lease,
+    phase: Phase,
+    /// Backends whose connect failed for this client (empty, unallocated, in the usual case).
+    tried: Vec<u32>,
+    timer: Option<TimerId>,
+    /// Last time a byte moved either way.
+    last_active: Instant,
+    started: Instant,
+    client_addr: SocketAddr,
+    /// Which side sent its FIN first.
+    first_fin: Option<Side>,
+    /// Queued in `Context::buffer_waiters`.
+    waiting_for_buffer: bool,
+    /// Queued in `Context::run_queue`.
+    queued: bool,
+}
+
+impl Session {
+    /// Starts a session for an accepted client: picks the least active backend and begins
+    /// connecting, trying others (up to `--retries`) if a connect fails at once. On failure
+    /// the client socket is handed back so the caller can close it.
+    pub fn start(
+        id: SessionId,
+        mut client: TcpStream,
+        client_addr: SocketAddr,
+        ctx: &mut Context,
+    ) -> Result<Session, (TcpStream, EndReason)> {
+        if let Err(e) = net::prepare_client(&client).and_then(|()| {
+            ctx.registry.register(
+                &mut client,
+                id.token(Side::Client),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        }) {
+            debug!("client {client_addr}: {e}");
+            return Err((client, EndReason::NoResources));
+        }
+        let mut tried = Vec::new();
+        let mut attempts = 0;
+        let (lease, backend) = match dial(id, &mut tried, &mut attempts, ctx) {
+            Ok(connected) => connected,
+            Err(reason) => return Err((client, reason)),
+        };
+        let timer = Some(ctx.timers.insert(
+            ctx.now + ctx.settings.connect_timeout,
+            TimerKey::Session(id),
+        ));
+        Ok(Session {
+            id,
+            client,
+            backend,
+            client_ready: Readiness::default(),
+            backend_ready: Readiness::default(),
+            up: Pipe::default(),
+            down: Pipe::default(),
+            lease,
+            phase: Phase::Connecting { attempts },
+            tried,
+            timer,
+            last_active: ctx.now,
+            started: ctx.now,
+            client_addr,
+            first_fin: None,
+            waiting_for_buffer: false,
+            queued: false,
+        })
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Handles readiness of one of the session's sockets.
+    pub fn on_ready(&mut self, side: Side, event: &Event, ctx: &mut Context) -> Status {
+        match side {
+            Side::Client => self.client_ready.observe(event),
+            Side::Backend => self.backend_ready.observe(event),
+        }
+        if side == Side::Backend && matches!(self.phase, Phase::Connecting { .. }) {
+            if event.is_error() || event.is_write_closed() {
+                let error = net::connect_error(&self.backend);
+                return self.connect_failed(error, ctx);
+            }
+            if !self.backend_ready.writable {
+                return Status::Open;
+            }
+            self.established(ctx);
+        }
+        self.pump(ctx)
+    }
+
+    /// Handles the session's timer: a connect that took too long, or a possible idle timeout.
+    pub fn on_timer(&mut self, ctx: &mut Context) -> Status {
+        self.timer = None;
+        if matches!(self.phase, Phase::Connecting { .. }) {
+            let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            return self.connect_failed(error, ctx);
+        }
+        if let Some(idle) = ctx.settings.idle_timeout {
+            let due = self.last_active + idle;
+            if due <= ctx.now {
+                return Status::Closed(EndReason::IdleTimeout);
+            }
+            self.timer = Some(ctx.timers.insert(due, TimerKey::Session(self.id)));
+        }
+        Status::Open
+    }
+
+    /// Runs the pipes again after a buffer came back or a turn's budget ran out.
+    pub fn resume(&mut self, ctx: &mut Context) -> Status {
+        self.waiting_for_buffer = false;
+        self.queued = false;
+        self.pump(ctx)
+    }
+
+    /// Tears the session down: timer cancelled, buffers returned, sockets closed (with a
+    /// reset if one was set up), backend lease released.
+    pub fn finish(mut self, ctx: &mut Context) -> SessionSummary {
+        if let Some(timer) = self.timer.take() {
+            ctx.timers.cancel(timer);
+        }
+        self.up.release(&mut ctx.pool);
+        self.down.release(&mut ctx.pool);
+        SessionSummary {
+            client_addr: self.client_addr,
+            backend: self.lease.backend().addr,
+            started: self.started,
+            bytes_up: self.up.moved(),
+            bytes_down: self.down.moved(),
+        }
+        // Dropping `self` closes both sockets and drops the lease.
+    }
+
+    fn established(&mut self, ctx: &mut Context) {
+        self.phase = Phase::Established;
+        let backend = self.lease.backend();
+        backend.stats.sessions.set(backend.stats.sessions.get() + 1);
+        debug!(
+            "{} connected to {} in {:?}",
+            self.client_addr,
+            backend.addr,
+            ctx.now.saturating_duration_since(self.started)
+        );
+        if let Some(timer) = self.timer.take() {
+            ctx.timers.cancel(timer);
+        }
+        if let Some(idle) = ctx.settings.idle_timeout {
+            self.timer = Some(
+                ctx.timers
+                    .insert(ctx.now + idle, TimerKey::Session(self.id)),
+            );
+        }
+    }
+
+    /// A connect failed: count it against that backend and try the next one, keeping the
+    /// bytes the client has sent so far.
+    fn connect_failed(&mut self, error: io::Error, ctx: &mut Context) -> Status {
+        if let Some(timer) = self.timer.take() {
+            ctx.timers.cancel(timer);
+        }
+        let Phase::Connecting { mut attempts } = self.phase else {
+            return Status::Open;
+        };
+        backend_failed(self.lease.backend(), &error, ctx);
+        self.tried.push(self.lease.backend().id);
+        match dial(self.id, &mut self.tried, &mut attempts, ctx) {
+            Ok((lease, backend)) => {
+                // The old lease and socket are dropped here: count released, socket closed.
+                self.lease = lease;
+                self.backend = backend;
+                self.backend_ready = Readiness::default();
+                self.phase = Phase::Connecting { attempts };
+                self.timer = Some(ctx.timers.insert(
+                    ctx.now + ctx.settings.connect_timeout,
+                    TimerKey::Session(self.id),
+                ));
+                Status::Open
+            }
+            Err(reason) => Status::Closed(reason),
+        }
+    }
+
+    /// Moves bytes both ways until everything blocks, and decides whether the session is over.
+    fn pump(&mut self, ctx: &mut Context) -> Status {
+        let connected = self.phase == Phase::Established;
+        let before = (self.up.moved(), self.down.moved());
+
+        let up = self.up.pump(
+            &mut self.client,
+            &mut self.client_ready,
+            &mut self.backend,
+            &mut self.backend_ready,
+            &mut ctx.pool,
+            connected,
+            self.down.is_done(),
+        );
+        let up = match up {
+            Ok(flow) => flow,
+            Err(fault) => return self.fail(fault, Side::Client),
+        };
+        let down = if connected {
+            match self.down.pump(
+                &mut self.backend,
+                &mut self.backend_ready,
+                &mut self.client,
+                &mut self.client_ready,
+                &mut ctx.pool,
+                true,
+                self.up.is_done(),
+            ) {
+                Ok(flow) => flow,
+                Err(fault) => return self.fail(fault, Side::Backend),
+            }
+        } else {
+            Flow::Blocked
+        };
+
+        let (sent, received) = (self.up.moved() - before.0, self.down.moved() - before.1);
+        if sent + received > 0 {
+            self.last_active = ctx.now;
+            let stats = &self.lease.backend().stats;
+            stats.bytes_sent.set(stats.bytes_sent.get() + sent);
+            stats
+                .bytes_received
+                .set(stats.bytes_received.get() + received);
+        }
+        if self.first_fin.is_none() {
+            if self.up.eof() {
+                self.first_fin = Some(Side::Client);
+            } else if self.down.eof() {
+                self.first_fin = Some(Side::Backend);
+            }
+        }
+        if self.up.is_done() && self.down.is_done() {
+            return Status::Closed(match self.first_fin {
+                Some(Side::Backend) => EndReason::BackendClosed,
+                _ => EndReason::ClientClosed,
+            });
+        }
+        if (up == Flow::NeedBuffer || down == Flow::NeedBuffer) && !self.waiting_for_buffer {
+            self.waiting_for_buffer = true;
+            ctx.buffer_waiters.push_back(self.id);
+        }
+        if (up == Flow::Yielded || down == Flow::Yielded) && !self.queued {
+            self.queued = true;
+            ctx.run_queue.push(self.id);
+        }
+        Status::Open
+    }
+
+    /// A socket error ends the session. A reset is passed on as a reset to the other side.
+    /// `source` is the side the failing pipe reads from.
+    fn fail(&mut self, fault: Fault, source: Side) -> Status {
+        let (failed_side, error) = match fault {
+            Fault::Source(e) => (source, e),
+            Fault::Destination(e) => (other(source), e),
+        };
+        debug!(
+            "{} via {}: {:?} side failed: {error}",
+            self.client_addr,
+            self.lease.backend().addr,
+            failed_side
+        );
+        match failed_side {
+            Side::Client => {
+                net::reset_on_close(&self.backend);
+                Status::Closed(EndReason::ClientReset)
+            }
+            Side::Backend => {
+                net::reset_on_close(&self.client);
+                Status::Closed(EndReason::BackendReset)
+            }
+        }
+    }
+}
+
+/// What is left of a session once it has ended.
+#[derive(Debug)]
+pub struct SessionSummary {
+    pub client_addr: SocketAddr,
+    pub backend: SocketAddr,
+    pub started: Instant,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    }
+}
+
+/// Leases the least active backend not yet tried and starts connecting to it. A connect that
+/// fails at once (unreachable network, say) counts against that backend and the next one is
+/// tried, up to `--retries` retries in all.
+fn dial(
+    id: SessionId,
+    tried: &mut Vec<u32>,
+    attempts: &mut u32,
+    ctx: &mut Context,
+) -> Result<(Lease, TcpStream), EndReason> {
+    loop {
+        if *attempts > ctx.settings.retries {
+            return Err(EndReason::NoBackend);
+        }
+        let Some(lease) = ctx.balancer.pick(tried) else {
+            return Err(EndReason::NoBackend);
+        };
+        *attempts += 1;
+        let addr = lease.backend().addr;
+        let connected = net::connect(addr).and_then(|mut stream| {
+            ctx.registry
+                .register(
+                    &mut stream,
+                    id.token(Side::Backend),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map(|()| stream)
+        });
+        match connected {
+            Ok(stream) => return Ok((lease, stream)),
+            Err(e) if net::is_resource_exhaustion(&e) => {
+                ctx.fds_exhausted = true;
+                if let Some(n) = ctx.throttles.fds.allow(ctx.now) {
+                    warn!("cannot open a socket to {addr}: {e}{}", suppressed_note(n));
+                }
+                return Err(EndReason::NoResources);
+            }
+            Err(e) => {
+                backend_failed(lease.backend(), &e, ctx);
+                tried.push(lease.backend().id);
+            }
+        }
+    }
+}
+
+/// Counts and logs (throttled) a failed connect.
+fn backend_failed(backend: &crate::balancer::Backend, error: &io::Error, ctx: &mut Context) {
+    let failures = &backend.stats.connect_failures;
+    failures.set(failures.get() + 1);
+    if let Some(n) = backend.warn_throttle.allow(ctx.now) {
+        warn!(
+            "backend {} ({}): connect failed: {error}{}",
+            backend.addr,
+            backend.name,
+            suppressed_note(n)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for (slot, generation) in [
+            (0, 0),
+            (1, 7),
+            (0x7fff_fffe, u32::MAX - 1),
+            (12345, 1 << 31),
+        ] {
+            let id = SessionId { slot, generation };
+            for side in [Side::Client, Side::Backend] {
+                assert_eq!(SessionId::from_token(id.token(side)), (id, side));
+            }
+        }
+        let a = SessionId {
+            slot: 3,
+            generation: 1,
+        }
+        .token(Side::Client);
+        let b = SessionId {
+            slot: 3,
+            generation: 2,
+        }
+        .token(Side::Client);
+        assert_ne!(a, b, "a reused slot gets a different token");
+    }
+}
