@@ -174,9 +174,7 @@ impl Reactor {
             summary.bytes_up,
             summary.bytes_down
         );
-        if reason == EndReason::NoBackend {
-            self.ctx.stats.no_backend += 1;
-        }
+        self.count_failure(summary.client_addr, reason);
         // Descriptors were freed: a paused listener may go on.
         if self.accept_paused {
             self.accept_paused = false;
@@ -250,13 +248,18 @@ impl Reactor {
             }
             Err((client, reason)) => {
                 debug!("{addr}: closed at once: {}", reason.as_str());
-                if reason == EndReason::NoBackend {
-                    self.ctx.stats.no_backend += 1;
-                    if let Some(n) = self.ctx.throttles.no_backend.allow(self.ctx.now) {
-                        warn!("no backend could take client {addr}{}", suppressed_note(n));
-                    }
-                }
+                self.count_failure(addr, reason);
                 drop(client);
+            }
+        }
+    }
+
+    /// Counts (and logs, throttled) a client turned away because no backend could take it.
+    fn count_failure(&mut self, client: SocketAddr, reason: EndReason) {
+        if reason == EndReason::NoBackend {
+            self.ctx.stats.no_backend += 1;
+            if let Some(n) = self.ctx.throttles.no_backend.allow(self.ctx.now) {
+                warn!("no backend could take client {client}{}", suppressed_note(n));
             }
         }
     }

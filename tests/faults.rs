@@ -1,0 +1,226 @@
+//! Faults the balancer must ride through: refused backends, every backend down, a reset
+//! mid-stream, idle sessions, too many clients, running out of file descriptors.
+
+mod common;
+
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[test]
+fn connects_fail_over_past_refusing_backends_keeping_client_bytes() {
+    let good = Backend::start(1, digest_after_eof());
+    let (dead1, dead2) = (refusing_addr(), refusing_addr());
+    let tcplb = Tcplb::start(&[
+        &dead1.to_string(),
+        &dead2.to_string(),
+        &good.arg(),
+        "--retries",
+        "2",
+    ]);
+    for seed in 0..12u64 {
+        let data = pattern(seed, 3000 + seed as usize);
+        let mut stream = tcplb.connect();
+        // Sent at once, before any connect has had time to fail: it must survive the retries.
+        stream.write_all(&data).expect("write");
+        stream.shutdown(Shutdown::Write).expect("half-close");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("reply");
+        assert_eq!(reply, format!("{} {}\n", data.len(), hash(&data)), "client {seed}");
+    }
+    assert_eq!(good.accepted.load(Ordering::SeqCst), 12);
+    tcplb.wait_for_log(&format!("backend {dead1}"));
+    tcplb.wait_for_log("connect failed");
+}
+
+#[test]
+fn with_every_backend_down_clients_are_closed_at_once_and_service_resumes() {
+    let listener_later = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let later_addr = listener_later.local_addr().expect("addr");
+    drop(listener_later); // refused until we listen there again
+    let dead = refusing_addr();
+    let mut tcplb = Tcplb::start(&[&dead.to_string(), &later_addr.to_string()]);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut stream = tcplb.connect();
+        let mut buf = [0u8; 16];
+        let outcome = stream.read(&mut buf);
+        assert!(
+            matches!(outcome, Ok(0)) || outcome.is_err(),
+            "expected the client closed, got {outcome:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "client was closed only after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(tcplb.is_running());
+    tcplb.wait_for_log("no backend could take client");
+
+    // A backend comes (back) up: the next client is served.
+    let revived = TcpListener::bind(later_addr).expect("rebind");
+    let backend = Backend::serve(9, revived, identify_and_hold());
+    let (stream, id) = connect_and_identify(&tcplb);
+    assert_eq!(id, 9);
+    close_and_wait(stream);
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_backend_reset_mid_stream_is_passed_on_and_service_goes_on() {
+    // Sends 100 kB, waits for the client's "ok", then resets the connection.
+    let resetter = Backend::start(
+        1,
+        std::sync::Arc::new(|mut stream: std::net::TcpStream, _: &Backend| {
+            if stream.write_all(&pattern(5, 100_000)).is_err() {
+                return;
+            }
+            let mut ok = [0u8; 2];
+            if stream.read_exact(&mut ok).is_ok() {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
+        }),
+    );
+    let mut tcplb = Tcplb::start(&[&resetter.arg()]);
+    for _ in 0..3 {
+        let mut stream = tcplb.connect();
+        let mut got = vec![0u8; 100_000];
+        stream.read_exact(&mut got).expect("data before the reset");
+        assert_eq!(hash(&got), hash(&pattern(5, 100_000)));
+        stream.write_all(b"ok").expect("ok");
+        let mut rest = [0u8; 16];
+        let outcome = stream.read(&mut rest);
+        assert_eq!(
+            outcome.map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset),
+            "the backend's reset reaches the client as a reset"
+        );
+    }
+    assert!(tcplb.is_running());
+    resetter.wait_active(0);
+}
+
+#[test]
+fn a_client_reset_mid_stream_resets_the_backend() {
+    let backend = Backend::start(1, echo());
+    let tcplb = Tcplb::start(&[&backend.arg()]);
+    let mut stream = tcplb.connect();
+    stream.write_all(b"hello").expect("write");
+    let mut back = [0u8; 5];
+    stream.read_exact(&mut back).expect("echo");
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(stream); // RST
+    // The backend's connection ends (its read fails or sees EOF), so it goes inactive.
+    backend.wait_active(0);
+    let data = pattern(1, 10_000);
+    assert_eq!(hash(&echo_through(tcplb.connect(), &data)), hash(&data));
+}
+
+#[test]
+fn idle_sessions_time_out_and_busy_ones_do_not() {
+    let backend = Backend::start(1, echo());
+    let tcplb = Tcplb::start(&[&backend.arg(), "--idle-timeout", "1"]);
+
+    // Busy: a byte every 300 ms for 2.4 s outlives the 1 s idle timeout.
+    let mut busy = tcplb.connect();
+    let started = Instant::now();
+    for i in 0..8u8 {
+        busy.write_all(&[i]).expect("write");
+        let mut b = [0u8; 1];
+        busy.read_exact(&mut b).expect("echo while busy");
+        assert_eq!(b[0], i);
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+
+    // Idle: closed after about a second of silence.
+    let mut idle = tcplb.connect();
+    idle.write_all(b"x").expect("write");
+    let mut b = [0u8; 1];
+    idle.read_exact(&mut b).expect("echo");
+    let silent_since = Instant::now();
+    let mut rest = [0u8; 1];
+    assert_eq!(idle.read(&mut rest).expect("EOF"), 0, "idle session closed");
+    let waited = silent_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    backend.wait_active(1); // the busy one is still open
+}
+
+#[test]
+fn past_max_conns_new_clients_are_shed_at_once() {
+    let backend = Backend::start(3, identify_and_hold());
+    let tcplb = Tcplb::start(&[&backend.arg(), "--max-conns", "3"]);
+    let mut held: Vec<_> = (0..3).map(|_| connect_and_identify(&tcplb).0).collect();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut shed = tcplb.connect();
+        let mut b = [0u8; 1];
+        let outcome = shed.read(&mut b);
+        assert!(
+            matches!(outcome, Ok(0)) || outcome.is_err(),
+            "shed client got {outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), 3, "shed clients never reach a backend");
+    close_and_wait(held.pop().expect("held"));
+    let (stream, id) = connect_and_identify(&tcplb);
+    assert_eq!(id, 3, "a freed slot is used again");
+    held.push(stream);
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
+    let backend = Backend::start(1, echo());
+    let mut tcplb = Tcplb::start(&[&backend.arg()]);
+    // Squeeze the running process to 32 descriptors (a handful are in use already).
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &tcplb.pid().to_string(), "--nofile=32:32"])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success());
+
+    // More clients than fit: each sends a byte and waits for it back.
+    let mut clients = Vec::new();
+    for i in 0..30u8 {
+        let mut stream = tcplb.connect();
+        stream.write_all(&[i]).expect("write");
+        clients.push((i, stream));
+    }
+    tcplb.wait_for_log("Too many open files");
+    // Out of descriptors for a second: the process must sleep, not spin.
+    let cpu_before = tcplb.cpu_time();
+    thread::sleep(Duration::from_secs(1));
+    let cpu_used = tcplb.cpu_time() - cpu_before;
+    assert!(cpu_used < Duration::from_millis(200), "spun for {cpu_used:?} of CPU");
+    assert!(tcplb.is_running());
+
+    // Served clients close one by one; everyone waiting is served in the end, or was told
+    // at once (closed) that there was no descriptor left for its backend connection.
+    let mut served = 0;
+    let mut refused = 0;
+    for (i, mut stream) in clients {
+        let mut b = [0u8; 1];
+        match stream.read(&mut b) {
+            Ok(1) => {
+                assert_eq!(b[0], i);
+                served += 1;
+            }
+            Ok(_) | Err(_) => refused += 1,
+        }
+        close_and_wait(stream);
+    }
+    assert!(served >= 10, "only {served} served, {refused} refused");
+    // Fully recovered: a new client is served.
+    let data = pattern(3, 50_000);
+    assert_eq!(hash(&echo_through(tcplb.connect(), &data)), hash(&data));
+}
