@@ -42,12 +42,6 @@ pub struct BackendStats {
     pub bytes_received: Cell<u64>,
 }
 
-impl BackendStats {
-    pub fn add(counter: &Cell<u64>, n: u64) {
-        counter.set(counter.get().wrapping_add(n));
-    }
-}
-
 impl Backend {
     pub fn new(id: u32, addr: SocketAddr, name: String, weight: u32) -> Backend {
         Backend {
@@ -76,6 +70,18 @@ impl Backend {
     fn equally_loaded(&self, other: &Backend) -> bool {
         u64::from(self.active()) * u64::from(other.weight)
             == u64::from(other.active()) * u64::from(self.weight)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    /// The address, followed by the name the user gave when that differs (`10.0.0.5:80
+    /// (web.internal:80)`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == self.addr.to_string() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} ({})", self.addr, self.name)
+        }
     }
 }
 

@@ -97,11 +97,9 @@ impl Pipe {
         self.buf.is_some()
     }
 
-    /// Moves bytes from `src` to `dst` until both block. `writable_dst` is false while the
-    /// destination is still connecting (bytes are read and kept). `closing` says the session
-    /// closes as soon as this pipe is done, so the end of stream need not be sent with
-    /// `shutdown`: closing the socket sends it.
-    #[allow(clippy::too_many_arguments)]
+    /// Moves bytes from `src` to `dst` until both block. `closing` says the session closes
+    /// as soon as this pipe is done, so the end of stream need not be sent with `shutdown`:
+    /// closing the socket sends it.
     pub fn pump(
         &mut self,
         src: &mut TcpStream,
@@ -109,13 +107,12 @@ impl Pipe {
         dst: &mut TcpStream,
         dst_ready: &mut Readiness,
         pool: &mut Pool,
-        writable_dst: bool,
         closing: bool,
     ) -> Result<Flow, Fault> {
         let mut budget = TURN_BUDGET;
         loop {
             if let Some(buf) = &self.buf {
-                if !writable_dst || !dst_ready.writable {
+                if !dst_ready.writable {
                     return Ok(Flow::Blocked);
                 }
                 let pending = &pool.bytes(buf)[self.head as usize..self.tail as usize];
@@ -141,7 +138,7 @@ impl Pipe {
             }
 
             if self.eof {
-                if !self.shut && writable_dst {
+                if !self.shut {
                     if !closing {
                         match dst.shutdown(Shutdown::Write) {
                             Ok(()) => {}

@@ -67,11 +67,14 @@ impl Reactor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
+        // Room for every session up front: address space only (pages are touched as sessions
+        // fill them), and the slab never has to move its entries to grow.
+        let max_conns = config.settings.max_conns;
         let ctx = Context {
             registry: poll.registry().try_clone()?,
             pool: Pool::new(config.buffer_size, config.buffers),
             balancer,
-            timers: Timers::new(now),
+            timers: Timers::with_capacity(now, config.settings.max_conns + 64),
             now,
             settings: config.settings,
             stats: Stats::default(),
@@ -86,7 +89,7 @@ impl Reactor {
             listener,
             listener_ready: true,
             accept_paused: false,
-            sessions: Slab::new(),
+            sessions: Slab::with_capacity(max_conns),
             next_generation: 0,
             ctx,
             fired: Vec::new(),
@@ -259,7 +262,10 @@ impl Reactor {
         if reason == EndReason::NoBackend {
             self.ctx.stats.no_backend += 1;
             if let Some(n) = self.ctx.throttles.no_backend.allow(self.ctx.now) {
-                warn!("no backend could take client {client}{}", suppressed_note(n));
+                warn!(
+                    "no backend could take client {client}{}",
+                    suppressed_note(n)
+                );
             }
         }
     }

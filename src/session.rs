@@ -4,9 +4,12 @@
 //!   start ──► Connecting ──writable──► Established ──both pipes done──► closed
 //!                │  ▲                       │
 //!   refused,     │  │ next backend          └── reset / error on either side ──► closed
-//!   unreachable, ▼  │ (client bytes kept)        (reset passed on to the other side)
+//!   unreachable, ▼  │                            (reset passed on to the other side)
 //!   timed out ── retry ──no backend left──► closed at once
 //! ```
+//!
+//! Nothing is read from the client until the backend is connected: its first bytes wait in
+//! the kernel, so a retry loses none of them and a connecting session holds no buffer.
 //!
 //! Two [`Pipe`]s move the bytes: `up` from client to backend, `down` from backend to client.
 //! As with tokio's `copy_bidirectional`, EOF on one side is passed on as `shutdown(Write)` on
@@ -314,38 +317,36 @@ impl Session {
     }
 
     /// Moves bytes both ways until everything blocks, and decides whether the session is over.
+    ///
+    /// Nothing moves while the backend is connecting: the client's first bytes wait in the
+    /// kernel's receive queue, where they cost no pool buffer and survive a retry untouched.
     fn pump(&mut self, ctx: &mut Context) -> Status {
-        let connected = self.phase == Phase::Established;
+        if self.phase != Phase::Established {
+            return Status::Open;
+        }
         let before = (self.up.moved(), self.down.moved());
 
-        let up = self.up.pump(
+        let up = match self.up.pump(
             &mut self.client,
             &mut self.client_ready,
             &mut self.backend,
             &mut self.backend_ready,
             &mut ctx.pool,
-            connected,
             self.down.is_done(),
-        );
-        let up = match up {
+        ) {
             Ok(flow) => flow,
             Err(fault) => return self.fail(fault, Side::Client),
         };
-        let down = if connected {
-            match self.down.pump(
-                &mut self.backend,
-                &mut self.backend_ready,
-                &mut self.client,
-                &mut self.client_ready,
-                &mut ctx.pool,
-                true,
-                self.up.is_done(),
-            ) {
-                Ok(flow) => flow,
-                Err(fault) => return self.fail(fault, Side::Backend),
-            }
-        } else {
-            Flow::Blocked
+        let down = match self.down.pump(
+            &mut self.backend,
+            &mut self.backend_ready,
+            &mut self.client,
+            &mut self.client_ready,
+            &mut ctx.pool,
+            self.up.is_done(),
+        ) {
+            Ok(flow) => flow,
+            Err(fault) => return self.fail(fault, Side::Backend),
         };
 
         let (sent, received) = (self.up.moved() - before.0, self.down.moved() - before.1);
@@ -474,9 +475,7 @@ fn backend_failed(backend: &crate::balancer::Backend, error: &io::Error, ctx: &m
     failures.set(failures.get() + 1);
     if let Some(n) = backend.warn_throttle.allow(ctx.now) {
         warn!(
-            "backend {} ({}): connect failed: {error}{}",
-            backend.addr,
-            backend.name,
+            "backend {backend}: connect failed: {error}{}",
             suppressed_note(n)
         );
     }

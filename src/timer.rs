@@ -39,10 +39,15 @@ pub struct Timers<K> {
 
 impl<K: Copy> Timers<K> {
     pub fn new(origin: Instant) -> Timers<K> {
+        Self::with_capacity(origin, 0)
+    }
+
+    /// A wheel with room for `capacity` pending timers before it has to grow.
+    pub fn with_capacity(origin: Instant, capacity: usize) -> Timers<K> {
         Timers {
             origin,
             slots: vec![NIL; SLOTS].into_boxed_slice(),
-            nodes: Slab::new(),
+            nodes: Slab::with_capacity(capacity),
             cursor: 0,
             earliest: u64::MAX,
         }

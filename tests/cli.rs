@@ -13,8 +13,14 @@ fn assert_usage_error(args: &[&str], names: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
     assert!(lines[0].starts_with("tcplb: "), "{args:?}: {stderr}");
-    assert!(lines[0].contains(names), "{args:?}: {stderr} does not name {names:?}");
-    assert!(lines[0].contains("--help"), "{args:?}: no hint to --help: {stderr}");
+    assert!(
+        lines[0].contains(names),
+        "{args:?}: {stderr} does not name {names:?}"
+    );
+    assert!(
+        lines[0].contains("--help"),
+        "{args:?}: no hint to --help: {stderr}"
+    );
 }
 
 #[test]
@@ -43,12 +49,21 @@ fn usage_errors_name_the_bad_value_and_exit_2() {
 fn help_and_version_exit_0() {
     let (code, stdout, _) = run_cli(&["--help"]);
     assert_eq!(code, Some(0));
-    for flag in ["--listen", "--retries", "--max-conns", "--buffer-size", "BACKEND"] {
+    for flag in [
+        "--listen",
+        "--retries",
+        "--max-conns",
+        "--buffer-size",
+        "BACKEND",
+    ] {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
     let (code, stdout, _) = run_cli(&["-V"]);
     assert_eq!(code, Some(0));
-    assert_eq!(stdout.trim(), format!("tcplb {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout.trim(),
+        format!("tcplb {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -68,16 +83,46 @@ fn start_up_failures_name_the_address_and_exit_1() {
 #[test]
 fn no_input_makes_it_panic() {
     let nasty = [
-        "", "-", "--", ":", "[", "]:", "[]:1", "::", "a:b:c", ",", "h:1,", "h:1,,", "h:1,weight",
-        "h:1,weight=", "h:1,weight=1,weight=2", "é:80", "h:+1", "h: 1", " h:1",
-        "--listen=", "-l:", "--buffers=0", "--buffer-size=1k", "--buffer-size=99999999999m",
-        "--buffers=99999999999", "h:18446744073709551617",
+        "",
+        "-",
+        "--",
+        ":",
+        "[",
+        "]:",
+        "[]:1",
+        "::",
+        "a:b:c",
+        ",",
+        "h:1,",
+        "h:1,,",
+        "h:1,weight",
+        "h:1,weight=",
+        "h:1,weight=1,weight=2",
+        "é:80",
+        "h:+1",
+        "h: 1",
+        " h:1",
+        "--listen=",
+        "-l:",
+        "--buffers=0",
+        "--buffer-size=1k",
+        "--buffer-size=99999999999m",
+        "--buffers=99999999999",
+        "h:18446744073709551617",
     ];
     for a in nasty {
-        for args in [vec![a], vec![a, "127.0.0.1:80"], vec!["127.0.0.1:80", a], vec!["--retries", a, "h:1"]] {
+        for args in [
+            vec![a],
+            vec![a, "127.0.0.1:80"],
+            vec!["127.0.0.1:80", a],
+            vec!["--retries", a, "h:1"],
+        ] {
             let (code, _, stderr) = run_cli_no_start(&args);
             assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-            assert!(matches!(code, Some(0..=2)), "{args:?}: exit {code:?}: {stderr}");
+            assert!(
+                matches!(code, Some(0..=2)),
+                "{args:?}: exit {code:?}: {stderr}"
+            );
         }
     }
 }

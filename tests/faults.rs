@@ -29,7 +29,11 @@ fn connects_fail_over_past_refusing_backends_keeping_client_bytes() {
         stream.shutdown(Shutdown::Write).expect("half-close");
         let mut reply = String::new();
         stream.read_to_string(&mut reply).expect("reply");
-        assert_eq!(reply, format!("{} {}\n", data.len(), hash(&data)), "client {seed}");
+        assert_eq!(
+            reply,
+            format!("{} {}\n", data.len(), hash(&data)),
+            "client {seed}"
+        );
     }
     assert_eq!(good.accepted.load(Ordering::SeqCst), 12);
     tcplb.wait_for_log(&format!("backend {dead1}"));
@@ -171,7 +175,11 @@ fn past_max_conns_new_clients_are_shed_at_once() {
         );
         assert!(started.elapsed() < Duration::from_secs(1));
     }
-    assert_eq!(backend.accepted.load(Ordering::SeqCst), 3, "shed clients never reach a backend");
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        3,
+        "shed clients never reach a backend"
+    );
     close_and_wait(held.pop().expect("held"));
     let (stream, id) = connect_and_identify(&tcplb);
     assert_eq!(id, 3, "a freed slot is used again");
@@ -201,7 +209,10 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
     let cpu_before = tcplb.cpu_time();
     thread::sleep(Duration::from_secs(1));
     let cpu_used = tcplb.cpu_time() - cpu_before;
-    assert!(cpu_used < Duration::from_millis(200), "spun for {cpu_used:?} of CPU");
+    assert!(
+        cpu_used < Duration::from_millis(200),
+        "spun for {cpu_used:?} of CPU"
+    );
     assert!(tcplb.is_running());
 
     // Served clients close one by one; everyone waiting is served in the end, or was told

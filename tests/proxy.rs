@@ -26,7 +26,10 @@ fn many_concurrent_clients_echo_every_byte() {
             });
         }
     });
-    let served: usize = backends.iter().map(|b| b.accepted.load(Ordering::SeqCst)).sum();
+    let served: usize = backends
+        .iter()
+        .map(|b| b.accepted.load(Ordering::SeqCst))
+        .sum();
     assert_eq!(served, clients as usize);
     for b in &backends {
         assert!(
@@ -40,7 +43,9 @@ fn many_concurrent_clients_echo_every_byte() {
 
 #[test]
 fn the_least_active_backend_gets_the_next_sessions() {
-    let backends: Vec<_> = (0..3).map(|i| Backend::start(i, identify_and_hold())).collect();
+    let backends: Vec<_> = (0..3)
+        .map(|i| Backend::start(i, identify_and_hold()))
+        .collect();
     let args: Vec<String> = backends.iter().map(|b| b.arg()).collect();
     let tcplb = Tcplb::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
@@ -53,7 +58,10 @@ fn the_least_active_backend_gets_the_next_sessions() {
 
     // Free two sessions on backend 1: it is now the least active, twice over.
     for _ in 0..2 {
-        let at = held.iter().position(|(_, id)| *id == 1).expect("a session on 1");
+        let at = held
+            .iter()
+            .position(|(_, id)| *id == 1)
+            .expect("a session on 1");
         close_and_wait(held.remove(at).0);
     }
     let next: Vec<u8> = (0..2)
@@ -78,7 +86,9 @@ fn the_least_active_backend_gets_the_next_sessions() {
 
 #[test]
 fn weights_share_sessions_in_proportion() {
-    let backends: Vec<_> = (0..3).map(|i| Backend::start(i, identify_and_hold())).collect();
+    let backends: Vec<_> = (0..3)
+        .map(|i| Backend::start(i, identify_and_hold()))
+        .collect();
     let tcplb = Tcplb::start(&[
         &backends[0].arg(),
         &format!("{},weight=2", backends[1].arg()),
@@ -115,7 +125,11 @@ fn half_close_reply_after_client_eof_arrives() {
         stream.shutdown(Shutdown::Write).expect("half-close");
         let mut reply = String::new();
         stream.read_to_string(&mut reply).expect("reply after EOF");
-        assert_eq!(reply, format!("{} {}\n", data.len(), hash(&data)), "len {len}");
+        assert_eq!(
+            reply,
+            format!("{} {}\n", data.len(), hash(&data)),
+            "len {len}"
+        );
     }
 }
 
@@ -162,7 +176,10 @@ fn a_client_that_stops_reading_holds_memory_flat_and_gets_every_byte() {
         || "backend never filled the path".to_string(),
     );
     let written = backend.counter.load(Ordering::SeqCst);
-    assert!(written < LEN / 4, "the backend was not held back: {written} bytes out");
+    assert!(
+        written < LEN / 4,
+        "the backend was not held back: {written} bytes out"
+    );
     let rss_stalled = tcplb.rss_kib();
     assert!(
         rss_stalled < rss_before + 2048,

@@ -170,8 +170,8 @@ impl Tcplb {
         // Fields after the command name (which is in parentheses): utime is field 14.
         let rest = &stat[stat.rfind(')').expect("comm") + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().expect("utime")
-            + fields[12].parse::<u64>().expect("stime");
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
         // SAFETY: sysconf has no memory effects; _SC_CLK_TCK is a valid name.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         Duration::from_millis(ticks * 1000 / hz)
@@ -191,7 +191,10 @@ impl Tcplb {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "tcplb did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "tcplb did not exit within {within:?}"
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -308,13 +311,16 @@ impl Backend {
 
     /// Waits until `active` equals `n`.
     pub fn wait_active(&self, n: usize) {
-        wait_until(|| self.active.load(Ordering::SeqCst) == n, || {
-            format!(
-                "backend {} has {} active, wanted {n}",
-                self.id,
-                self.active.load(Ordering::SeqCst)
-            )
-        });
+        wait_until(
+            || self.active.load(Ordering::SeqCst) == n,
+            || {
+                format!(
+                    "backend {} has {} active, wanted {n}",
+                    self.id,
+                    self.active.load(Ordering::SeqCst)
+                )
+            },
+        );
     }
 }
 
