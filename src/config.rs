@@ -3,8 +3,10 @@
 //! Pure: no sockets, no name resolution, no files. Every error names the bad value so `main`
 //! can print it on one line and exit with status 2.
 
+use crate::health::{BreakerPolicy, CheckPolicy};
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default listen address.
@@ -98,12 +100,26 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub max_conns: usize,
     pub backlog: i32,
+    /// The passive circuit breaker (`--max-fails`, `--fail-timeout`).
+    pub breaker: BreakerPolicy,
+    /// Active health checks; `None` = off.
+    pub checks: Option<CheckPolicy>,
+    /// More backends, one spec per line, re-read on SIGHUP.
+    pub backends_file: Option<PathBuf>,
+    /// Re-resolve backend names this often; `None` = only at start and on reload.
+    pub resolve_interval: Option<Duration>,
+    /// How long live sessions may run on after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+    /// Where the admin HTTP endpoint listens; `None` = off.
+    pub admin: Option<(String, u16)>,
+    /// Where the access log goes (`-` = stdout); `None` = off.
+    pub access_log: Option<PathBuf>,
 }
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -125,6 +141,11 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    /// A line of a backends file.
+    BadLine {
+        line: usize,
+        error: Box<ConfigError>,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -143,6 +164,7 @@ impl fmt::Display for ConfigError {
             ConfigError::BadListen { value, why } => {
                 write!(f, "invalid listen address '{value}': {why}")
             }
+            ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
         }
     }
 }
@@ -194,6 +216,68 @@ fn options() -> getopts::Options {
         "buffers",
         "buffers in the pool, allocated once at start (default: 56 MiB worth)",
         "N",
+    );
+    o.optopt(
+        "",
+        "max-fails",
+        "failed connects in a row that take a backend out; 0 = never (default 3)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "fail-timeout",
+        "how long a failing backend stays out before one trial session; doubles while \
+         trials fail, up to 300 (default 10)",
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "health-interval",
+        "probe every backend with a TCP connect this often; 0 = off (default 0)",
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "rise",
+        "passed probes in a row that bring a backend up (default 2)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "fall",
+        "failed probes in a row that take a backend down (default 3)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "backends-file",
+        "more backends, one BACKEND per line (# comments); re-read on SIGHUP",
+        "PATH",
+    );
+    o.optopt(
+        "",
+        "resolve-interval",
+        "re-resolve backend host names this often; 0 = at start and reload only (default 0)",
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "drain-timeout",
+        "after SIGTERM/SIGINT, let live sessions finish for up to this long (default 30)",
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "admin",
+        "serve /metrics, /healthz and /backends over HTTP here; keep it on loopback or a \
+         private network (default off)",
+        "HOST:PORT",
+    );
+    o.optopt(
+        "",
+        "access-log",
+        "write one line per finished session to PATH (- = stdout) (default off)",
+        "PATH",
     );
     o.optflag("h", "help", "print this help and exit");
     o.optflag("V", "version", "print the version and exit");
@@ -259,9 +343,21 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
         .iter()
         .map(|s| BackendSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    if backends.is_empty() {
+    let backends_file = matches.opt_str("backends-file").map(PathBuf::from);
+    if backends.is_empty() && backends_file.is_none() {
         return Err(ConfigError::Usage("no backend given".to_string()));
     }
+    let admin = match matches.opt_str("admin") {
+        None => None,
+        Some(text) => Some(
+            parse_host_port(&text, true).map_err(|why| ConfigError::BadValue {
+                option: "admin",
+                value: text.clone(),
+                expected: format!("HOST:PORT ({why})"),
+            })?,
+        ),
+    };
+    let health_interval = opt_seconds(&matches, "health-interval", 0.0, 0.0, 86_400.0)?;
 
     let buffer_size = match matches.opt_str("buffer-size") {
         None => DEFAULT_BUFFER_SIZE,
@@ -284,9 +380,10 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             expected: format!("at most 64 GiB of buffers in all ({buffer_size}-byte buffers)"),
         });
     }
-    let idle = opt_number(&matches, "idle-timeout", 300, 0, 365 * 86_400)?;
+    let idle = opt_seconds(&matches, "idle-timeout", 300.0, 0.0, 365.0 * 86_400.0)?;
+    let resolve = opt_seconds(&matches, "resolve-interval", 0.0, 0.0, 86_400.0)?;
 
-    Ok(Action::Run(Config {
+    Ok(Action::Run(Box::new(Config {
         listen,
         backends,
         buffer_size,
@@ -299,10 +396,28 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             3_600_000,
         )?),
         retries: opt_number(&matches, "retries", 2, 0, 16)? as u32,
-        idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+        idle_timeout: (!idle.is_zero()).then_some(idle),
         max_conns: opt_number(&matches, "max-conns", 10_000, 1, 1_000_000)? as usize,
         backlog: opt_number(&matches, "backlog", 1024, 1, 65_535)? as i32,
-    }))
+        breaker: BreakerPolicy {
+            max_fails: opt_number(&matches, "max-fails", 3, 0, 1_000_000)? as u32,
+            fail_timeout: opt_seconds(&matches, "fail-timeout", 10.0, 0.01, 86_400.0)?,
+        },
+        checks: (!health_interval.is_zero())
+            .then(|| -> Result<CheckPolicy, ConfigError> {
+                Ok(CheckPolicy {
+                    interval: health_interval,
+                    rise: opt_number(&matches, "rise", 2, 1, 1000)? as u32,
+                    fall: opt_number(&matches, "fall", 3, 1, 1000)? as u32,
+                })
+            })
+            .transpose()?,
+        backends_file,
+        resolve_interval: (!resolve.is_zero()).then_some(resolve),
+        drain_timeout: opt_seconds(&matches, "drain-timeout", 30.0, 0.0, 86_400.0)?,
+        admin,
+        access_log: matches.opt_str("access-log").map(PathBuf::from),
+    })))
 }
 
 fn dashed(name: &str) -> String {
@@ -329,6 +444,55 @@ fn opt_number(
             expected: format!("a whole number from {min} to {max}"),
         }),
     }
+}
+
+/// Reads `--option SECS` (decimals allowed: `0.5`) in `min..=max`, or `default` when absent.
+fn opt_seconds(
+    matches: &getopts::Matches,
+    option: &'static str,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
+    let secs = match matches.opt_str(option) {
+        None => default,
+        Some(value) => parse_seconds(&value)
+            .filter(|s| (min..=max).contains(s))
+            .ok_or_else(|| ConfigError::BadValue {
+                option,
+                value,
+                expected: format!("a number of seconds from {min} to {max}"),
+            })?,
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Seconds as digits with at most one decimal point (`30`, `0.25`); no signs or exponents.
+fn parse_seconds(text: &str) -> Option<f64> {
+    let digits = text.bytes().filter(u8::is_ascii_digit).count();
+    let dots = text.bytes().filter(|&b| b == b'.').count();
+    if digits == 0 || digits + dots != text.len() || dots > 1 {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Parses a backends file: one backend spec per line; `#` starts a comment; blank lines are
+/// ignored. Errors carry the line number.
+pub fn parse_backends_file(text: &str) -> Result<Vec<BackendSpec>, ConfigError> {
+    let mut specs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or_default().trim();
+        if content.is_empty() {
+            continue;
+        }
+        let spec = BackendSpec::parse(content).map_err(|error| ConfigError::BadLine {
+            line: i + 1,
+            error: Box::new(error),
+        })?;
+        specs.push(spec);
+    }
+    Ok(specs)
 }
 
 /// A decimal whole number in `min..=max`.
@@ -395,7 +559,7 @@ mod tests {
 
     fn run(list: &[&str]) -> Config {
         match parse_args(&args(list)) {
-            Ok(Action::Run(c)) => c,
+            Ok(Action::Run(c)) => *c,
             other => panic!("expected a config, got {other:?}"),
         }
     }
@@ -418,6 +582,89 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.max_conns, 10_000);
         assert_eq!(c.backlog, 1024);
+        assert_eq!(c.breaker.max_fails, 3);
+        assert_eq!(c.breaker.fail_timeout, Duration::from_secs(10));
+        assert_eq!(c.checks, None);
+        assert_eq!(c.backends_file, None);
+        assert_eq!(c.resolve_interval, None);
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.admin, None);
+        assert_eq!(c.access_log, None);
+    }
+
+    #[test]
+    fn resilience_and_observability_options() {
+        let c = run(&[
+            "--max-fails",
+            "0",
+            "--fail-timeout",
+            "0.5",
+            "--health-interval",
+            "2",
+            "--rise",
+            "1",
+            "--fall",
+            "4",
+            "--backends-file",
+            "/etc/tcplb/backends",
+            "--resolve-interval",
+            "30",
+            "--drain-timeout",
+            "0",
+            "--admin",
+            "127.0.0.1:9090",
+            "--access-log",
+            "-",
+        ]);
+        assert!(
+            c.backends.is_empty(),
+            "a backends file may replace positional backends"
+        );
+        assert_eq!(c.breaker.max_fails, 0);
+        assert_eq!(c.breaker.fail_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.checks,
+            Some(CheckPolicy {
+                interval: Duration::from_secs(2),
+                rise: 1,
+                fall: 4
+            })
+        );
+        assert_eq!(c.backends_file, Some(PathBuf::from("/etc/tcplb/backends")));
+        assert_eq!(c.resolve_interval, Some(Duration::from_secs(30)));
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert_eq!(c.admin, Some(("127.0.0.1".to_string(), 9090)));
+        assert_eq!(c.access_log, Some(PathBuf::from("-")));
+    }
+
+    #[test]
+    fn backends_files() {
+        let specs = parse_backends_file(
+            "# web fleet\n\n10.0.0.1:80\n  10.0.0.2:80,weight=3   # the big one\n\
+             [::1]:80,backup\n",
+        )
+        .expect("parses");
+        let shown: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.1:80", "10.0.0.2:80,weight=3", "[::1]:80,backup"]
+        );
+        assert_eq!(parse_backends_file("# nothing\n"), Ok(vec![]));
+        let err = parse_backends_file("10.0.0.1:80\n\nfoo:bar\n").expect_err("bad line");
+        assert_eq!(
+            err.to_string(),
+            "line 3: invalid backend 'foo:bar': port 'bar' is not a number from 1 to 65535"
+        );
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("30"), Some(30.0));
+        assert_eq!(parse_seconds("0.25"), Some(0.25));
+        assert_eq!(parse_seconds(".5"), Some(0.5));
+        for bad in ["", ".", "1.2.3", "-1", "1e3", "inf", "NaN", " 1"] {
+            assert_eq!(parse_seconds(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -504,6 +751,10 @@ mod tests {
         assert!(err(&["--listen", "nope", "h:1"]).contains("'nope'"));
         assert!(err(&["--retries", "1", "--retries", "2", "h:1"]).contains("more than once"));
         assert!(err(&["--connect-timeout", "99999999999999999999999", "h:1"]).contains("9999"));
+        assert!(err(&["--idle-timeout", "-1", "h:1"]).contains("'-1'"));
+        assert!(err(&["--fail-timeout", "0", "h:1"]).contains("'0'"));
+        assert!(err(&["--rise", "0", "--health-interval", "1", "h:1"]).contains("'0'"));
+        assert!(err(&["--admin", "nope", "h:1"]).contains("'nope'"));
     }
 
     #[test]
@@ -520,6 +771,16 @@ mod tests {
             "--backlog",
             "--buffer-size",
             "--buffers",
+            "--max-fails",
+            "--fail-timeout",
+            "--health-interval",
+            "--rise",
+            "--fall",
+            "--backends-file",
+            "--resolve-interval",
+            "--drain-timeout",
+            "--admin",
+            "--access-log",
         ] {
             assert!(text.contains(flag), "help lacks {flag}");
         }

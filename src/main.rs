@@ -1,22 +1,31 @@
 //! Process entry: parse the command line, set up logging, resolve the backends, bind the
-//! listener and run the reactor. Maps errors to exit codes: 2 for usage errors (one line on
+//! listeners and run the reactor. Maps errors to exit codes: 2 for bad input (one line on
 //! stderr naming the bad value), 1 for start-up failures (the address and the OS error).
 
 use log::{info, warn};
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use tcplb::balancer::{Backend, Balancer};
+use tcplb::access_log::AccessLog;
+use tcplb::balancer::{Balancer, ResolvedBackend};
 use tcplb::config::{self, Action, Config};
 use tcplb::context::Settings;
+use tcplb::discovery::{self, Plan, Resolver};
 use tcplb::reactor::{Reactor, ReactorConfig};
 use tcplb::{limits, logging, net};
+
+/// Why tcplb could not start.
+enum Failure {
+    /// Bad input: exit 2.
+    Input(String),
+    /// The environment said no (port in use, permission): exit 1.
+    Start(String),
+}
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let config = match config::parse_args(&args) {
-        Ok(Action::Run(config)) => config,
+        Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => return print_stdout(&config::usage()),
         Ok(Action::Version) => {
             return print_stdout(&format!("tcplb {}\n", env!("CARGO_PKG_VERSION")));
@@ -29,7 +38,11 @@ fn main() -> ExitCode {
     logging::init();
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::Input(message)) => {
+            eprintln!("tcplb: {message} (try 'tcplb --help')");
+            ExitCode::from(2)
+        }
+        Err(Failure::Start(message)) => {
             eprintln!("tcplb: {message}");
             ExitCode::from(1)
         }
@@ -42,7 +55,7 @@ fn print_stdout(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(mut config: Config) -> Result<(), String> {
+fn run(mut config: Config) -> Result<(), Failure> {
     match limits::raise_nofile_limit() {
         Ok(nofile) => {
             if let Some(fits) = limits::fit_max_conns(config.max_conns, nofile) {
@@ -58,27 +71,45 @@ fn run(mut config: Config) -> Result<(), String> {
         Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
 
-    let backends = resolve_backends(&config)?;
-    let (host, port) = &config.listen;
-    let listen_addr = net::resolve(host, *port)
-        .map_err(|e| format!("cannot resolve listen address {host}:{port}: {e}"))?[0];
-    let listener = net::bind_listener(listen_addr, config.backlog)
-        .map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?;
+    // The backend set: positional specs plus the backends file, every name resolved.
+    let file_specs = match &config.backends_file {
+        Some(path) => discovery::read_backends_file(path).map_err(Failure::Input)?,
+        None => Vec::new(),
+    };
+    let specs: Vec<_> = config.backends.iter().chain(&file_specs).cloned().collect();
+    let mut resolver = Resolver::default();
+    let (initial, failures) = resolver.resolve(&specs);
+    if let Some(first) = failures.first() {
+        if config.resolve_interval.is_none() {
+            return Err(Failure::Start(first.clone()));
+        }
+        for failure in &failures {
+            warn!(
+                "{failure}; trying again every {:?}",
+                config.resolve_interval
+            );
+        }
+    }
+    if initial.is_empty() {
+        warn!("no backends yet: clients will be closed until some are added");
+    }
 
-    let backend_list = backends
-        .iter()
-        .map(|b| {
-            if b.weight == 1 {
-                b.addr.to_string()
-            } else {
-                format!("{} (weight {})", b.addr, b.weight)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let listener = bind(&config.listen, config.backlog)?;
+    let admin = match &config.admin {
+        Some(addr) => Some(bind(addr, 64)?),
+        None => None,
+    };
+    let access_log = match &config.access_log {
+        Some(path) => Some(AccessLog::open(path).map_err(|e| {
+            Failure::Start(format!("cannot open access log {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+
+    let backend_list = describe(&initial);
     let mut reactor = Reactor::new(
         listener,
-        Balancer::new(backends),
+        Balancer::new(config.breaker, config.checks, &initial),
         ReactorConfig {
             settings: Settings {
                 connect_timeout: config.connect_timeout,
@@ -88,32 +119,72 @@ fn run(mut config: Config) -> Result<(), String> {
             },
             buffer_size: config.buffer_size,
             buffers: config.buffers,
+            drain_timeout: config.drain_timeout,
+            admin,
+            access_log,
+            discovery: Plan {
+                positional: config.backends.clone(),
+                file: config.backends_file.clone(),
+                file_specs,
+                resolver,
+                current: initial,
+                resolve_interval: config.resolve_interval,
+            },
         },
     )
-    .map_err(|e| format!("cannot start the event loop: {e}"))?;
+    .map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))?;
     let local = reactor
         .local_addr()
-        .map_err(|e| format!("cannot read the listen address: {e}"))?;
+        .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
+    let admin_note = reactor
+        .admin_addr()
+        .map(|a| format!("; admin on http://{a}/"))
+        .unwrap_or_default();
     info!(
-        "listening on {local}; backends: {backend_list}; max-conns {}, {} buffers of {} bytes ({} MiB)",
+        "listening on {local}; backends: {backend_list}; max-conns {}, {} buffers of {} bytes \
+         ({} MiB){admin_note}",
         config.max_conns,
         config.buffers,
         config.buffer_size,
         (config.buffers * config.buffer_size) >> 20
     );
-    reactor.run().map_err(|e| format!("event loop failed: {e}"))
+    reactor
+        .run()
+        .map_err(|e| Failure::Start(format!("event loop failed: {e}")))
 }
 
-/// Resolves every backend spec: each address a name resolves to becomes a backend.
-fn resolve_backends(config: &Config) -> Result<Vec<Backend>, String> {
-    let mut backends = Vec::new();
-    for spec in &config.backends {
-        let addrs: Vec<SocketAddr> = net::resolve(&spec.host, spec.port)
-            .map_err(|e| format!("cannot resolve backend {}: {e}", spec.authority()))?;
-        for addr in addrs {
-            let id = backends.len() as u32;
-            backends.push(Backend::new(id, addr, spec.authority(), spec.weight));
-        }
+/// Resolves and binds a listener; failures name the address and the OS error.
+fn bind((host, port): &(String, u16), backlog: i32) -> Result<mio::net::TcpListener, Failure> {
+    let addrs = net::resolve(host, *port)
+        .map_err(|e| Failure::Start(format!("cannot resolve listen address {host}:{port}: {e}")))?;
+    let addr = addrs[0];
+    net::bind_listener(addr, backlog)
+        .map_err(|e| Failure::Start(format!("cannot listen on {addr}: {e}")))
+}
+
+/// The backends for the start line: the first few, then how many more.
+fn describe(backends: &[ResolvedBackend]) -> String {
+    const SHOWN: usize = 8;
+    let mut parts: Vec<String> = backends
+        .iter()
+        .take(SHOWN)
+        .map(|b| {
+            let mut s = b.addr.to_string();
+            if b.weight != 1 {
+                s.push_str(&format!(" weight {}", b.weight));
+            }
+            if b.backup {
+                s.push_str(" backup");
+            }
+            s
+        })
+        .collect();
+    if backends.len() > SHOWN {
+        parts.push(format!("and {} more", backends.len() - SHOWN));
     }
-    Ok(backends)
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
 }

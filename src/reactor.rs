@@ -1,31 +1,49 @@
 //! The event loop: one `mio::Poll` on one thread, in the shape of Python's `selectors`
-//! pattern. Each turn waits for readiness, then dispatches: the listener's token to
-//! [`Reactor::accept_clients`], a session's token (slot, side and generation packed in one
-//! word) to that session's handler, then runs sessions that were waiting for a buffer or had
-//! used up their turn, then fires due timers.
+//! pattern. Each turn waits for readiness, then dispatches by token:
 //!
-//! Sockets are registered once, for both directions, edge-triggered; the sessions remember
-//! readiness themselves. A session ended by one event is removed at once: its slot may be
+//! | token | handler |
+//! |---|---|
+//! | the listener | [`Reactor::accept_clients`] → a new [`Session`] (or shed) |
+//! | the admin listener | [`Reactor::accept_admin`] → a new [`AdminConn`] |
+//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain, then exit |
+//! | the waker | a new backend set from the discovery thread |
+//! | a slab entry (slot, socket and generation in one word) | that [`Conn`]'s handler |
+//!
+//! then runs sessions that were waiting for a buffer or had used up their turn, then fires
+//! due timers, then hands the access log its lines.
+//!
+//! Sockets are registered once, for both directions, edge-triggered; connections remember
+//! readiness themselves. A connection ended by one event is removed at once: its slot may be
 //! reused within the same batch, but the generation in its tokens tells a late event apart.
 
+use crate::access_log::{AccessLog, Entry};
+use crate::admin::AdminConn;
 use crate::balancer::Balancer;
-use crate::context::{Context, Settings, Stats, Throttles, TimerKey};
+use crate::context::{ConnId, Context, Settings, Stats, Throttles, TimerKey};
+use crate::discovery::{Cause, Discovery, Plan};
 use crate::logging::suppressed_note;
 use crate::net;
 use crate::pool::Pool;
-use crate::session::{EndReason, Session, SessionId, Status};
+use crate::probe::Probe;
+use crate::session::{EndReason, Rejected, Session, SessionSummary, Side, Status};
 use crate::timer::Timers;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 const LISTENER: Token = Token(usize::MAX);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
 
 /// Events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 1024;
@@ -33,31 +51,66 @@ const EVENTS_PER_WAIT: usize = 1024;
 const ACCEPTS_PER_TURN: usize = 256;
 /// How long accepting pauses after running out of descriptors (unless a session ends first).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Admin connections open at once; more are closed at once.
+const MAX_ADMIN_CONNS: usize = 32;
+/// New clients are shed when fewer than 1/SHED_POOL_FRACTION of the buffers are free.
+const SHED_POOL_FRACTION: usize = 20;
+
+/// What a slab entry is: a connection with a handler.
+pub enum Conn {
+    Session(Session),
+    Probe(Probe),
+    Admin(AdminConn),
+}
+
+impl Conn {
+    fn id(&self) -> ConnId {
+        match self {
+            Conn::Session(s) => s.id(),
+            Conn::Probe(p) => p.id(),
+            Conn::Admin(a) => a.id(),
+        }
+    }
+}
 
 /// Everything the loop needs to start.
 pub struct ReactorConfig {
     pub settings: Settings,
     pub buffer_size: usize,
     pub buffers: usize,
+    pub drain_timeout: Duration,
+    /// A bound admin listener, if `--admin` is on.
+    pub admin: Option<TcpListener>,
+    pub access_log: Option<AccessLog>,
+    /// What the discovery thread starts from.
+    pub discovery: Plan,
 }
 
 pub struct Reactor {
     poll: Poll,
     events: Events,
-    listener: TcpListener,
+    /// `None` once draining: new clients are refused by the kernel.
+    listener: Option<TcpListener>,
     /// The listener may have clients waiting (its edge has not been drained).
     listener_ready: bool,
     /// Accepting is paused for lack of descriptors; a timer resumes it.
     accept_paused: bool,
-    sessions: Slab<Session>,
+    admin: Option<TcpListener>,
+    admin_conns: usize,
+    signals: Signals,
+    discovery: Discovery,
+    conns: Slab<Conn>,
     next_generation: u32,
     ctx: Context,
     fired: Vec<TimerKey>,
-    resumable: Vec<SessionId>,
+    resumable: Vec<ConnId>,
+    draining: bool,
+    drain_timeout: Duration,
+    exiting: bool,
 }
 
 impl Reactor {
-    /// Sets up the loop around a bound listener.
+    /// Sets up the loop around a bound listener and starts the discovery thread.
     pub fn new(
         mut listener: TcpListener,
         balancer: Balancer,
@@ -66,47 +119,81 @@ impl Reactor {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut admin = config.admin;
+        if let Some(admin) = &mut admin {
+            poll.registry()
+                .register(admin, ADMIN_LISTENER, Interest::READABLE)?;
+        }
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let discovery = Discovery::spawn(config.discovery, waker)?;
+
         let now = Instant::now();
         // Room for every session up front: address space only (pages are touched as sessions
-        // fill them), and the slab never has to move its entries to grow.
+        // fill them), and the slabs never have to move their entries to grow.
         let max_conns = config.settings.max_conns;
-        let ctx = Context {
+        let mut ctx = Context {
             registry: poll.registry().try_clone()?,
             pool: Pool::new(config.buffer_size, config.buffers),
             balancer,
-            timers: Timers::with_capacity(now, config.settings.max_conns + 64),
+            timers: Timers::with_capacity(now, max_conns + 64),
             now,
+            started: SystemTime::now(),
             settings: config.settings,
-            stats: Stats::default(),
+            stats: Stats::new(),
             throttles: Throttles::default(),
             buffer_waiters: VecDeque::new(),
             run_queue: Vec::new(),
             fds_exhausted: false,
+            access_log: config.access_log,
         };
+        if ctx.balancer.check_policy().is_some() {
+            ctx.timers.insert(now, TimerKey::HealthRound);
+        }
         Ok(Reactor {
             poll,
             events: Events::with_capacity(EVENTS_PER_WAIT),
-            listener,
+            listener: Some(listener),
             listener_ready: true,
             accept_paused: false,
-            sessions: Slab::with_capacity(max_conns),
+            admin,
+            admin_conns: 0,
+            signals,
+            discovery,
+            conns: Slab::with_capacity(max_conns + MAX_ADMIN_CONNS),
             next_generation: 0,
             ctx,
             fired: Vec::new(),
             resumable: Vec::new(),
+            draining: false,
+            drain_timeout: config.drain_timeout,
+            exiting: false,
         })
     }
 
     /// The address clients connect to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
     }
 
-    /// Runs until a fatal poll error.
+    /// The admin endpoint's address, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Runs until shut down by a signal (Ok) or a fatal poll error.
     pub fn run(&mut self) -> io::Result<()> {
-        loop {
+        while !self.exiting {
             self.turn()?;
         }
+        // Writes out the last access log lines.
+        self.ctx.access_log = None;
+        Ok(())
     }
 
     /// One turn of the loop: wait, dispatch, run deferred work, fire timers.
@@ -128,6 +215,9 @@ impl Reactor {
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.listener_ready = true,
+                ADMIN_LISTENER => self.accept_admin(),
+                SIGNALS => self.on_signals(),
+                WAKER => self.on_discovery(),
                 token => self.dispatch(token, event),
             }
         }
@@ -137,57 +227,130 @@ impl Reactor {
         }
         self.run_deferred();
         self.fire_timers();
+        if let Some(log) = &mut self.ctx.access_log {
+            log.flush();
+        }
         Ok(())
     }
 
     fn has_pending_work(&self) -> bool {
         !self.ctx.run_queue.is_empty()
-            || (self.listener_ready && !self.accept_paused)
+            || (self.listener_ready && !self.accept_paused && self.listener.is_some())
             || (!self.ctx.buffer_waiters.is_empty() && self.ctx.pool.free() > 0)
     }
 
     fn dispatch(&mut self, token: Token, event: &Event) {
-        let (id, side) = SessionId::from_token(token);
-        let Some(session) = self.sessions.get_mut(id.slot as usize) else {
+        let (id, socket) = ConnId::from_token(token);
+        let Some(conn) = self.conns.get_mut(id.slot as usize) else {
             return;
         };
-        if session.id() != id {
-            return; // a late event for a session that has ended
+        if conn.id() != id {
+            return; // a late event for a connection that has ended
         }
-        let status = session.on_ready(side, event, &mut self.ctx);
-        self.settle(id, status);
+        match conn {
+            Conn::Session(session) => {
+                let status = session.on_ready(Side::from_socket(socket), event, &mut self.ctx);
+                self.settle(id, status);
+            }
+            Conn::Probe(probe) => {
+                if let Some(result) = probe.on_ready(event) {
+                    self.end_probe(id, result);
+                }
+            }
+            Conn::Admin(admin) => {
+                if admin.on_ready(event, &mut self.ctx) {
+                    self.end_admin(id);
+                }
+            }
+        }
     }
 
     /// Removes a session that a handler reported closed.
-    fn settle(&mut self, id: SessionId, status: Status) {
+    fn settle(&mut self, id: ConnId, status: Status) {
         if let Status::Closed(reason) = status {
-            let session = self.sessions.remove(id.slot as usize);
-            self.end(session, reason);
+            if let Conn::Session(session) = self.conns.remove(id.slot as usize) {
+                self.end_session(session, reason);
+            }
         }
     }
 
-    fn end(&mut self, session: Session, reason: EndReason) {
+    fn end_session(&mut self, session: Session, reason: EndReason) {
         let summary = session.finish(&mut self.ctx);
+        self.ctx.stats.sessions -= 1;
+        self.ctx
+            .stats
+            .session_duration
+            .observe(summary.duration.as_secs_f64());
+        self.record(&summary, reason);
+        // Descriptors were freed: a paused listener may go on.
+        self.accept_paused = false;
+        if self.draining && self.ctx.stats.sessions == 0 {
+            info!("drained: every session has finished; exiting");
+            self.exiting = true;
+        }
+    }
+
+    /// Counts, logs and writes the access log line for a finished (or refused) client.
+    fn record(&mut self, summary: &SessionSummary, reason: EndReason) {
         debug!(
             "{} via {}: {} after {:?}, {} bytes up, {} down",
             summary.client_addr,
-            summary.backend,
+            summary
+                .backend
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
             reason.as_str(),
-            self.ctx.now.saturating_duration_since(summary.started),
+            summary.duration,
             summary.bytes_up,
             summary.bytes_down
         );
-        self.count_failure(summary.client_addr, reason);
-        // Descriptors were freed: a paused listener may go on.
-        if self.accept_paused {
-            self.accept_paused = false;
+        if reason == EndReason::NoBackend {
+            self.ctx.stats.no_backend += 1;
+            if let Some(n) = self.ctx.throttles.no_backend.allow(self.ctx.now) {
+                warn!(
+                    "no backend could take client {}{}",
+                    summary.client_addr,
+                    suppressed_note(n)
+                );
+            }
         }
+        if let Some(log) = &mut self.ctx.access_log {
+            log.record(
+                &Entry {
+                    client: summary.client_addr,
+                    backend: summary.backend,
+                    connect: summary.connect_time,
+                    duration: summary.duration,
+                    bytes_up: summary.bytes_up,
+                    bytes_down: summary.bytes_down,
+                    retries: summary.retries,
+                    end: reason.as_str(),
+                },
+                SystemTime::now(),
+            );
+        }
+    }
+
+    /// A client closed before it became a session (shed, or no backend).
+    fn record_refused(&mut self, client: SocketAddr, reason: EndReason, attempts: u32) {
+        let summary = SessionSummary {
+            client_addr: client,
+            backend: None,
+            connect_time: None,
+            duration: Duration::ZERO,
+            bytes_up: 0,
+            bytes_down: 0,
+            retries: attempts.saturating_sub(1),
+        };
+        self.record(&summary, reason);
     }
 
     /// Accepts waiting clients, up to a turn's worth.
     fn accept_clients(&mut self) {
         for _ in 0..ACCEPTS_PER_TURN {
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok((stream, addr)) => self.admit(stream, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listener_ready = false;
@@ -200,9 +363,6 @@ impl Reactor {
                     ) => {}
                 Err(e) => {
                     self.ctx.stats.accept_errors += 1;
-                    if net::is_resource_exhaustion(&e) {
-                        self.ctx.fds_exhausted = true;
-                    }
                     if let Some(n) = self.ctx.throttles.accept.allow(self.ctx.now) {
                         warn!(
                             "accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?}{}",
@@ -230,42 +390,233 @@ impl Reactor {
         }
     }
 
-    /// Turns a new client into a session, or sheds it when `--max-conns` are open.
+    /// Turns a new client into a session, or sheds it: past `--max-conns`, or when the
+    /// buffer pool is nearly empty (a session admitted then could not move bytes).
     fn admit(&mut self, client: TcpStream, addr: SocketAddr) {
         self.ctx.stats.accepted += 1;
-        if self.sessions.len() >= self.ctx.settings.max_conns {
+        let shed = if self.ctx.stats.sessions >= self.ctx.settings.max_conns {
             self.ctx.stats.shed_max_conns += 1;
-            debug!("{addr}: shed, {} sessions open", self.sessions.len());
+            Some("shed_max_conns")
+        } else if self.ctx.pool.free() * SHED_POOL_FRACTION < self.ctx.pool.capacity() {
+            self.ctx.stats.shed_pool += 1;
+            Some("shed_pool")
+        } else {
+            None
+        };
+        if let Some(why) = shed {
+            debug!("{addr}: {why}, {} sessions open", self.ctx.stats.sessions);
+            if let Some(n) = self.ctx.throttles.shed.allow(self.ctx.now) {
+                warn!(
+                    "shedding new clients ({why}): {} sessions open, {} of {} buffers free{}",
+                    self.ctx.stats.sessions,
+                    self.ctx.pool.free(),
+                    self.ctx.pool.capacity(),
+                    suppressed_note(n)
+                );
+            }
             net::reset_on_close(&client);
+            let reason = if why == "shed_pool" {
+                EndReason::ShedPool
+            } else {
+                EndReason::ShedMaxConns
+            };
+            self.record_refused(addr, reason, 0);
             return;
         }
-        let entry = self.sessions.vacant_entry();
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let id = SessionId {
-            slot: entry.key() as u32,
-            generation: self.next_generation,
-        };
+        let id = self.next_id();
         match Session::start(id, client, addr, &mut self.ctx) {
             Ok(session) => {
-                entry.insert(session);
+                self.conns.insert(Conn::Session(session));
+                self.ctx.stats.sessions += 1;
             }
-            Err((client, reason)) => {
-                debug!("{addr}: closed at once: {}", reason.as_str());
-                self.count_failure(addr, reason);
+            Err(Rejected {
+                client,
+                reason,
+                attempts,
+            }) => {
                 drop(client);
+                self.record_refused(addr, reason, attempts);
             }
         }
     }
 
-    /// Counts (and logs, throttled) a client turned away because no backend could take it.
-    fn count_failure(&mut self, client: SocketAddr, reason: EndReason) {
-        if reason == EndReason::NoBackend {
-            self.ctx.stats.no_backend += 1;
-            if let Some(n) = self.ctx.throttles.no_backend.allow(self.ctx.now) {
-                warn!(
-                    "no backend could take client {client}{}",
-                    suppressed_note(n)
-                );
+    /// The id the next slab insert will get.
+    fn next_id(&mut self) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        ConnId {
+            slot: self.conns.vacant_key() as u32,
+            generation: self.next_generation,
+        }
+    }
+
+    fn accept_admin(&mut self) {
+        loop {
+            let Some(admin) = &self.admin else { return };
+            match admin.accept() {
+                Ok((stream, addr)) => {
+                    if self.admin_conns >= MAX_ADMIN_CONNS {
+                        debug!("admin {addr}: too many admin connections");
+                        continue;
+                    }
+                    let id = self.next_id();
+                    match AdminConn::new(id, stream, &mut self.ctx) {
+                        Ok(conn) => {
+                            self.conns.insert(Conn::Admin(conn));
+                            self.admin_conns += 1;
+                        }
+                        Err(e) => debug!("admin {addr}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if let Some(n) = self.ctx.throttles.accept.allow(self.ctx.now) {
+                        warn!("admin accept failed: {e}{}", suppressed_note(n));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn end_admin(&mut self, id: ConnId) {
+        if let Conn::Admin(conn) = self.conns.remove(id.slot as usize) {
+            conn.finish(&mut self.ctx);
+            self.admin_conns -= 1;
+        }
+    }
+
+    /// Probes every backend that has no probe under way.
+    fn health_round(&mut self) {
+        let Some(policy) = self.ctx.balancer.check_policy() else {
+            return;
+        };
+        if self.draining {
+            return;
+        }
+        let backends: Vec<_> = self
+            .ctx
+            .balancer
+            .backends()
+            .iter()
+            .filter(|b| !b.is_probing())
+            .cloned()
+            .collect();
+        for backend in backends {
+            let id = self.next_id();
+            match Probe::start(id, std::rc::Rc::clone(&backend), &mut self.ctx) {
+                Ok(probe) => {
+                    self.conns.insert(Conn::Probe(probe));
+                }
+                Err(e) if net::is_resource_exhaustion(&e) => {
+                    if let Some(n) = self.ctx.throttles.fds.allow(self.ctx.now) {
+                        warn!(
+                            "cannot open a health check socket: {e}{}",
+                            suppressed_note(n)
+                        );
+                    }
+                }
+                Err(e) => self.ctx.balancer.probe_result(&backend, &Err(e)),
+            }
+        }
+        self.ctx
+            .timers
+            .insert(self.ctx.now + policy.interval, TimerKey::HealthRound);
+    }
+
+    fn end_probe(&mut self, id: ConnId, result: io::Result<()>) {
+        if let Conn::Probe(probe) = self.conns.remove(id.slot as usize) {
+            let backend = std::rc::Rc::clone(probe.backend());
+            probe.finish(&mut self.ctx);
+            self.ctx.balancer.probe_result(&backend, &result);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGHUP if !self.draining => {
+                    info!("SIGHUP: reloading the backend set");
+                    self.discovery.reload();
+                }
+                SIGHUP => {}
+                _ if self.draining => {
+                    warn!("second signal: exiting now");
+                    self.cut_sessions();
+                    self.exiting = true;
+                }
+                _ => self.begin_drain(if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }),
+            }
+        }
+    }
+
+    /// Stops accepting (the listener is closed, so new clients are refused) and lets live
+    /// sessions finish for up to `--drain-timeout`.
+    fn begin_drain(&mut self, signal: &str) {
+        self.draining = true;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let sessions = self.ctx.stats.sessions;
+        if sessions == 0 {
+            info!("{signal}: no sessions open; exiting");
+            self.exiting = true;
+            return;
+        }
+        info!(
+            "{signal}: stopped accepting; draining {sessions} sessions for up to {:?}",
+            self.drain_timeout
+        );
+        self.ctx
+            .timers
+            .insert(self.ctx.now + self.drain_timeout, TimerKey::DrainDeadline);
+    }
+
+    /// Resets every open session (at exit: a cut transfer must not look complete).
+    fn cut_sessions(&mut self) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Conn::Session(s) => Some(s.id()),
+                _ => None,
+            })
+            .collect();
+        if !ids.is_empty() {
+            warn!("cutting {} sessions still open", ids.len());
+        }
+        for id in ids {
+            if let Conn::Session(session) = self.conns.remove(id.slot as usize) {
+                session.abort();
+                self.end_session(session, EndReason::Shutdown);
+            }
+        }
+    }
+
+    fn on_discovery(&mut self) {
+        while let Some(update) = self.discovery.next_update() {
+            let what = match update.cause {
+                Cause::Reload => "reload",
+                Cause::Resolve => "re-resolve",
+            };
+            match update.result {
+                Ok(set) => {
+                    let changes = self.ctx.balancer.apply(&set);
+                    let total = self.ctx.balancer.backends().len();
+                    info!(
+                        "{what}: {} added, {} removed, {} changed; {total} backends",
+                        changes.added, changes.removed, changes.updated
+                    );
+                    if total == 0 {
+                        warn!("{what}: the backend set is empty; new clients will be closed");
+                    }
+                }
+                Err(message) => warn!("{what} failed, keeping the running set: {message}"),
             }
         }
     }
@@ -287,15 +638,13 @@ impl Reactor {
         }
     }
 
-    fn resume(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.get_mut(id.slot as usize) else {
-            return;
-        };
-        if session.id() != id {
-            return;
+    fn resume(&mut self, id: ConnId) {
+        if let Some(Conn::Session(session)) = self.conns.get_mut(id.slot as usize) {
+            if session.id() == id {
+                let status = session.resume(&mut self.ctx);
+                self.settle(id, status);
+            }
         }
-        let status = session.resume(&mut self.ctx);
-        self.settle(id, status);
     }
 
     fn fire_timers(&mut self) {
@@ -303,27 +652,45 @@ impl Reactor {
         let mut fired = std::mem::take(&mut self.fired);
         for key in fired.drain(..) {
             match key {
-                TimerKey::Session(id) => {
-                    let Some(session) = self.sessions.get_mut(id.slot as usize) else {
-                        continue;
-                    };
-                    if session.id() != id {
-                        continue;
-                    }
-                    let status = session.on_timer(&mut self.ctx);
-                    self.settle(id, status);
-                }
-                TimerKey::ResumeAccept => {
-                    self.accept_paused = false;
+                TimerKey::Conn(id) => self.on_conn_timer(id),
+                TimerKey::ResumeAccept => self.accept_paused = false,
+                TimerKey::HealthRound => self.health_round(),
+                TimerKey::DrainDeadline => {
+                    warn!("drain timeout ({:?}) reached", self.drain_timeout);
+                    self.cut_sessions();
+                    self.exiting = true;
                 }
             }
         }
         self.fired = fired;
     }
 
+    fn on_conn_timer(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.slot as usize) else {
+            return;
+        };
+        if conn.id() != id {
+            return;
+        }
+        match conn {
+            Conn::Session(session) => {
+                let status = session.on_timer(&mut self.ctx);
+                self.settle(id, status);
+            }
+            Conn::Probe(probe) => {
+                let error = probe.timed_out();
+                self.end_probe(id, Err(error));
+            }
+            Conn::Admin(admin) => {
+                admin.timed_out();
+                self.end_admin(id);
+            }
+        }
+    }
+
     /// Sessions open right now.
     pub fn sessions(&self) -> usize {
-        self.sessions.len()
+        self.ctx.stats.sessions
     }
 
     pub fn context(&self) -> &Context {

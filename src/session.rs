@@ -16,59 +16,36 @@
 //! the other once everything before it is delivered; the other direction keeps flowing; the
 //! session ends when both directions are done.
 
-use crate::balancer::Lease;
-use crate::context::{Context, TimerKey};
+use crate::balancer::{Lease, bump};
+use crate::context::{ConnId, Context, TimerKey};
 use crate::logging::suppressed_note;
 use crate::net;
 use crate::pipe::{Fault, Flow, Pipe, Readiness};
 use crate::timer::TimerId;
 use log::{debug, warn};
+use mio::Interest;
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Interest, Token};
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Which socket of a session an event is for.
+/// Which socket of a session an event is for (the socket number in its token).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Client = 0,
     Backend = 1,
 }
 
-/// A session's slot in the reactor's slab plus a generation, so an event or timer meant for
-/// a session that has ended is never delivered to the next session in the same slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionId {
-    pub slot: u32,
-    pub generation: u32,
-}
-
-impl SessionId {
-    /// The poll token of one of the session's sockets: generation, slot and side packed in
-    /// one word. Tokens at the very top of the range are left to the reactor's own sockets.
-    pub fn token(self, side: Side) -> Token {
-        Token(((self.generation as usize) << 32) | ((self.slot as usize) << 1) | side as usize)
-    }
-
-    /// The session and side a token names.
-    pub fn from_token(token: Token) -> (SessionId, Side) {
-        let id = SessionId {
-            slot: ((token.0 >> 1) & 0x7fff_ffff) as u32,
-            generation: (token.0 >> 32) as u32,
-        };
-        let side = if token.0 & 1 == 0 {
+impl Side {
+    pub fn from_socket(socket: usize) -> Side {
+        if socket == 0 {
             Side::Client
         } else {
             Side::Backend
-        };
-        (id, side)
+        }
     }
 }
-
-// Tokens pack a generation into the upper half of the word.
-const _: () = assert!(usize::BITS >= 64, "tcplb needs a 64-bit target");
 
 /// How a session ended: for the access log, the counters and debug logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +61,12 @@ pub enum EndReason {
     NoBackend,
     /// Out of file descriptors while connecting.
     NoResources,
+    /// Cut at shutdown: the drain ran out of time or a second signal came.
+    Shutdown,
+    /// Turned away at once: `--max-conns` sessions were open.
+    ShedMaxConns,
+    /// Turned away at once: the buffer pool was nearly empty.
+    ShedPool,
 }
 
 impl EndReason {
@@ -96,6 +79,9 @@ impl EndReason {
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::NoBackend => "no_backend",
             EndReason::NoResources => "no_resources",
+            EndReason::Shutdown => "shutdown",
+            EndReason::ShedMaxConns => "shed_max_conns",
+            EndReason::ShedPool => "shed_pool",
         }
     }
 }
@@ -117,7 +103,7 @@ enum Phase {
 }
 
 pub struct Session {
-    id: SessionId,
+    id: ConnId,
     client: TcpStream,
     backend: TcpStream,
     client_ready: Readiness,
@@ -134,6 +120,8 @@ pub struct Session {
     /// Last time a byte moved either way.
     last_active: Instant,
     started: Instant,
+    /// How long the successful connect took (from the session's start).
+    connect_time: Option<Duration>,
     client_addr: SocketAddr,
     /// Which side sent its FIN first.
     first_fin: Option<Side>,
@@ -148,31 +136,41 @@ impl Session {
     /// connecting, trying others (up to `--retries`) if a connect fails at once. On failure
     /// the client socket is handed back so the caller can close it.
     pub fn start(
-        id: SessionId,
+        id: ConnId,
         mut client: TcpStream,
         client_addr: SocketAddr,
         ctx: &mut Context,
-    ) -> Result<Session, (TcpStream, EndReason)> {
+    ) -> Result<Session, Rejected> {
         if let Err(e) = net::prepare_client(&client).and_then(|()| {
             ctx.registry.register(
                 &mut client,
-                id.token(Side::Client),
+                id.token(Side::Client as usize),
                 Interest::READABLE | Interest::WRITABLE,
             )
         }) {
             debug!("client {client_addr}: {e}");
-            return Err((client, EndReason::NoResources));
+            return Err(Rejected {
+                client,
+                reason: EndReason::NoResources,
+                attempts: 0,
+            });
         }
         let mut tried = Vec::new();
         let mut attempts = 0;
         let (lease, backend) = match dial(id, &mut tried, &mut attempts, ctx) {
             Ok(connected) => connected,
-            Err(reason) => return Err((client, reason)),
+            Err(reason) => {
+                return Err(Rejected {
+                    client,
+                    reason,
+                    attempts,
+                });
+            }
         };
-        let timer = Some(ctx.timers.insert(
-            ctx.now + ctx.settings.connect_timeout,
-            TimerKey::Session(id),
-        ));
+        let timer = Some(
+            ctx.timers
+                .insert(ctx.now + ctx.settings.connect_timeout, TimerKey::Conn(id)),
+        );
         Ok(Session {
             id,
             client,
@@ -187,6 +185,7 @@ impl Session {
             timer,
             last_active: ctx.now,
             started: ctx.now,
+            connect_time: None,
             client_addr,
             first_fin: None,
             waiting_for_buffer: false,
@@ -194,16 +193,15 @@ impl Session {
         })
     }
 
-    pub fn id(&self) -> SessionId {
+    pub fn id(&self) -> ConnId {
         self.id
     }
 
-    pub fn lease(&self) -> &Lease {
-        &self.lease
-    }
-
-    pub fn client_addr(&self) -> SocketAddr {
-        self.client_addr
+    /// Makes closing this session reset both connections: it is being cut short, and a cut
+    /// transfer must not look complete to either side.
+    pub fn abort(&self) {
+        net::reset_on_close(&self.client);
+        net::reset_on_close(&self.backend);
     }
 
     /// Handles readiness of one of the session's sockets.
@@ -237,7 +235,7 @@ impl Session {
             if due <= ctx.now {
                 return Status::Closed(EndReason::IdleTimeout);
             }
-            self.timer = Some(ctx.timers.insert(due, TimerKey::Session(self.id)));
+            self.timer = Some(ctx.timers.insert(due, TimerKey::Conn(self.id)));
         }
         Status::Open
     }
@@ -257,34 +255,38 @@ impl Session {
         }
         self.up.release(&mut ctx.pool);
         self.down.release(&mut ctx.pool);
+        let attempts = match self.phase {
+            Phase::Connecting { attempts } => attempts,
+            Phase::Established => self.tried.len() as u32 + 1,
+        };
         SessionSummary {
             client_addr: self.client_addr,
-            backend: self.lease.backend().addr,
-            started: self.started,
+            backend: Some(self.lease.backend().addr),
+            connect_time: self.connect_time,
+            duration: ctx.now.saturating_duration_since(self.started),
             bytes_up: self.up.moved(),
             bytes_down: self.down.moved(),
+            retries: attempts.saturating_sub(1),
         }
         // Dropping `self` closes both sockets and drops the lease.
     }
 
     fn established(&mut self, ctx: &mut Context) {
         self.phase = Phase::Established;
-        let backend = self.lease.backend();
-        backend.stats.sessions.set(backend.stats.sessions.get() + 1);
+        ctx.balancer.connect_succeeded(&mut self.lease);
+        let took = ctx.now.saturating_duration_since(self.started);
+        self.connect_time = Some(took);
+        ctx.stats.connect_duration.observe(took.as_secs_f64());
         debug!(
-            "{} connected to {} in {:?}",
+            "{} connected to {} in {took:?}",
             self.client_addr,
-            backend.addr,
-            ctx.now.saturating_duration_since(self.started)
+            self.lease.backend().addr,
         );
         if let Some(timer) = self.timer.take() {
             ctx.timers.cancel(timer);
         }
         if let Some(idle) = ctx.settings.idle_timeout {
-            self.timer = Some(
-                ctx.timers
-                    .insert(ctx.now + idle, TimerKey::Session(self.id)),
-            );
+            self.timer = Some(ctx.timers.insert(ctx.now + idle, TimerKey::Conn(self.id)));
         }
     }
 
@@ -297,7 +299,8 @@ impl Session {
         let Phase::Connecting { mut attempts } = self.phase else {
             return Status::Open;
         };
-        backend_failed(self.lease.backend(), &error, ctx);
+        ctx.balancer
+            .connect_failed(&mut self.lease, ctx.now, &error);
         self.tried.push(self.lease.backend().id);
         match dial(self.id, &mut self.tried, &mut attempts, ctx) {
             Ok((lease, backend)) => {
@@ -308,7 +311,7 @@ impl Session {
                 self.phase = Phase::Connecting { attempts };
                 self.timer = Some(ctx.timers.insert(
                     ctx.now + ctx.settings.connect_timeout,
-                    TimerKey::Session(self.id),
+                    TimerKey::Conn(self.id),
                 ));
                 Status::Open
             }
@@ -353,10 +356,8 @@ impl Session {
         if sent + received > 0 {
             self.last_active = ctx.now;
             let stats = &self.lease.backend().stats;
-            stats.bytes_sent.set(stats.bytes_sent.get() + sent);
-            stats
-                .bytes_received
-                .set(stats.bytes_received.get() + received);
+            bump(&stats.bytes_sent, sent);
+            bump(&stats.bytes_received, received);
         }
         if self.first_fin.is_none() {
             if self.up.eof() {
@@ -408,14 +409,25 @@ impl Session {
     }
 }
 
-/// What is left of a session once it has ended.
+/// What is left of a session once it has ended: for the access log and the counters.
 #[derive(Debug)]
 pub struct SessionSummary {
     pub client_addr: SocketAddr,
-    pub backend: SocketAddr,
-    pub started: Instant,
+    /// The backend it ended on (`None` if it never got one).
+    pub backend: Option<SocketAddr>,
+    pub connect_time: Option<Duration>,
+    pub duration: Duration,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    pub retries: u32,
+}
+
+/// A client that could not be given a session; the caller closes it.
+#[derive(Debug)]
+pub struct Rejected {
+    pub client: TcpStream,
+    pub reason: EndReason,
+    pub attempts: u32,
 }
 
 fn other(side: Side) -> Side {
@@ -429,7 +441,7 @@ fn other(side: Side) -> Side {
 /// fails at once (unreachable network, say) counts against that backend and the next one is
 /// tried, up to `--retries` retries in all.
 fn dial(
-    id: SessionId,
+    id: ConnId,
     tried: &mut Vec<u32>,
     attempts: &mut u32,
     ctx: &mut Context,
@@ -438,7 +450,7 @@ fn dial(
         if *attempts > ctx.settings.retries {
             return Err(EndReason::NoBackend);
         }
-        let Some(lease) = ctx.balancer.pick(tried) else {
+        let Some(mut lease) = ctx.balancer.pick(ctx.now, tried) else {
             return Err(EndReason::NoBackend);
         };
         *attempts += 1;
@@ -447,7 +459,7 @@ fn dial(
             ctx.registry
                 .register(
                     &mut stream,
-                    id.token(Side::Backend),
+                    id.token(Side::Backend as usize),
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .map(|()| stream)
@@ -462,52 +474,9 @@ fn dial(
                 return Err(EndReason::NoResources);
             }
             Err(e) => {
-                backend_failed(lease.backend(), &e, ctx);
+                ctx.balancer.connect_failed(&mut lease, ctx.now, &e);
                 tried.push(lease.backend().id);
             }
         }
-    }
-}
-
-/// Counts and logs (throttled) a failed connect.
-fn backend_failed(backend: &crate::balancer::Backend, error: &io::Error, ctx: &mut Context) {
-    let failures = &backend.stats.connect_failures;
-    failures.set(failures.get() + 1);
-    if let Some(n) = backend.warn_throttle.allow(ctx.now) {
-        warn!(
-            "backend {backend}: connect failed: {error}{}",
-            suppressed_note(n)
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip() {
-        for (slot, generation) in [
-            (0, 0),
-            (1, 7),
-            (0x7fff_fffe, u32::MAX - 1),
-            (12345, 1 << 31),
-        ] {
-            let id = SessionId { slot, generation };
-            for side in [Side::Client, Side::Backend] {
-                assert_eq!(SessionId::from_token(id.token(side)), (id, side));
-            }
-        }
-        let a = SessionId {
-            slot: 3,
-            generation: 1,
-        }
-        .token(Side::Client);
-        let b = SessionId {
-            slot: 3,
-            generation: 2,
-        }
-        .token(Side::Client);
-        assert_ne!(a, b, "a reused slot gets a different token");
     }
 }

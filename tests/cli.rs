@@ -36,7 +36,9 @@ fn usage_errors_name_the_bad_value_and_exit_2() {
     assert_usage_error(&["--retries", "many", "127.0.0.1:80"], "many");
     assert_usage_error(&["--max-conns", "0", "127.0.0.1:80"], "'0'");
     assert_usage_error(&["--connect-timeout", "-1", "127.0.0.1:80"], "-1");
-    assert_usage_error(&["--idle-timeout", "1.5", "127.0.0.1:80"], "1.5");
+    assert_usage_error(&["--idle-timeout", "1,5", "127.0.0.1:80"], "1,5");
+    assert_usage_error(&["--health-interval", "-2", "127.0.0.1:80"], "-2");
+    assert_usage_error(&["--admin", "127.0.0.1", "127.0.0.1:80"], "127.0.0.1");
     assert_usage_error(&["--backlog", "70000", "127.0.0.1:80"], "70000");
     assert_usage_error(&["--buffer-size", "12", "127.0.0.1:80"], "12");
     assert_usage_error(&["--buffers", "x", "127.0.0.1:80"], "'x'");

@@ -130,33 +130,39 @@ fn a_client_reset_mid_stream_resets_the_backend() {
 fn idle_sessions_time_out_and_busy_ones_do_not() {
     let backend = Backend::start(1, echo());
     let tcplb = Tcplb::start(&[&backend.arg(), "--idle-timeout", "1"]);
-
-    // Busy: a byte every 300 ms for 2.4 s outlives the 1 s idle timeout.
     let mut busy = tcplb.connect();
-    let started = Instant::now();
-    for i in 0..8u8 {
-        busy.write_all(&[i]).expect("write");
-        let mut b = [0u8; 1];
-        busy.read_exact(&mut b).expect("echo while busy");
-        assert_eq!(b[0], i);
-        thread::sleep(Duration::from_millis(300));
-    }
-    assert!(started.elapsed() > Duration::from_secs(2));
-
-    // Idle: closed after about a second of silence.
     let mut idle = tcplb.connect();
     idle.write_all(b"x").expect("write");
     let mut b = [0u8; 1];
     idle.read_exact(&mut b).expect("echo");
     let silent_since = Instant::now();
-    let mut rest = [0u8; 1];
-    assert_eq!(idle.read(&mut rest).expect("EOF"), 0, "idle session closed");
-    let waited = silent_since.elapsed();
-    assert!(
-        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
-        "closed after {waited:?}"
-    );
-    backend.wait_active(1); // the busy one is still open
+
+    thread::scope(|s| {
+        // Busy: a byte every 300 ms for 2.4 s outlives the 1 s idle timeout.
+        s.spawn(|| {
+            for i in 0..8u8 {
+                busy.write_all(&[i]).expect("write");
+                let mut b = [0u8; 1];
+                busy.read_exact(&mut b).expect("echo while busy");
+                assert_eq!(b[0], i);
+                thread::sleep(Duration::from_millis(300));
+            }
+        });
+        // Idle: closed after about a second of silence.
+        let mut rest = [0u8; 1];
+        assert_eq!(idle.read(&mut rest).expect("EOF"), 0, "idle session closed");
+        let waited = silent_since.elapsed();
+        assert!(
+            waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+            "closed after {waited:?}"
+        );
+    });
+    // The busy one is still open, though it has been alive for well over a second.
+    assert!(silent_since.elapsed() > Duration::from_secs(2));
+    busy.write_all(b"z").expect("write");
+    let mut b = [0u8; 1];
+    busy.read_exact(&mut b).expect("still open");
+    assert_eq!(&b, b"z");
 }
 
 #[test]

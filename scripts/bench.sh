@@ -1,0 +1,633 @@
+#!/usr/bin/env bash
+# Benchmark tcplb side by side with HAProxy and nginx stream on loopback.
+# Run `scripts/bench.sh --help` for what it does and needs.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+HELPERS=$SCRIPT_DIR/bench
+
+# The exact command line, for the report.
+COMMAND="$0"
+for arg in "$@"; do COMMAND+=" $(printf '%q' "$arg")"; done
+if [[ -n ${TCPLB_BIN:-} ]]; then COMMAND="TCPLB_BIN=$(printf '%q' "$TCPLB_BIN") $COMMAND"; fi
+
+usage() {
+    cat <<EOF
+Usage: $(basename "$0") [--quick] [--rounds N] [--base-port PORT] [--install]
+
+Benchmarks tcplb against HAProxy (mode tcp, leastconn) and nginx stream (least_conn)
+on loopback, all forwarding to the same 4 nginx HTTP backends, plus ab straight to
+one backend ("direct") as the baseline. Prints a Markdown table on stdout and saves
+it with the raw per-round numbers under bench-results/ in the repo.
+
+Scenarios (targets interleaved round by round, medians over the rounds):
+  startup    proxy RSS right after start, before any traffic
+  conn       ab -n 20000 -c 50          (new connection per request)
+  keepalive  ab -k -n 100000 -c 50
+  bulk       ab -k -n 40 -c 4 .../big   (64 MiB file)
+  idle       5000 idle keep-alive connections held open: proxy KiB per connection
+Each proxy runs alone on CPU 1; the backends, ab and the idle client on CPU 0.
+
+Options:
+  --quick          smoke run: 1 round, a tenth of the requests, bulk -n 8,
+                   500 idle connections (about a minute)
+  --rounds N       rounds to run (default 3; 1 with --quick)
+  --base-port P    ports used: P+1..P+4 backends, P+10..P+12 proxies (default 28100)
+  --install        apt-get install whatever is missing (needs root)
+  -h, --help       show this help
+
+Environment:
+  TCPLB_BIN        tcplb binary to benchmark; if unset, the script runs
+                   'cargo build --release' in the repo and uses target/release/tcplb
+
+Needs (Debian 12): apache2-utils (ab), nginx-light, libnginx-mod-stream, haproxy,
+util-linux (taskset), python3; at least 2 CPUs; an open-files limit of 20000.
+EOF
+}
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+    printf 'bench.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------
+# Options
+
+ROUNDS=""
+QUICK=0
+INSTALL=0
+BASE_PORT=28100
+while (($#)); do
+    case $1 in
+    --quick) QUICK=1 ;;
+    --rounds)
+        [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--rounds needs a positive integer"
+        ROUNDS=$2
+        shift
+        ;;
+    --base-port)
+        if ! [[ ${2:-} =~ ^[0-9]+$ ]] || ((${2} < 1024 || ${2} > 65000)); then
+            die "--base-port needs a number from 1024 to 65000"
+        fi
+        BASE_PORT=$2
+        shift
+        ;;
+    --install) INSTALL=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        die "unknown argument: $1"
+        ;;
+    esac
+    shift
+done
+
+CLIENT_CPU=0 # nginx backends, ab, idle client
+PROXY_CPU=1  # the proxy under test
+CONCURRENCY=50
+if ((QUICK)); then
+    : "${ROUNDS:=1}"
+    CONN_N=2000 KEEPALIVE_N=10000 BULK_N=8 IDLE_N=500
+else
+    : "${ROUNDS:=3}"
+    CONN_N=20000 KEEPALIVE_N=100000 BULK_N=40 IDLE_N=5000
+fi
+BULK_C=4
+BIG_BYTES=$((64 * 1024 * 1024))
+SMALL_BODY=$(printf 'x%.0s' {1..99}) # + "\n" = 100 bytes
+NOFILE=20000
+
+BACKEND_PORTS=("$((BASE_PORT + 1))" "$((BASE_PORT + 2))" "$((BASE_PORT + 3))" "$((BASE_PORT + 4))")
+declare -A PORT=(
+    [direct]=${BACKEND_PORTS[0]}
+    [haproxy]=$((BASE_PORT + 10))
+    [nginx]=$((BASE_PORT + 11))
+    [tcplb]=$((BASE_PORT + 12))
+)
+TARGETS=(direct haproxy nginx tcplb)
+PROXIES=(haproxy nginx tcplb)
+
+# ---------------------------------------------------------------------------
+# Dependencies
+
+# Prints the path of nginx's dynamic stream module, or nothing if nginx has the
+# stream module built in; fails if it has neither.
+find_stream_module() {
+    local f
+    if nginx -V 2>&1 | grep -Eq -- '--with-stream( |$)'; then return 0; fi
+    for f in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
+        if [[ -f $f ]]; then
+            echo "$f"
+            return 0
+        fi
+    done
+    f=$(sed -n 's/^[[:space:]]*load_module[[:space:]]\+\([^;]*ngx_stream_module\.so\);.*/\1/p' \
+        /etc/nginx/modules-enabled/*.conf 2>/dev/null | head -n1)
+    [[ -n $f && $f != /* ]] && f=/usr/share/nginx/$f
+    [[ -n $f && -f $f ]] || return 1
+    echo "$f"
+}
+
+check_deps() {
+    local missing=()
+    command -v ab >/dev/null || missing+=(apache2-utils)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    if ! command -v nginx >/dev/null || ! find_stream_module >/dev/null; then
+        missing+=(libnginx-mod-stream)
+    fi
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v python3 >/dev/null || missing+=(python3)
+    command -v getconf >/dev/null || missing+=(libc-bin)
+    ((${#missing[@]} == 0)) && return 0
+
+    if ((INSTALL)); then
+        ((EUID == 0)) || die "--install needs root; run as root or: sudo apt-get install -y ${missing[*]}"
+        log "installing: ${missing[*]}"
+        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
+        return 0
+    fi
+    cat >&2 <<EOF
+bench.sh: missing packages: ${missing[*]}
+Install them with:
+    apt-get update && apt-get install -y ${missing[*]}
+or rerun this script with --install (as root).
+EOF
+    exit 2
+}
+
+check_deps
+STREAM_MODULE=$(find_stream_module) || die "cannot find nginx's ngx_stream_module.so (package libnginx-mod-stream)"
+
+CPUS=$(getconf _NPROCESSORS_ONLN)
+((CPUS >= 2)) || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, clients on CPU $CLIENT_CPU); found $CPUS"
+CLK_TCK=$(getconf CLK_TCK)
+
+hard_nofile=$(ulimit -Hn)
+if [[ $hard_nofile != unlimited ]] && ((hard_nofile < NOFILE)); then
+    die "the hard open-files limit is $hard_nofile; this benchmark needs $NOFILE (ulimit -Hn)"
+fi
+ulimit -n "$NOFILE"
+
+# ---------------------------------------------------------------------------
+# tcplb binary
+
+if [[ -n ${TCPLB_BIN:-} ]]; then
+    [[ -x $TCPLB_BIN ]] || die "TCPLB_BIN=$TCPLB_BIN is not an executable file"
+    TCPLB=$TCPLB_BIN
+    TCPLB_ORIGIN="TCPLB_BIN=$TCPLB_BIN"
+else
+    command -v cargo >/dev/null || die "cargo not found: install Rust, or point TCPLB_BIN at a tcplb binary"
+    log "building tcplb: cargo build --release"
+    (cd "$ROOT" && cargo build --release >&2) || die "cargo build --release failed"
+    TCPLB=$ROOT/target/release/tcplb
+    TCPLB_ORIGIN="release build of git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+fi
+
+# ---------------------------------------------------------------------------
+# Ports, temp dir, clean-up
+
+port_busy() {
+    ! python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+for p in "${BACKEND_PORTS[@]}" "${PORT[haproxy]}" "${PORT[nginx]}" "${PORT[tcplb]}"; do
+    if port_busy "$p"; then
+        die "port $p on 127.0.0.1 is busy (pick other ports with --base-port)"
+    fi
+done
+
+PIDS=()        # every long-running process started here
+CURRENT_PID="" # the ab / idle client running now
+TMP=$(mktemp -d -t tcplb-bench.XXXXXX)
+
+alive() { # PID: true while it runs (not a zombie)
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+cleanup() {
+    local rc=$? p i left
+    trap - EXIT INT TERM
+    set +e
+    [[ -n $CURRENT_PID ]] && kill -TERM "$CURRENT_PID" 2>/dev/null
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for ((i = 0; i < 50; i++)); do
+        left=0
+        for p in "${PIDS[@]}" $CURRENT_PID; do alive "$p" && left=1; done
+        ((left)) || break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}" $CURRENT_PID; do alive "$p" && kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Run a client command in the background and wait for it, so that a signal
+# interrupts the wait at once and clean-up can kill the client.
+run_client() {
+    local rc=0
+    "$@" &
+    CURRENT_PID=$!
+    wait "$CURRENT_PID" || rc=$?
+    CURRENT_PID=""
+    return "$rc"
+}
+
+# Keep this shell (and so /proc polling etc.) off the proxy's CPU.
+taskset -cp "$CLIENT_CPU" $$ >/dev/null
+
+chmod 755 "$TMP" # nginx workers run as an unprivileged user and read www/
+mkdir -p "$TMP/www" "$TMP/backend" "$TMP/stream" "$TMP/haproxy"
+head -c "$BIG_BYTES" /dev/urandom >"$TMP/www/big"
+chmod 644 "$TMP/www/big"
+RAW=$TMP/raw.jsonl
+: >"$RAW"
+
+# ---------------------------------------------------------------------------
+# Configurations
+
+backend_servers=""
+for p in "${BACKEND_PORTS[@]}"; do
+    backend_servers+="
+    server {
+        listen 127.0.0.1:$p backlog=4096;
+        root $TMP/www;
+        location = / { default_type text/plain; return 200 \"$SMALL_BODY\n\"; }
+        location = /big { default_type application/octet-stream; }
+    }"
+done
+cat >"$TMP/backend/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+pid $TMP/backend/nginx.pid;
+error_log $TMP/backend/error.log warn;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    client_body_temp_path $TMP/backend/body;
+    proxy_temp_path $TMP/backend/proxy;
+    fastcgi_temp_path $TMP/backend/fastcgi;
+    uwsgi_temp_path $TMP/backend/uwsgi;
+    scgi_temp_path $TMP/backend/scgi;
+$backend_servers
+}
+EOF
+
+upstreams=""
+haproxy_servers=""
+tcplb_backends=()
+for i in "${!BACKEND_PORTS[@]}"; do
+    upstreams+="        server 127.0.0.1:${BACKEND_PORTS[i]};"$'\n'
+    haproxy_servers+="    server b$((i + 1)) 127.0.0.1:${BACKEND_PORTS[i]}"$'\n'
+    tcplb_backends+=("127.0.0.1:${BACKEND_PORTS[i]}")
+done
+
+{
+    [[ -n $STREAM_MODULE ]] && echo "load_module $STREAM_MODULE;"
+    cat <<EOF
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+pid $TMP/stream/nginx.pid;
+error_log $TMP/stream/error.log warn;
+events { worker_connections 16384; }
+stream {
+    upstream backends {
+        least_conn;
+$upstreams    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]};
+        proxy_pass backends;
+        proxy_connect_timeout 3s;
+        proxy_timeout 300s;
+    }
+}
+EOF
+} >"$TMP/stream/nginx.conf"
+
+# HAProxy needs about 2 fds per proxied connection and the hard limit is $NOFILE,
+# so maxconn 9500 (tcplb's default is 10000, nginx's 16384 worker_connections
+# likewise give ~8000 proxied sessions); all hold the 5000 idle connections.
+cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 9500
+    pidfile $TMP/haproxy/haproxy.pid
+
+defaults
+    mode tcp
+    balance leastconn
+    timeout connect 3s
+    timeout client 300s
+    timeout server 300s
+
+frontend fe
+    bind 127.0.0.1:${PORT[haproxy]}
+    maxconn 9500
+    default_backend be
+
+backend be
+$haproxy_servers
+EOF
+
+# ---------------------------------------------------------------------------
+# Start-up and readiness
+
+listening() { # PORT: true once something listens on 127.0.0.1:PORT (no connection made)
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v want="0100007F:$hex" '$2 == want && $4 == "0A" { found = 1 } END { exit !found }' /proc/net/tcp
+}
+
+show_log() { # LOG: its last lines on stderr
+    if [[ -s $1 ]]; then
+        echo "--- last lines of $1:" >&2
+        tail -n 20 "$1" >&2
+    else
+        echo "--- (it printed nothing)" >&2
+    fi
+}
+
+# NAME PID LOG PORT...: poll until every PORT listens; fail if PID dies or 15 s pass.
+wait_ready() {
+    local name=$1 pid=$2 logf=$3 deadline=$((SECONDS + 15)) p
+    shift 3
+    for p in "$@"; do
+        until listening "$p"; do
+            if ! alive "$pid"; then
+                show_log "$logf"
+                die "$name exited during start-up"
+            fi
+            if ((SECONDS >= deadline)); then
+                show_log "$logf"
+                die "$name is not listening on 127.0.0.1:$p after 15 s"
+            fi
+            sleep 0.05
+        done
+    done
+}
+
+# MASTER_PID: print the PID of its (single) nginx worker once it exists.
+nginx_worker() {
+    local deadline=$((SECONDS + 15)) w
+    while ((SECONDS < deadline)); do
+        w=$(pgrep -P "$1" | head -n1 || true)
+        if [[ -n $w ]]; then
+            echo "$w"
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+rss_kib() { # PID...: summed VmRSS in KiB
+    local p sum=0 v
+    for p in "$@"; do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status")
+        sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
+# PID...: VmRSS once it reads the same 3 times in a row 100 ms apart (at most 3 s).
+settled_rss_kib() {
+    local last cur same=1 deadline=$((SECONDS + 3))
+    last=$(rss_kib "$@")
+    while ((same < 3 && SECONDS < deadline)); do
+        sleep 0.1
+        cur=$(rss_kib "$@")
+        if [[ $cur == "$last" ]]; then same=$((same + 1)); else same=1; fi
+        last=$cur
+    done
+    echo "$last"
+}
+
+cpu_ticks() { # PID...: summed utime+stime (fields 14, 15 of /proc/PID/stat)
+    local p stat f sum=0
+    for p in "$@"; do
+        stat=$(<"/proc/$p/stat")
+        read -r -a f <<<"${stat##*) }" # f[0] is field 3
+        sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+
+declare -A PROXY_PIDS LOGS
+
+log "temp dir $TMP; backends on 127.0.0.1:${BACKEND_PORTS[*]}"
+LOGS[backend]=$TMP/backend/stdout.log
+taskset -c "$CLIENT_CPU" nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -e "$TMP/backend/error.log" \
+    >"${LOGS[backend]}" 2>&1 &
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
+wait_ready "backend nginx" "$BACKEND_PID" "${LOGS[backend]}" "${BACKEND_PORTS[@]}"
+if ! w=$(nginx_worker "$BACKEND_PID"); then die "backend nginx started no worker"; fi
+PIDS+=("$w")
+
+log "starting HAProxy on :${PORT[haproxy]}, nginx stream on :${PORT[nginx]}, tcplb on :${PORT[tcplb]} (CPU $PROXY_CPU)"
+LOGS[haproxy]=$TMP/haproxy/haproxy.log
+taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy/haproxy.cfg" >"${LOGS[haproxy]}" 2>&1 &
+PIDS+=("$!")
+PROXY_PIDS[haproxy]=$!
+
+LOGS[nginx]=$TMP/stream/stdout.log
+taskset -c "$PROXY_CPU" nginx -p "$TMP/stream" -c "$TMP/stream/nginx.conf" -e "$TMP/stream/error.log" \
+    >"${LOGS[nginx]}" 2>&1 &
+PIDS+=("$!")
+PROXY_PIDS[nginx]=$!
+
+LOGS[tcplb]=$TMP/tcplb.log
+env RUST_LOG=warn taskset -c "$PROXY_CPU" "$TCPLB" --listen "127.0.0.1:${PORT[tcplb]}" "${tcplb_backends[@]}" \
+    >"${LOGS[tcplb]}" 2>&1 &
+PIDS+=("$!")
+PROXY_PIDS[tcplb]=$!
+
+for t in "${PROXIES[@]}"; do
+    wait_ready "$t" "${PROXY_PIDS[$t]}" "${LOGS[$t]}" "${PORT[$t]}"
+done
+if ! w=$(nginx_worker "${PROXY_PIDS[nginx]}"); then die "nginx stream started no worker"; fi
+PIDS+=("$w")
+NGINX_WORKER=$w
+PROXY_PIDS[nginx]+=" $w"
+
+# startup: RSS of each proxy before any traffic.
+for t in "${PROXIES[@]}"; do
+    read -r -a pids <<<"${PROXY_PIDS[$t]}"
+    rss=$(settled_rss_kib "${pids[@]}")
+    extra=""
+    if [[ $t == nginx ]]; then extra=", \"rss_kib_worker\": $(rss_kib "$NGINX_WORKER")"; fi
+    printf '{"scenario": "startup", "target": "%s", "round": 0, "rss_kib": %s%s}\n' \
+        "$t" "$rss" "$extra" >>"$RAW"
+    log "startup $t: RSS $((rss / 1024)) MiB (pid ${PROXY_PIDS[$t]})"
+done
+
+# Check that every target answers GET / and /big correctly before benchmarking.
+for t in "${TARGETS[@]}"; do
+    for path in / /big; do
+        out=$TMP/check.out
+        if ! taskset -c "$CLIENT_CPU" ab -n 4 -c 1 "http://127.0.0.1:${PORT[$t]}$path" >"$out" 2>&1 ||
+            ! grep -Eq '^Complete requests: +4$' "$out" || ! grep -Eq '^Failed requests: +0$' "$out" ||
+            grep -q '^Non-2xx responses' "$out"; then
+            cat "$out" >&2
+            [[ $t != direct ]] && show_log "${LOGS[$t]}"
+            die "$t does not answer GET $path on 127.0.0.1:${PORT[$t]} correctly (see above)"
+        fi
+    done
+done
+log "all targets answer; $ROUNDS round(s)"
+
+# ---------------------------------------------------------------------------
+# Runs
+
+check_alive() {
+    local t p
+    for t in "${PROXIES[@]}"; do
+        for p in ${PROXY_PIDS[$t]}; do
+            alive "$p" || {
+                show_log "${LOGS[$t]}"
+                die "$t (pid $p) died"
+            }
+        done
+    done
+    alive "$BACKEND_PID" || die "the backend nginx died"
+}
+
+# SCENARIO TARGET ROUND
+run_ab() {
+    local scenario=$1 t=$2 round=$3 n c path opts=(-q) before=0 after=0 rc=0 pids=() out
+    case $scenario in
+    conn) n=$CONN_N c=$CONCURRENCY path=/ ;;
+    keepalive) n=$KEEPALIVE_N c=$CONCURRENCY path=/ opts+=(-k) ;;
+    bulk) n=$BULK_N c=$BULK_C path=/big opts+=(-k) ;;
+    esac
+    check_alive
+    [[ $t != direct ]] && read -r -a pids <<<"${PROXY_PIDS[$t]}"
+    out=$TMP/ab-$scenario-$t-$round.out
+    ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
+    run_client taskset -c "$CLIENT_CPU" ab "${opts[@]}" -n "$n" -c "$c" "http://127.0.0.1:${PORT[$t]}$path" \
+        >"$out" 2>&1 || rc=$?
+    ((${#pids[@]})) && after=$(cpu_ticks "${pids[@]}")
+    local cpu_args=()
+    ((${#pids[@]})) && cpu_args=(--cpu-ticks "$((after - before))" --clk-tck "$CLK_TCK")
+    python3 "$HELPERS/report.py" ab --abfile "$out" --scenario "$scenario" --target "$t" \
+        --round "$round" --requested "$n" --ab-rc "$rc" "${cpu_args[@]}" >>"$RAW"
+    python3 - "$RAW" "$round/$ROUNDS" <<'EOF' >&2
+import json, sys
+r = json.loads(open(sys.argv[1]).readlines()[-1])
+f = lambda v, spec: "n/a" if v is None else format(v, spec)
+msg = (f"[bench] round {sys.argv[2]} {r['scenario']:9} {r['target']:7}: "
+       f"{f(r['rps'], '10.0f')} req/s {f(r['mibps'], '8.1f')} MiB/s "
+       f"p50 {f(r['p50_ms'], '.0f')} p99 {f(r['p99_ms'], '.0f')} ms")
+if "cpu_us_per_req" in r:
+    msg += f"  proxy CPU {r['cpu_ticks']} ticks = {f(r['cpu_us_per_req'], '.1f')} us/req"
+if r["failed"] or r["ab_rc"]:
+    msg += f"  !!! FAILED {r['failed']} (ab exit {r['ab_rc']})"
+print(msg)
+EOF
+    if ((rc != 0)); then
+        log "!!! ab exited with status $rc for $scenario via $t; its output:"
+        tail -n 30 "$out" >&2
+    fi
+}
+
+# TARGET ROUND
+run_idle() {
+    local t=$1 round=$2 rc=0 pids
+    check_alive
+    pids=${PROXY_PIDS[$t]// /,}
+    run_client taskset -c "$CLIENT_CPU" python3 "$HELPERS/idle.py" --port "${PORT[$t]}" --conns "$IDLE_N" \
+        --pids "$pids" --label scenario=idle --label "target=$t" --label "round=$round" \
+        >>"$RAW" || rc=$?
+    python3 - "$RAW" "$round/$ROUNDS" <<'EOF' >&2
+import json, sys
+r = json.loads(open(sys.argv[1]).readlines()[-1])
+msg = (f"[bench] round {sys.argv[2]} idle      {r['target']:7}: {r['ok']} conns open in "
+       f"{r['open_seconds']} s, RSS {r['rss_before_kib'] // 1024} -> {r['rss_open_kib'] // 1024} MiB"
+       f" = {r['kib_per_conn']} KiB/conn")
+if r["failed"]:
+    msg += f"  !!! FAILED {r['failed']}: {r['errors']}"
+print(msg)
+EOF
+    ((rc == 0)) || log "!!! idle client exited with status $rc via $t"
+}
+
+START=$SECONDS
+for ((round = 1; round <= ROUNDS; round++)); do
+    for scenario in conn keepalive bulk; do
+        for t in "${TARGETS[@]}"; do
+            run_ab "$scenario" "$t" "$round"
+        done
+    done
+    for t in "${PROXIES[@]}"; do
+        run_idle "$t" "$round"
+    done
+done
+check_alive
+ELAPSED=$((SECONDS - START))
+
+# ---------------------------------------------------------------------------
+# Report
+
+mkdir -p "$ROOT/bench-results"
+stamp=$(date +%Y%m%d-%H%M%S)
+OUT=$ROOT/bench-results/bench-$stamp
+((QUICK)) && OUT+=-quick
+os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)
+[[ -r /etc/debian_version ]] && os+=" ($(cat /etc/debian_version))"
+status=0
+python3 "$HELPERS/report.py" table --raw "$RAW" --out "$OUT" \
+    --meta "date=$(date '+%Y-%m-%d %H:%M %Z')" \
+    --meta "cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
+    --meta "cores=$CPUS" \
+    --meta "mem=$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" \
+    --meta "kernel=$(uname -r)" \
+    --meta "os=$os" \
+    --meta "haproxy=$(haproxy -v | head -n1 | awk '{ print "HAProxy " $3 }')" \
+    --meta "nginx=$(nginx -v 2>&1 | sed 's|.*nginx/|nginx |')" \
+    --meta "tcplb=$("$TCPLB" --version) ($TCPLB_ORIGIN)" \
+    --meta "ab=$(ab -V | head -n1 | awk '{ print "ApacheBench " $5 }')" \
+    --meta "command=$COMMAND" \
+    --meta "rounds=$ROUNDS" \
+    --meta "quick=$QUICK" \
+    --meta "wall=$((SECONDS / 60)) min $((SECONDS % 60)) s in total, $((ELAPSED / 60)) min $((ELAPSED % 60)) s of runs" \
+    --meta "conn_cmd=ab -n $CONN_N -c $CONCURRENCY http://127.0.0.1:PORT/" \
+    --meta "keepalive_cmd=ab -k -n $KEEPALIVE_N -c $CONCURRENCY http://127.0.0.1:PORT/" \
+    --meta "bulk_cmd=ab -k -n $BULK_N -c $BULK_C http://127.0.0.1:PORT/big" \
+    --meta "idle_conns=$IDLE_N" \
+    --meta "clk_tck=$CLK_TCK" \
+    --meta "proxy_cpu=$PROXY_CPU" \
+    --meta "client_cpu=$CLIENT_CPU" || status=$?
+case $status in
+0) log "saved $OUT.md, $OUT.json (medians + raw), $OUT.csv (raw per round)" ;;
+3)
+    log "saved $OUT.md, $OUT.json (medians + raw), $OUT.csv (raw per round)"
+    log "!!! some requests or connections FAILED: the figures above are not trustworthy"
+    exit 1
+    ;;
+*)
+    cp "$RAW" "$OUT.raw.jsonl"
+    die "report.py failed (status $status); raw records saved in $OUT.raw.jsonl"
+    ;;
+esac

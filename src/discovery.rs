@@ -1,0 +1,263 @@
+//! Where the backend set comes from: the positional specs and the `--backends-file`, with
+//! every host name resolved to all of its addresses.
+//!
+//! At start this runs on the main thread (blocking is fine there). Afterwards it runs on a
+//! helper thread — the reactor never reads a file or waits for DNS — which
+//! - re-reads the backends file and re-resolves every name when asked (SIGHUP), and
+//! - re-resolves the names every `--resolve-interval`, reporting only when the set changed,
+//!
+//! and hands each new set to the reactor through a channel plus a `mio::Waker`.
+//!
+//! A backends file that fails to read or parse changes nothing (the error names the line).
+//! A name that fails to resolve keeps the addresses it resolved to last time, so a DNS blip
+//! does not empty the fleet.
+
+use crate::balancer::ResolvedBackend;
+use crate::config::{self, BackendSpec};
+use crate::net;
+use log::warn;
+use mio::Waker;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+/// Reads and parses a backends file; the error names the file and, for a bad spec, the line.
+pub fn read_backends_file(path: &Path) -> Result<Vec<BackendSpec>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read backends file {}: {e}", path.display()))?;
+    config::parse_backends_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Resolves specs, remembering each name's last good addresses.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    last: HashMap<(String, u16), Vec<SocketAddr>>,
+}
+
+impl Resolver {
+    /// Every address of every spec, in order. A name that does not resolve keeps its last
+    /// addresses; one that never resolved is left out. Returns the failures too.
+    pub fn resolve(&mut self, specs: &[BackendSpec]) -> (Vec<ResolvedBackend>, Vec<String>) {
+        let mut set = Vec::new();
+        let mut failures = Vec::new();
+        for spec in specs {
+            let key = (spec.host.clone(), spec.port);
+            let addrs = match net::resolve(&spec.host, spec.port) {
+                Ok(addrs) => {
+                    self.last.insert(key, addrs.clone());
+                    addrs
+                }
+                Err(e) => {
+                    let kept = self.last.get(&key).cloned().unwrap_or_default();
+                    failures.push(format!(
+                        "cannot resolve backend {}: {e}{}",
+                        spec.authority(),
+                        if kept.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; keeping its {} last known addresses", kept.len())
+                        }
+                    ));
+                    kept
+                }
+            };
+            set.extend(addrs.into_iter().map(|addr| ResolvedBackend {
+                addr,
+                name: spec.authority(),
+                weight: spec.weight,
+                backup: spec.backup,
+            }));
+        }
+        (set, failures)
+    }
+}
+
+/// Why a new set was produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// SIGHUP: the file was re-read and every name re-resolved.
+    Reload,
+    /// `--resolve-interval` came round and the addresses changed.
+    Resolve,
+}
+
+/// A new backend set, or why there is none.
+#[derive(Debug)]
+pub struct Update {
+    pub cause: Cause,
+    pub result: Result<Vec<ResolvedBackend>, String>,
+}
+
+/// What the helper thread starts from.
+pub struct Plan {
+    pub positional: Vec<BackendSpec>,
+    pub file: Option<PathBuf>,
+    /// The file's specs as read at start.
+    pub file_specs: Vec<BackendSpec>,
+    pub resolver: Resolver,
+    /// The set the balancer started with.
+    pub current: Vec<ResolvedBackend>,
+    pub resolve_interval: Option<Duration>,
+}
+
+/// The reactor's end of the helper thread.
+pub struct Discovery {
+    requests: Sender<()>,
+    updates: Receiver<Update>,
+}
+
+impl Discovery {
+    /// Starts the helper thread; it wakes the reactor through `waker` for each update.
+    pub fn spawn(plan: Plan, waker: Arc<Waker>) -> io::Result<Discovery> {
+        let (requests, requested) = mpsc::channel();
+        let (report, updates) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("discovery".to_string())
+            .spawn(move || run(plan, &requested, &report, &waker))?;
+        Ok(Discovery { requests, updates })
+    }
+
+    /// Asks for the file to be re-read and every name re-resolved.
+    pub fn reload(&self) {
+        let _ = self.requests.send(());
+    }
+
+    /// The next update, if one is waiting.
+    pub fn next_update(&self) -> Option<Update> {
+        self.updates.try_recv().ok()
+    }
+}
+
+fn run(mut plan: Plan, requested: &Receiver<()>, report: &Sender<Update>, waker: &Waker) {
+    loop {
+        let cause = match plan.resolve_interval {
+            Some(interval) => match requested.recv_timeout(interval) {
+                Ok(()) => Cause::Reload,
+                Err(RecvTimeoutError::Timeout) => Cause::Resolve,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+            None => match requested.recv() {
+                Ok(()) => Cause::Reload,
+                Err(_) => return,
+            },
+        };
+        if cause == Cause::Reload {
+            if let Some(path) = &plan.file {
+                match read_backends_file(path) {
+                    Ok(specs) => plan.file_specs = specs,
+                    Err(message) => {
+                        send(
+                            report,
+                            waker,
+                            Update {
+                                cause,
+                                result: Err(message),
+                            },
+                        );
+                        continue;
+                    }
+                }
+            }
+        }
+        let specs: Vec<BackendSpec> = plan
+            .positional
+            .iter()
+            .chain(&plan.file_specs)
+            .cloned()
+            .collect();
+        let (set, failures) = plan.resolver.resolve(&specs);
+        for failure in failures {
+            warn!("{failure}");
+        }
+        if cause == Cause::Resolve && set == plan.current {
+            continue;
+        }
+        plan.current = set.clone();
+        send(
+            report,
+            waker,
+            Update {
+                cause,
+                result: Ok(set),
+            },
+        );
+    }
+}
+
+fn send(report: &Sender<Update>, waker: &Waker, update: Update) {
+    if report.send(update).is_ok() {
+        if let Err(e) = waker.wake() {
+            warn!("cannot wake the event loop: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> BackendSpec {
+        BackendSpec::parse(text).expect("spec")
+    }
+
+    #[test]
+    fn every_address_of_a_name_is_a_backend_with_its_options() {
+        let mut resolver = Resolver::default();
+        let (set, failures) =
+            resolver.resolve(&[spec("127.0.0.1:80,weight=3"), spec("[::1]:81,backup")]);
+        assert!(failures.is_empty());
+        assert_eq!(
+            set,
+            vec![
+                ResolvedBackend {
+                    addr: "127.0.0.1:80".parse().expect("addr"),
+                    name: "127.0.0.1:80".to_string(),
+                    weight: 3,
+                    backup: false
+                },
+                ResolvedBackend {
+                    addr: "[::1]:81".parse().expect("addr"),
+                    name: "[::1]:81".to_string(),
+                    weight: 1,
+                    backup: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+        let mut resolver = Resolver::default();
+        let name = spec("no-such-host.invalid:80");
+        let (set, failures) = resolver.resolve(std::slice::from_ref(&name));
+        assert!(set.is_empty());
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].contains("no-such-host.invalid:80"));
+        // Pretend it resolved once.
+        resolver.last.insert(
+            ("no-such-host.invalid".to_string(), 80),
+            vec!["10.9.9.9:80".parse().expect("addr")],
+        );
+        let (set, failures) = resolver.resolve(&[name]);
+        assert_eq!(set.len(), 1);
+        assert!(failures[0].contains("keeping its 1 last known"));
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_line() {
+        let path = std::env::temp_dir().join(format!("tcplb-backends-{}", std::process::id()));
+        std::fs::write(&path, "127.0.0.1:80\n# comment\n127.0.0.1:x\n").expect("write");
+        let err = read_backends_file(&path).expect_err("bad line");
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("line 3"),
+            "{err}"
+        );
+        let err = read_backends_file(Path::new("/no/such/file")).expect_err("missing");
+        assert!(err.contains("/no/such/file"), "{err}");
+    }
+}
