@@ -31,7 +31,7 @@ Each proxy runs alone on CPU 1; the backends, ab and the idle client on CPU 0.
 
 Options:
   --quick          smoke run: 1 round, a tenth of the requests, bulk -n 8,
-                   500 idle connections (about a minute)
+                   500 idle connections (well under a minute)
   --rounds N       rounds to run (default 3; 1 with --quick)
   --base-port P    ports used: P+1..P+4 backends, P+10..P+12 proxies (default 28100)
   --install        apt-get install whatever is missing (needs root)
@@ -42,7 +42,8 @@ Environment:
                    'cargo build --release' in the repo and uses target/release/tcplb
 
 Needs (Debian 12): apache2-utils (ab), nginx-light, libnginx-mod-stream, haproxy,
-util-linux (taskset), python3; at least 2 CPUs; an open-files limit of 20000.
+util-linux (taskset), procps (pgrep), python3; at least 2 CPUs; an open-files
+limit of 20000.
 EOF
 }
 
@@ -119,7 +120,8 @@ PROXIES=(haproxy nginx tcplb)
 # stream module built in; fails if it has neither.
 find_stream_module() {
     local f
-    if nginx -V 2>&1 | grep -Eq -- '--with-stream( |$)'; then return 0; fi
+    # (grep without -q: reading all of nginx -V keeps pipefail from seeing a SIGPIPE)
+    if nginx -V 2>&1 | grep -E -- '--with-stream( |$)' >/dev/null; then return 0; fi
     for f in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
         if [[ -f $f ]]; then
             echo "$f"
@@ -133,7 +135,7 @@ find_stream_module() {
     echo "$f"
 }
 
-check_deps() {
+missing_packages() { # prints the Debian packages whose commands are missing
     local missing=()
     command -v ab >/dev/null || missing+=(apache2-utils)
     command -v haproxy >/dev/null || missing+=(haproxy)
@@ -142,20 +144,31 @@ check_deps() {
         missing+=(libnginx-mod-stream)
     fi
     command -v taskset >/dev/null || missing+=(util-linux)
+    command -v pgrep >/dev/null || missing+=(procps)
     command -v python3 >/dev/null || missing+=(python3)
     command -v getconf >/dev/null || missing+=(libc-bin)
-    ((${#missing[@]} == 0)) && return 0
+    echo "${missing[*]}"
+}
 
+check_deps() {
+    local missing
+    missing=$(missing_packages)
+    [[ -z $missing ]] && return 0
     if ((INSTALL)); then
-        ((EUID == 0)) || die "--install needs root; run as root or: sudo apt-get install -y ${missing[*]}"
-        log "installing: ${missing[*]}"
-        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
-        return 0
+        ((EUID == 0)) || die "--install needs root; run as root or: sudo apt-get install -y $missing"
+        log "installing: $missing"
+        # shellcheck disable=SC2086 # word splitting wanted: one package a word
+        if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $missing; } >&2; then
+            die "apt-get install -y $missing failed"
+        fi
+        missing=$(missing_packages)
+        [[ -z $missing ]] && return 0
+        die "still missing after apt-get install: $missing (are they on PATH?)"
     fi
     cat >&2 <<EOF
-bench.sh: missing packages: ${missing[*]}
+bench.sh: missing packages: $missing
 Install them with:
-    apt-get update && apt-get install -y ${missing[*]}
+    apt-get update && apt-get install -y $missing
 or rerun this script with --install (as root).
 EOF
     exit 2
@@ -218,7 +231,7 @@ alive() { # PID: true while it runs (not a zombie)
 
 cleanup() {
     local rc=$? p i left
-    trap - EXIT INT TERM
+    trap - EXIT HUP INT TERM
     set +e
     [[ -n $CURRENT_PID ]] && kill -TERM "$CURRENT_PID" 2>/dev/null
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
@@ -234,6 +247,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -326,9 +340,9 @@ $upstreams    }
 EOF
 } >"$TMP/stream/nginx.conf"
 
-# HAProxy needs about 2 fds per proxied connection and the hard limit is $NOFILE,
-# so maxconn 9500 (tcplb's default is 10000, nginx's 16384 worker_connections
-# likewise give ~8000 proxied sessions); all hold the 5000 idle connections.
+# HAProxy needs about 2 fds per proxied connection and the open-files limit is
+# 20000, so maxconn 9500 (tcplb's default max-conns is 10000; nginx's 16384
+# worker_connections give ~8000 proxied sessions); all hold the 5000 idle ones.
 cat >"$TMP/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -528,24 +542,13 @@ run_ab() {
     ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
     run_client taskset -c "$CLIENT_CPU" ab "${opts[@]}" -n "$n" -c "$c" "http://127.0.0.1:${PORT[$t]}$path" \
         >"$out" 2>&1 || rc=$?
+    check_alive
     ((${#pids[@]})) && after=$(cpu_ticks "${pids[@]}")
     local cpu_args=()
     ((${#pids[@]})) && cpu_args=(--cpu-ticks "$((after - before))" --clk-tck "$CLK_TCK")
     python3 "$HELPERS/report.py" ab --abfile "$out" --scenario "$scenario" --target "$t" \
         --round "$round" --requested "$n" --ab-rc "$rc" "${cpu_args[@]}" >>"$RAW"
-    python3 - "$RAW" "$round/$ROUNDS" <<'EOF' >&2
-import json, sys
-r = json.loads(open(sys.argv[1]).readlines()[-1])
-f = lambda v, spec: "n/a" if v is None else format(v, spec)
-msg = (f"[bench] round {sys.argv[2]} {r['scenario']:9} {r['target']:7}: "
-       f"{f(r['rps'], '10.0f')} req/s {f(r['mibps'], '8.1f')} MiB/s "
-       f"p50 {f(r['p50_ms'], '.0f')} p99 {f(r['p99_ms'], '.0f')} ms")
-if "cpu_us_per_req" in r:
-    msg += f"  proxy CPU {r['cpu_ticks']} ticks = {f(r['cpu_us_per_req'], '.1f')} us/req"
-if r["failed"] or r["ab_rc"]:
-    msg += f"  !!! FAILED {r['failed']} (ab exit {r['ab_rc']})"
-print(msg)
-EOF
+    python3 "$HELPERS/report.py" progress --raw "$RAW" --rounds "$ROUNDS" >&2
     if ((rc != 0)); then
         log "!!! ab exited with status $rc for $scenario via $t; its output:"
         tail -n 30 "$out" >&2
@@ -560,16 +563,7 @@ run_idle() {
     run_client taskset -c "$CLIENT_CPU" python3 "$HELPERS/idle.py" --port "${PORT[$t]}" --conns "$IDLE_N" \
         --pids "$pids" --label scenario=idle --label "target=$t" --label "round=$round" \
         >>"$RAW" || rc=$?
-    python3 - "$RAW" "$round/$ROUNDS" <<'EOF' >&2
-import json, sys
-r = json.loads(open(sys.argv[1]).readlines()[-1])
-msg = (f"[bench] round {sys.argv[2]} idle      {r['target']:7}: {r['ok']} conns open in "
-       f"{r['open_seconds']} s, RSS {r['rss_before_kib'] // 1024} -> {r['rss_open_kib'] // 1024} MiB"
-       f" = {r['kib_per_conn']} KiB/conn")
-if r["failed"]:
-    msg += f"  !!! FAILED {r['failed']}: {r['errors']}"
-print(msg)
-EOF
+    python3 "$HELPERS/report.py" progress --raw "$RAW" --rounds "$ROUNDS" >&2
     ((rc == 0)) || log "!!! idle client exited with status $rc via $t"
 }
 

@@ -5,6 +5,9 @@
                [--cpu-ticks D --clk-tck HZ]
       Parse one ApacheBench output and print one JSON record (a line).
 
+  report.py progress --raw raw.jsonl --rounds N
+      Print a one-line summary of the last raw record (progress on stderr).
+
   report.py table --raw raw.jsonl --out PREFIX [--meta KEY=VALUE ...]
       Aggregate the raw records (medians over rounds), print the Markdown report
       on stdout and save PREFIX.md, PREFIX.json (meta, medians and every raw
@@ -71,6 +74,31 @@ def cmd_ab(args):
         mib = (r["total_bytes"] or 0) / 2**20
         rec["mib_per_cpu_s"] = mib / cpu_s if cpu_s > 0 else None
     print(json.dumps(rec))
+
+
+def cmd_progress(args):
+    with open(args.raw, encoding="utf-8") as f:
+        r = json.loads(f.readlines()[-1])
+
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    head = f"[bench] round {r['round']}/{args.rounds} {r['scenario']:9} {r['target']:7}:"
+    if r["scenario"] == "idle":
+        msg = (f"{head} {r['ok']} conns open in {r['open_seconds']} s, RSS "
+               f"{r['rss_before_kib'] / 1024:.1f} -> {r['rss_open_kib'] / 1024:.1f} MiB = "
+               f"{r['kib_per_conn']} KiB/conn")
+        if r["failed"]:
+            msg += f"  !!! FAILED {r['failed']}: {r['errors']}"
+    else:
+        msg = (f"{head} {f(r['rps'], '8.0f')} req/s {f(r['mibps'], '7.1f')} MiB/s "
+               f"p50 {f(r['p50_ms'], '.0f')} p99 {f(r['p99_ms'], '.0f')} ms")
+        if "cpu_us_per_req" in r:
+            msg += (f"  proxy CPU {r['cpu_ticks']} ticks = "
+                    f"{f(r['cpu_us_per_req'], '.1f')} us/req")
+        if r["failed"] or r["ab_rc"]:
+            msg += f"  !!! FAILED {r['failed']} (ab exit {r['ab_rc']})"
+    print(msg)
 
 
 # ---------------------------------------------------------------------------
@@ -185,9 +213,12 @@ def render(meta, recs, agg):
     L.append(f"- Versions: {meta.get('haproxy', '?')}; {meta.get('nginx', '?')}; "
              f"{meta.get('tcplb', '?')}; {meta.get('ab', '?')}")
     L.append(f"- Command: `{meta.get('command', '?')}`")
-    quick = " (--quick smoke run: too short to quote)" if meta.get("quick") == "1" else ""
-    L.append(f"- Rounds: {meta.get('rounds', '?')}{quick} (medians shown), targets interleaved "
-             f"round by round; wall time {meta.get('wall', '?')}")
+    if meta.get("quick") == "1":
+        L.append(f"- Rounds: {meta.get('rounds', '?')}, a --quick smoke run (too short to "
+                 f"quote); wall time {meta.get('wall', '?')}")
+    else:
+        L.append(f"- Rounds: {meta.get('rounds', '?')} (medians shown), targets interleaved "
+                 f"round by round; wall time {meta.get('wall', '?')}")
     L.append(f"- Load: conn = `{meta.get('conn_cmd', '')}`; keepalive = "
              f"`{meta.get('keepalive_cmd', '')}`; bulk = `{meta.get('bulk_cmd', '')}` "
              f"(64 MiB file); idle = {meta.get('idle_conns', '?')} idle HTTP/1.1 "
@@ -309,6 +340,9 @@ def main():
     a.add_argument("--ab-rc", type=int, default=0)
     a.add_argument("--cpu-ticks", type=int)
     a.add_argument("--clk-tck", type=int, default=100)
+    p = sub.add_parser("progress", help="one-line summary of the last raw record")
+    p.add_argument("--raw", required=True)
+    p.add_argument("--rounds", type=int, required=True)
     t = sub.add_parser("table", help="aggregate raw records and print the report")
     t.add_argument("--raw", required=True)
     t.add_argument("--out", required=True, help="output path prefix (no extension)")
@@ -316,6 +350,9 @@ def main():
     args = ap.parse_args()
     if args.cmd == "ab":
         cmd_ab(args)
+        return 0
+    if args.cmd == "progress":
+        cmd_progress(args)
         return 0
     return cmd_table(args)
 

@@ -199,6 +199,20 @@ impl Tcplb {
         }
     }
 
+    /// The admin endpoint's address (tcplb started with `--admin 127.0.0.1:0`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("admin on http://");
+        line.split("admin on http://")
+            .nth(1)
+            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in {line:?}"))
+    }
+
+    /// `GET path` on the admin endpoint: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_request(self.admin_addr(), &format!("GET {path} HTTP/1.1\r\nHost: tcplb\r\n\r\n"))
+    }
+
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).expect("connect to tcplb");
         stream
@@ -213,6 +227,30 @@ impl Drop for Tcplb {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends a raw HTTP request and reads the response to EOF: (status, body).
+pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to admin");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A scratch file path unique to this test process and `name`.
+pub fn scratch_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tcplb-test-{}-{name}", std::process::id()))
 }
 
 /// A numeric field (in kB) of /proc/PID/status.
@@ -257,6 +295,10 @@ pub struct Backend {
     pub id: u8,
     stop: AtomicBool,
     pub counter: AtomicU64,
+    /// Clones of open connections by number, so `kill` can cut them; a connection's clone
+    /// is dropped as soon as its handler returns, so it never holds the socket open.
+    conns: Mutex<std::collections::HashMap<usize, TcpStream>>,
+    acceptor: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl Backend {
@@ -275,27 +317,48 @@ impl Backend {
             id,
             stop: AtomicBool::new(false),
             counter: AtomicU64::new(0),
+            conns: Mutex::new(std::collections::HashMap::new()),
+            acceptor: Mutex::new(None),
         });
         let me = Arc::clone(&backend);
-        thread::spawn(move || {
+        let acceptor = thread::spawn(move || {
             for stream in listener.incoming() {
                 if me.stop.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                me.accepted.fetch_add(1, Ordering::SeqCst);
+                let number = me.accepted.fetch_add(1, Ordering::SeqCst);
                 me.active.fetch_add(1, Ordering::SeqCst);
+                if let Ok(clone) = stream.try_clone() {
+                    me.conns.lock().expect("conns").insert(number, clone);
+                }
                 let (me, handler) = (Arc::clone(&me), Arc::clone(&handler));
                 thread::Builder::new()
                     .stack_size(128 * 1024)
                     .spawn(move || {
                         handler(stream, &me);
+                        me.conns.lock().expect("conns").remove(&number);
                         me.active.fetch_sub(1, Ordering::SeqCst);
                     })
                     .expect("spawn backend connection thread");
             }
         });
+        *backend.acceptor.lock().expect("acceptor") = Some(acceptor);
         backend
+    }
+
+    /// Like a crashed server: the port closes (connects are refused) and every open
+    /// connection is cut.
+    pub fn kill(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.lock().expect("acceptor").take() {
+            acceptor.join().expect("acceptor thread");
+        }
+        for (_, conn) in self.conns.lock().expect("conns").drain() {
+            let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+            let _ = conn.shutdown(Shutdown::Both);
+        }
     }
 
     /// The `HOST:PORT` argument for tcplb.
