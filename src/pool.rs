@@ -7,10 +7,25 @@
 //! used (already resident and warm in cache) and a lightly loaded balancer keeps touching the
 //! same few pages.
 
+use std::io::{self, IoSliceMut, Read};
+use std::num::NonZeroU32;
+
 /// A handle to one buffer of the pool. Deliberately neither `Clone` nor `Copy`: a handle is
 /// owned by exactly one pipe and goes back with [`Pool::give`].
+///
+/// Stores the index plus one, so `Option<Buf>` is four bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Buf(u32);
+pub struct Buf(NonZeroU32);
+
+impl Buf {
+    fn new(index: u32) -> Buf {
+        Buf(NonZeroU32::MIN.saturating_add(index))
+    }
+
+    fn index(&self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
 
 pub struct Pool {
     arena: Box<[u8]>,
@@ -21,7 +36,7 @@ pub struct Pool {
 impl Pool {
     /// Allocates `count` buffers of `buffer_size` bytes each, all free.
     pub fn new(buffer_size: usize, count: usize) -> Pool {
-        assert!(buffer_size > 0 && count > 0 && count <= u32::MAX as usize);
+        assert!(buffer_size > 0 && count > 0 && count < u32::MAX as usize);
         // vec![0; n] asks the allocator for zeroed memory: for an arena this size that is a
         // fresh anonymous mapping, resident only once written.
         let arena = vec![0u8; buffer_size * count].into_boxed_slice();
@@ -37,28 +52,70 @@ impl Pool {
     /// Takes a free buffer, or `None` when all are in use.
     #[inline]
     pub fn take(&mut self) -> Option<Buf> {
-        self.free.pop().map(Buf)
+        self.free.pop().map(Buf::new)
     }
 
     /// Returns a buffer to the pool.
     #[inline]
     pub fn give(&mut self, buf: Buf) {
-        debug_assert!(!self.free.contains(&buf.0), "buffer {} given twice", buf.0);
-        self.free.push(buf.0);
+        let index = buf.index() as u32;
+        debug_assert!(!self.free.contains(&index), "buffer {index} given twice");
+        self.free.push(index);
     }
 
     /// The bytes of a buffer.
     #[inline]
     pub fn bytes(&self, buf: &Buf) -> &[u8] {
-        let start = buf.0 as usize * self.buffer_size;
+        let start = buf.index() * self.buffer_size;
         &self.arena[start..start + self.buffer_size]
     }
 
     /// The bytes of a buffer, writable.
     #[inline]
     pub fn bytes_mut(&mut self, buf: &Buf) -> &mut [u8] {
-        let start = buf.0 as usize * self.buffer_size;
+        let start = buf.index() * self.buffer_size;
         &mut self.arena[start..start + self.buffer_size]
+    }
+
+    /// Reads from `src` into `bufs` in order (one `readv` for several buffers); returns the
+    /// bytes read. Up to four buffers.
+    pub fn read_into(&mut self, bufs: &[Option<Buf>], src: &mut impl Read) -> io::Result<usize> {
+        let size = self.buffer_size;
+        let range = |b: &Option<Buf>| match b {
+            Some(b) => Ok(b.index() * size..(b.index() + 1) * size),
+            None => Err(io::Error::other("no buffer in that place")),
+        };
+        let overlap = |_| io::Error::other("buffers overlap");
+        match bufs {
+            [a] => src.read(&mut self.arena[range(a)?]),
+            [a, b] => {
+                let [x, y] = self
+                    .arena
+                    .get_disjoint_mut([range(a)?, range(b)?])
+                    .map_err(overlap)?;
+                src.read_vectored(&mut [IoSliceMut::new(x), IoSliceMut::new(y)])
+            }
+            [a, b, c] => {
+                let [x, y, z] = self
+                    .arena
+                    .get_disjoint_mut([range(a)?, range(b)?, range(c)?])
+                    .map_err(overlap)?;
+                src.read_vectored(&mut [IoSliceMut::new(x), IoSliceMut::new(y), IoSliceMut::new(z)])
+            }
+            [a, b, c, d] => {
+                let [w, x, y, z] = self
+                    .arena
+                    .get_disjoint_mut([range(a)?, range(b)?, range(c)?, range(d)?])
+                    .map_err(overlap)?;
+                src.read_vectored(&mut [
+                    IoSliceMut::new(w),
+                    IoSliceMut::new(x),
+                    IoSliceMut::new(y),
+                    IoSliceMut::new(z),
+                ])
+            }
+            _ => Err(io::Error::other("read_into takes one to four buffers")),
+        }
     }
 
     pub fn buffer_size(&self) -> usize {
@@ -96,7 +153,7 @@ mod tests {
         assert_eq!(pool.used(), 3);
         pool.give(b);
         let again = pool.take().expect("a returned buffer is reused");
-        assert_eq!(again, Buf(1));
+        assert_eq!(again, Buf::new(1));
         for buf in [a, again, c] {
             pool.give(buf);
         }
@@ -121,15 +178,35 @@ mod tests {
     }
 
     #[test]
+    fn read_into_fills_buffers_in_order() {
+        let mut pool = Pool::new(1024, 8);
+        let bufs = [pool.take(), pool.take(), pool.take()];
+        let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        let n = pool.read_into(&bufs, &mut &data[..]).expect("read");
+        assert_eq!(n, 2500);
+        let got: Vec<u8> = bufs
+            .iter()
+            .flatten()
+            .flat_map(|b| pool.bytes(b).to_vec())
+            .take(2500)
+            .collect();
+        assert_eq!(got, data);
+        for buf in bufs.into_iter().flatten() {
+            pool.give(buf);
+        }
+        assert!(pool.read_into(&[None], &mut &data[..]).is_err());
+    }
+
+    #[test]
     fn most_recently_returned_is_handed_out_first() {
         let mut pool = Pool::new(1024, 8);
         let first = pool.take().expect("free");
-        assert_eq!(first, Buf(0));
+        assert_eq!(first, Buf::new(0));
         pool.give(first);
         // Lightly loaded: the same warm buffer again and again.
         for _ in 0..100 {
             let buf = pool.take().expect("free");
-            assert_eq!(buf, Buf(0));
+            assert_eq!(buf, Buf::new(0));
             pool.give(buf);
         }
     }

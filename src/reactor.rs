@@ -57,6 +57,9 @@ const MAX_ADMIN_CONNS: usize = 32;
 const SHED_POOL_FRACTION: usize = 20;
 
 /// What a slab entry is: a connection with a handler.
+// Sessions are by far the most numerous entries: boxing them to shrink the others would cost
+// an allocation per session.
+#[allow(clippy::large_enum_variant)]
 pub enum Conn {
     Session(Session),
     Probe(Probe),

@@ -210,7 +210,10 @@ impl Tcplb {
 
     /// `GET path` on the admin endpoint: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        http_request(self.admin_addr(), &format!("GET {path} HTTP/1.1\r\nHost: tcplb\r\n\r\n"))
+        http_request(
+            self.admin_addr(),
+            &format!("GET {path} HTTP/1.1\r\nHost: tcplb\r\n\r\n"),
+        )
     }
 
     pub fn connect(&self) -> TcpStream {
