@@ -10,35 +10,17 @@
 //! falls more than a few batches behind, batches are dropped and counted. When the log is
 //! off none of this exists.
 
+use crate::session::{EndReason, SessionSummary};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Batches that may wait for the writer before new ones are dropped.
 const BACKLOG_BATCHES: usize = 64;
-
-/// What one line says about a session.
-#[derive(Debug)]
-pub struct Entry<'a> {
-    pub client: SocketAddr,
-    /// The backend it ended on; `None` if it never got one.
-    pub backend: Option<SocketAddr>,
-    /// Time to the successful connect; `None` if none succeeded.
-    pub connect: Option<Duration>,
-    pub duration: Duration,
-    /// Bytes from client to backend.
-    pub bytes_up: u64,
-    /// Bytes from backend to client.
-    pub bytes_down: u64,
-    pub retries: u32,
-    /// How it ended (`client_fin`, `backend_fin`, `client_reset`, `idle_timeout`, ...).
-    pub end: &'a str,
-}
 
 pub struct AccessLog {
     batch: Vec<u8>,
@@ -81,18 +63,18 @@ impl AccessLog {
         })
     }
 
-    /// Formats one line into this turn's batch.
-    pub fn record(&mut self, entry: &Entry, now: SystemTime) {
+    /// Formats one line into this turn's batch: how `session` went and how it `ended`.
+    pub fn record(&mut self, session: &SessionSummary, ended: EndReason, now: SystemTime) {
         let b = &mut self.batch;
         write_rfc3339_millis(b, now);
-        let _ = write!(b, " client={}", entry.client);
-        match entry.backend {
+        let _ = write!(b, " client={}", session.client_addr);
+        match session.backend {
             Some(addr) => {
                 let _ = write!(b, " backend={addr}");
             }
             None => b.extend_from_slice(b" backend=-"),
         }
-        match entry.connect {
+        match session.connect_time {
             Some(d) => {
                 let _ = write!(b, " connect_ms={:.3}", d.as_secs_f64() * 1000.0);
             }
@@ -101,11 +83,11 @@ impl AccessLog {
         let _ = writeln!(
             b,
             " duration_ms={:.3} bytes_up={} bytes_down={} retries={} end={}",
-            entry.duration.as_secs_f64() * 1000.0,
-            entry.bytes_up,
-            entry.bytes_down,
-            entry.retries,
-            entry.end
+            session.duration.as_secs_f64() * 1000.0,
+            session.bytes_up,
+            session.bytes_down,
+            session.retries,
+            ended.as_str()
         );
         self.lines += 1;
     }
@@ -183,6 +165,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn stamp(secs: u64, millis: u64) -> String {
         let mut out = Vec::new();
@@ -207,29 +190,29 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         let mut log = AccessLog::open(&dir).expect("open");
         log.record(
-            &Entry {
-                client: "10.1.2.3:51234".parse().expect("addr"),
+            &SessionSummary {
+                client_addr: "10.1.2.3:51234".parse().expect("addr"),
                 backend: Some("10.0.0.11:80".parse().expect("addr")),
-                connect: Some(Duration::from_micros(214)),
+                connect_time: Some(Duration::from_micros(214)),
                 duration: Duration::from_micros(12_801),
                 bytes_up: 112,
                 bytes_down: 5120,
                 retries: 0,
-                end: "backend_fin",
             },
+            EndReason::BackendClosed,
             UNIX_EPOCH + Duration::from_millis(1_795_404_271_123),
         );
         log.record(
-            &Entry {
-                client: "[::1]:9".parse().expect("addr"),
+            &SessionSummary {
+                client_addr: "[::1]:9".parse().expect("addr"),
                 backend: None,
-                connect: None,
+                connect_time: None,
                 duration: Duration::ZERO,
                 bytes_up: 0,
                 bytes_down: 0,
                 retries: 2,
-                end: "no_backend",
             },
+            EndReason::NoBackend,
             UNIX_EPOCH,
         );
         log.flush();

@@ -5,6 +5,7 @@
 //! Updates on the data path are plain integer (and float) additions on the reactor thread;
 //! everything else happens only when `/metrics` is scraped.
 
+use crate::balancer::Backend;
 use crate::context::Context;
 use std::fmt::Write;
 use std::time::UNIX_EPOCH;
@@ -142,6 +143,14 @@ fn write_value(out: &mut String, value: f64) {
     }
 }
 
+/// A per-backend family: name, type, help and how to read the value.
+type PerBackend = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Backend) -> f64,
+);
+
 /// Renders every metric.
 pub fn render(ctx: &mut Context, out: &mut String) {
     let mut e = Exposition::new(out);
@@ -155,54 +164,37 @@ pub fn render(ctx: &mut Context, out: &mut String) {
         .collect();
     let labels: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
 
-    e.family(
-        "tcplb_backend_active_connections",
-        "gauge",
-        "Sessions on the backend now, connecting ones included.",
-    );
-    for (b, l) in backends.iter().zip(&labels) {
-        e.sample(
+    let gauges: [PerBackend; 4] = [
+        (
             "tcplb_backend_active_connections",
-            &[("backend", l)],
-            b.active().into(),
-        );
-    }
-    e.family(
-        "tcplb_backend_connections_total",
-        "counter",
-        "Sessions whose connect to the backend succeeded.",
-    );
-    for (b, l) in backends.iter().zip(&labels) {
-        e.sample(
+            "gauge",
+            "Sessions on the backend now, connecting ones included.",
+            |b| b.active().into(),
+        ),
+        (
             "tcplb_backend_connections_total",
-            &[("backend", l)],
-            b.stats.sessions.get() as f64,
-        );
-    }
-    e.family(
-        "tcplb_backend_connect_failures_total",
-        "counter",
-        "Connects to the backend that were refused, reset, unreachable or timed out.",
-    );
-    for (b, l) in backends.iter().zip(&labels) {
-        e.sample(
+            "counter",
+            "Sessions whose connect to the backend succeeded.",
+            |b| b.stats.sessions.get() as f64,
+        ),
+        (
             "tcplb_backend_connect_failures_total",
-            &[("backend", l)],
-            b.stats.connect_failures.get() as f64,
-        );
-    }
-    e.family(
-        "tcplb_backend_up",
-        "gauge",
-        "1 if the backend takes new sessions (health checks pass, circuit breaker closed).",
-    );
-    for (b, l) in backends.iter().zip(&labels) {
-        let up = b.is_up() && !b.is_removed();
-        e.sample(
+            "counter",
+            "Connects to the backend that were refused, reset, unreachable or timed out.",
+            |b| b.stats.connect_failures.get() as f64,
+        ),
+        (
             "tcplb_backend_up",
-            &[("backend", l)],
-            if up { 1.0 } else { 0.0 },
-        );
+            "gauge",
+            "1 if the backend takes new sessions (health checks pass, circuit breaker closed).",
+            |b| f64::from(u8::from(b.is_up() && !b.is_removed())),
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        e.family(name, kind, help);
+        for (b, l) in backends.iter().zip(&labels) {
+            e.sample(name, &[("backend", l)], value(b));
+        }
     }
     e.family(
         "tcplb_backend_bytes_total",

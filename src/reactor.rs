@@ -16,7 +16,7 @@
 //! readiness themselves. A connection ended by one event is removed at once: its slot may be
 //! reused within the same batch, but the generation in its tokens tells a late event apart.
 
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::AccessLog;
 use crate::admin::AdminConn;
 use crate::balancer::Balancer;
 use crate::context::{ConnId, Context, Settings, Stats, Throttles, TimerKey};
@@ -287,7 +287,7 @@ impl Reactor {
         self.record(&summary, reason);
         // Descriptors were freed: a paused listener may go on.
         self.accept_paused = false;
-        if self.draining && self.ctx.stats.sessions == 0 {
+        if self.draining && self.ctx.stats.sessions == 0 && reason != EndReason::Shutdown {
             info!("drained: every session has finished; exiting");
             self.exiting = true;
         }
@@ -317,19 +317,7 @@ impl Reactor {
             }
         }
         if let Some(log) = &mut self.ctx.access_log {
-            log.record(
-                &Entry {
-                    client: summary.client_addr,
-                    backend: summary.backend,
-                    connect: summary.connect_time,
-                    duration: summary.duration,
-                    bytes_up: summary.bytes_up,
-                    bytes_down: summary.bytes_down,
-                    retries: summary.retries,
-                    end: reason.as_str(),
-                },
-                SystemTime::now(),
-            );
+            log.record(summary, reason, SystemTime::now());
         }
     }
 
