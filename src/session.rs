@@ -338,7 +338,10 @@ impl Session {
             self.down.is_done(),
         ) {
             Ok(flow) => flow,
-            Err(fault) => return self.fail(fault, Side::Client),
+            Err(fault) => {
+                self.count_moved(before);
+                return self.fail(fault, Side::Client);
+            }
         };
         let down = match self.down.pump(
             &mut self.backend,
@@ -349,15 +352,14 @@ impl Session {
             self.up.is_done(),
         ) {
             Ok(flow) => flow,
-            Err(fault) => return self.fail(fault, Side::Backend),
+            Err(fault) => {
+                self.count_moved(before);
+                return self.fail(fault, Side::Backend);
+            }
         };
 
-        let (sent, received) = (self.up.moved() - before.0, self.down.moved() - before.1);
-        if sent + received > 0 {
+        if self.count_moved(before) {
             self.last_active = ctx.now;
-            let stats = &self.lease.backend().stats;
-            bump(&stats.bytes_sent, sent);
-            bump(&stats.bytes_received, received);
         }
         if self.first_fin.is_none() {
             if self.up.eof() {
@@ -381,6 +383,19 @@ impl Session {
             ctx.run_queue.push(self.id);
         }
         Status::Open
+    }
+
+    /// Adds the bytes the pipes moved since `before` (their `moved()` then) to the backend's
+    /// counters, also when the same pump then met a reset; true if any moved.
+    fn count_moved(&self, before: (u64, u64)) -> bool {
+        let (sent, received) = (self.up.moved() - before.0, self.down.moved() - before.1);
+        if sent + received == 0 {
+            return false;
+        }
+        let stats = &self.lease.backend().stats;
+        bump(&stats.bytes_sent, sent);
+        bump(&stats.bytes_received, received);
+        true
     }
 
     /// A socket error ends the session. A reset is passed on as a reset to the other side.
