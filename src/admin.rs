@@ -109,9 +109,15 @@ impl AdminConn {
     /// response is ready, Ok(false) to wait for more bytes.
     fn read_request(&mut self, ctx: &mut Context) -> io::Result<bool> {
         let mut chunk = [0u8; 2048];
+        // The client may send its FIN right behind the request (`nc -N`, HTTP/1.0 tools):
+        // answer what came before it.
+        let mut eof = false;
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(n) => {
                     self.request.extend_from_slice(&chunk[..n]);
                     if self.request.len() > MAX_REQUEST {
@@ -127,6 +133,7 @@ impl AdminConn {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&self.request) {
+            Ok(httparse::Status::Partial) if eof => Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(httparse::Status::Partial) => Ok(false),
             Err(e) => {
                 self.respond(400, "text/plain", &format!("bad request: {e}\n"));
