@@ -261,7 +261,8 @@ impl Session {
         };
         SessionSummary {
             client_addr: self.client_addr,
-            backend: Some(self.lease.backend().addr),
+            // Only a connected backend is the session's: one whose connect failed is not.
+            backend: (self.phase == Phase::Established).then_some(self.lease.backend().addr),
             connect_time: self.connect_time,
             duration: ctx.now.saturating_duration_since(self.started),
             bytes_up: self.up.moved(),
