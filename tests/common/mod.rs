@@ -492,3 +492,380 @@ pub fn echo_through(stream: TcpStream, data: &[u8]) -> Vec<u8> {
         back
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// Observability: Prometheus text, raw admin HTTP exchanges, access log files, pausing the
+// process, and the kernel's view of a TCP connection.
+
+/// One sample of a Prometheus text exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    fn has_labels(&self, wanted: &[(&str, &str)]) -> bool {
+        wanted
+            .iter()
+            .all(|(k, v)| self.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
+}
+
+/// A parsed Prometheus text exposition (format 0.0.4). Parsing is strict: a line that is
+/// not a comment, a `# HELP`/`# TYPE` line or a well-formed sample is an error.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    /// `# HELP` text (unescaped) by family name.
+    pub help: std::collections::BTreeMap<String, String>,
+    /// `# TYPE` by family name.
+    pub types: std::collections::BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Result<Exposition, String> {
+        let mut e = Exposition::default();
+        for (number, line) in text.lines().enumerate() {
+            let fail = |why: &str| format!("line {}: {why}: {line:?}", number + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                check_metric_name(name).map_err(|w| fail(&w))?;
+                let help = unescape(help, false).map_err(|w| fail(&w))?;
+                if e.help.insert(name.to_string(), help).is_some() {
+                    return Err(fail("a second HELP for the family"));
+                }
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| fail("TYPE lacks a type"))?;
+                check_metric_name(name).map_err(|w| fail(&w))?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(fail("unknown type"));
+                }
+                if e.samples.iter().any(|s| family_of(&s.name, name, kind)) {
+                    return Err(fail("TYPE after the family's samples"));
+                }
+                if e.types.insert(name.to_string(), kind.to_string()).is_some() {
+                    return Err(fail("a second TYPE for the family"));
+                }
+            } else if line.starts_with('#') {
+                // Any other comment.
+            } else {
+                e.samples.push(parse_sample(line).map_err(|w| fail(&w))?);
+            }
+        }
+        Ok(e)
+    }
+
+    /// The value of the sample with exactly these labels (in any order), if there is one.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels.len() == labels.len() && s.has_labels(labels))
+            .map(|s| s.value)
+    }
+
+    /// As [`Exposition::value`], failing the test if the sample is missing.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels).unwrap_or_else(|| {
+            panic!(
+                "no sample {name}{labels:?}; samples named so: {:?}",
+                self.samples
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// The sum over every sample named `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && s.has_labels(labels))
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// The family (a name with a `# TYPE`) a sample belongs to.
+    pub fn family(&self, sample_name: &str) -> Option<&str> {
+        self.types
+            .iter()
+            .find(|(family, kind)| family_of(sample_name, family, kind))
+            .map(|(family, _)| family.as_str())
+    }
+}
+
+/// Whether a sample named `sample` belongs to the family `family` of type `kind`.
+fn family_of(sample: &str, family: &str, kind: &str) -> bool {
+    if sample == family {
+        return true;
+    }
+    let suffixes: &[&str] = match kind {
+        "histogram" => &["_bucket", "_sum", "_count"],
+        "summary" => &["_sum", "_count"],
+        _ => &[],
+    };
+    suffixes
+        .iter()
+        .any(|suffix| sample.strip_suffix(suffix) == Some(family))
+}
+
+fn check_metric_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        Ok(())
+    } else {
+        Err(format!("bad metric name {name:?}"))
+    }
+}
+
+/// Undoes exposition escaping: `\\` and `\n` (HELP text), plus `\"` in label values.
+fn unescape(text: &str, label_value: bool) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('n') => out.push('\n'),
+            Some('"') if label_value => out.push('"'),
+            other => return Err(format!("bad escape \\{other:?}")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
+    let name = &line[..name_end];
+    check_metric_name(name)?;
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        rest = inner;
+        loop {
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = rest.split_once("=\"").ok_or("a label without =\"")?;
+            let key = key.trim_start_matches(',');
+            check_metric_name(key).map_err(|_| format!("bad label name {key:?}"))?;
+            // The value runs to the first unescaped double quote.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in after.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    '\n' => return Err("a raw line feed in a label value".into()),
+                    _ => {}
+                }
+            }
+            let end = end.ok_or("an unterminated label value")?;
+            labels.push((key.to_string(), unescape(&after[..end], true)?));
+            rest = &after[end + 1..];
+            if !rest.starts_with(',') && !rest.starts_with('}') {
+                return Err("labels not separated by ','".into());
+            }
+        }
+        let mut keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err("a label given twice".into());
+        }
+    }
+    let mut fields = rest.split_whitespace();
+    let value = fields.next().ok_or("no value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse::<f64>().map_err(|_| format!("bad value {v:?}"))?,
+    };
+    if let Some(timestamp) = fields.next() {
+        timestamp
+            .parse::<i64>()
+            .map_err(|_| format!("bad timestamp {timestamp:?}"))?;
+    }
+    if fields.next().is_some() {
+        return Err("trailing fields".into());
+    }
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// A response read from a raw HTTP exchange.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == &name.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` (then half-closes if `half_close`), reads to EOF and parses the response.
+/// Fails the test if the connection is reset or ends without a status line: the server
+/// must answer and then close cleanly.
+pub fn http_exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect to admin");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream.write_all(request).expect("send request");
+    if half_close {
+        stream.shutdown(Shutdown::Write).expect("half-close");
+    }
+    read_http_response(&mut stream)
+}
+
+/// Reads a whole response (to EOF) from `stream` and parses it.
+pub fn read_http_response(stream: &mut TcpStream) -> HttpResponse {
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .expect("read the response to EOF (the connection must close cleanly)");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8(raw[..split].to_vec()).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    assert_eq!(
+        parts.next(),
+        Some("HTTP/1.1"),
+        "status line {status_line:?}"
+    );
+    let status = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {status_line:?}"));
+    let headers = lines
+        .map(|l| {
+            let (name, value) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad header line {l:?}"));
+            (name.trim().to_ascii_lowercase(), value.trim().to_string())
+        })
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+impl Tcplb {
+    /// Scrapes `/metrics` (status 200 required) and parses it.
+    pub fn metrics(&self) -> Exposition {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        Exposition::parse(&body).unwrap_or_else(|e| panic!("/metrics does not parse: {e}"))
+    }
+
+    /// Takes the process's standard output (started with `Stdio::piped()` for it).
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child.stdout.take().expect("stdout is piped")
+    }
+
+    /// Stops the process (SIGSTOP) and waits until the kernel shows it stopped, so that
+    /// everything sent to it from now on waits in its sockets until [`Tcplb::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        wait_until(
+            || process_state(self.pid()) == 'T',
+            || format!("tcplb is in state {}", process_state(self.pid())),
+        );
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+        wait_until(
+            || process_state(self.pid()) != 'T',
+            || "tcplb is still stopped".to_string(),
+        );
+    }
+}
+
+/// The state letter of a process (`R`, `S`, `T`, ...), from /proc/PID/stat.
+pub fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.chars().next())
+        .expect("state")
+}
+
+/// Whether the kernel lists a TCP socket with this local and remote address (any state but
+/// closed: a socket reset by its peer is gone from the list even while its owner still holds
+/// the descriptor). IPv4 only.
+pub fn tcp_socket_listed(local: SocketAddr, remote: SocketAddr) -> bool {
+    fn hex(addr: SocketAddr) -> String {
+        match addr {
+            SocketAddr::V4(a) => format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(a.ip().octets()),
+                a.port()
+            ),
+            SocketAddr::V6(_) => panic!("IPv4 only"),
+        }
+    }
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(local.as_str()) && fields.next() == Some(remote.as_str())
+    })
+}
+
+/// Waits until the file at `path` holds at least `n` complete lines and returns them all.
+pub fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let read = || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end + 1]);
+        complete.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let mut lines = Vec::new();
+    wait_until(
+        || {
+            lines = read();
+            lines.len() >= n
+        },
+        || format!("{} has {:?}, wanted {n} lines", path.display(), read()),
+    );
+    lines
+}
