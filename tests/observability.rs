@@ -350,7 +350,7 @@ fn clients_shed_past_max_conns_are_counted() {
 #[test]
 fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
     // Two buffers in all; each client below stops reading while its backend streams, so its
-    // session holds one buffer for good. With both held, the next client is shed.
+    // session holds buffers for good. With both held, the next client is shed.
     let backend = Backend::start(1, streamer(9, 256 << 20));
     let log = scratch_path("shed-pool.log");
     let _ = std::fs::remove_file(&log);
@@ -366,22 +366,29 @@ fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
             &log_arg,
         ],
     );
-    let mut stalled = Vec::new();
-    for used in 1..=2 {
+    // Add stalled clients until every buffer is held for good (a session holds at least one
+    // once stalled, more if its pipe gathers several per read): two at most.
+    let mut stalled: Vec<TcpStream> = Vec::new();
+    loop {
+        assert!(stalled.len() < 2, "two stalled sessions hold both buffers");
         stalled.push(tcplb.connect());
-        // Stalled for good: the buffers are held and the backends' writes have stopped.
-        let mut last = u64::MAX;
+        let (mut last, mut free) = (u64::MAX, f64::NAN);
+        let sessions = stalled.len() as f64;
         wait_until(
             || {
                 let streamed = backend.counter.load(Ordering::SeqCst);
-                let held = tcplb
-                    .metrics()
-                    .get("tcplb_buffer_pool_buffers", &[("state", "used")]);
+                let m = tcplb.metrics();
+                free = m.get("tcplb_buffer_pool_buffers", &[("state", "free")]);
+                let used = m.get("tcplb_buffer_pool_buffers", &[("state", "used")]);
+                // The backends' writes have stopped: every stalled session is blocked.
                 let still = std::mem::replace(&mut last, streamed) == streamed;
-                held == used as f64 && still
+                still && m.get("tcplb_sessions_active", &[]) == sessions && used >= sessions
             },
-            || format!("waiting for {used} pool buffers held"),
+            || format!("waiting for {sessions} stalled sessions"),
         );
+        if free == 0.0 {
+            break;
+        }
     }
     let mut shed = tcplb.connect();
     let shed_port = shed.local_addr().expect("addr").port();
@@ -400,7 +407,11 @@ fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
         0.0
     );
     assert_eq!(m.get("tcplb_buffer_pool_capacity_bytes", &[]), 2048.0);
-    assert_eq!(m.get("tcplb_sessions_active", &[]), 2.0);
+    assert_eq!(
+        m.get("tcplb_sessions_active", &[]),
+        stalled.len() as f64,
+        "the shed client is no session"
+    );
     let lines = wait_for_lines(&log, 1);
     let line = AccessLine::parse(&lines[0]);
     assert_eq!(line.get("client"), format!("127.0.0.1:{shed_port}"));
