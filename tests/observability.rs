@@ -62,6 +62,42 @@ fn expect_closed(stream: &mut TcpStream) {
     }
 }
 
+/// A scratch file (see `scratch_path`), removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let path = scratch_path(name);
+        let _ = std::fs::remove_file(&path);
+        Scratch(path)
+    }
+
+    /// The path as a command-line argument.
+    fn arg(&self) -> String {
+        self.0.to_str().expect("utf-8 path").to_string()
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Gauges and counters
 
@@ -228,9 +264,8 @@ fn counters_move_by_exactly_what_the_sessions_did() {
 fn connect_failures_count_once_per_refused_attempt() {
     let good = Backend::start(1, echo());
     let dead = refusing_addr().to_string();
-    let log = scratch_path("retries.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("retries.log");
+    let log_arg = log.arg();
     let tcplb = start(
         &[good.arg(), dead.clone()],
         &[
@@ -352,9 +387,8 @@ fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
     // Two buffers in all; each client below stops reading while its backend streams, so its
     // session holds buffers for good. With both held, the next client is shed.
     let backend = Backend::start(1, streamer(9, 256 << 20));
-    let log = scratch_path("shed-pool.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("shed-pool.log");
+    let log_arg = log.arg();
     let tcplb = start(
         &[backend.arg()],
         &[
@@ -444,9 +478,8 @@ fn bytes_moved_in_the_turn_a_session_is_reset_are_counted() {
     // moves the bytes and meets the reset: the counters must still count what was moved.
     let (tx, rx) = mpsc::channel();
     let backend = Backend::start(1, handing_over(tx));
-    let log = scratch_path("reset-bytes.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("reset-bytes.log");
+    let log_arg = log.arg();
     let tcplb = start(&[backend.arg()], &["--access-log", &log_arg]);
     let label = backend.arg();
 
@@ -911,9 +944,8 @@ fn metrics_parse_with_the_prometheus_client_parser() {
     if let Some(v6) = &v6 {
         backends.push(v6.arg());
     }
-    let log = scratch_path("prom-parse.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("prom-parse.log");
+    let log_arg = log.arg();
     let tcplb = start(&backends, &["--access-log", &log_arg]);
     for seed in 0..4 {
         let data = pattern(seed, 3000);
@@ -986,9 +1018,8 @@ fn metrics_parse_with_the_prometheus_client_parser() {
 #[test]
 fn every_family_has_help_and_type_and_histograms_add_up() {
     let backend = Backend::start(1, echo());
-    let log = scratch_path("families.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("families.log");
+    let log_arg = log.arg();
     let tcplb = start(&[backend.arg()], &["--access-log", &log_arg]);
     for seed in 0..3 {
         let data = pattern(seed, 1000);
@@ -1290,9 +1321,8 @@ fn access_log_has_one_exact_line_per_session() {
     let server = Backend::start(1, scripted());
     // A backup that refuses: used only once the primary is gone, for a retry.
     let dead_backup = refusing_addr().to_string();
-    let log = scratch_path("access.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("access.log");
+    let log_arg = log.arg();
     let tcplb = start(
         &[server.arg(), format!("{dead_backup},backup")],
         &["--access-log", &log_arg, "--max-conns", "1"],
@@ -1393,7 +1423,6 @@ fn access_log_has_one_exact_line_per_session() {
     );
     // Nothing else was written meanwhile.
     assert_eq!(wait_for_lines(&log, 5).len(), 5);
-    let _ = std::fs::remove_file(&log);
 }
 
 #[test]
@@ -1465,9 +1494,8 @@ fn echo_or_reset() -> Handler {
 #[test]
 fn access_log_names_resets_and_idle_timeouts() {
     let backend = Backend::start(1, echo_or_reset());
-    let log = scratch_path("access-ends.log");
-    let _ = std::fs::remove_file(&log);
-    let log_arg = log.to_str().expect("utf-8 path").to_string();
+    let log = Scratch::new("access-ends.log");
+    let log_arg = log.arg();
     let tcplb = start(
         &[backend.arg()],
         &["--access-log", &log_arg, "--idle-timeout", "1"],
@@ -1551,9 +1579,9 @@ fn access_log_names_resets_and_idle_timeouts() {
 fn a_removed_backend_shows_as_draining_until_its_sessions_end() {
     let a = Backend::start(1, identify_and_hold());
     let b = Backend::start(2, identify_and_hold());
-    let file = scratch_path("drain-backends.txt");
+    let file = Scratch::new("drain-backends.txt");
     std::fs::write(&file, format!("{}\n{}\n", a.arg(), b.arg())).expect("write backends file");
-    let file_arg = file.to_str().expect("utf-8 path").to_string();
+    let file_arg = file.arg();
     let tcplb = start(&[], &["--backends-file", &file_arg]);
     let mut held: Vec<(TcpStream, u8)> = (0..2).map(|_| connect_and_identify(&tcplb)).collect();
     held.sort_by_key(|(_, id)| *id);
@@ -1596,7 +1624,6 @@ fn a_removed_backend_shows_as_draining_until_its_sessions_end() {
     for (stream, _) in held {
         close_and_wait(stream);
     }
-    let _ = std::fs::remove_file(&file);
 }
 
 #[test]
