@@ -869,3 +869,227 @@ pub fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     );
     lines
 }
+
+// Resilience helpers (tests/resilience.rs): ports reserved while refusing, re-binding a
+// killed backend's port, identifying echo backends, reading /backends and /metrics, and
+// waiting for the n-th occurrence of a log line.
+
+/// A loopback port that is bound but not listening: connects to it are refused, yet no other
+/// socket (another test's backend, or an ephemeral port of an outgoing connect) can take it,
+/// so it can be turned into a listener on the same port later.
+pub struct ReservedPort {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind reserved port");
+        let addr = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("inet addr");
+        ReservedPort { socket, addr }
+    }
+
+    /// Starts listening on the reserved port.
+    pub fn listen(self) -> TcpListener {
+        self.listen_backlog(128)
+    }
+
+    /// Starts listening with a given accept backlog.
+    pub fn listen_backlog(self, backlog: i32) -> TcpListener {
+        self.socket
+            .listen(backlog)
+            .expect("listen on reserved port");
+        self.socket.into()
+    }
+}
+
+/// Listens again on a port a killed backend used (retrying briefly while the old socket goes).
+pub fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("re-bind {addr}: {e}"),
+        }
+    }
+}
+
+/// Sends its id byte, then echoes every byte back until EOF.
+pub fn identify_then_echo() -> Handler {
+    Arc::new(|mut stream, me| {
+        if stream.write_all(&[me.id]).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Sends `piece` and reads it back (through an echo backend); panics on wrong bytes.
+pub fn echo_piece(stream: &mut TcpStream, piece: &[u8]) -> io::Result<()> {
+    stream.write_all(piece)?;
+    let mut back = vec![0u8; piece.len()];
+    stream.read_exact(&mut back)?;
+    assert!(back == piece, "an echoed piece came back with wrong bytes");
+    Ok(())
+}
+
+/// Ends an echo session: half-closes, expects EOF with no byte more.
+pub fn finish_echo(mut stream: TcpStream) {
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("read to EOF");
+    assert!(
+        rest.is_empty(),
+        "{} unexpected bytes after the echo",
+        rest.len()
+    );
+}
+
+/// Whether an I/O error is the peer ending the connection (reset, EOF mid-read, broken pipe),
+/// as opposed to a timeout (a hang).
+pub fn is_peer_end(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// One row of the admin `/backends` JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendRow {
+    pub address: String,
+    pub state: String,
+    pub active: u64,
+    pub connections_total: u64,
+    pub connect_failures_total: u64,
+}
+
+/// `GET /backends`, parsed (one object per line, as tcplb writes it).
+pub fn backend_rows(tcplb: &Tcplb) -> Vec<BackendRow> {
+    let (status, body) = tcplb.admin_get("/backends");
+    assert_eq!(status, 200, "/backends: {body}");
+    let field = |line: &str, key: &str| -> String {
+        let at = line
+            .find(&format!("\"{key}\": "))
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
+        let rest = &line[at + key.len() + 4..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end].trim().trim_matches('"').to_string()
+    };
+    let number = |line: &str, key: &str| -> u64 {
+        field(line, key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+    };
+    body.lines()
+        .filter(|l| l.contains("\"address\""))
+        .map(|l| BackendRow {
+            address: field(l, "address"),
+            state: field(l, "state"),
+            active: number(l, "active"),
+            connections_total: number(l, "connections_total"),
+            connect_failures_total: number(l, "connect_failures_total"),
+        })
+        .collect()
+}
+
+/// The `/backends` row for `addr`, if listed.
+pub fn backend_row(tcplb: &Tcplb, addr: SocketAddr) -> Option<BackendRow> {
+    backend_rows(tcplb)
+        .into_iter()
+        .find(|r| r.address == addr.to_string())
+}
+
+/// The value of one sample of `/metrics`, named with its labels as exposed
+/// (`tcplb_buffer_pool_buffers{state="free"}`).
+pub fn metric(tcplb: &Tcplb, sample: &str) -> f64 {
+    let (status, body) = tcplb.admin_get("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in /metrics"))
+}
+
+/// Parses a `Duration`'s `Debug` form as tcplb logs it (`500ms`, `1s`, `1.5s`, `250µs`).
+pub fn parse_debug_duration(text: &str) -> Duration {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ns") {
+        (n, 1e-9)
+    } else if let Some(n) = text.strip_suffix("µs") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        panic!("not a duration: {text:?}")
+    };
+    let value: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("not a duration: {text:?}"));
+    Duration::from_secs_f64(value * scale)
+}
+
+impl Tcplb {
+    /// Waits until `n` log lines contain `needle`; returns the n-th.
+    pub fn wait_for_nth_log(&self, needle: &str, n: usize) -> String {
+        let (lines, changed) = &*self.logs;
+        let deadline = Instant::now() + PATIENCE;
+        let mut guard = lines.lock().expect("log lock");
+        loop {
+            if let Some(line) = guard.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "fewer than {n} log lines with {needle:?} within {PATIENCE:?}; logs:\n{}",
+                guard.join("\n")
+            );
+            guard = changed.wait_timeout(guard, left).expect("log lock").0;
+        }
+    }
+}
+
+/// Makes a listener that is never accepted from swallow connects: fills its accept queue
+/// until a connect gets no answer (the kernel drops the SYN), and returns the connections
+/// that filled it (keep them open). A connect to it then hangs until the caller gives up.
+pub fn fill_accept_queue(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut filled = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(stream) => filled.push(stream),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return filled,
+            Err(e) => panic!("filling the accept queue of {addr}: {e}"),
+        }
+        assert!(
+            filled.len() < 1000,
+            "the accept queue of {addr} never fills"
+        );
+    }
+}
