@@ -220,7 +220,29 @@ impl Session {
             }
             self.established(ctx);
         }
-        self.pump(ctx)
+        let status = self.pump(ctx);
+        if status == Status::Open && event.is_error() {
+            return self.collect_error(side);
+        }
+        status
+    }
+
+    /// A socket reported an error that pumping did not meet: a reset that came after the
+    /// peer's FIN. Nothing reads that socket any more (a read past EOF returns 0, not the
+    /// error) and the other pipe may have nothing to write to it, so the error would be lost
+    /// and the session left open on a dead peer. End it, passing the reset on.
+    fn collect_error(&mut self, side: Side) -> Status {
+        let (socket, read_done) = match side {
+            Side::Client => (&self.client, self.up.eof()),
+            Side::Backend => (&self.backend, self.down.eof()),
+        };
+        if !read_done {
+            return Status::Open; // the next read meets the error
+        }
+        match socket.take_error() {
+            Ok(Some(e)) | Err(e) => self.fail(Fault::Source(e), side),
+            Ok(None) => Status::Open,
+        }
     }
 
     /// Handles the session's timer: a connect that took too long, or a possible idle timeout.
