@@ -105,8 +105,11 @@ impl Breaker {
         }
     }
 
-    /// A session was given this backend. Returns true if that session is a trial: the one
-    /// half-open attempt, or an attempt made while failing open because every backend is down.
+    /// A session was given this backend. Returns true if that session is the one half-open
+    /// trial. An attempt made while failing open (picked although down, because every
+    /// backend is) is not a trial: its failure leaves the cool-down as it is, or a few
+    /// clients during a fleet-wide outage would double every backend's cool-down again and
+    /// again, and after the outage all but one would stay out for up to [`MAX_COOLDOWN`].
     pub fn on_pick(&mut self, now: Instant) -> bool {
         match self.state {
             BreakerState::Up => false,
@@ -118,8 +121,8 @@ impl Breaker {
                 self.state = BreakerState::HalfOpen { trial: true };
                 true
             }
-            // Failing open: picked although down.
-            BreakerState::Down { .. } | BreakerState::HalfOpen { trial: true } => true,
+            // Failing open: picked although down (or while another session is the trial).
+            BreakerState::Down { .. } | BreakerState::HalfOpen { trial: true } => false,
         }
     }
 
@@ -324,21 +327,29 @@ mod tests {
     }
 
     #[test]
-    fn failing_open_is_a_trial() {
+    fn failing_open_is_not_a_trial_and_does_not_stretch_the_cooldown() {
         let t0 = Instant::now();
         let mut b = Breaker::new(POLICY);
         for _ in 0..3 {
             b.on_failure(t0, POLICY, false);
         }
         let soon = t0 + Duration::from_secs(1);
-        assert!(b.on_pick(soon), "picked while down: every backend is down");
+        for _ in 0..5 {
+            assert!(!b.on_pick(soon), "picked while down: every backend is down");
+            assert_eq!(b.on_failure(soon, POLICY, false), None);
+        }
+        assert_eq!(b.allows_from(soon), t0 + Duration::from_secs(10));
+        // The real trial after the cool-down still doubles it when it fails.
+        let later = t0 + Duration::from_secs(10);
+        assert!(b.on_pick(later));
         assert_eq!(
-            b.on_failure(soon, POLICY, true),
+            b.on_failure(later, POLICY, true),
             Some(Transition::WentDown {
                 cooldown: Duration::from_secs(20)
             })
         );
-        assert!(b.on_pick(soon));
+        // A fail-open attempt that succeeds brings it up.
+        assert!(!b.on_pick(later));
         assert_eq!(b.on_success(POLICY), Some(Transition::CameUp));
     }
 
