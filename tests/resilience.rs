@@ -231,6 +231,7 @@ fn a_backend_killed_under_load_ends_its_sessions_and_the_survivor_serves_the_res
         }
         before_kill.wait_for(CLIENTS, "every client a quarter through");
         victim.kill();
+        wait_refused(victim.addr);
         killed.add();
     });
 
@@ -239,7 +240,8 @@ fn a_backend_killed_under_load_ends_its_sessions_and_the_survivor_serves_the_res
     assert_eq!(
         (on(1), on(2)),
         (3, 3),
-        "least active spreads 6 clients 3/3: {outcomes:?}"
+        "least active spreads 6 clients 3/3: {outcomes:?}; logs:\n{}",
+        tcplb.logs().join("\n")
     );
     for (id, verified, result) in &outcomes {
         match id {
@@ -696,6 +698,7 @@ fn a_backup_takes_traffic_only_while_the_primary_is_down_and_its_sessions_are_le
     assert_eq!(accepted(&backup), 0);
 
     primary.kill();
+    wait_refused(primary_addr);
     for mut stream in on_primary {
         assert_ended(&mut stream, "a session on the killed primary");
     }

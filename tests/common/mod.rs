@@ -1093,3 +1093,19 @@ pub fn fill_accept_queue(addr: SocketAddr) -> Vec<TcpStream> {
         );
     }
 }
+
+/// Waits until connects to `addr` are refused. After [`Backend::kill`] the port is normally
+/// closed at once, but a process being spawned at that moment (tests run in parallel) holds a
+/// copy of the listening socket until it execs, and a connect in that window is accepted and
+/// then reset.
+pub fn wait_refused(addr: SocketAddr) {
+    wait_until(
+        || {
+            matches!(
+                TcpStream::connect(addr),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+            )
+        },
+        || format!("{addr} still accepts connects"),
+    );
+}
