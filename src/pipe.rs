@@ -30,8 +30,11 @@ use socket2::SockRef;
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
 
-/// Reads one pipe may make per turn before it lets other sessions run.
-const TURN_BUDGET: u32 = 8;
+/// Reads one pipe may make per turn before it lets other sessions run: with gathered reads
+/// at most 128 KiB a turn. Measured with four concurrent 64 MiB downloads: a budget of 8
+/// (512 KiB a turn) let some sessions run far ahead of others (p99 3-7x the median); 1 or 2
+/// keep them even (p99 within ~20% of the median) at no cost in CPU per byte.
+const TURN_BUDGET: u32 = 2;
 
 /// Buffers one read may fill when the source keeps filling whatever it is given: a bulk
 /// transfer then moves 4 × 16 KiB per `readv`/`writev` instead of 16 KiB, which means a
