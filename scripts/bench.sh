@@ -11,6 +11,9 @@ HELPERS=$SCRIPT_DIR/bench
 COMMAND="$0"
 for arg in "$@"; do COMMAND+=" $(printf '%q' "$arg")"; done
 if [[ -n ${TCPLB_BIN:-} ]]; then COMMAND="TCPLB_BIN=$(printf '%q' "$TCPLB_BIN") $COMMAND"; fi
+if [[ -n ${TCPLB_ARGS:-} ]]; then COMMAND="TCPLB_ARGS=$(printf '%q' "$TCPLB_ARGS") $COMMAND"; fi
+# Extra tcplb flags (word-split on purpose), e.g. TCPLB_ARGS='--buffer-size 64k'.
+read -r -a TCPLB_EXTRA <<<"${TCPLB_ARGS:-}"
 
 usage() {
     cat <<EOF
@@ -38,6 +41,7 @@ Options:
   -h, --help       show this help
 
 Environment:
+  TCPLB_ARGS       extra flags for tcplb, e.g. TCPLB_ARGS='--buffer-size 64k'
   TCPLB_BIN        tcplb binary to benchmark; if unset, the script runs
                    'cargo build --release' in the repo and uses target/release/tcplb
 
@@ -473,7 +477,8 @@ PIDS+=("$!")
 PROXY_PIDS[nginx]=$!
 
 LOGS[tcplb]=$TMP/tcplb.log
-env RUST_LOG=warn taskset -c "$PROXY_CPU" "$TCPLB" --listen "127.0.0.1:${PORT[tcplb]}" "${tcplb_backends[@]}" \
+env RUST_LOG=warn taskset -c "$PROXY_CPU" "$TCPLB" --listen "127.0.0.1:${PORT[tcplb]}" \
+    ${TCPLB_EXTRA[@]+"${TCPLB_EXTRA[@]}"} "${tcplb_backends[@]}" \
     >"${LOGS[tcplb]}" 2>&1 &
 PIDS+=("$!")
 PROXY_PIDS[tcplb]=$!
