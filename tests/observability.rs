@@ -1289,17 +1289,7 @@ fn scripted() -> Handler {
                 if stream.write_all(b"e").is_err() {
                     return;
                 }
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
+                echo_until_eof(&mut stream);
             }
             b's' => {
                 let _ = stream.write_all(&pattern(7, 3000));
@@ -1477,17 +1467,7 @@ fn echo_or_reset() -> Handler {
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             return;
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        echo_until_eof(&mut stream);
     })
 }
 

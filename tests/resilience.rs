@@ -1036,17 +1036,7 @@ fn stream_or_echo() -> Handler {
             while stream.write_all(&chunk).is_ok() {}
             return;
         }
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        echo_until_eof(&mut stream);
     })
 }
 

@@ -132,21 +132,7 @@ impl Tcplb {
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let (lines, changed) = &*self.logs;
-        let deadline = Instant::now() + PATIENCE;
-        let mut guard = lines.lock().expect("log lock");
-        loop {
-            if let Some(line) = guard.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {needle:?} within {PATIENCE:?}; logs:\n{}",
-                guard.join("\n")
-            );
-            guard = changed.wait_timeout(guard, left).expect("log lock").0;
-        }
+        self.wait_for_nth_log(needle, 1)
     }
 
     /// Counts log lines containing `needle`.
@@ -401,19 +387,22 @@ pub fn wait_until(mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
 
 /// Echoes every byte back until EOF, then closes.
 pub fn echo() -> Handler {
-    Arc::new(|mut stream, _| {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
+    Arc::new(|mut stream, _| echo_until_eof(&mut stream))
+}
+
+/// Writes back every byte read until EOF or an error.
+pub fn echo_until_eof(stream: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
                 }
             }
         }
-    })
+    }
 }
 
 /// Sends its id byte, then holds the connection until the client closes.
@@ -932,17 +921,7 @@ pub fn identify_then_echo() -> Handler {
         if stream.write_all(&[me.id]).is_err() {
             return;
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        echo_until_eof(&mut stream);
     })
 }
 
@@ -1068,7 +1047,7 @@ impl Tcplb {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "fewer than {n} log lines with {needle:?} within {PATIENCE:?}; logs:\n{}",
+                "not {n} log line(s) with {needle:?} within {PATIENCE:?}; logs:\n{}",
                 guard.join("\n")
             );
             guard = changed.wait_timeout(guard, left).expect("log lock").0;
