@@ -255,6 +255,9 @@ impl Session {
         if let Some(idle) = ctx.settings.idle_timeout {
             let due = self.last_active + idle;
             if due <= ctx.now {
+                // Cut short, not finished: a reset on both sides, so neither mistakes what
+                // it has received (and any bytes still buffered here) for the whole stream.
+                self.abort();
                 return Status::Closed(EndReason::IdleTimeout);
             }
             self.timer = Some(ctx.timers.insert(due, TimerKey::Conn(self.id)));

@@ -148,9 +148,13 @@ fn idle_sessions_time_out_and_busy_ones_do_not() {
                 thread::sleep(Duration::from_millis(300));
             }
         });
-        // Idle: closed after about a second of silence.
+        // Idle: cut (reset) after about a second of silence.
         let mut rest = [0u8; 1];
-        assert_eq!(idle.read(&mut rest).expect("EOF"), 0, "idle session closed");
+        assert_eq!(
+            idle.read(&mut rest).map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset),
+            "idle session cut"
+        );
         let waited = silent_since.elapsed();
         assert!(
             waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
@@ -163,6 +167,37 @@ fn idle_sessions_time_out_and_busy_ones_do_not() {
     let mut b = [0u8; 1];
     busy.read_exact(&mut b).expect("still open");
     assert_eq!(&b, b"z");
+}
+
+#[test]
+fn an_idle_timeout_cuts_a_stalled_stream_with_a_reset_not_a_clean_end() {
+    // The backend streams to a client that has stopped reading: no byte moves for a second,
+    // with megabytes still on the way. The client must not mistake what it got for it all.
+    let backend = Backend::start(1, streamer(11, 64 << 20));
+    let tcplb = Tcplb::start(&[&backend.arg(), "--idle-timeout", "1"]);
+    let mut stream = tcplb.connect();
+    let mut last = u64::MAX;
+    wait_until(
+        || {
+            let now = backend.counter.load(Ordering::SeqCst);
+            let stuck = now == last && now > 0;
+            last = now;
+            if !stuck {
+                thread::sleep(Duration::from_millis(200));
+            }
+            stuck
+        },
+        || "backend never filled the path".to_string(),
+    );
+    // The idle timeout cuts the session: the backend's side goes first (it is reset too).
+    backend.wait_active(0);
+    // Now read what is there: it must end in a reset.
+    let outcome = read_digest(&mut stream);
+    assert_eq!(
+        outcome.map_err(|e| e.kind()).map(|(len, _)| len < 64 << 20),
+        Err(ErrorKind::ConnectionReset),
+        "a stream cut by the idle timeout must end in a reset"
+    );
 }
 
 #[test]
