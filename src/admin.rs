@@ -160,7 +160,7 @@ impl AdminConn {
                     self.respond(200, "text/plain; version=0.0.4; charset=utf-8", &body);
                 }
                 "/healthz" => {
-                    if ctx.balancer.any_up() {
+                    if ctx.balancer.any_available(ctx.now) {
                         self.respond(200, "text/plain", "ok\n");
                     } else {
                         self.respond(503, "text/plain", "no backend is up\n");

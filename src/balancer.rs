@@ -17,7 +17,7 @@
 //! removed ones get no new sessions and drain (their `Rc` lives on in their sessions' leases),
 //! unchanged ones keep their counters and state.
 
-use crate::health::{Breaker, BreakerPolicy, CheckPolicy, CheckState, Transition};
+use crate::health::{Breaker, BreakerPolicy, BreakerState, CheckPolicy, CheckState, Transition};
 use crate::logging::{Throttle, suppressed_note};
 use log::{info, warn};
 use std::cell::Cell;
@@ -135,7 +135,7 @@ impl Backend {
 
     /// Up: health checks pass and the circuit breaker is closed.
     pub fn is_up(&self) -> bool {
-        self.checks_up() && self.breaker().state() == crate::health::BreakerState::Up
+        self.checks_up() && self.breaker().state() == BreakerState::Up
     }
 
     /// May take a new session now (before failing open).
@@ -268,9 +268,12 @@ impl Balancer {
         self.check_policy
     }
 
-    /// Whether any backend is up (health checks pass, breaker closed).
-    pub fn any_up(&self) -> bool {
-        self.backends.iter().any(|b| b.is_up())
+    /// Whether any backend would take a new session now without failing open: health
+    /// checks pass and the breaker allows (closed, or cooled down and ready for its trial).
+    /// What `/healthz` reports: counting only closed breakers would keep a readiness probe
+    /// at 503 after a blip until some client came to make the trial — which the 503 stops.
+    pub fn any_available(&self, now: Instant) -> bool {
+        self.backends.iter().any(|b| b.eligible(now))
     }
 
     /// Makes the set exactly `wanted` (keyed by address; a duplicate address is taken once).
@@ -354,19 +357,22 @@ impl Balancer {
                 .filter(eligible)
                 .filter(|b| b.is_backup())
         };
-        let chosen = least_active(primaries)
-            .or_else(|| least_active(backups))
-            .or_else(|| self.fail_open(now, tried))?;
-        let trial = {
-            let mut breaker = chosen.breaker.get();
-            let trial = breaker.on_pick(now);
-            chosen.breaker.set(breaker);
-            trial
-        };
-        Some(Lease::new(Rc::clone(chosen), trial))
+        if let Some(chosen) = least_active(primaries).or_else(|| least_active(backups)) {
+            let trial = {
+                let mut breaker = chosen.breaker.get();
+                let trial = breaker.on_pick(now);
+                chosen.breaker.set(breaker);
+                trial
+            };
+            return Some(Lease::new(Rc::clone(chosen), trial));
+        }
+        // Failing open is never the breaker's trial: its outcome only counts if it succeeds.
+        self.fail_open(now, tried)
+            .map(|chosen| Lease::new(Rc::clone(chosen), false))
     }
 
-    /// Every untried backend is down: the one that will allow a session soonest.
+    /// Every untried backend is down: one the health checks still pass if any, and among
+    /// those the one whose breaker allows a session soonest.
     fn fail_open(&self, now: Instant, tried: &[u32]) -> Option<&Rc<Backend>> {
         let chosen = self
             .backends
@@ -374,8 +380,9 @@ impl Balancer {
             .filter(|b| !tried.contains(&b.id))
             .min_by(|a, b| {
                 let (a_at, b_at) = (a.breaker().allows_from(now), b.breaker().allows_from(now));
-                a_at.cmp(&b_at)
-                    .then_with(|| a.checks_up().cmp(&b.checks_up()).reverse())
+                b.checks_up()
+                    .cmp(&a.checks_up())
+                    .then_with(|| a_at.cmp(&b_at))
                     .then_with(|| a.active().cmp(&b.active()))
             })?;
         if let Some(n) = self.fail_open_throttle.allow(now) {
@@ -427,6 +434,9 @@ impl Balancer {
         let mut checks = backend.checks.get();
         let flipped = checks.record(result.is_ok(), policy);
         backend.checks.set(checks);
+        // A passing probe while the checks say up has just shown connects succeed: close a
+        // breaker opened meanwhile by failing clients, without waiting for a client's trial.
+        let breaker_open = backend.breaker().state() != BreakerState::Up;
         match (flipped, result) {
             (Some(true), _) => {
                 backend.update_breaker(|b| {
@@ -437,6 +447,13 @@ impl Balancer {
                     "backend {backend} is up: {} health checks passed in a row",
                     policy.rise
                 );
+            }
+            (None, Ok(())) if checks.is_up() && breaker_open => {
+                backend.update_breaker(|b| {
+                    b.reset(self.breaker_policy);
+                    None
+                });
+                info!("backend {backend} is up again: a health check connected");
             }
             (Some(false), Err(e)) => warn!(
                 "backend {backend} is down: {} health checks failed in a row (last: {e})",
@@ -638,9 +655,57 @@ mod tests {
                 b.connect_failed(&mut lease, t0 + Duration::from_secs(at), &refused());
             }
         }
-        assert!(!b.any_up());
+        assert!(!b.any_available(t0 + Duration::from_secs(6)));
         let lease = b.pick(t0 + Duration::from_secs(6), &[]).expect("fail open");
         assert_eq!(lease.backend().id, 0, "backend 0's cool-down ends first");
+        assert!(!lease.trial, "failing open is not the breaker's trial");
+        drop(lease);
+        assert!(
+            b.any_available(t0 + Duration::from_secs(10)),
+            "cooled down: ready for a trial, so available"
+        );
+    }
+
+    #[test]
+    fn failing_open_prefers_a_backend_the_checks_still_pass() {
+        let checks = CheckPolicy {
+            interval: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        };
+        let b = Balancer::new(
+            POLICY,
+            Some(checks),
+            &[spec(1, 1, false), spec(2, 1, false)],
+        );
+        let t0 = Instant::now();
+        // Backend 0: breaker open (cooling down), checks up. Backend 1: checks down.
+        for _ in 0..2 {
+            let mut lease = b.pick(t0, &[1]).expect("backend 0");
+            b.connect_failed(&mut lease, t0, &refused());
+        }
+        b.probe_result(&b.backends()[1], &Err(refused()));
+        let lease = b.pick(t0 + Duration::from_secs(1), &[]).expect("fail open");
+        assert_eq!(lease.backend().id, 0, "not the one the checks say is dead");
+    }
+
+    #[test]
+    fn a_passing_probe_closes_a_breaker_opened_by_clients() {
+        let checks = CheckPolicy {
+            interval: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        let b = Balancer::new(POLICY, Some(checks), &[spec(1, 1, false)]);
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            let mut lease = b.pick(t0, &[]).expect("backend 0");
+            b.connect_failed(&mut lease, t0, &refused());
+        }
+        assert!(!b.any_available(t0));
+        b.probe_result(&b.backends()[0], &Ok(()));
+        assert!(b.backends()[0].is_up());
+        assert!(b.any_available(t0));
     }
 
     #[test]

@@ -566,6 +566,41 @@ fn bytes_moved_in_the_turn_a_session_is_reset_are_counted() {
 // /healthz, backend states
 
 #[test]
+fn a_passing_health_check_brings_healthz_back_without_any_client() {
+    let port = ReservedPort::new();
+    let addr = port.addr;
+    let tcplb = start(
+        &[addr.to_string()],
+        &[
+            "--max-fails",
+            "1",
+            "--fail-timeout",
+            "30",
+            "--health-interval",
+            "0.2",
+            "--fall",
+            "1000",
+        ],
+    );
+    // One client: refused, the breaker opens for 30 s.
+    expect_closed(&mut tcplb.connect());
+    assert_eq!(tcplb.admin_get("/healthz").0, 503);
+    // The backend is back well within the cool-down: the next passing probe closes the
+    // breaker, with no client needed to make a trial.
+    let revived = Backend::serve(3, port.listen(), identify_and_hold());
+    wait_until(
+        || tcplb.admin_get("/healthz").0 == 200,
+        || format!("states: {:?}", backends_json(&tcplb)),
+    );
+    assert_eq!(state_of(&tcplb, &addr.to_string()), "up");
+    tcplb.wait_for_log("is up again: a health check connected");
+    let (stream, id) = connect_and_identify(&tcplb);
+    assert_eq!(id, 3);
+    close_and_wait(stream);
+    assert!(revived.accepted.load(Ordering::SeqCst) >= 2, "probes, then the client");
+}
+
+#[test]
 fn healthz_and_states_follow_the_circuit_breaker_down_and_back_up() {
     let (a, b) = (refusing_addr(), refusing_addr());
     let (la, lb) = (a.to_string(), b.to_string());
@@ -599,12 +634,17 @@ fn healthz_and_states_follow_the_circuit_breaker_down_and_back_up() {
     }
     assert_eq!(m.get("tcplb_connections_no_backend_total", &[]), 1.0);
 
-    // The cool-down ends: half open, still not up.
+    // The cool-down ends: half open, not up yet, but ready for a trial session, so
+    // /healthz lets clients come (a readiness probe stuck at 503 would stop the trial).
     wait_until(
         || state_of(&tcplb, &la) == "half_open" && state_of(&tcplb, &lb) == "half_open",
         || format!("states: {:?}", backends_json(&tcplb)),
     );
-    assert_eq!(tcplb.admin_get("/healthz").0, 503);
+    assert_eq!(tcplb.admin_get("/healthz").0, 200);
+    assert_eq!(
+        tcplb.metrics().get("tcplb_backend_up", &[("backend", &la)]),
+        0.0
+    );
 
     // A comes back on the same port; the next client's trial connect there succeeds.
     let revived = Backend::serve(
