@@ -2,45 +2,62 @@
 //! classification of socket errors. Everything here is a thin, documented wrapper over
 //! `socket2`/`mio` so the rest of the crate reads in terms of what it wants done.
 
+use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, SockRef, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-/// Binds a non-blocking listener with `SO_REUSEADDR` and `TCP_NODELAY`.
+/// Binds a non-blocking listener with `SO_REUSEADDR`, `TCP_NODELAY` and `SO_OOBINLINE`.
 ///
-/// On Linux accepted sockets inherit `TCP_NODELAY` from the listener, which saves a
-/// `setsockopt` per client (see [`accepted_nodelay_is_inherited`]).
+/// On Linux accepted sockets inherit both options from the listener, which saves two
+/// `setsockopt`s per client (see [`accepted_options_are_inherited`]).
 pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
+    socket.set_out_of_band_inline(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Whether a socket accepted from a `TCP_NODELAY` listener has `TCP_NODELAY` already.
-pub const fn accepted_nodelay_is_inherited() -> bool {
+/// Whether a socket accepted from the listener has its `TCP_NODELAY` and `SO_OOBINLINE`.
+pub const fn accepted_options_are_inherited() -> bool {
     cfg!(any(target_os = "linux", target_os = "android"))
 }
 
 /// Prepares an accepted client socket.
 pub fn prepare_client(stream: &TcpStream) -> io::Result<()> {
-    if !accepted_nodelay_is_inherited() {
+    if !accepted_options_are_inherited() {
         stream.set_nodelay(true)?;
+        SockRef::from(stream).set_out_of_band_inline(true)?;
     }
     Ok(())
 }
 
-/// Starts a non-blocking connect with `TCP_NODELAY` set. Completion (or failure) is reported
-/// by the socket becoming writable.
+/// Starts a non-blocking connect to a backend with `TCP_NODELAY` and `SO_OOBINLINE` set.
+/// Completion (or failure) is reported by the socket becoming writable.
+///
+/// `SO_OOBINLINE` keeps TCP urgent data (telnet's Synch, FTP's ABOR) in the byte stream,
+/// so it is forwarded like every other byte instead of being dropped.
 pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
+    SockRef::from(&stream).set_out_of_band_inline(true)?;
     Ok(stream)
+}
+
+/// What a session's sockets are registered for: both directions, plus urgent data where the
+/// platform reports it (a read stops short at the urgent mark, see `pipe.rs`).
+pub fn session_interest() -> Interest {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    interest
 }
 
 /// Makes closing this socket send a reset (`SO_LINGER` 0) instead of a FIN: how a reset on
@@ -58,11 +75,20 @@ pub fn connect_error(stream: &TcpStream) -> io::Error {
     }
 }
 
-/// The process or the system is out of file descriptors (or socket memory).
+/// The trouble is here, not at the backend: out of file descriptors, socket memory or
+/// local ports (`EADDRNOTAVAIL` when the ephemeral ports are used up). Such a failed connect
+/// is not counted against the backend.
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EADDRNOTAVAIL
+                | libc::EADDRINUSE
+        )
     )
 }
 
@@ -99,7 +125,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn accepted_sockets_have_nodelay() {
+    fn accepted_sockets_have_nodelay_and_oobinline() {
         let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), 8).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut client = std::net::TcpStream::connect(addr).expect("connect");
@@ -113,6 +139,26 @@ mod tests {
         };
         prepare_client(&accepted).expect("prepare");
         assert!(accepted.nodelay().expect("getsockopt"));
+        assert!(
+            SockRef::from(&accepted)
+                .out_of_band_inline()
+                .expect("getsockopt")
+        );
+    }
+
+    #[test]
+    fn local_address_trouble_is_not_the_backends_fault() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EADDRNOTAVAIL,
+            libc::EADDRINUSE,
+        ] {
+            assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(
+            libc::ECONNREFUSED
+        )));
     }
 
     #[test]

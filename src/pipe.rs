@@ -11,7 +11,8 @@
 //! and writes until the kernel says `WouldBlock`, with safe shortcuts that each save a
 //! syscall per wake-up:
 //! - A read that returns less than asked means the receive queue is empty (any byte arriving
-//!   later raises a new edge).
+//!   later raises a new edge) — except around TCP urgent data, where a read stops short at
+//!   the urgent mark: while urgent data is reported, the pipe reads until `WouldBlock`.
 //! - If the peer's FIN had already been reported when such a short read ran, the FIN is
 //!   next in the stream: the read reached the end, and no extra read is made to hear EOF.
 //!   (Only a clean FIN: after a hang-up or error one more read collects EOF or the error,
@@ -51,6 +52,12 @@ pub struct Readiness {
     /// A clean FIN has been reported (no error, no hang-up): the data in the receive queue
     /// is all that is left before EOF.
     pub fin: bool,
+    /// TCP urgent data has been reported and may still be queued: a read stops short at the
+    /// urgent mark, so a short read does not mean the queue is empty. Cleared at `WouldBlock`.
+    pub urgent: bool,
+    /// An error has been reported on this socket (kept, so a reset that arrives after the
+    /// peer's FIN is still passed on once the stream before it is delivered).
+    pub error: bool,
 }
 
 impl Readiness {
@@ -62,6 +69,8 @@ impl Readiness {
         self.writable |= event.is_writable() || event.is_write_closed() || failed;
         self.read_closed |= event.is_read_closed();
         self.fin |= event.is_read_closed() && !event.is_write_closed() && !failed;
+        self.urgent |= event.is_priority();
+        self.error |= failed;
     }
 }
 
@@ -248,6 +257,7 @@ impl Pipe {
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
                         src_ready.readable = false;
+                        src_ready.urgent = false;
                         return Ok(Flow::Blocked);
                     }
                     io::ErrorKind::Interrupted => {}
@@ -333,7 +343,7 @@ impl Pipe {
             tail: (n - (used - 1) * pool.buffer_size()) as u32,
         };
         self.bulk = n == asked;
-        if n < asked {
+        if n < asked && !src_ready.urgent {
             if src_ready.fin {
                 // The receive queue is empty and the FIN was next in line.
                 self.eof = true;

@@ -26,7 +26,7 @@ use crate::net;
 use crate::pool::Pool;
 use crate::probe::Probe;
 use crate::session::{EndReason, Rejected, Session, SessionSummary, Side, Status};
-use crate::timer::Timers;
+use crate::timer::{TimerId, Timers};
 use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -96,8 +96,9 @@ pub struct Reactor {
     listener: Option<TcpListener>,
     /// The listener may have clients waiting (its edge has not been drained).
     listener_ready: bool,
-    /// Accepting is paused for lack of descriptors; a timer resumes it.
+    /// Accepting is paused for lack of descriptors; a timer (or a session ending) resumes it.
     accept_paused: bool,
+    resume_accept_timer: Option<TimerId>,
     admin: Option<TcpListener>,
     admin_conns: usize,
     signals: Signals,
@@ -161,6 +162,7 @@ impl Reactor {
             listener: Some(listener),
             listener_ready: true,
             accept_paused: false,
+            resume_accept_timer: None,
             admin,
             admin_conns: 0,
             signals,
@@ -286,7 +288,9 @@ impl Reactor {
             .observe(summary.duration.as_secs_f64());
         self.record(&summary, reason);
         // Descriptors were freed: a paused listener may go on.
-        self.accept_paused = false;
+        if self.accept_paused {
+            self.resume_accepting();
+        }
         if self.draining && self.ctx.stats.sessions == 0 && reason != EndReason::Shutdown {
             info!("drained: every session has finished; exiting");
             self.exiting = true;
@@ -375,9 +379,18 @@ impl Reactor {
         self.ctx.fds_exhausted = false;
         if !self.accept_paused {
             self.accept_paused = true;
-            self.ctx
-                .timers
-                .insert(self.ctx.now + ACCEPT_PAUSE, TimerKey::ResumeAccept);
+            self.resume_accept_timer = Some(
+                self.ctx
+                    .timers
+                    .insert(self.ctx.now + ACCEPT_PAUSE, TimerKey::ResumeAccept),
+            );
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accept_paused = false;
+        if let Some(timer) = self.resume_accept_timer.take() {
+            self.ctx.timers.cancel(timer);
         }
     }
 
@@ -459,8 +472,14 @@ impl Reactor {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
+                    // Out of descriptors, typically: the next admin connection raises a new
+                    // edge and accepting resumes.
                     if let Some(n) = self.ctx.throttles.accept.allow(self.ctx.now) {
                         warn!("admin accept failed: {e}{}", suppressed_note(n));
                     }
@@ -618,21 +637,21 @@ impl Reactor {
         std::mem::swap(&mut self.resumable, &mut self.ctx.run_queue);
         let mut queue = std::mem::take(&mut self.resumable);
         for id in queue.drain(..) {
-            self.resume(id);
+            self.resume(id, true);
         }
         self.resumable = queue;
         while self.ctx.pool.free() > 0 {
             let Some(id) = self.ctx.buffer_waiters.pop_front() else {
                 break;
             };
-            self.resume(id);
+            self.resume(id, false);
         }
     }
 
-    fn resume(&mut self, id: ConnId) {
+    fn resume(&mut self, id: ConnId, from_run_queue: bool) {
         if let Some(Conn::Session(session)) = self.conns.get_mut(id.slot as usize) {
             if session.id() == id {
-                let status = session.resume(&mut self.ctx);
+                let status = session.resume(from_run_queue, &mut self.ctx);
                 self.settle(id, status);
             }
         }
@@ -644,7 +663,10 @@ impl Reactor {
         for key in fired.drain(..) {
             match key {
                 TimerKey::Conn(id) => self.on_conn_timer(id),
-                TimerKey::ResumeAccept => self.accept_paused = false,
+                TimerKey::ResumeAccept => {
+                    self.resume_accept_timer = None;
+                    self.accept_paused = false;
+                }
                 TimerKey::HealthRound => self.health_round(),
                 TimerKey::DrainDeadline => {
                     warn!("drain timeout ({:?}) reached", self.drain_timeout);

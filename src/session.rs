@@ -23,7 +23,6 @@ use crate::net;
 use crate::pipe::{Fault, Flow, Pipe, Readiness};
 use crate::timer::TimerId;
 use log::{debug, warn};
-use mio::Interest;
 use mio::event::Event;
 use mio::net::TcpStream;
 use std::io;
@@ -145,7 +144,7 @@ impl Session {
             ctx.registry.register(
                 &mut client,
                 id.token(Side::Client as usize),
-                Interest::READABLE | Interest::WRITABLE,
+                net::session_interest(),
             )
         }) {
             debug!("client {client_addr}: {e}");
@@ -220,29 +219,28 @@ impl Session {
             }
             self.established(ctx);
         }
-        let status = self.pump(ctx);
-        if status == Status::Open && event.is_error() {
-            return self.collect_error(side);
-        }
-        status
+        self.pump(ctx)
     }
 
-    /// A socket reported an error that pumping did not meet: a reset that came after the
-    /// peer's FIN. Nothing reads that socket any more (a read past EOF returns 0, not the
-    /// error) and the other pipe may have nothing to write to it, so the error would be lost
-    /// and the session left open on a dead peer. End it, passing the reset on.
-    fn collect_error(&mut self, side: Side) -> Status {
-        let (socket, read_done) = match side {
-            Side::Client => (&self.client, self.up.eof()),
-            Side::Backend => (&self.backend, self.down.eof()),
-        };
-        if !read_done {
-            return Status::Open; // the next read meets the error
+    /// A socket reported an error that reading did not meet: a reset that came after the
+    /// peer's FIN. A read past the FIN returns EOF, not the error, and the other pipe may
+    /// have nothing to write to that socket, so the reset would be lost (forwarded as a clean
+    /// end, the session left open on a dead peer). Once the stream before it is delivered up
+    /// to the EOF, end the session and pass the reset on.
+    fn collect_error(&mut self) -> Status {
+        for side in [Side::Client, Side::Backend] {
+            let (ready, socket, read_done) = match side {
+                Side::Client => (&self.client_ready, &self.client, self.up.eof()),
+                Side::Backend => (&self.backend_ready, &self.backend, self.down.eof()),
+            };
+            if ready.error && read_done {
+                match socket.take_error() {
+                    Ok(Some(e)) | Err(e) => return self.fail(Fault::Source(e), side),
+                    Ok(None) => {}
+                }
+            }
         }
-        match socket.take_error() {
-            Ok(Some(e)) | Err(e) => self.fail(Fault::Source(e), side),
-            Ok(None) => Status::Open,
-        }
+        Status::Open
     }
 
     /// Handles the session's timer: a connect that took too long, or a possible idle timeout.
@@ -265,10 +263,15 @@ impl Session {
         Status::Open
     }
 
-    /// Runs the pipes again after a buffer came back or a turn's budget ran out.
-    pub fn resume(&mut self, ctx: &mut Context) -> Status {
-        self.waiting_for_buffer = false;
-        self.queued = false;
+    /// Runs the pipes again: `from_run_queue` after a turn's budget ran out, otherwise after
+    /// a buffer came back. Only that queue's mark is cleared, so a session queued in both is
+    /// never queued twice in one.
+    pub fn resume(&mut self, from_run_queue: bool, ctx: &mut Context) -> Status {
+        if from_run_queue {
+            self.queued = false;
+        } else {
+            self.waiting_for_buffer = false;
+        }
         self.pump(ctx)
     }
 
@@ -408,6 +411,9 @@ impl Session {
             self.queued = true;
             ctx.run_queue.push(self.id);
         }
+        if self.client_ready.error || self.backend_ready.error {
+            return self.collect_error();
+        }
         Status::Open
     }
 
@@ -501,7 +507,7 @@ fn dial(
                 .register(
                     &mut stream,
                     id.token(Side::Backend as usize),
-                    Interest::READABLE | Interest::WRITABLE,
+                    net::session_interest(),
                 )
                 .map(|()| stream)
         });

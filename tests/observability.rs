@@ -597,7 +597,10 @@ fn a_passing_health_check_brings_healthz_back_without_any_client() {
     let (stream, id) = connect_and_identify(&tcplb);
     assert_eq!(id, 3);
     close_and_wait(stream);
-    assert!(revived.accepted.load(Ordering::SeqCst) >= 2, "probes, then the client");
+    assert!(
+        revived.accepted.load(Ordering::SeqCst) >= 2,
+        "probes, then the client"
+    );
 }
 
 #[test]

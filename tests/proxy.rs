@@ -200,3 +200,41 @@ fn server_speaks_first_protocols_work() {
     assert_eq!(id, 42);
     close_and_wait(stream);
 }
+
+#[test]
+fn tcp_urgent_data_is_forwarded_in_the_stream_both_ways() {
+    // Like telnet's Synch or FTP's ABOR: a byte sent with MSG_OOB in the middle of a stream.
+    // A read stops short at the urgent mark; that must neither stall the stream nor end it.
+    let backend = Backend::start(
+        1,
+        std::sync::Arc::new(|mut stream: std::net::TcpStream, _: &Backend| {
+            let sock = socket2::SockRef::from(&stream);
+            sock.set_out_of_band_inline(true).expect("oobinline");
+            // Read the client's stream to EOF, then answer with urgent data in the middle.
+            let Ok((len, digest)) = read_digest(&mut stream) else {
+                return;
+            };
+            let reply = format!("{len} {digest}\n");
+            let _ = stream.write_all(b"xx");
+            let _ = socket2::SockRef::from(&stream).send_out_of_band(b"y");
+            let _ = stream.write_all(reply.as_bytes());
+        }),
+    );
+    let tcplb = Tcplb::start(&[&backend.arg()]);
+    for _ in 0..3 {
+        let mut stream = tcplb.connect();
+        socket2::SockRef::from(&stream)
+            .set_out_of_band_inline(true)
+            .expect("oobinline");
+        stream.write_all(b"AAAA").expect("write");
+        socket2::SockRef::from(&stream)
+            .send_out_of_band(b"B")
+            .expect("urgent byte");
+        stream.write_all(b"CCCC").expect("write");
+        stream.shutdown(Shutdown::Write).expect("half-close");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("reply");
+        let sent = b"AAAABCCCC";
+        assert_eq!(reply, format!("xxy{} {}\n", sent.len(), hash(sent)));
+    }
+}
