@@ -92,6 +92,15 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// An `accept` failure that concerns only the one connection (interrupted, or the client
+/// gave up while queued): accept the next one.
+pub fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    )
+}
+
 /// The peer reset or abandoned the connection: worth passing on as a reset.
 pub fn is_reset(e: &io::Error) -> bool {
     matches!(

@@ -351,11 +351,7 @@ impl Reactor {
                     self.listener_ready = false;
                     return;
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                Err(e) if net::is_transient_accept_error(&e) => {}
                 Err(e) => {
                     self.ctx.stats.accept_errors += 1;
                     if let Some(n) = self.ctx.throttles.accept.allow(self.ctx.now) {
@@ -472,11 +468,7 @@ impl Reactor {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                Err(e) if net::is_transient_accept_error(&e) => {}
                 Err(e) => {
                     // Out of descriptors, typically: the next admin connection raises a new
                     // edge and accepting resumes.

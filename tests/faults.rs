@@ -176,19 +176,7 @@ fn an_idle_timeout_cuts_a_stalled_stream_with_a_reset_not_a_clean_end() {
     let backend = Backend::start(1, streamer(11, 64 << 20));
     let tcplb = Tcplb::start(&[&backend.arg(), "--idle-timeout", "1"]);
     let mut stream = tcplb.connect();
-    let mut last = u64::MAX;
-    wait_until(
-        || {
-            let now = backend.counter.load(Ordering::SeqCst);
-            let stuck = now == last && now > 0;
-            last = now;
-            if !stuck {
-                thread::sleep(Duration::from_millis(200));
-            }
-            stuck
-        },
-        || "backend never filled the path".to_string(),
-    );
+    backend.wait_stalled();
     // The idle timeout cuts the session: the backend's side goes first (it is reset too).
     backend.wait_active(0);
     // Now read what is there: it must end in a reset.

@@ -162,19 +162,7 @@ fn a_client_that_stops_reading_holds_memory_flat_and_gets_every_byte() {
     let mut stream = tcplb.connect();
 
     // Wait until the backend is stuck: socket buffers on the way are full.
-    let mut last = u64::MAX;
-    wait_until(
-        || {
-            let now = backend.counter.load(Ordering::SeqCst);
-            let stuck = now == last && now > 0;
-            last = now;
-            if !stuck {
-                thread::sleep(Duration::from_millis(200));
-            }
-            stuck
-        },
-        || "backend never filled the path".to_string(),
-    );
+    backend.wait_stalled();
     let written = backend.counter.load(Ordering::SeqCst);
     assert!(
         written < LEN / 4,

@@ -361,6 +361,24 @@ impl Backend {
         let _ = TcpStream::connect(self.addr);
     }
 
+    /// Waits until a streaming handler is stuck: `counter` (bytes it wrote) has stopped
+    /// growing because every socket buffer on the way is full.
+    pub fn wait_stalled(&self) {
+        let mut last = u64::MAX;
+        wait_until(
+            || {
+                let now = self.counter.load(Ordering::SeqCst);
+                let stuck = now == last && now > 0;
+                last = now;
+                if !stuck {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                stuck
+            },
+            || "the backend never filled the path".to_string(),
+        );
+    }
+
     /// Waits until `active` equals `n`.
     pub fn wait_active(&self, n: usize) {
         wait_until(
