@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::thread;
-use std::time::Duration;
 
 #[test]
 fn many_concurrent_clients_echo_every_byte() {
