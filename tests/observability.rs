@@ -101,35 +101,34 @@ impl Drop for Scratch {
 // ---------------------------------------------------------------------------------------
 // Gauges and counters
 
+/// Asserts `tcplb_backend_active_connections` per backend and `tcplb_sessions_active`
+/// (their sum) in one scrape.
+fn assert_active(tcplb: &Tcplb, expected: &[(&String, u32)]) {
+    let m = tcplb.metrics();
+    for (label, n) in expected {
+        assert_eq!(
+            m.get("tcplb_backend_active_connections", &[("backend", label)]),
+            f64::from(*n),
+            "active on {label}"
+        );
+    }
+    let total: u32 = expected.iter().map(|(_, n)| n).sum();
+    assert_eq!(m.get("tcplb_sessions_active", &[]), f64::from(total));
+}
+
 #[test]
 fn active_connection_gauges_are_exact_while_sessions_are_held() {
     let a = Backend::start(1, identify_and_hold());
     let b = Backend::start(2, identify_and_hold());
     let (la, lb) = (a.arg(), b.arg());
     let tcplb = start(&[format!("{la},weight=3"), format!("{lb},weight=5")], &[]);
-    let m = tcplb.metrics();
-    for l in [&la, &lb] {
-        assert_eq!(
-            m.get("tcplb_backend_active_connections", &[("backend", l)]),
-            0.0
-        );
-    }
-    assert_eq!(m.get("tcplb_sessions_active", &[]), 0.0);
+    assert_active(&tcplb, &[(&la, 0), (&lb, 0)]);
 
     // Eight sessions: weights 3 and 5 share them 3 and 5.
     let mut held: Vec<(TcpStream, u8)> = (0..8).map(|_| connect_and_identify(&tcplb)).collect();
     let on = |held: &[(TcpStream, u8)], id| held.iter().filter(|(_, i)| *i == id).count();
     assert_eq!((on(&held, 1), on(&held, 2)), (3, 5), "split by weight");
-    let m = tcplb.metrics();
-    assert_eq!(
-        m.get("tcplb_backend_active_connections", &[("backend", &la)]),
-        3.0
-    );
-    assert_eq!(
-        m.get("tcplb_backend_active_connections", &[("backend", &lb)]),
-        5.0
-    );
-    assert_eq!(m.get("tcplb_sessions_active", &[]), 8.0);
+    assert_active(&tcplb, &[(&la, 3), (&lb, 5)]);
     assert_eq!(backend_entry(&tcplb, &la)["active"], 3);
     assert_eq!(backend_entry(&tcplb, &lb)["active"], 5);
 
@@ -138,29 +137,14 @@ fn active_connection_gauges_are_exact_while_sessions_are_held() {
         let at = held.iter().position(|(_, id)| *id == 2).expect("one on B");
         close_and_wait(held.remove(at).0);
     }
-    let m = tcplb.metrics();
-    assert_eq!(
-        m.get("tcplb_backend_active_connections", &[("backend", &la)]),
-        3.0
-    );
-    assert_eq!(
-        m.get("tcplb_backend_active_connections", &[("backend", &lb)]),
-        3.0
-    );
-    assert_eq!(m.get("tcplb_sessions_active", &[]), 6.0);
+    assert_active(&tcplb, &[(&la, 3), (&lb, 3)]);
 
     // Close the rest: back to zero, and the pool has every buffer back.
     for (stream, _) in held {
         close_and_wait(stream);
     }
+    assert_active(&tcplb, &[(&la, 0), (&lb, 0)]);
     let m = tcplb.metrics();
-    for l in [&la, &lb] {
-        assert_eq!(
-            m.get("tcplb_backend_active_connections", &[("backend", l)]),
-            0.0
-        );
-    }
-    assert_eq!(m.get("tcplb_sessions_active", &[]), 0.0);
     assert_eq!(
         m.get("tcplb_buffer_pool_buffers", &[("state", "used")]),
         0.0
