@@ -5,6 +5,10 @@
 //! and allocate nothing once the node slab has grown to the peak number of timers. A timer
 //! never fires early: its deadline is rounded up to the next tick. A timer more than one turn
 //! of the wheel away simply stays in its slot until its own turn comes round.
+//!
+//! A [`TimerId`] carries the generation of its node, as connection tokens do: cancelling a
+//! timer that has already fired (or been cancelled) is a no-op even when its node has been
+//! reused by a newer timer in the meantime.
 
 use slab::Slab;
 use std::time::{Duration, Instant};
@@ -16,13 +20,17 @@ pub const SLOTS: usize = 8192;
 
 const NIL: u32 = u32::MAX;
 
-/// A pending timer, for [`Timers::cancel`].
+/// A pending timer, for [`Timers::cancel`]: its node plus that node's generation.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TimerId(u32);
+pub struct TimerId {
+    node: u32,
+    generation: u32,
+}
 
 struct Node<K> {
     due: u64,
     key: K,
+    generation: u32,
     prev: u32,
     next: u32,
 }
@@ -35,6 +43,8 @@ pub struct Timers<K> {
     cursor: u64,
     /// No timer is due before this tick (a lower bound; cancels may leave it early).
     earliest: u64,
+    /// Generation of the next timer inserted.
+    next_generation: u32,
 }
 
 impl<K: Copy> Timers<K> {
@@ -50,6 +60,7 @@ impl<K: Copy> Timers<K> {
             nodes: Slab::with_capacity(capacity),
             cursor: 0,
             earliest: u64::MAX,
+            next_generation: 0,
         }
     }
 
@@ -79,9 +90,12 @@ impl<K: Copy> Timers<K> {
         let due = self.tick_at_or_after(deadline).max(self.cursor);
         let slot = (due % SLOTS as u64) as usize;
         let head = self.slots[slot];
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
         let id = self.nodes.insert(Node {
             due,
             key,
+            generation,
             prev: NIL,
             next: head,
         }) as u32;
@@ -90,12 +104,25 @@ impl<K: Copy> Timers<K> {
         }
         self.slots[slot] = id;
         self.earliest = self.earliest.min(due);
-        TimerId(id)
+        TimerId {
+            node: id,
+            generation,
+        }
     }
 
-    /// Disarms a timer that has not fired. Returns its key.
+    /// Disarms a timer that has not fired and returns its key; `None` (and nothing changes)
+    /// if it has already fired or been cancelled, even if its node now holds another timer.
     pub fn cancel(&mut self, id: TimerId) -> Option<K> {
-        let node = self.nodes.try_remove(id.0 as usize)?;
+        let node = self.nodes.get(id.node as usize)?;
+        if node.generation != id.generation {
+            return None;
+        }
+        self.unlink(id.node)
+    }
+
+    /// Takes a node out of its slot's list and frees it.
+    fn unlink(&mut self, id: u32) -> Option<K> {
+        let node = self.nodes.try_remove(id as usize)?;
         if node.prev != NIL {
             self.nodes[node.prev as usize].next = node.next;
         } else {
@@ -124,7 +151,7 @@ impl<K: Copy> Timers<K> {
                 let next = node.next;
                 if node.due <= now_tick {
                     fired.push(node.key);
-                    self.cancel(TimerId(id));
+                    self.unlink(id);
                 }
                 id = next;
             }
@@ -231,6 +258,38 @@ mod tests {
             fired_at(&mut timers, t0 + Duration::from_millis(60)),
             vec![1, 3, 5, 7, 9]
         );
+    }
+
+    #[test]
+    fn a_stale_cancel_never_removes_the_timer_that_reused_its_node() {
+        let t0 = Instant::now();
+        let mut timers = Timers::new(t0);
+        let fired_id = timers.insert(t0 + Duration::from_millis(10), 1);
+        assert_eq!(
+            fired_at(&mut timers, t0 + Duration::from_millis(10)),
+            vec![1]
+        );
+        // The freed node is reused by the next timer (the slab hands out the same slot).
+        let live = timers.insert(t0 + Duration::from_millis(50), 2);
+        assert_eq!(live.node, fired_id.node, "the node was reused");
+        assert_eq!(timers.cancel(fired_id), None, "the old id no longer names a timer");
+        assert_eq!(timers.len(), 1);
+        assert_eq!(
+            fired_at(&mut timers, t0 + Duration::from_millis(50)),
+            vec![2],
+            "the newer timer still fires"
+        );
+        // A cancelled id is just as stale.
+        let a = timers.insert(t0 + Duration::from_millis(80), 3);
+        let again = TimerId {
+            node: a.node,
+            generation: a.generation,
+        };
+        assert_eq!(timers.cancel(a), Some(3));
+        let b = timers.insert(t0 + Duration::from_millis(80), 4);
+        assert_eq!(b.node, again.node);
+        assert_eq!(timers.cancel(again), None);
+        assert_eq!(timers.cancel(b), Some(4));
     }
 
     #[test]
