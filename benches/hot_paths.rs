@@ -42,7 +42,7 @@ fn backends(n: usize) -> Vec<ResolvedBackend> {
 /// Taking a buffer and giving it back: what every read costs the pool.
 #[divan::bench]
 fn pool_take_give(bencher: divan::Bencher) {
-    let mut pool = Pool::new(16 * 1024, 3584);
+    let mut pool = Pool::new(16 * 1024, 3584).expect("pool");
     bencher.bench_local(|| {
         let buf = pool.take();
         if let Some(buf) = divan::black_box(buf) {
@@ -102,8 +102,7 @@ fn echo_round_trip(bencher: divan::Bencher, size: usize) {
                     idle_timeout: None,
                     max_conns: 1000,
                 },
-                buffer_size: 16 * 1024,
-                buffers: 256,
+                pool: Pool::new(16 * 1024, 256).expect("pool"),
                 drain_timeout: Duration::from_secs(1),
                 admin: None,
                 access_log: None,

@@ -11,6 +11,7 @@ use tcplb::balancer::{Balancer, ResolvedBackend};
 use tcplb::config::{self, Action, Config};
 use tcplb::context::Settings;
 use tcplb::discovery::{self, Plan, Resolver};
+use tcplb::pool::Pool;
 use tcplb::reactor::{Reactor, ReactorConfig};
 use tcplb::{limits, logging, net};
 
@@ -106,6 +107,8 @@ fn run(mut config: Config) -> Result<(), Failure> {
         None => None,
     };
 
+    let pool =
+        Pool::new(config.buffer_size, config.buffers).map_err(|e| Failure::Start(e.to_string()))?;
     let backend_list = describe(&initial);
     let mut reactor = Reactor::new(
         listener,
@@ -117,8 +120,7 @@ fn run(mut config: Config) -> Result<(), Failure> {
                 idle_timeout: config.idle_timeout,
                 max_conns: config.max_conns,
             },
-            buffer_size: config.buffer_size,
-            buffers: config.buffers,
+            pool,
             drain_timeout: config.drain_timeout,
             admin,
             access_log,

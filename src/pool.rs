@@ -3,10 +3,18 @@
 //! Every byte tcplb moves passes through a buffer from here. The arena is one zeroed
 //! allocation made at start, so the pool can never grow past its cap, and the kernel maps
 //! its pages only when they are first written: a pool of 56 MiB costs nothing until traffic
-//! touches it. The free list is a stack, so the buffers handed out are the most recently
-//! used (already resident and warm in cache) and a lightly loaded balancer keeps touching the
-//! same few pages.
+//! touches it. The allocation is fallible: a pool the machine cannot provide is a clear
+//! start-up error, not an abort.
+//!
+//! The free list is a stack of returned buffers plus a count of buffers never handed out
+//! (taken in index order when the stack is empty). The stack's room is reserved up front but
+//! written only as buffers come back, so it too costs memory only in proportion to the
+//! buffers ever used at once. Buffers handed out are the most recently returned (already
+//! resident and warm in cache), so a lightly loaded balancer keeps touching the same few
+//! pages.
 
+use std::alloc::{self, Layout};
+use std::fmt;
 use std::io::{self, IoSliceMut, Read};
 use std::num::NonZeroU32;
 
@@ -30,37 +38,88 @@ impl Buf {
 pub struct Pool {
     arena: Box<[u8]>,
     buffer_size: usize,
-    free: Vec<u32>,
+    /// Buffers given back, most recent last. Its capacity (every buffer) is reserved at start.
+    returned: Vec<u32>,
+    /// Buffers `fresh..count` have never been handed out.
+    fresh: u32,
+    count: u32,
 }
+
+/// The pool could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// Zero buffers, zero-sized buffers, or more than the handles can count.
+    BadSize { buffer_size: usize, count: usize },
+    /// The allocator refused the arena or the free list.
+    OutOfMemory { bytes: usize },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::BadSize { buffer_size, count } => {
+                write!(
+                    f,
+                    "a pool of {count} buffers of {buffer_size} bytes is not possible"
+                )
+            }
+            PoolError::OutOfMemory { bytes } => write!(
+                f,
+                "cannot allocate the buffer pool ({} MiB): not enough memory; lower --buffers \
+                 or --buffer-size",
+                bytes >> 20
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
 
 impl Pool {
     /// Allocates `count` buffers of `buffer_size` bytes each, all free.
-    pub fn new(buffer_size: usize, count: usize) -> Pool {
-        assert!(buffer_size > 0 && count > 0 && count < u32::MAX as usize);
-        // vec![0; n] asks the allocator for zeroed memory: for an arena this size that is a
-        // fresh anonymous mapping, resident only once written.
-        let arena = vec![0u8; buffer_size * count].into_boxed_slice();
-        // Reverse order so that buffer 0 is handed out first.
-        let free = (0..count as u32).rev().collect();
-        Pool {
+    pub fn new(buffer_size: usize, count: usize) -> Result<Pool, PoolError> {
+        let bad = PoolError::BadSize { buffer_size, count };
+        if buffer_size == 0 || count == 0 || count >= u32::MAX as usize {
+            return Err(bad);
+        }
+        let bytes = buffer_size.checked_mul(count).ok_or(bad.clone())?;
+        let arena = zeroed_arena(bytes).ok_or(PoolError::OutOfMemory { bytes })?;
+        let mut returned = Vec::new();
+        returned
+            .try_reserve_exact(count)
+            .map_err(|_| PoolError::OutOfMemory { bytes })?;
+        Ok(Pool {
             arena,
             buffer_size,
-            free,
-        }
+            returned,
+            fresh: 0,
+            count: count as u32,
+        })
     }
 
     /// Takes a free buffer, or `None` when all are in use.
     #[inline]
     pub fn take(&mut self) -> Option<Buf> {
-        self.free.pop().map(Buf::new)
+        if let Some(index) = self.returned.pop() {
+            return Some(Buf::new(index));
+        }
+        if self.fresh < self.count {
+            self.fresh += 1;
+            return Some(Buf::new(self.fresh - 1));
+        }
+        None
     }
 
     /// Returns a buffer to the pool.
     #[inline]
     pub fn give(&mut self, buf: Buf) {
         let index = buf.index() as u32;
-        debug_assert!(!self.free.contains(&index), "buffer {index} given twice");
-        self.free.push(index);
+        debug_assert!(
+            !self.returned.contains(&index),
+            "buffer {index} given twice"
+        );
+        // Never reallocates: the room for every buffer was reserved at start.
+        self.returned.push(index);
     }
 
     /// The bytes of a buffer.
@@ -124,12 +183,12 @@ impl Pool {
 
     /// Buffers in the pool, free or not.
     pub fn capacity(&self) -> usize {
-        self.arena.len() / self.buffer_size
+        self.count as usize
     }
 
     /// Buffers free right now.
     pub fn free(&self) -> usize {
-        self.free.len()
+        self.returned.len() + (self.count - self.fresh) as usize
     }
 
     /// Buffers held by pipes right now.
@@ -138,13 +197,31 @@ impl Pool {
     }
 }
 
+/// A zeroed arena of `bytes` bytes, or `None` if the allocator refuses. Zeroed memory this
+/// large comes straight from the kernel as an anonymous mapping: resident only once written.
+fn zeroed_arena(bytes: usize) -> Option<Box<[u8]>> {
+    let layout = Layout::array::<u8>(bytes).ok()?;
+    if layout.size() == 0 {
+        return None;
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[u8; bytes]`
+    // (align 1), is zero-initialised and owned by nobody else; that is the layout a
+    // `Box<[u8]>` of that length deallocates with.
+    Some(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, bytes)) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn take_until_empty_then_reuse() {
-        let mut pool = Pool::new(1024, 3);
+        let mut pool = Pool::new(1024, 3).expect("pool");
         assert_eq!((pool.capacity(), pool.free(), pool.used()), (3, 3, 0));
         let a = pool.take().expect("first");
         let b = pool.take().expect("second");
@@ -162,7 +239,7 @@ mod tests {
 
     #[test]
     fn buffers_are_disjoint_and_full_size() {
-        let mut pool = Pool::new(4096, 4);
+        let mut pool = Pool::new(4096, 4).expect("pool");
         let bufs: Vec<Buf> = (0..4).map(|_| pool.take().expect("free")).collect();
         for (i, buf) in bufs.iter().enumerate() {
             let bytes = pool.bytes_mut(buf);
@@ -179,7 +256,7 @@ mod tests {
 
     #[test]
     fn read_into_fills_buffers_in_order() {
-        let mut pool = Pool::new(1024, 8);
+        let mut pool = Pool::new(1024, 8).expect("pool");
         let bufs = [pool.take(), pool.take(), pool.take()];
         let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
         let n = pool.read_into(&bufs, &mut &data[..]).expect("read");
@@ -198,8 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn impossible_pools_are_errors_not_aborts() {
+        assert!(matches!(Pool::new(0, 4), Err(PoolError::BadSize { .. })));
+        assert!(matches!(Pool::new(1024, 0), Err(PoolError::BadSize { .. })));
+        // More than any allocator gives: refused cleanly.
+        let err = Pool::new(1 << 20, (u32::MAX - 1) as usize).err();
+        assert!(
+            matches!(err, Some(PoolError::OutOfMemory { .. })),
+            "{err:?}"
+        );
+        assert!(err.expect("error").to_string().contains("--buffers"));
+    }
+
+    #[test]
     fn most_recently_returned_is_handed_out_first() {
-        let mut pool = Pool::new(1024, 8);
+        let mut pool = Pool::new(1024, 8).expect("pool");
         let first = pool.take().expect("free");
         assert_eq!(first, Buf::new(0));
         pool.give(first);

@@ -79,8 +79,8 @@ impl Conn {
 /// Everything the loop needs to start.
 pub struct ReactorConfig {
     pub settings: Settings,
-    pub buffer_size: usize,
-    pub buffers: usize,
+    /// The buffer pool, allocated by the caller (a failed allocation is a start-up error).
+    pub pool: Pool,
     pub drain_timeout: Duration,
     /// A bound admin listener, if `--admin` is on.
     pub admin: Option<TcpListener>,
@@ -140,7 +140,7 @@ impl Reactor {
         let max_conns = config.settings.max_conns;
         let mut ctx = Context {
             registry: poll.registry().try_clone()?,
-            pool: Pool::new(config.buffer_size, config.buffers),
+            pool: config.pool,
             balancer,
             timers: Timers::with_capacity(now, max_conns + 64),
             now,

@@ -272,7 +272,11 @@ mod tests {
         // The freed node is reused by the next timer (the slab hands out the same slot).
         let live = timers.insert(t0 + Duration::from_millis(50), 2);
         assert_eq!(live.node, fired_id.node, "the node was reused");
-        assert_eq!(timers.cancel(fired_id), None, "the old id no longer names a timer");
+        assert_eq!(
+            timers.cancel(fired_id),
+            None,
+            "the old id no longer names a timer"
+        );
         assert_eq!(timers.len(), 1);
         assert_eq!(
             fired_at(&mut timers, t0 + Duration::from_millis(50)),

@@ -54,3 +54,56 @@ fn thousands_of_concurrent_sessions() {
         b.wait_active(0);
     }
 }
+
+/// A pool of millions of buffers costs nothing until traffic touches it: neither the arena
+/// nor the free list is written at start.
+#[test]
+fn a_huge_pool_costs_almost_nothing_at_start() {
+    let backend = Backend::start(1, echo());
+    // 4 Mi buffers of 1 KiB: a 4 GiB arena, and a free list that would be 16 MiB if filled.
+    let tcplb = Tcplb::start(&[
+        "--buffers",
+        "4194304",
+        "--buffer-size",
+        "1k",
+        &backend.arg(),
+    ]);
+    let mut stream = tcplb.connect();
+    let data = pattern(7, 100_000);
+    stream.write_all(&data).expect("write");
+    let mut back = vec![0u8; data.len()];
+    stream.read_exact(&mut back).expect("echo");
+    assert_eq!(hash(&back), hash(&data));
+    let rss = tcplb.rss_kib();
+    assert!(rss < 8 * 1024, "RSS {rss} KiB with a 4 GiB pool, used once");
+}
+
+/// A pool the machine cannot provide is a clear start-up error (exit 1), not an abort.
+#[test]
+fn a_pool_too_big_to_allocate_is_a_clear_start_up_error() {
+    let backend = Backend::start(1, echo());
+    // The issue's own command line (64 GiB of buffers), under a 4 GiB address-space limit so
+    // the allocation fails on any machine.
+    let out = std::process::Command::new("prlimit")
+        .arg("--as=4294967296")
+        .arg(env!("CARGO_BIN_EXE_tcplb"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--buffers",
+            "16777216",
+            "--buffer-size",
+            "4k",
+        ])
+        .arg(backend.arg())
+        .output()
+        .expect("run prlimit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot allocate the buffer pool") && last.contains("65536 MiB"),
+        "{stderr}"
+    );
+}
