@@ -103,6 +103,7 @@ fn echo_round_trip(bencher: divan::Bencher, size: usize) {
                     max_conns: 1000,
                 },
                 pool: Pool::new(16 * 1024, 256).expect("pool"),
+                signals: tcplb::reactor::catch_signals().expect("signals"),
                 drain_timeout: Duration::from_secs(1),
                 admin: None,
                 access_log: None,

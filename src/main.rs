@@ -3,6 +3,7 @@
 //! stderr naming the bad value), 1 for start-up failures (the address and the OS error).
 
 use log::{info, warn};
+use signal_hook_mio::v1_0::Signals;
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use tcplb::config::{self, Action, Config};
 use tcplb::context::Settings;
 use tcplb::discovery::{self, Plan, Resolver};
 use tcplb::pool::Pool;
-use tcplb::reactor::{Reactor, ReactorConfig};
+use tcplb::reactor::{self, Reactor, ReactorConfig};
 use tcplb::{limits, logging, net};
 
 /// Why tcplb could not start.
@@ -24,6 +25,15 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
+    // First of all: until the handlers are installed, SIGHUP (or SIGTERM) would kill the
+    // process with the default action.
+    let signals = match reactor::catch_signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("tcplb: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let config = match config::parse_args(&args) {
         Ok(Action::Run(config)) => *config,
@@ -37,7 +47,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init();
-    match run(config) {
+    match run(config, signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Input(message)) => {
             eprintln!("tcplb: {message} (try 'tcplb --help')");
@@ -56,7 +66,7 @@ fn print_stdout(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(mut config: Config) -> Result<(), Failure> {
+fn run(mut config: Config, signals: Signals) -> Result<(), Failure> {
     match limits::raise_nofile_limit() {
         Ok(nofile) => {
             if let Some(fits) = limits::fit_max_conns(config.max_conns, nofile) {
@@ -121,6 +131,7 @@ fn run(mut config: Config) -> Result<(), Failure> {
                 max_conns: config.max_conns,
             },
             pool,
+            signals,
             drain_timeout: config.drain_timeout,
             admin,
             access_log,

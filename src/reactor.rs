@@ -76,9 +76,19 @@ impl Conn {
     }
 }
 
+/// Catches the signals the loop handles. Called first thing at start, so that a SIGHUP or
+/// SIGTERM during start-up (resolving names, allocating the pool) is held for the loop
+/// instead of killing the process with the default action.
+pub fn catch_signals() -> io::Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
 /// Everything the loop needs to start.
 pub struct ReactorConfig {
     pub settings: Settings,
+    /// SIGTERM, SIGINT and SIGHUP, caught since the process started (see [`catch_signals`]):
+    /// a signal that came during start-up is handled once the loop runs.
+    pub signals: Signals,
     /// The buffer pool, allocated by the caller (a failed allocation is a start-up error).
     pub pool: Pool,
     pub drain_timeout: Duration,
@@ -128,7 +138,7 @@ impl Reactor {
             poll.registry()
                 .register(admin, ADMIN_LISTENER, Interest::READABLE)?;
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        let mut signals = config.signals;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);

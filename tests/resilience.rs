@@ -759,6 +759,37 @@ fn a_backup_takes_traffic_only_while_the_primary_is_down_and_its_sessions_are_le
 // ---------------------------------------------------------------------------------------
 // 6-7. Reloading the backend set
 
+/// A SIGHUP while tcplb is still starting (here: reading its backends file) is held and
+/// handled once the loop runs, instead of killing the process with the default action.
+#[test]
+fn a_sighup_during_start_up_is_held_for_the_loop_not_fatal() {
+    let backend = Backend::start(1, echo());
+    let fifo = scratch_path("start-up-fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8 path")).expect("no NUL");
+    // SAFETY: mkfifo reads the NUL-terminated path, which lives for the whole call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_arg = fifo.to_str().expect("utf-8 path").to_string();
+    let mut tcplb = Tcplb::spawn_with(&["--backends-file", &fifo_arg], |_| {});
+    // Opening a FIFO for writing returns once the reader has opened it: tcplb is now inside
+    // its start-up, reading the backends file.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO for writing");
+    tcplb.signal(libc::SIGHUP);
+    // If the signal killed tcplb, this write fails (nobody reads); that is checked below.
+    let _ = writer.write_all(format!("{}\n", backend.arg()).as_bytes());
+    drop(writer);
+    tcplb.wait_listening();
+    assert!(tcplb.is_running(), "tcplb died of the SIGHUP");
+    tcplb.wait_for_log("SIGHUP: reloading");
+    let stream = tcplb.connect();
+    let data = pattern(3, 50_000);
+    assert_eq!(hash(&echo_through(stream, &data)), hash(&data));
+    let _ = std::fs::remove_file(&fifo);
+}
+
 #[test]
 fn sighup_adds_and_removes_backends_and_sessions_on_a_removed_one_finish() {
     let a = Backend::start(1, identify_then_echo());

@@ -84,6 +84,13 @@ impl Tcplb {
 
     /// As [`Tcplb::start`], letting the caller adjust the command first.
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Tcplb {
+        let mut tcplb = Self::spawn_with(args, adjust);
+        tcplb.wait_listening();
+        tcplb
+    }
+
+    /// Starts the process without waiting for it to listen (see [`Tcplb::wait_listening`]).
+    pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Tcplb {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tcplb"));
         command
             .args(["--listen", "127.0.0.1:0"])
@@ -105,20 +112,23 @@ impl Tcplb {
                 changed.notify_all();
             }
         });
-        let mut tcplb = Tcplb {
+        Tcplb {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             logs,
-        };
-        let line = tcplb.wait_for_log("listening on ");
+        }
+    }
+
+    /// Waits for the "listening on" line and takes the address from it.
+    pub fn wait_listening(&mut self) {
+        let line = self.wait_for_log("listening on ");
         let addr = line
             .split("listening on ")
             .nth(1)
             .and_then(|rest| rest.split(';').next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        tcplb.addr = addr;
-        tcplb
+        self.addr = addr;
     }
 
     pub fn pid(&self) -> u32 {
