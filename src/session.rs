@@ -253,14 +253,24 @@ impl Session {
         if let Some(idle) = ctx.settings.idle_timeout {
             let due = self.last_active + idle;
             if due <= ctx.now {
-                // Cut short, not finished: a reset on both sides, so neither mistakes what
-                // it has received (and any bytes still buffered here) for the whole stream.
-                self.abort();
+                if !self.is_quiet() {
+                    // A stalled stream, cut short: a reset on both sides, so neither mistakes
+                    // what it has received for the whole stream.
+                    self.abort();
+                }
+                // A quiet session (nothing in flight either way) is closed like any idle
+                // connection: a FIN to both sides, every byte already delivered.
                 return Status::Closed(EndReason::IdleTimeout);
             }
             self.timer = Some(ctx.timers.insert(due, TimerKey::Conn(self.id)));
         }
         Status::Open
+    }
+
+    /// Nothing is in flight either way: no bytes held here and none waiting to be read for
+    /// want of a buffer.
+    fn is_quiet(&self) -> bool {
+        self.up.buffers_held() == 0 && self.down.buffers_held() == 0 && !self.waiting_for_buffer
     }
 
     /// Runs the pipes again: `from_run_queue` after a turn's budget ran out, otherwise after

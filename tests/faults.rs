@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -128,7 +129,21 @@ fn a_client_reset_mid_stream_resets_the_backend() {
 
 #[test]
 fn idle_sessions_time_out_and_busy_ones_do_not() {
-    let backend = Backend::start(1, echo());
+    // Echoes; counts how each connection ended: +1 for a clean EOF, +1000 for an error.
+    let backend = Backend::start(
+        1,
+        Arc::new(|mut stream: TcpStream, me: &Backend| {
+            let mut buf = [0u8; 1024];
+            let ending = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break 1,
+                    Ok(n) if stream.write_all(&buf[..n]).is_ok() => {}
+                    _ => break 1000,
+                }
+            };
+            me.counter.fetch_add(ending, Ordering::SeqCst);
+        }),
+    );
     let tcplb = Tcplb::start(&[&backend.arg(), "--idle-timeout", "1"]);
     let mut busy = tcplb.connect();
     let mut idle = tcplb.connect();
@@ -148,12 +163,13 @@ fn idle_sessions_time_out_and_busy_ones_do_not() {
                 thread::sleep(Duration::from_millis(300));
             }
         });
-        // Idle: cut (reset) after about a second of silence.
+        // Idle and quiet (nothing in flight): closed with a FIN after about a second of
+        // silence, like any idle connection; the backend gets its FIN too.
         let mut rest = [0u8; 1];
         assert_eq!(
             idle.read(&mut rest).map_err(|e| e.kind()),
-            Err(ErrorKind::ConnectionReset),
-            "idle session cut"
+            Ok(0),
+            "a quiet idle session ends with a clean EOF, not a reset"
         );
         let waited = silent_since.elapsed();
         assert!(
@@ -161,6 +177,13 @@ fn idle_sessions_time_out_and_busy_ones_do_not() {
             "closed after {waited:?}"
         );
     });
+    // The backend saw a clean end too.
+    backend.wait_active(1);
+    assert_eq!(
+        backend.counter.load(Ordering::SeqCst),
+        1,
+        "the backend got a FIN"
+    );
     // The busy one is still open, though it has been alive for well over a second.
     assert!(silent_since.elapsed() > Duration::from_secs(2));
     busy.write_all(b"z").expect("write");
