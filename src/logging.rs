@@ -1,15 +1,91 @@
-//! Log set-up (`env_logger`, `RUST_LOG`, default `info`) and [`Throttle`], which keeps a
-//! burst of identical faults down to one warning per window.
+//! Log set-up (`env_logger`, `RUST_LOG`, default `info`) through a non-blocking sink, and
+//! [`Throttle`], which keeps a burst of identical faults down to one warning per window.
+//!
+//! Log lines are formatted by `env_logger` on the thread that logs and handed to a bounded
+//! queue; a writer thread empties it into stderr. The event loop therefore never waits for
+//! stderr: when whatever reads it stalls (a stuck log shipper, a blocking container log
+//! driver) and the queue fills, further lines are dropped and counted
+//! ([`dropped_lines`], exported as `tcplb_log_lines_dropped_total`), never waited for.
 
 use std::cell::Cell;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-/// Installs the logger: `RUST_LOG` if set, else `info`; lines go to stderr.
+/// Lines that may wait for the writer thread before new ones are dropped.
+const QUEUE_LINES: usize = 4096;
+
+/// Lines dropped because the queue was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines queued and not yet written out.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the logger: `RUST_LOG` if set, else `info`; lines go to stderr through the
+/// writer thread. If that thread cannot be started, lines are written to stderr directly.
 pub fn init() {
     let env = env_logger::Env::default().default_filter_or("info");
-    env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .init();
+    let mut builder = env_logger::Builder::from_env(env);
+    builder.format_timestamp_millis();
+    if let Ok(queue) = QueueWriter::spawn() {
+        builder.target(env_logger::Target::Pipe(Box::new(queue)));
+    }
+    builder.init();
+}
+
+/// Log lines dropped so far because stderr was not keeping up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Waits (at most `limit`) for the queued lines to be written: at exit, so the last lines
+/// are not lost, without hanging on a stderr nobody reads.
+pub fn flush(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `env_logger`'s output: each formatted record is queued whole for the writer thread.
+struct QueueWriter {
+    queue: SyncSender<Vec<u8>>,
+}
+
+impl QueueWriter {
+    fn spawn() -> io::Result<QueueWriter> {
+        let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("log-writer".to_string())
+            .spawn(move || {
+                let stderr = io::stderr();
+                for line in lines {
+                    // Nowhere to report a failed write to stderr: the line is lost.
+                    let _ = stderr.lock().write_all(&line);
+                    PENDING.fetch_sub(1, Ordering::Release);
+                }
+            })?;
+        Ok(QueueWriter { queue })
+    }
+}
+
+impl Write for QueueWriter {
+    /// Queues `record` (one whole formatted log record) or counts it dropped. Never blocks.
+    fn write(&mut self, record: &[u8]) -> io::Result<usize> {
+        PENDING.fetch_add(1, Ordering::AcqRel);
+        match self.queue.try_send(record.to_vec()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                PENDING.fetch_sub(1, Ordering::AcqRel);
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How long a throttled warning stays quiet after it is logged.

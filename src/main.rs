@@ -47,7 +47,11 @@ fn main() -> ExitCode {
         }
     };
     logging::init();
-    match run(config, signals) {
+    let outcome = run(config, signals);
+    // The last log lines (why it stopped, what was cut) before the exit status; bounded, so
+    // a stderr nobody reads cannot hold the exit up.
+    logging::flush(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Input(message)) => {
             eprintln!("tcplb: {message} (try 'tcplb --help')");

@@ -294,6 +294,13 @@ pub fn render(ctx: &mut Context, out: &mut String) {
         );
     }
 
+    e.single(
+        "tcplb_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr was not keeping up (the event loop never waits for it).",
+        crate::logging::dropped_lines() as f64,
+    );
+
     let process = ProcessStats::read();
     e.single(
         "process_resident_memory_bytes",

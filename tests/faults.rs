@@ -287,3 +287,81 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
     let data = pattern(3, 50_000);
     assert_eq!(hash(&echo_through(tcplb.connect(), &data)), hash(&data));
 }
+
+/// Whatever reads stderr may stall (a stuck log shipper, a blocking container log driver).
+/// With a line logged per connection and nobody reading, tcplb keeps serving, the admin
+/// endpoint answers, and the lines it could not write are counted.
+#[test]
+fn a_stderr_nobody_reads_never_stalls_the_event_loop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let backend = Backend::start(1, echo());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcplb"))
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg(backend.arg())
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tcplb");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let _child = Kill(child);
+    // Read up to the start line, then never again: the pipe (64 KiB) fills up.
+    let mut line = String::new();
+    while !line.contains("listening on ") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "no start line"
+        );
+    }
+    let after = |marker: &str, end: char| -> std::net::SocketAddr {
+        let rest = line.split(marker).nth(1).expect("marker in the start line");
+        rest.split(end)
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("an address")
+    };
+    let (addr, admin) = (after("listening on ", ';'), after("admin on http://", '/'));
+
+    // Two debug lines per session, ~120 bytes each: 3000 sessions write ~700 KiB of log.
+    thread::scope(|s| {
+        for t in 0..4u64 {
+            s.spawn(move || {
+                for i in 0..750u64 {
+                    let mut stream = TcpStream::connect(addr).expect("connect");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    let data = pattern(t * 1000 + i, 100);
+                    stream.write_all(&data).expect("write");
+                    let mut back = vec![0u8; data.len()];
+                    stream
+                        .read_exact(&mut back)
+                        .unwrap_or_else(|e| panic!("session {t}/{i}: {e}"));
+                    assert_eq!(back, data);
+                }
+            });
+        }
+    });
+    let (status, body) = http_request(admin, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = http_request(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    let dropped: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tcplb_log_lines_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("tcplb_log_lines_dropped_total");
+    assert!(dropped > 0.0, "no line was dropped, yet nobody read stderr");
+    drop(stderr);
+}
