@@ -344,6 +344,27 @@ fn options() -> getopts::Options {
     o
 }
 
+/// What `--help` says after the options: durations, signals, exit status, examples.
+const USAGE_NOTES: &str = "
+DURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h (decimals allowed). A bare
+number is seconds, except for --connect-timeout, where it is milliseconds.
+
+Signals:
+  SIGHUP           re-read the backends file and re-resolve the names
+  SIGTERM, SIGINT  stop accepting, let live sessions finish (--drain-timeout), exit 0;
+                   a second one cuts them and exits at once
+
+Exit status:
+  0  after --help or --version, and after a drain
+  1  it cannot start (the port is in use, a backend name does not resolve, ...)
+  2  bad usage: one line on stderr names the bad value
+
+Examples:
+  tcplb --listen 0.0.0.0:8080 10.0.0.11:80 10.0.0.12:80,weight=2
+  tcplb -l 127.0.0.1:6379 --connect-timeout 250ms --idle-timeout 1m 10.0.1.5:6379
+  RUST_LOG=debug tcplb -l [::]:5432 db-a.internal:5432 db-b.internal:5432
+";
+
 /// The `--help` text.
 pub fn usage() -> String {
     let brief = "Usage: tcplb [OPTIONS] BACKEND...\n\n\
@@ -352,21 +373,7 @@ pub fn usage() -> String {
         BACKEND is HOST:PORT[,weight=N][,backup]  (N from 1 to 256, default 1;\n\
         HOST may be an IPv4 address, [IPv6] or a name: every address it resolves to is a backend)";
     let mut text = options().usage(brief);
-    text.push_str(
-        "\nDURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h (decimals allowed). A bare\n\
-         number is seconds, except for --connect-timeout, where it is milliseconds.\n\
-         \nSignals:\n  \
-         SIGHUP           re-read the backends file and re-resolve the names\n  \
-         SIGTERM, SIGINT  stop accepting, let live sessions finish (--drain-timeout), exit 0;\n                   \
-         a second one cuts them and exits at once\n\
-         \nExit status:\n  \
-         0  after --help or --version, and after a drain\n  \
-         1  it cannot start (the port is in use, a backend name does not resolve, ...)\n  \
-         2  bad usage: one line on stderr names the bad value\n\
-         \nExamples:\n  tcplb --listen 0.0.0.0:8080 10.0.0.11:80 10.0.0.12:80,weight=2\n  \
-         tcplb -l 127.0.0.1:6379 --connect-timeout 250ms --idle-timeout 1m 10.0.1.5:6379\n  \
-         RUST_LOG=debug tcplb -l [::]:5432 db-a.internal:5432 db-b.internal:5432\n",
-    );
+    text.push_str(USAGE_NOTES);
     text
 }
 
