@@ -105,9 +105,9 @@ impl BackendSpec {
 /// (`127.0.0.1:6379,weight=2`), if `text` looks like that.
 fn options_after_a_colon(text: &str) -> Option<String> {
     let addr = text.split(',').next().unwrap_or_default();
-    let colon = ["weight=", "backup"]
+    let colon = [":weight=", ":backup"]
         .iter()
-        .filter_map(|option| addr.find(&format!(":{option}")))
+        .filter_map(|option| addr.find(option))
         .min()?;
     let before = &addr[..colon];
     // Only after HOST:PORT: `host:weight=2` lacks a port, which its own message says.
