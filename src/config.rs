@@ -1,12 +1,15 @@
 //! The command line: `Config` and `BackendSpec`, parsing and validation.
 //!
 //! Pure: no sockets, no name resolution, no files. Every error names the bad value so `main`
-//! can print it on one line and exit with status 2.
+//! can print it on one line and exit with status 2; text from the user reaches a message
+//! only through [`printable`], so a control character cannot forge or colour a log line.
 
 use crate::health::{BreakerPolicy, CheckPolicy};
+use std::borrow::Cow;
 use std::ffi::OsString;
-use std::fmt;
-use std::path::PathBuf;
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default listen address.
@@ -16,6 +19,8 @@ pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 /// Memory the pool gets by default when `--buffers` is not given: a default run fits in
 /// about 64 MiB with the rest of the process.
 pub const DEFAULT_POOL_BYTES: usize = 56 * 1024 * 1024;
+/// Sessions at once when `--max-conns` is not given.
+pub const DEFAULT_MAX_CONNS: u64 = 10_000;
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -28,6 +33,24 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Used only when no primary backend is up.
     pub backup: bool,
+    /// The backends file line it came from; `None` for a positional backend.
+    pub origin: Option<Origin>,
+}
+
+/// Where a backend spec was written: a line of a backends file (the path is shared by every
+/// spec of the file, so carrying it costs a reference count).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub file: Arc<Path>,
+    /// Counted from 1.
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display().to_string();
+        write!(f, "{}: line {}", printable(&file), self.line)
+    }
 }
 
 impl BackendSpec {
@@ -35,15 +58,20 @@ impl BackendSpec {
     pub fn parse(text: &str) -> Result<BackendSpec, ConfigError> {
         let mut parts = text.split(',');
         let addr = parts.next().unwrap_or_default();
-        let (host, port) = parse_host_port(addr, false).map_err(|why| ConfigError::BadBackend {
+        let bad_addr = |why| ConfigError::BadBackend {
             spec: text.to_string(),
             why,
-        })?;
+        };
+        if let Some(fixed) = options_after_a_colon(text) {
+            return Err(bad_addr(format!("options follow a comma: {fixed}")));
+        }
+        let (host, port) = parse_host_port(addr, false).map_err(bad_addr)?;
         let mut spec = BackendSpec {
             host,
             port,
             weight: 1,
             backup: false,
+            origin: None,
         };
         for option in parts {
             let bad = |why: String| ConfigError::BadBackend {
@@ -73,6 +101,21 @@ impl BackendSpec {
     }
 }
 
+/// `127.0.0.1:6379:weight=2` (a colon where a comma belongs) written as it was meant
+/// (`127.0.0.1:6379,weight=2`), if `text` looks like that.
+fn options_after_a_colon(text: &str) -> Option<String> {
+    let addr = text.split(',').next().unwrap_or_default();
+    let colon = [":weight=", ":backup"]
+        .iter()
+        .filter_map(|option| addr.find(option))
+        .min()?;
+    let before = &addr[..colon];
+    // Only after HOST:PORT: `host:weight=2` lacks a port, which its own message says.
+    before
+        .contains(':')
+        .then(|| format!("{before},{}", &text[colon + 1..]))
+}
+
 impl fmt::Display for BackendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.authority())?;
@@ -99,6 +142,9 @@ pub struct Config {
     /// `None` = sessions never time out for idleness.
     pub idle_timeout: Option<Duration>,
     pub max_conns: usize,
+    /// Whether `--max-conns` was given (a default that does not fit the open-file limit is
+    /// lowered quietly; the user's own value, with a warning).
+    pub max_conns_given: bool,
     pub backlog: i32,
     /// The passive circuit breaker (`--max-fails`, `--fail-timeout`).
     pub breaker: BreakerPolicy,
@@ -137,7 +183,9 @@ pub enum ConfigError {
         spec: String,
         why: String,
     },
-    BadListen {
+    /// `--listen` or `--admin`.
+    BadAddress {
+        option: &'static str,
         value: String,
         why: String,
     },
@@ -149,21 +197,32 @@ pub enum ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// Every piece that came from the user goes through [`printable`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Usage(msg) => f.write_str(msg),
+            ConfigError::Usage(msg) => f.write_str(&printable(msg)),
             ConfigError::BadValue {
                 option,
                 value,
                 expected,
             } => write!(
                 f,
-                "invalid value '{value}' for --{option}: expected {expected}"
+                "invalid value '{}' for --{option}: expected {}",
+                printable(value),
+                printable(expected)
             ),
-            ConfigError::BadBackend { spec, why } => write!(f, "invalid backend '{spec}': {why}"),
-            ConfigError::BadListen { value, why } => {
-                write!(f, "invalid listen address '{value}': {why}")
-            }
+            ConfigError::BadBackend { spec, why } => write!(
+                f,
+                "invalid backend '{}': {}",
+                printable(spec),
+                printable(why)
+            ),
+            ConfigError::BadAddress { option, value, why } => write!(
+                f,
+                "invalid --{option} address '{}': {}",
+                printable(value),
+                printable(why)
+            ),
             ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
         }
     }
@@ -183,8 +242,9 @@ fn options() -> getopts::Options {
     o.optopt(
         "",
         "connect-timeout",
-        "give up a backend connect after this long (default 3000)",
-        "MS",
+        "give up a backend connect after this long and try the next backend; a bare number \
+         is milliseconds (default 3s)",
+        "DURATION",
     );
     o.optopt(
         "",
@@ -195,8 +255,8 @@ fn options() -> getopts::Options {
     o.optopt(
         "",
         "idle-timeout",
-        "close a session with no bytes either way for this long; 0 = never (default 300)",
-        "SECS",
+        "close a session with no bytes either way for this long; 0 = never (default 300s)",
+        "DURATION",
     );
     o.optopt(
         "",
@@ -208,7 +268,7 @@ fn options() -> getopts::Options {
     o.optopt(
         "",
         "buffer-size",
-        "size of one pool buffer; k/m suffixes allowed (default 16k)",
+        "size of one pool buffer, from 1k to 1m; k/m suffixes allowed (default 16k)",
         "BYTES",
     );
     o.optopt(
@@ -227,14 +287,14 @@ fn options() -> getopts::Options {
         "",
         "fail-timeout",
         "how long a failing backend stays out before one trial session; doubles while \
-         trials fail, up to 300 (default 10)",
-        "SECS",
+         trials fail, up to 300s (default 10s)",
+        "DURATION",
     );
     o.optopt(
         "",
         "health-interval",
         "probe every backend with a TCP connect this often; 0 = off (default 0)",
-        "SECS",
+        "DURATION",
     );
     o.optopt(
         "",
@@ -258,13 +318,13 @@ fn options() -> getopts::Options {
         "",
         "resolve-interval",
         "re-resolve backend host names this often; 0 = at start and reload only (default 0)",
-        "SECS",
+        "DURATION",
     );
     o.optopt(
         "",
         "drain-timeout",
-        "after SIGTERM/SIGINT, let live sessions finish for up to this long (default 30)",
-        "SECS",
+        "after SIGTERM/SIGINT, let live sessions finish for up to this long (default 30s)",
+        "DURATION",
     );
     o.optopt(
         "",
@@ -284,6 +344,27 @@ fn options() -> getopts::Options {
     o
 }
 
+/// What `--help` says after the options: durations, signals, exit status, examples.
+const USAGE_NOTES: &str = "
+DURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h (decimals allowed). A bare
+number is seconds, except for --connect-timeout, where it is milliseconds.
+
+Signals:
+  SIGHUP           re-read the backends file and re-resolve the names
+  SIGTERM, SIGINT  stop accepting, let live sessions finish (--drain-timeout), exit 0;
+                   a second one cuts them and exits at once
+
+Exit status:
+  0  after --help or --version, and after a drain
+  1  it cannot start (the port is in use, a backend name does not resolve, ...)
+  2  bad usage: one line on stderr names the bad value
+
+Examples:
+  tcplb --listen 0.0.0.0:8080 10.0.0.11:80 10.0.0.12:80,weight=2
+  tcplb -l 127.0.0.1:6379 --connect-timeout 250ms --idle-timeout 1m 10.0.1.5:6379
+  RUST_LOG=debug tcplb -l [::]:5432 db-a.internal:5432 db-b.internal:5432
+";
+
 /// The `--help` text.
 pub fn usage() -> String {
     let brief = "Usage: tcplb [OPTIONS] BACKEND...\n\n\
@@ -292,10 +373,7 @@ pub fn usage() -> String {
         BACKEND is HOST:PORT[,weight=N][,backup]  (N from 1 to 256, default 1;\n\
         HOST may be an IPv4 address, [IPv6] or a name: every address it resolves to is a backend)";
     let mut text = options().usage(brief);
-    text.push_str(
-        "\nExamples:\n  tcplb --listen 0.0.0.0:8080 10.0.0.11:80 10.0.0.12:80,weight=2\n  \
-         RUST_LOG=debug tcplb -l [::]:5432 db-a.internal:5432 db-b.internal:5432\n",
-    );
+    text.push_str(USAGE_NOTES);
     text
 }
 
@@ -333,7 +411,8 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
     let listen_text = matches
         .opt_str("listen")
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listen = parse_host_port(&listen_text, true).map_err(|why| ConfigError::BadListen {
+    let listen = parse_host_port(&listen_text, true).map_err(|why| ConfigError::BadAddress {
+        option: "listen",
         value: listen_text.clone(),
         why,
     })?;
@@ -349,15 +428,17 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
     }
     let admin = match matches.opt_str("admin") {
         None => None,
-        Some(text) => Some(
-            parse_host_port(&text, true).map_err(|why| ConfigError::BadValue {
-                option: "admin",
-                value: text.clone(),
-                expected: format!("HOST:PORT ({why})"),
-            })?,
-        ),
+        Some(text) => {
+            Some(
+                parse_host_port(&text, true).map_err(|why| ConfigError::BadAddress {
+                    option: "admin",
+                    value: text.clone(),
+                    why,
+                })?,
+            )
+        }
     };
-    let health_interval = opt_seconds(&matches, "health-interval", 0.0, 0.0, 86_400.0)?;
+    let health_interval = opt_duration(&matches, "health-interval", 0, SECONDS, (0, DAY))?;
 
     let buffer_size = match matches.opt_str("buffer-size") {
         None => DEFAULT_BUFFER_SIZE,
@@ -380,28 +461,41 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             expected: format!("at most 64 GiB of buffers in all ({buffer_size}-byte buffers)"),
         });
     }
-    let idle = opt_seconds(&matches, "idle-timeout", 300.0, 0.0, 365.0 * 86_400.0)?;
-    let resolve = opt_seconds(&matches, "resolve-interval", 0.0, 0.0, 86_400.0)?;
+    let idle = opt_duration(
+        &matches,
+        "idle-timeout",
+        300 * SECONDS,
+        SECONDS,
+        (0, 365 * DAY),
+    )?;
+    let resolve = opt_duration(&matches, "resolve-interval", 0, SECONDS, (0, DAY))?;
 
     Ok(Action::Run(Box::new(Config {
         listen,
         backends,
         buffer_size,
         buffers,
-        connect_timeout: Duration::from_millis(opt_number(
+        connect_timeout: opt_duration(
             &matches,
             "connect-timeout",
-            3000,
-            1,
-            3_600_000,
-        )?),
+            3 * SECONDS,
+            MILLISECONDS,
+            (MILLISECONDS, HOUR),
+        )?,
         retries: opt_number(&matches, "retries", 2, 0, 16)? as u32,
         idle_timeout: (!idle.is_zero()).then_some(idle),
-        max_conns: opt_number(&matches, "max-conns", 10_000, 1, 1_000_000)? as usize,
+        max_conns: opt_number(&matches, "max-conns", DEFAULT_MAX_CONNS, 1, 1_000_000)? as usize,
+        max_conns_given: matches.opt_present("max-conns"),
         backlog: opt_number(&matches, "backlog", 1024, 1, 65_535)? as i32,
         breaker: BreakerPolicy {
             max_fails: opt_number(&matches, "max-fails", 3, 0, 1_000_000)? as u32,
-            fail_timeout: opt_seconds(&matches, "fail-timeout", 10.0, 0.01, 86_400.0)?,
+            fail_timeout: opt_duration(
+                &matches,
+                "fail-timeout",
+                10 * SECONDS,
+                SECONDS,
+                (10 * MILLISECONDS, DAY),
+            )?,
         },
         checks: (!health_interval.is_zero())
             .then(|| -> Result<CheckPolicy, ConfigError> {
@@ -414,7 +508,7 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             .transpose()?,
         backends_file,
         resolve_interval: (!resolve.is_zero()).then_some(resolve),
-        drain_timeout: opt_seconds(&matches, "drain-timeout", 30.0, 0.0, 86_400.0)?,
+        drain_timeout: opt_duration(&matches, "drain-timeout", 30 * SECONDS, SECONDS, (0, DAY))?,
         admin,
         access_log: matches.opt_str("access-log").map(PathBuf::from),
     })))
@@ -446,53 +540,168 @@ fn opt_number(
     }
 }
 
-/// Reads `--option SECS` (decimals allowed: `0.5`) in `min..=max`, or `default` when absent.
-fn opt_seconds(
+/// Nanoseconds in a millisecond, a second, a minute, an hour and a day: the units of
+/// [`parse_duration`], and of the bounds the duration options are checked against.
+const MILLISECONDS: u64 = 1_000_000;
+const SECONDS: u64 = 1000 * MILLISECONDS;
+const MINUTES: u64 = 60 * SECONDS;
+const HOUR: u64 = 60 * MINUTES;
+const DAY: u64 = 24 * HOUR;
+
+/// Reads a duration option (see [`parse_duration`]; a bare number is in `bare_unit`) in
+/// `min..=max`, or `default` when absent. Everything in nanoseconds.
+fn opt_duration(
     matches: &getopts::Matches,
     option: &'static str,
-    default: f64,
-    min: f64,
-    max: f64,
+    default: u64,
+    bare_unit: u64,
+    (min, max): (u64, u64),
 ) -> Result<Duration, ConfigError> {
-    let secs = match matches.opt_str(option) {
-        None => default,
-        Some(value) => parse_seconds(&value)
-            .filter(|s| (min..=max).contains(s))
-            .ok_or_else(|| ConfigError::BadValue {
-                option,
-                value,
-                expected: format!("a number of seconds from {min} to {max}"),
-            })?,
+    let Some(value) = matches.opt_str(option) else {
+        return Ok(Duration::from_nanos(default));
     };
-    Ok(Duration::from_secs_f64(secs))
+    let range = Duration::from_nanos(min)..=Duration::from_nanos(max);
+    parse_duration(&value, bare_unit)
+        .filter(|d| range.contains(d))
+        .ok_or_else(|| ConfigError::BadValue {
+            option,
+            value,
+            expected: format!(
+                "a duration from {} to {}, such as 250ms, 3s, 1.5s or 2m; a bare number is {}",
+                show_duration(min),
+                show_duration(max),
+                if bare_unit == MILLISECONDS {
+                    "milliseconds"
+                } else {
+                    "seconds"
+                }
+            ),
+        })
 }
 
-/// Seconds as digits with at most one decimal point (`30`, `0.25`); no signs or exponents.
-fn parse_seconds(text: &str) -> Option<f64> {
-    let digits = text.bytes().filter(u8::is_ascii_digit).count();
-    let dots = text.bytes().filter(|&b| b == b'.').count();
-    if digits == 0 || digits + dots != text.len() || dots > 1 {
+/// A duration written as a number with a unit (`250ms`, `3s`, `1.5s`, `2m`, `1h`) or a bare
+/// number in `bare_unit` nanoseconds. Decimals are allowed (`.5s`), signs, exponents, spaces
+/// and upper case are not. Exact to the nanosecond (no floating point).
+pub fn parse_duration(text: &str, bare_unit: u64) -> Option<Duration> {
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(end);
+    let unit = u128::from(match unit {
+        "" => bare_unit,
+        "ms" => MILLISECONDS,
+        "s" => SECONDS,
+        "m" => MINUTES,
+        "h" => HOUR,
+        _ => return None,
+    });
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !all_digits(whole) || !all_digits(fraction) {
         return None;
     }
-    text.parse().ok()
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut nanos = whole.checked_mul(unit)?;
+    let mut place = unit;
+    for digit in fraction.bytes() {
+        place /= 10; // digits below a nanosecond count for nothing
+        nanos += u128::from(digit - b'0') * place;
+    }
+    let secs = u64::try_from(nanos / u128::from(SECONDS)).ok()?;
+    Some(Duration::new(secs, (nanos % u128::from(SECONDS)) as u32))
 }
 
-/// Parses a backends file: one backend spec per line; `#` starts a comment; blank lines are
-/// ignored. Errors carry the line number.
-pub fn parse_backends_file(text: &str) -> Result<Vec<BackendSpec>, ConfigError> {
+/// `nanos` in the largest unit [`parse_duration`] reads that shows it exactly: `10ms`, `24h`.
+fn show_duration(nanos: u64) -> String {
+    if nanos == 0 {
+        return "0".to_string();
+    }
+    let unit = [
+        (HOUR, "h"),
+        (MINUTES, "m"),
+        (SECONDS, "s"),
+        (MILLISECONDS, "ms"),
+    ]
+    .into_iter()
+    .find(|(unit, _)| nanos % unit == 0);
+    match unit {
+        Some((unit, name)) => format!("{}{name}", nanos / unit),
+        None => format!("{}s", nanos as f64 / SECONDS as f64),
+    }
+}
+
+/// Parses the backends file `file` holding `text`: one backend spec per line; `#` starts a
+/// comment; blank lines are ignored; a line ends at LF, CRLF or a lone CR (old Mac files).
+/// Each spec remembers its file and line; errors carry the line number.
+pub fn parse_backends_file(text: &str, file: &Path) -> Result<Vec<BackendSpec>, ConfigError> {
+    let file: Arc<Path> = Arc::from(file);
     let mut specs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in file_lines(text).enumerate() {
         let content = line.split('#').next().unwrap_or_default().trim();
         if content.is_empty() {
             continue;
         }
-        let spec = BackendSpec::parse(content).map_err(|error| ConfigError::BadLine {
+        let mut spec = BackendSpec::parse(content).map_err(|error| ConfigError::BadLine {
             line: i + 1,
             error: Box::new(error),
         })?;
+        spec.origin = Some(Origin {
+            file: Arc::clone(&file),
+            line: i + 1,
+        });
         specs.push(spec);
     }
     Ok(specs)
+}
+
+/// The lines of `text`, each ended by LF, CRLF or a lone CR.
+fn file_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
+}
+
+/// `text` made safe for a log line or an error message: control characters and invisible
+/// formatting ones (bidi overrides, zero-width spaces, line separators) are shown as escapes
+/// (`\x1b`, `\n`, `\u{202e}`), and a backslash as `\\`, so what is shown is unambiguous.
+/// Borrows when there is nothing to escape (the usual case).
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\\' => shown.push_str("\\\\"),
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            '\t' => shown.push_str("\\t"),
+            c if c.is_ascii() && needs_escape(c) => {
+                let _ = write!(shown, "\\x{:02x}", u32::from(c));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(shown, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => shown.push(c),
+        }
+    }
+    Cow::Owned(shown)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
 }
 
 /// A decimal whole number in `min..=max`.
@@ -516,7 +725,20 @@ fn parse_size(text: &str) -> Option<usize> {
 }
 
 /// Splits `HOST:PORT` or `[IPv6]:PORT`. Port 0 is allowed only where `allow_zero_port`.
+/// The error says what is wrong and, for the usual slips (a URL, a port alone, an IPv6
+/// address without brackets), what to write instead.
 pub fn parse_host_port(text: &str, allow_zero_port: bool) -> Result<(String, u16), String> {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let path = rest.find('/').map(|i| &rest[i..]).unwrap_or_default();
+        return Err(if path.is_empty() {
+            format!("expected HOST:PORT, not a URL: drop '{scheme}://'")
+        } else {
+            format!("expected HOST:PORT, not a URL: drop '{scheme}://' and '{path}'")
+        });
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("expected HOST:PORT, such as 127.0.0.1:{text}"));
+    }
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, port) = rest
             .split_once("]:")
@@ -530,7 +752,13 @@ pub fn parse_host_port(text: &str, allow_zero_port: bool) -> Result<(String, u16
             .rsplit_once(':')
             .ok_or_else(|| "expected HOST:PORT".to_string())?;
         if host.contains(':') {
-            return Err("an IPv6 address needs brackets: [ADDR]:PORT".to_string());
+            return Err(if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                "an IPv6 address needs brackets: [ADDR]:PORT".to_string()
+            } else {
+                "expected one ':', between HOST and PORT (an IPv6 address goes in brackets: \
+                 [ADDR]:PORT)"
+                    .to_string()
+            });
         }
         if host.is_empty() {
             return Err("the host is empty".to_string());
@@ -637,9 +865,22 @@ mod tests {
         assert_eq!(c.access_log, Some(PathBuf::from("-")));
     }
 
+    fn file(text: &str) -> Result<Vec<BackendSpec>, ConfigError> {
+        parse_backends_file(text, Path::new("/etc/tcplb/backends"))
+    }
+
+    /// Each spec of `text` as shown, with the line it came from.
+    fn lines_of(text: &str) -> Vec<(String, usize)> {
+        file(text)
+            .expect("parses")
+            .iter()
+            .map(|s| (s.to_string(), s.origin.as_ref().expect("origin").line))
+            .collect()
+    }
+
     #[test]
     fn backends_files() {
-        let specs = parse_backends_file(
+        let specs = file(
             "# web fleet\n\n10.0.0.1:80\n  10.0.0.2:80,weight=3   # the big one\n\
              [::1]:80,backup\n",
         )
@@ -649,8 +890,12 @@ mod tests {
             shown,
             ["10.0.0.1:80", "10.0.0.2:80,weight=3", "[::1]:80,backup"]
         );
-        assert_eq!(parse_backends_file("# nothing\n"), Ok(vec![]));
-        let err = parse_backends_file("10.0.0.1:80\n\nfoo:bar\n").expect_err("bad line");
+        assert_eq!(
+            specs[1].origin.as_ref().expect("origin").to_string(),
+            "/etc/tcplb/backends: line 4"
+        );
+        assert_eq!(file("# nothing\n"), Ok(vec![]));
+        let err = file("10.0.0.1:80\n\nfoo:bar\n").expect_err("bad line");
         assert_eq!(
             err.to_string(),
             "line 3: invalid backend 'foo:bar': port 'bar' is not a number from 1 to 65535"
@@ -658,13 +903,229 @@ mod tests {
     }
 
     #[test]
-    fn seconds() {
-        assert_eq!(parse_seconds("30"), Some(30.0));
-        assert_eq!(parse_seconds("0.25"), Some(0.25));
-        assert_eq!(parse_seconds(".5"), Some(0.5));
-        for bad in ["", ".", "1.2.3", "-1", "1e3", "inf", "NaN", " 1"] {
-            assert_eq!(parse_seconds(bad), None, "{bad:?}");
+    fn backends_file_lines_end_at_lf_crlf_or_a_lone_cr() {
+        let want = |lines: &[usize]| -> Vec<(String, usize)> {
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+                .iter()
+                .zip(lines)
+                .map(|(s, &l)| (s.to_string(), l))
+                .collect()
+        };
+        let unix = "10.0.0.1:80\n10.0.0.2:80\n\n10.0.0.3:80\n";
+        assert_eq!(lines_of(unix), want(&[1, 2, 4]));
+        assert_eq!(lines_of(&unix.replace('\n', "\r\n")), want(&[1, 2, 4]));
+        assert_eq!(lines_of(&unix.replace('\n', "\r")), want(&[1, 2, 4]));
+        // Mixed, a comment ended by a lone CR, and no line end at the end.
+        assert_eq!(
+            lines_of("10.0.0.1:80\r\n# old\r10.0.0.2:80\r\r\n10.0.0.3:80"),
+            want(&[1, 3, 5])
+        );
+        // The line number of a bad line counts lone CRs too.
+        let err = file("10.0.0.1:80\r# x\r10.0.0.2:x\r").expect_err("bad line");
+        assert!(err.to_string().starts_with("line 3: "), "{err}");
+    }
+
+    #[test]
+    fn control_characters_from_the_file_are_shown_escaped() {
+        let err = file("10.0.0.1:80\x1b[31m\n").expect_err("bad line");
+        assert_eq!(
+            err.to_string(),
+            "line 1: invalid backend '10.0.0.1:80\\x1b[31m': port '80\\x1b[31m' is not a \
+             number from 1 to 65535"
+        );
+        let err = file("ok.example\u{202e}:80\n").expect_err("bad line");
+        assert!(err.to_string().contains("ok.example\\u{202e}:80"), "{err}");
+        let err = parse_args(&args(&["h:1,\x07\x00\u{85}\\"])).expect_err("bad option");
+        assert_eq!(
+            err.to_string(),
+            "invalid backend 'h:1,\\x07\\x00\\u{85}\\\\': unknown option '\\x07\\x00\\u{85}\\\\'"
+        );
+        assert!(matches!(printable("plain [::1]:80 é"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\tb\r\n\x7f"), "a\\tb\\r\\n\\x7f");
+    }
+
+    #[test]
+    fn durations() {
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        assert_eq!(parse_duration("250ms", SECONDS), ms(250));
+        assert_eq!(parse_duration("3s", MILLISECONDS), ms(3000));
+        assert_eq!(parse_duration("1.5s", SECONDS), ms(1500));
+        assert_eq!(parse_duration("2m", SECONDS), ms(120_000));
+        assert_eq!(parse_duration("1h", SECONDS), ms(3_600_000));
+        assert_eq!(parse_duration("0.25", SECONDS), ms(250));
+        assert_eq!(parse_duration(".5", SECONDS), ms(500));
+        assert_eq!(parse_duration("30", SECONDS), ms(30_000));
+        assert_eq!(parse_duration("30", MILLISECONDS), ms(30));
+        assert_eq!(parse_duration("1.", SECONDS), ms(1000));
+        assert_eq!(parse_duration("0", SECONDS), ms(0));
+        assert_eq!(
+            parse_duration("0.1234567891s", SECONDS),
+            Some(Duration::from_nanos(123_456_789))
+        );
+        assert_eq!(
+            parse_duration("0.1ms", SECONDS),
+            Some(Duration::from_micros(100))
+        );
+        for bad in [
+            "",
+            ".",
+            "s",
+            ".s",
+            "1.2.3",
+            "-1",
+            "+1",
+            "1e3",
+            "inf",
+            "NaN",
+            " 1",
+            "1 s",
+            "1S",
+            "1sec",
+            "1d",
+            "1ms5",
+            "5m30s",
+            "1,5",
+            "99999999999999999999999999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(bad, SECONDS), None, "{bad:?}");
         }
+        assert_eq!(show_duration(0), "0");
+        assert_eq!(show_duration(10 * MILLISECONDS), "10ms");
+        assert_eq!(show_duration(DAY), "24h");
+        assert_eq!(show_duration(90 * SECONDS), "90s");
+        assert_eq!(show_duration(1500 * MILLISECONDS), "1500ms");
+    }
+
+    #[test]
+    fn every_duration_option_takes_a_unit() {
+        let c = run(&[
+            "--connect-timeout",
+            "1.5s",
+            "--idle-timeout",
+            "2m",
+            "--fail-timeout",
+            "250ms",
+            "--health-interval",
+            "1.5",
+            "--resolve-interval",
+            "1h",
+            "--drain-timeout",
+            "0.5m",
+            "h:1",
+        ]);
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(c.breaker.fail_timeout, Duration::from_millis(250));
+        assert_eq!(
+            c.checks.map(|c| c.interval),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(c.resolve_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        // A bare number keeps the unit the option always had.
+        let c = run(&["--connect-timeout", "3", "--idle-timeout", "3", "h:1"]);
+        assert_eq!(c.connect_timeout, Duration::from_millis(3));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(3)));
+        // `0s` is zero like `0`: never time out.
+        assert_eq!(run(&["--idle-timeout", "0s", "h:1"]).idle_timeout, None);
+        // The ranges are in real time, whatever the unit.
+        assert_eq!(
+            run(&["--connect-timeout", "60m", "h:1"]).connect_timeout,
+            Duration::from_secs(3600)
+        );
+        assert!(err(&["--connect-timeout", "61m", "h:1"]).contains("'61m'"));
+        assert!(err(&["--connect-timeout", "0.5ms", "h:1"]).contains("'0.5ms'"));
+        assert!(err(&["--fail-timeout", "9ms", "h:1"]).contains("'9ms'"));
+        assert!(err(&["--drain-timeout", "25h", "h:1"]).contains("'25h'"));
+        assert!(err(&["--idle-timeout", "8761h", "h:1"]).contains("'8761h'"));
+        assert_eq!(
+            run(&["--idle-timeout", "8760h", "h:1"]).idle_timeout,
+            Some(Duration::from_secs(365 * 86_400))
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_names_itself_and_the_accepted_forms() {
+        assert_eq!(
+            err(&["--connect-timeout", "3x", "h:1"]),
+            "invalid value '3x' for --connect-timeout: expected a duration from 1ms to 1h, \
+             such as 250ms, 3s, 1.5s or 2m; a bare number is milliseconds"
+        );
+        assert_eq!(
+            err(&["--fail-timeout", "0", "h:1"]),
+            "invalid value '0' for --fail-timeout: expected a duration from 10ms to 24h, \
+             such as 250ms, 3s, 1.5s or 2m; a bare number is seconds"
+        );
+        for option in [
+            "idle-timeout",
+            "health-interval",
+            "resolve-interval",
+            "drain-timeout",
+        ] {
+            let message = err(&[&format!("--{option}"), "5 s", "h:1"]);
+            assert!(
+                message.starts_with(&format!("invalid value '5 s' for --{option}: "))
+                    && message.contains("such as 250ms, 3s, 1.5s or 2m")
+                    && message.contains("a bare number is seconds"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn address_slips_get_a_message_that_says_what_to_write() {
+        assert_eq!(
+            err(&["--admin", "9090", "h:1"]),
+            "invalid --admin address '9090': expected HOST:PORT, such as 127.0.0.1:9090"
+        );
+        assert_eq!(
+            err(&["--listen", "8080", "h:1"]),
+            "invalid --listen address '8080': expected HOST:PORT, such as 127.0.0.1:8080"
+        );
+        assert_eq!(
+            err(&["http://127.0.0.1:6379"]),
+            "invalid backend 'http://127.0.0.1:6379': expected HOST:PORT, not a URL: drop \
+             'http://'"
+        );
+        assert_eq!(
+            err(&["https://web:443/index.html"]),
+            "invalid backend 'https://web:443/index.html': expected HOST:PORT, not a URL: drop \
+             'https://' and '/index.html'"
+        );
+        assert_eq!(
+            err(&["127.0.0.1:6379:weight=2"]),
+            "invalid backend '127.0.0.1:6379:weight=2': options follow a comma: \
+             127.0.0.1:6379,weight=2"
+        );
+        assert!(
+            err(&["[::1]:6379:backup,weight=2"])
+                .ends_with("options follow a comma: [::1]:6379,backup,weight=2")
+        );
+        assert!(err(&["::1:80"]).ends_with("an IPv6 address needs brackets: [ADDR]:PORT"));
+        assert!(err(&["2001:db8::5:5432"]).ends_with("needs brackets: [ADDR]:PORT"));
+        assert!(err(&["a:b:80"]).contains("expected one ':'"));
+        // No message says the same thing twice.
+        for bad in [
+            vec!["--admin", "9090", "h:1"],
+            vec!["--admin", "nope", "h:1"],
+            vec!["--listen", "nope", "h:1"],
+            vec!["nope"],
+        ] {
+            let message = err(&bad);
+            assert_eq!(
+                message.matches("HOST:PORT").count(),
+                1,
+                "{bad:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_conns_remembers_whether_it_was_given() {
+        assert!(!run(&["h:1"]).max_conns_given);
+        let c = run(&["--max-conns", "10000", "h:1"]);
+        assert!(c.max_conns_given);
+        assert_eq!(c.max_conns, 10_000);
     }
 
     #[test]
@@ -755,6 +1216,7 @@ mod tests {
         assert!(err(&["--fail-timeout", "0", "h:1"]).contains("'0'"));
         assert!(err(&["--rise", "0", "--health-interval", "1", "h:1"]).contains("'0'"));
         assert!(err(&["--admin", "nope", "h:1"]).contains("'nope'"));
+        assert!(err(&["--buffer-size", "2m", "h:1"]).contains("from 1k to 1m"));
     }
 
     #[test]
@@ -783,6 +1245,20 @@ mod tests {
             "--access-log",
         ] {
             assert!(text.contains(flag), "help lacks {flag}");
+        }
+        for note in [
+            "from 1k to 1m",
+            "250ms, 3s, 1.5s, 2m",
+            "a bare number is milliseconds",
+            "SIGHUP",
+            "SIGTERM, SIGINT",
+            "a second one",
+            "Exit status",
+            "0  after --help",
+            "1  it cannot start",
+            "2  bad usage",
+        ] {
+            assert!(text.contains(note), "help lacks {note:?}:\n{text}");
         }
     }
 

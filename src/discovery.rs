@@ -26,10 +26,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 /// Reads and parses a backends file; the error names the file and, for a bad spec, the line.
+/// Bytes that are not UTF-8 are read as U+FFFD: harmless in a comment, and a bad spec's error
+/// then names its line.
 pub fn read_backends_file(path: &Path) -> Result<Vec<BackendSpec>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read backends file {}: {e}", path.display()))?;
-    config::parse_backends_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let shown = path.display().to_string();
+    let shown = config::printable(&shown);
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read backends file {shown}: {e}"))?;
+    config::parse_backends_file(&String::from_utf8_lossy(&bytes), path)
+        .map_err(|e| format!("{shown}: {e}"))
 }
 
 /// Resolves specs, remembering each name's last good addresses.
@@ -54,7 +59,11 @@ impl Resolver {
                 Err(e) => {
                     let kept = self.last.get(&key).cloned().unwrap_or_default();
                     failures.push(format!(
-                        "cannot resolve backend {}: {e}{}",
+                        "{}cannot resolve backend {}: {e}{}",
+                        spec.origin
+                            .as_ref()
+                            .map(|origin| format!("{origin}: "))
+                            .unwrap_or_default(),
                         spec.authority(),
                         if kept.is_empty() {
                             String::new()

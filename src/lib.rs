@@ -1,4 +1,5 @@
-//! tcplb: a Layer-4 (raw TCP) load balancer on one thread.
+//! tcplb: a Layer-4 (raw TCP) load balancer: one event loop thread, with helper threads for
+//! the work that would block it.
 //!
 //! A client connection is accepted by the [`reactor`], paired by a [`session`] with a backend
 //! chosen by the [`balancer`] (least active sessions per unit of weight, among backends the

@@ -4,8 +4,10 @@
 
 use log::{info, warn};
 use signal_hook_mio::v1_0::Signals;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use tcplb::access_log::AccessLog;
 use tcplb::balancer::{Balancer, ResolvedBackend};
@@ -71,20 +73,7 @@ fn print_stdout(text: &str) -> ExitCode {
 }
 
 fn run(mut config: Config, signals: Signals) -> Result<(), Failure> {
-    match limits::raise_nofile_limit() {
-        Ok(nofile) => {
-            if let Some(fits) = limits::fit_max_conns(config.max_conns, nofile) {
-                warn!(
-                    "--max-conns {} needs {} descriptors but the open-file limit is {nofile}; \
-                     using --max-conns {fits}",
-                    config.max_conns,
-                    config.max_conns as u64 * 2 + limits::FD_HEADROOM
-                );
-                config.max_conns = fits;
-            }
-        }
-        Err(e) => warn!("cannot read the open-file limit: {e}"),
-    }
+    fit_max_conns(&mut config);
 
     // The backend set: positional specs plus the backends file, every name resolved.
     let file_specs = match &config.backends_file {
@@ -108,8 +97,10 @@ fn run(mut config: Config, signals: Signals) -> Result<(), Failure> {
     if initial.is_empty() {
         warn!("no backends yet: clients will be closed until some are added");
     }
+    warn_duplicates(&initial);
 
     let listener = bind(&config.listen, config.backlog)?;
+    refuse_loops(&listener, &initial)?;
     let admin = match &config.admin {
         Some(addr) => Some(bind(addr, 64)?),
         None => None,
@@ -168,6 +159,108 @@ fn run(mut config: Config, signals: Signals) -> Result<(), Failure> {
     reactor
         .run()
         .map_err(|e| Failure::Start(format!("event loop failed: {e}")))
+}
+
+/// Raises the open-file limit and fits `--max-conns` in it. Lowering the default is routine
+/// (an info line); lowering a value the user gave is worth a warning.
+fn fit_max_conns(config: &mut Config) {
+    let nofile = match limits::raise_nofile_limit() {
+        Ok(nofile) => nofile,
+        Err(e) => return warn!("cannot read the open-file limit: {e}"),
+    };
+    let Some(fits) = limits::fit_max_conns(config.max_conns, nofile) else {
+        return;
+    };
+    let needs = config.max_conns as u64 * 2 + limits::FD_HEADROOM;
+    if config.max_conns_given {
+        warn!(
+            "--max-conns {} needs {needs} descriptors but the open-file limit is {nofile}; \
+             using --max-conns {fits}",
+            config.max_conns
+        );
+    } else {
+        info!(
+            "the open-file limit is {nofile}: using --max-conns {fits} (the default {} needs \
+             {needs} descriptors)",
+            config.max_conns
+        );
+    }
+    config.max_conns = fits;
+}
+
+/// Warns once for each address listed more than once (it is used once, with the options it
+/// was first listed with): the same spec twice, or a name and an address that resolve alike.
+fn warn_duplicates(backends: &[ResolvedBackend]) {
+    const SHOWN: usize = 8;
+    let mut seen: HashMap<SocketAddr, Vec<&str>> = HashMap::with_capacity(backends.len());
+    let mut repeated = Vec::new();
+    for backend in backends {
+        let names = seen.entry(backend.addr).or_default();
+        if names.len() == 1 {
+            repeated.push(backend.addr);
+        }
+        names.push(&backend.name);
+    }
+    for addr in repeated.iter().take(SHOWN) {
+        let times = seen[addr].len();
+        let mut names: Vec<&str> = Vec::new();
+        for name in &seen[addr] {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        let written = if names == [addr.to_string()] {
+            String::new()
+        } else {
+            format!(" (as {})", names.join(", "))
+        };
+        warn!(
+            "backend {addr} is listed {times} times{written}; it is used once, with the \
+             options first given"
+        );
+    }
+    if repeated.len() > SHOWN {
+        warn!(
+            "and {} more backends are listed more than once",
+            repeated.len() - SHOWN
+        );
+    }
+}
+
+/// Refuses a backend that is tcplb's own listener: each session would connect to tcplb
+/// again, without end.
+fn refuse_loops(
+    listener: &mio::net::TcpListener,
+    backends: &[ResolvedBackend],
+) -> Result<(), Failure> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
+    let v6_only = socket2::SockRef::from(listener).only_v6().unwrap_or(false);
+    // Only a wildcard listener needs this host's addresses.
+    let host = if local.ip().is_unspecified() {
+        net::local_addresses().unwrap_or_else(|e| {
+            warn!("cannot list this host's addresses ({e}); checking backends against loopback");
+            Default::default()
+        })
+    } else {
+        Default::default()
+    };
+    match backends
+        .iter()
+        .find(|b| net::reaches_listener(local, v6_only, b.addr, |ip| host.contains(&ip)))
+    {
+        Some(b) => Err(Failure::Input(format!(
+            "backend {} is tcplb's own listen address {local}: sessions would loop back into \
+             tcplb",
+            if b.name == b.addr.to_string() {
+                b.name.clone()
+            } else {
+                format!("{} ({})", b.name, b.addr)
+            }
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Resolves and binds a listener; failures name the address and the OS error.

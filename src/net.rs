@@ -5,8 +5,9 @@
 use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, SockRef, Socket, Type};
+use std::collections::HashSet;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// Binds a non-blocking listener with `SO_REUSEADDR`, `TCP_NODELAY` and `SO_OOBINLINE`.
@@ -128,6 +129,72 @@ pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// Whether a connect to `backend` would reach the listener bound to `listen` (a loop): the
+/// same address and port, or `listen` is the wildcard address (`0.0.0.0`; `[::]`, which
+/// also takes IPv4 unless `v6_only`) and `backend` is one of this host's addresses
+/// (`is_local`, see [`local_addresses`]) on the same port. A connect to the wildcard
+/// address itself goes to the loopback address.
+pub fn reaches_listener(
+    listen: SocketAddr,
+    v6_only: bool,
+    backend: SocketAddr,
+    is_local: impl Fn(IpAddr) -> bool,
+) -> bool {
+    if listen.port() != backend.port() {
+        return false;
+    }
+    let target = match backend.ip().to_canonical() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let local = || target.is_loopback() || is_local(target);
+    match listen.ip().to_canonical() {
+        IpAddr::V4(ip) if ip.is_unspecified() => target.is_ipv4() && local(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (target.is_ipv6() || !v6_only) && local(),
+        ip => ip == target,
+    }
+}
+
+/// The addresses of this host's network interfaces (`getifaddrs`).
+pub fn local_addresses() -> io::Result<HashSet<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs stores a pointer to a list it allocated in `list`, a valid place.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addrs = HashSet::new();
+    let mut node = list;
+    while !node.is_null() {
+        // SAFETY: `node` is a node of the list getifaddrs returned, which is freed only below.
+        let ifa = unsafe { &*node };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: a non-null ifa_addr points to a sockaddr whose family tells its real
+            // type, so reading it as sockaddr_in / sockaddr_in6 by family is sound.
+            let ip = unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                        Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                    }
+                    _ => None,
+                }
+            };
+            addrs.extend(ip);
+        }
+        node = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once, after its last use.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(addrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +235,66 @@ mod tests {
         assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(
             libc::ECONNREFUSED
         )));
+    }
+
+    #[test]
+    fn a_backend_that_is_the_listener_is_a_loop() {
+        // This host's addresses besides loopback: one of each family.
+        let host: [IpAddr; 2] = [
+            "10.1.2.3".parse().expect("ip"),
+            "2001:db8::3".parse().expect("ip"),
+        ];
+        // (listen, IPV6_V6ONLY, backend, a loop?)
+        let cases = [
+            // The same address, however written.
+            ("127.0.0.1:8080", false, "127.0.0.1:8080", true),
+            ("[::1]:8080", false, "[::1]:8080", true),
+            ("127.0.0.1:8080", false, "[::ffff:127.0.0.1]:8080", true),
+            ("127.0.0.1:8080", false, "0.0.0.0:8080", true),
+            ("10.1.2.3:8080", false, "10.1.2.3:8080", true),
+            // A wildcard listener takes every address of this host, of its family, on its port.
+            ("0.0.0.0:8080", false, "127.0.0.1:8080", true),
+            ("0.0.0.0:8080", false, "127.0.0.2:8080", true),
+            ("0.0.0.0:8080", false, "10.1.2.3:8080", true),
+            ("[::]:8080", false, "127.0.0.1:8080", true),
+            ("[::]:8080", false, "10.1.2.3:8080", true),
+            ("[::]:8080", true, "[2001:db8::3]:8080", true),
+            ("[::]:8080", true, "127.0.0.1:8080", false),
+            ("0.0.0.0:8080", false, "[::1]:8080", false),
+            ("0.0.0.0:8080", false, "[2001:db8::3]:8080", false),
+            // Another port, another address, a remote address.
+            ("127.0.0.1:8080", false, "127.0.0.1:8081", false),
+            ("127.0.0.1:8080", false, "127.0.0.2:8080", false),
+            ("10.1.2.3:8080", false, "127.0.0.1:8080", false),
+            ("0.0.0.0:8080", false, "192.0.2.1:8080", false),
+        ];
+        for (listen, v6_only, backend, want) in cases {
+            let at = |s: &str| s.parse::<SocketAddr>().expect("addr");
+            let got = reaches_listener(at(listen), v6_only, at(backend), |ip| host.contains(&ip));
+            assert_eq!(
+                got, want,
+                "listen {listen} (v6 only: {v6_only}), backend {backend}"
+            );
+        }
+    }
+
+    #[test]
+    fn local_addresses_are_this_hosts() {
+        let addrs = local_addresses().expect("getifaddrs");
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
+        assert!(!addrs.contains(&"192.0.2.1".parse::<IpAddr>().expect("ip")));
+        // Each can be bound to, which only this host's addresses can (link-local IPv6 needs
+        // a scope, so it is left out).
+        for ip in &addrs {
+            if matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
+                continue;
+            }
+            std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
+                .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+        }
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! The command line: help, version, usage errors (one line naming the bad value, exit 2),
-//! start-up failures (the address and the OS error, exit 1), and no panic on any input.
+//! start-up failures (the address and the OS error, exit 1), and no panic on any input; the
+//! checks made at start (a backend that is tcplb itself, one listed twice, `--max-conns`
+//! against the open-file limit) and how the backends file is read.
 
 mod common;
 
 use common::*;
+use std::io::Write;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn assert_usage_error(args: &[&str], names: &str) {
     let (code, stdout, stderr) = run_cli(args);
@@ -47,6 +53,87 @@ fn usage_errors_name_the_bad_value_and_exit_2() {
     assert_usage_error(&["[::1:80"], "[::1:80");
 }
 
+/// The usual slips get a message that says what to write instead, and none says a thing
+/// twice (`expected HOST:PORT (expected HOST:PORT)`).
+#[test]
+fn usage_errors_say_what_to_write_instead() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--admin", "9090", "127.0.0.1:80"],
+            "invalid --admin address '9090': expected HOST:PORT, such as 127.0.0.1:9090",
+        ),
+        (
+            &["http://127.0.0.1:6379"],
+            "invalid backend 'http://127.0.0.1:6379': expected HOST:PORT, not a URL: drop \
+             'http://'",
+        ),
+        (
+            &["127.0.0.1:6379:weight=2"],
+            "invalid backend '127.0.0.1:6379:weight=2': options follow a comma: \
+             127.0.0.1:6379,weight=2",
+        ),
+        (
+            &["127.0.0.1:6379:backup"],
+            "options follow a comma: 127.0.0.1:6379,backup",
+        ),
+        (
+            &["--connect-timeout", "3 s", "127.0.0.1:80"],
+            "invalid value '3 s' for --connect-timeout: expected a duration from 1ms to 1h, \
+             such as 250ms, 3s, 1.5s or 2m; a bare number is milliseconds",
+        ),
+        (
+            &["--drain-timeout", "2d", "127.0.0.1:80"],
+            "invalid value '2d' for --drain-timeout: expected a duration from 0 to 24h, such \
+             as 250ms, 3s, 1.5s or 2m; a bare number is seconds",
+        ),
+    ];
+    for (args, message) in cases {
+        assert_usage_error(args, message);
+        let (_, _, stderr) = run_cli(args);
+        assert!(!stderr.contains("brackets"), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("HOST:PORT").count(),
+            usize::from(message.contains("HOST:PORT")),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Every duration flag takes a unit; a bare number keeps its old unit. Shown by the drain:
+/// a session held open past `--drain-timeout 300ms` is cut after 0.3 s, not 300 s.
+#[test]
+fn duration_flags_take_a_unit() {
+    let backend = Backend::start(1, echo());
+    let mut tcplb = Tcplb::start(&[
+        &backend.arg(),
+        "--drain-timeout",
+        "300ms",
+        "--connect-timeout",
+        "1.5s",
+        "--idle-timeout",
+        "1m",
+    ]);
+    let mut held = tcplb.connect();
+    assert_eq!(echo_through_open(&mut held, b"hello"), b"hello");
+    let began = Instant::now();
+    tcplb.signal(libc::SIGTERM);
+    assert_eq!(tcplb.wait_exit(Duration::from_secs(10)), Some(0));
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "drained in {took:?} with --drain-timeout 300ms"
+    );
+}
+
+/// Writes `data` and reads as many bytes back, leaving the connection open.
+fn echo_through_open(stream: &mut std::net::TcpStream, data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    stream.write_all(data).expect("write");
+    let mut back = vec![0; data.len()];
+    stream.read_exact(&mut back).expect("read the echo");
+    back
+}
+
 #[test]
 fn help_and_version_exit_0() {
     let (code, stdout, _) = run_cli(&["--help"]);
@@ -57,8 +144,19 @@ fn help_and_version_exit_0() {
         "--max-conns",
         "--buffer-size",
         "BACKEND",
+        // The range of --buffer-size, how durations are written, signals and exit codes.
+        "from 1k to 1m",
+        "DURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h",
+        "except for --connect-timeout, where it is milliseconds",
+        "SIGHUP",
+        "SIGTERM, SIGINT",
+        "a second one",
+        "Exit status:",
+        "0  after --help",
+        "1  it cannot start",
+        "2  bad usage",
     ] {
-        assert!(stdout.contains(flag), "--help lacks {flag}");
+        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }
     let (code, stdout, _) = run_cli(&["-V"]);
     assert_eq!(code, Some(0));
@@ -80,6 +178,265 @@ fn start_up_failures_name_the_address_and_exit_1() {
     let (code, _, stderr) = run_cli(&["no-such-host.invalid:80"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no-such-host.invalid:80"), "{stderr}");
+}
+
+#[test]
+fn a_name_in_the_backends_file_that_does_not_resolve_names_the_file_and_line() {
+    let file = BackendsFile::new(
+        "unresolvable",
+        "# fleet\n127.0.0.1:9\nno-such-host.invalid:80\n",
+    );
+    let (code, _, stderr) = run_cli(&["--backends-file", &file.arg()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().expect("a message");
+    assert!(
+        last.contains(&format!("{}: line 3: ", file.arg()))
+            && last.contains("cannot resolve backend no-such-host.invalid:80"),
+        "{stderr}"
+    );
+}
+
+/// A backends file at `scratch_path(name)`, removed when dropped.
+struct BackendsFile(std::path::PathBuf);
+
+impl BackendsFile {
+    fn new(name: &str, text: &str) -> BackendsFile {
+        let path = scratch_path(name);
+        std::fs::write(&path, text).expect("write the backends file");
+        BackendsFile(path)
+    }
+
+    fn write(&self, text: &str) {
+        // Renamed into place, as the README says to.
+        let next = self.0.with_extension("next");
+        std::fs::write(&next, text).expect("write the backends file");
+        std::fs::rename(&next, &self.0).expect("rename the backends file into place");
+    }
+
+    fn arg(&self) -> String {
+        self.0.to_str().expect("utf-8 path").to_string()
+    }
+}
+
+impl Drop for BackendsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn backends_file_lines_may_end_in_a_lone_cr() {
+    let (a, b) = (Backend::start(1, echo()), Backend::start(2, echo()));
+    let file = BackendsFile::new(
+        "cr-only",
+        &format!("# old Mac file\r{}\r{},weight=2\r", a.arg(), b.arg()),
+    );
+    let tcplb = Tcplb::start(&["--backends-file", &file.arg()]);
+    let start = tcplb.wait_for_log("listening on ");
+    assert!(
+        start.contains(&format!("backends: {}, {} weight 2;", a.arg(), b.arg())),
+        "{start}"
+    );
+}
+
+/// Escape sequences and other control characters in the backends file are shown escaped,
+/// at start (the usage error) and on reload (the warning).
+#[test]
+fn control_characters_from_the_backends_file_are_shown_escaped() {
+    let file = BackendsFile::new("escape", "127.0.0.1:9\n10.0.0.1:80\x1b[31m\u{7}\n");
+    let (code, _, stderr) = run_cli(&["--backends-file", &file.arg()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 2: invalid backend '10.0.0.1:80\\x1b[31m\\x07'"),
+        "{stderr:?}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains('\x07'),
+        "{stderr:?}"
+    );
+
+    let backend = Backend::start(1, echo());
+    file.write(&format!("{}\n", backend.arg()));
+    let tcplb = Tcplb::start(&["--backends-file", &file.arg()]);
+    file.write("10.0.0.1:80\r\n\u{202e}evil:80\x1b]0;title\x07\r\n");
+    tcplb.signal(libc::SIGHUP);
+    let warning = tcplb.wait_for_log("reload failed");
+    assert!(
+        warning.contains("line 2: invalid backend '\\u{202e}evil:80\\x1b]0;title\\x07'"),
+        "{warning:?}"
+    );
+    for line in tcplb.logs() {
+        assert!(
+            !line.contains(['\x1b', '\x07', '\u{202e}', '\r']),
+            "a raw control character reached the log: {line:?}"
+        );
+    }
+}
+
+/// Runs the binary with `args` for at most `within` (killed after that: exit code `None`);
+/// returns (exit code, stderr).
+fn run_cli_within(args: &[&str], within: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcplb"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tcplb");
+    let deadline = Instant::now() + within;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    (code, stderr)
+}
+
+#[test]
+fn a_backend_that_is_the_listen_address_is_refused() {
+    // A port no one else takes meanwhile: bound, not listening, so tcplb can listen on it.
+    let reserved = ReservedPort::new();
+    let at = reserved.addr.to_string();
+    let port = reserved.addr.port();
+    for (listen, backend, names) in [
+        (at.clone(), at.clone(), at.clone()),
+        (format!("0.0.0.0:{port}"), at.clone(), at.clone()),
+        (
+            at.clone(),
+            format!("localhost:{port}"),
+            format!("localhost:{port} ({at})"),
+        ),
+    ]
+    .into_iter()
+    .chain(host_address().map(|ip| {
+        let theirs = format!("{ip}:{port}");
+        (format!("0.0.0.0:{port}"), theirs.clone(), theirs)
+    })) {
+        let args = ["--listen", &listen, "127.0.0.1:9", &backend];
+        let (code, stderr) = run_cli_within(&args, Duration::from_secs(5));
+        assert_eq!(code, Some(2), "{args:?} was not refused: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("backend {names} is tcplb's own listen address"))
+                && last.contains("loop"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_backend_listed_twice_gets_one_warning_naming_it() {
+    let (a, b) = (Backend::start(1, echo()), Backend::start(2, echo()));
+    let port = a.addr.port();
+    let file = BackendsFile::new("twice", &format!("{}\nlocalhost:{port}\n", a.arg()));
+    let tcplb = Tcplb::start(&[&a.arg(), &b.arg(), &a.arg(), "--backends-file", &file.arg()]);
+    let warnings: Vec<String> = tcplb
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("listed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!(
+            "backend {} is listed 4 times (as {}, localhost:{port}); it is used once",
+            a.arg(),
+            a.arg()
+        )),
+        "{warnings:?}"
+    );
+    // A backend listed once is not mentioned.
+    assert!(!warnings[0].contains(&b.arg()), "{warnings:?}");
+    let tcplb = Tcplb::start(&[&a.arg(), &b.arg()]);
+    assert_eq!(tcplb.count_logs("listed"), 0, "{:?}", tcplb.logs());
+}
+
+/// One of this host's own addresses other than loopback, if it has one: the source address
+/// of a route to a documentation address (a UDP connect sends nothing).
+fn host_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    if ip.is_loopback() {
+        return None;
+    }
+    eprintln!("this host's address {ip} is checked too");
+    Some(ip)
+}
+
+/// Starts tcplb with its open-file limit (soft and hard) set to `nofile`.
+fn start_with_nofile(args: &[&str], nofile: u64) -> Tcplb {
+    Tcplb::start_with(args, |command| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the struct passed, which
+        // the closure owns; nothing else runs between fork and exec here.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+}
+
+#[test]
+fn max_conns_is_fitted_quietly_unless_the_user_gave_it() {
+    let backend = Backend::start(1, echo());
+    // 10000 sessions need 20064 descriptors; 20000 fit 9968.
+    let tcplb = start_with_nofile(&[&backend.arg()], 20_000);
+    let fitted = tcplb.wait_for_log("using --max-conns 9968");
+    assert!(fitted.contains("INFO"), "not an info line: {fitted}");
+    assert!(
+        !tcplb.logs().iter().any(|l| l.contains("WARN")),
+        "a default run warned: {:?}",
+        tcplb.logs()
+    );
+    assert!(
+        tcplb
+            .wait_for_log("listening on ")
+            .contains("max-conns 9968")
+    );
+
+    let tcplb = start_with_nofile(&[&backend.arg(), "--max-conns", "10000"], 20_000);
+    let warning = tcplb.wait_for_log("using --max-conns 9968");
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("--max-conns 10000 needs 20064 descriptors")
+            && warning.contains("the open-file limit is 20000"),
+        "{warning}"
+    );
+
+    // A value that fits is left alone, without a word.
+    let tcplb = start_with_nofile(&[&backend.arg(), "--max-conns", "9968"], 20_000);
+    assert_eq!(
+        tcplb.count_logs("using --max-conns"),
+        0,
+        "{:?}",
+        tcplb.logs()
+    );
+    assert!(
+        tcplb
+            .wait_for_log("listening on ")
+            .contains("max-conns 9968")
+    );
 }
 
 #[test]

@@ -898,6 +898,31 @@ type ParsedByPython = (
     Vec<(String, Vec<(String, String)>, f64)>,
 );
 
+/// A Python that has `prometheus_client`: `python3` on the PATH (pyenv, a virtualenv, or
+/// the system's), else the system's own `/usr/bin/python3`, where Debian's
+/// `python3-prometheus-client` package puts it. `scripts/setup` installs one.
+fn python_with_prometheus_client() -> &'static str {
+    static FOUND: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+            Command::new(python)
+                .args(["-c", "import prometheus_client"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Python with prometheus_client (tried python3 and /usr/bin/python3): run \
+             scripts/setup, which installs it (apt-get install python3-prometheus-client on \
+             Debian's Python, pip otherwise)"
+        )
+    })
+}
+
 fn parse_with_prometheus_client(text: &str) -> ParsedByPython {
     const SCRIPT: &str = r#"
 import json, sys
@@ -907,13 +932,14 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     for s in family.samples:
         print(json.dumps(["sample", s.name, sorted(s.labels.items()), repr(s.value)]))
 "#;
-    let mut child = Command::new("python3")
+    let python = python_with_prometheus_client();
+    let mut child = Command::new(python)
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run python3 (CI needs python3 and `pip install prometheus_client`)");
+        .unwrap_or_else(|e| panic!("run {python}: {e}"));
     let mut stdin = child.stdin.take().expect("stdin");
     let text = text.to_string();
     let feeder = thread::spawn(move || stdin.write_all(text.as_bytes()));
@@ -922,8 +948,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "prometheus_client failed to parse /metrics (is it installed? `pip install \
-         prometheus_client`):\n{stderr}"
+        "prometheus_client ({python}) failed to parse /metrics:\n{stderr}"
     );
     let (mut families, mut samples) = (Vec::new(), Vec::new());
     for line in String::from_utf8(out.stdout).expect("utf-8").lines() {
