@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths (divan): the buffer pool, least-active selection over
-//! 4 / 64 / 1024 backends, and a loopback echo round trip through a real reactor.
+//! 4 / 64 / 1024 backends, and a loopback echo round trip through a real worker.
 //!
 //! Run with `cargo bench`. These measure our own code in isolation; whole-system figures
 //! against HAProxy and nginx come from `scripts/bench.sh`.
@@ -7,14 +7,14 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use tcplb::balancer::{Balancer, ResolvedBackend};
-use tcplb::context::Settings;
-use tcplb::discovery::{Plan, Resolver};
-use tcplb::health::BreakerPolicy;
-use tcplb::net;
-use tcplb::pool::Pool;
-use tcplb::reactor::{Reactor, ReactorConfig};
+use std::time::Duration;
+use tcplb::config::{self, Action};
+use tcplb::fleet::Policy;
+use tcplb::fleet::backend::ResolvedBackend;
+use tcplb::fleet::builder::Builder;
+use tcplb::fleet::health::BreakerPolicy;
+use tcplb::fleet::select::{Balance, PickRequest};
+use tcplb::worker::pool::Pool;
 
 fn main() {
     divan::main();
@@ -51,15 +51,27 @@ fn pool_take_give(bencher: divan::Bencher) {
     });
 }
 
-/// Picking the least active backend (and releasing the lease), with backends that already
-/// hold a spread of sessions.
+/// Picking the least active backend, holding it and releasing the lease (what a session
+/// costs the selection), with backends that already hold a spread of sessions.
 #[divan::bench(args = [4, 64, 1024])]
 fn least_active_pick(bencher: divan::Bencher, n: usize) {
-    let balancer = Balancer::new(BREAKER, None, &backends(n));
-    let now = Instant::now();
+    let policy = Policy {
+        breaker: BREAKER,
+        checks: None,
+    };
+    let (fleet, _) = Builder::new(policy, Balance::LeastActive).build(&backends(n));
+    let request = PickRequest {
+        client: None,
+        now: 0,
+        tried: &[],
+    };
     // A spread of load: 3 sessions per backend on average.
-    let held: Vec<_> = (0..n * 3).filter_map(|_| balancer.pick(now, &[])).collect();
-    bencher.bench_local(|| divan::black_box(balancer.pick(now, &[])));
+    let held: Vec<_> = (0..n * 3).filter_map(|_| fleet.pick(&request)).collect();
+    bencher.bench_local(|| {
+        if let Some(lease) = divan::black_box(fleet.pick(&request)) {
+            fleet.release(lease, 0);
+        }
+    });
     drop(held);
 }
 
@@ -84,43 +96,25 @@ fn echo_round_trip(bencher: divan::Bencher, size: usize) {
     });
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let listener =
-            net::bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 128).expect("bind tcplb");
-        let set = vec![ResolvedBackend {
-            addr: echo_addr,
-            name: echo_addr.to_string(),
-            weight: 1,
-            backup: false,
-        }];
-        let mut reactor = Reactor::new(
-            listener,
-            Balancer::new(BREAKER, None, &set),
-            ReactorConfig {
-                settings: Settings {
-                    connect_timeout: Duration::from_secs(3),
-                    retries: 2,
-                    idle_timeout: None,
-                    max_conns: 1000,
-                },
-                pool: Pool::new(16 * 1024, 256).expect("pool"),
-                signals: tcplb::reactor::catch_signals().expect("signals"),
-                drain_timeout: Duration::from_secs(1),
-                admin: None,
-                access_log: None,
-                discovery: Plan {
-                    positional: Vec::new(),
-                    file: None,
-                    file_specs: Vec::new(),
-                    resolver: Resolver::default(),
-                    current: set,
-                    resolve_interval: None,
-                },
-            },
-        )
-        .expect("reactor");
-        tx.send(reactor.local_addr().expect("addr"))
-            .expect("send addr");
-        let _ = reactor.run();
+        let args: Vec<std::ffi::OsString> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--buffers",
+            "256",
+        ]
+        .iter()
+        .map(Into::into)
+        .chain([echo_addr.to_string().into()])
+        .collect();
+        let Ok(Action::Run(config)) = config::parse_args(&args) else {
+            panic!("arguments");
+        };
+        let signals = tcplb::control::catch_signals().expect("signals");
+        let control = tcplb::control::start::start(*config, signals).expect("start");
+        tx.send(control.local_addr()).expect("send addr");
+        let _ = control.run();
     });
     let addr = rx.recv().expect("tcplb address");
     let mut client = TcpStream::connect(addr).expect("connect");

@@ -4,7 +4,7 @@
 //! can print it on one line and exit with status 2; text from the user reaches a message
 //! only through [`printable`], so a control character cannot forge or colour a log line.
 
-use crate::health::{BreakerPolicy, CheckPolicy};
+use crate::fleet::health::{BreakerPolicy, CheckPolicy};
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt::{self, Write as _};
@@ -21,6 +21,8 @@ pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 pub const DEFAULT_POOL_BYTES: usize = 56 * 1024 * 1024;
 /// Sessions at once when `--max-conns` is not given.
 pub const DEFAULT_MAX_CONNS: u64 = 10_000;
+/// Most worker threads `--workers` takes.
+pub const MAX_WORKERS: usize = 1024;
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -146,6 +148,8 @@ pub struct Config {
     /// lowered quietly; the user's own value, with a warning).
     pub max_conns_given: bool,
     pub backlog: i32,
+    /// Worker threads (event loops); `None` = `auto`, one per CPU this process may use.
+    pub workers: Option<usize>,
     /// The passive circuit breaker (`--max-fails`, `--fail-timeout`).
     pub breaker: BreakerPolicy,
     /// Active health checks; `None` = off.
@@ -265,6 +269,13 @@ fn options() -> getopts::Options {
         "N",
     );
     o.optopt("", "backlog", "listen backlog (default 1024)", "N");
+    o.optopt(
+        "",
+        "workers",
+        "worker threads, each with its own event loop; auto = one per CPU this process may \
+         run on (default auto)",
+        "N|auto",
+    );
     o.optopt(
         "",
         "buffer-size",
@@ -487,6 +498,17 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
         max_conns: opt_number(&matches, "max-conns", DEFAULT_MAX_CONNS, 1, 1_000_000)? as usize,
         max_conns_given: matches.opt_present("max-conns"),
         backlog: opt_number(&matches, "backlog", 1024, 1, 65_535)? as i32,
+        workers: match matches.opt_str("workers") {
+            None => None,
+            Some(v) if v == "auto" => None,
+            Some(value) => Some(parse_number(&value, 1, MAX_WORKERS as u64).ok_or_else(|| {
+                ConfigError::BadValue {
+                    option: "workers",
+                    value,
+                    expected: format!("auto or a whole number from 1 to {MAX_WORKERS}"),
+                }
+            })? as usize),
+        },
         breaker: BreakerPolicy {
             max_fails: opt_number(&matches, "max-fails", 3, 0, 1_000_000)? as u32,
             fail_timeout: opt_duration(

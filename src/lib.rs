@@ -1,35 +1,49 @@
-//! tcplb: a Layer-4 (raw TCP) load balancer: one event loop thread, with helper threads for
-//! the work that would block it.
+//! tcplb: a Layer-4 (raw TCP) load balancer: N worker threads, each one single-threaded
+//! event loop, sharing one view of the fleet through atomics; a control thread for
+//! everything else.
 //!
-//! A client connection is accepted by the [`reactor`], paired by a [`session`] with a backend
-//! chosen by the [`balancer`] (least active sessions per unit of weight, among backends the
-//! [`health`] state allows), and bytes are piped both ways by two [`pipe`]s through
-//! fixed-size buffers from the [`pool`]. Deadlines live in the [`timer`] wheel.
+//! ```text
+//!                      ┌─────────── control (process-wide) ───────────┐
+//!  signals ───────────►│ lifecycle: Running → Draining → Stopping      │
+//!  backends file, DNS ►│ discovery thread builds each fleet generation │──► Arc<Fleet>
+//!  health probes ─────►│ admin endpoint, access log writer             │    (atomics per backend)
+//!                      └───────────────────────────────────────────────┘
+//!                                 │ commands + wakers        ▲ reads
+//!       ┌──────────── worker 0 ───▼──────────┐   ┌─ worker N-1 ─┐
+//!  SYN ─► listener ─► accept/shed ─► Session │   │    same      │
+//!       │  Session = connect/retry + Duplex  │   └──────────────┘
+//!       │  Duplex = two Pipes, pooled buffers│
+//!       │  timers, run queue, slab, pool     │
+//!       └────────────────────────────────────┘
+//! ```
 //!
-//! Around that core: [`config`] reads the command line; [`discovery`] resolves backend names
-//! and re-reads the backends file off the reactor thread; [`probe`] runs active health
-//! checks; [`admin`] serves `/metrics` ([`metrics`]), `/healthz` and `/backends`;
-//! [`access_log`] writes one line per session; [`net`] wraps socket set-up; [`limits`] fits
-//! the session cap in the open-file limit; [`logging`] sets up logs and throttles bursts of
-//! warnings; [`context`] is the state the handlers share.
+//! - [`worker`]: the data path. Each worker accepts on its own `SO_REUSEPORT` listener and
+//!   runs its sessions ([`worker::session`]): a backend is leased from the fleet, connected
+//!   (retrying others), then a [`worker::duplex::Duplex`] of two [`worker::pipe::Pipe`]s
+//!   moves bytes through fixed-size buffers from the worker's [`worker::pool`]. Deadlines
+//!   live in the worker's [`worker::timer`] wheel.
+//! - [`fleet`]: the backends, shared by every thread: identity, counters and health as
+//!   atomics, one [`fleet::backend::Backend::state`] answer to "does it take sessions?",
+//!   selection ([`fleet::select`]), leases, the breaker and check state machines, the
+//!   builder of each generation and the discovery thread that runs it.
+//! - [`control`]: start-up, signals, the lifecycle, health probes, and handing fleet
+//!   generations to the workers.
+//! - [`admin`]: `/metrics` (summed over workers), `/healthz`, `/backends`, the access log.
+//! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
+//!   line; [`net`]: socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking
+//!   logs and throttled warnings; [`clock`]: time for shared state; [`lifecycle`].
 //!
 //! The crate is a library so that tests and benchmarks reach the internals; the `tcplb`
 //! binary (`src/main.rs`) is a thin wrapper around it.
 
-pub mod access_log;
 pub mod admin;
-pub mod balancer;
+pub mod clock;
 pub mod config;
-pub mod context;
-pub mod discovery;
-pub mod health;
+pub mod control;
+pub mod fleet;
+pub mod lifecycle;
 pub mod limits;
 pub mod logging;
-pub mod metrics;
 pub mod net;
-pub mod pipe;
-pub mod pool;
-pub mod probe;
-pub mod reactor;
-pub mod session;
-pub mod timer;
+pub mod stats;
+pub mod worker;

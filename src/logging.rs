@@ -7,7 +7,6 @@
 //! driver) and the queue fills, further lines are dropped and counted
 //! ([`dropped_lines`], exported as `tcplb_log_lines_dropped_total`), never waited for.
 
-use std::cell::Cell;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -92,25 +91,35 @@ impl Write for QueueWriter {
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Lets one message of a kind through per window and counts the ones held back, so the
-/// next message can say how many were suppressed. Cell-based so it can sit in shared state.
+/// next message can say how many were suppressed. Atomic, so one throttle can be shared by
+/// every thread (a backend's connect-failure warning, say).
 #[derive(Debug, Default)]
 pub struct Throttle {
-    last: Cell<Option<Instant>>,
-    suppressed: Cell<u64>,
+    /// When the last message went out, in ms since the clock's epoch, plus one (0 = never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 impl Throttle {
     /// `Some(n)` when a message may be logged now, `n` being how many were held back since
     /// the last one; `None` when this one should be held back.
     pub fn allow(&self, now: Instant) -> Option<u64> {
-        match self.last.get() {
-            Some(last) if now.saturating_duration_since(last) < THROTTLE_WINDOW => {
-                self.suppressed.set(self.suppressed.get() + 1);
+        let now = crate::clock::millis(now) + 1;
+        let window = THROTTLE_WINDOW.as_millis() as u64;
+        let last = self.last.load(Ordering::Acquire);
+        if last != 0 && now.saturating_sub(last) < window {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match self
+            .last
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Some(self.suppressed.swap(0, Ordering::Relaxed)),
+            // Another thread let its message through just now.
+            Err(_) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
                 None
-            }
-            _ => {
-                self.last.set(Some(now));
-                Some(self.suppressed.replace(0))
             }
         }
     }
@@ -131,7 +140,7 @@ mod tests {
 
     #[test]
     fn one_message_per_window() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::epoch() + Duration::from_secs(1);
         let throttle = Throttle::default();
         assert_eq!(throttle.allow(t0), Some(0));
         assert_eq!(throttle.allow(t0 + Duration::from_secs(1)), None);

@@ -15,8 +15,46 @@ use std::time::Duration;
 /// On Linux accepted sockets inherit both options from the listener, which saves two
 /// `setsockopt`s per client (see [`accepted_options_are_inherited`]).
 pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    bind_one(addr, backlog, false)
+}
+
+/// One listener per worker on `addr`. On Linux each is its own socket in one
+/// `SO_REUSEPORT` group, so the kernel spreads new connections evenly over the workers'
+/// accept queues by a hash of the client's address and port (no shared queue, no wake-up
+/// of every worker per connection); the first bind picks the port when `addr` has port 0.
+/// Elsewhere the workers share one socket.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    backlog: i32,
+    count: usize,
+) -> io::Result<Vec<TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![bind_one(addr, backlog, false)?]);
+    }
+    let first = bind_one(addr, backlog, cfg!(target_os = "linux"))?;
+    let bound = first.local_addr()?;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 1..count {
+        listeners.push(if cfg!(target_os = "linux") {
+            bind_one(bound, backlog, true)?
+        } else {
+            let clone = std::net::TcpListener::from(SockRef::from(&first).try_clone()?);
+            TcpListener::from_std(clone)
+        });
+    }
+    listeners.insert(0, first);
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_out_of_band_inline(true)?;

@@ -11,6 +11,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Worker threads each tcplb under test runs, unless the test says: `TCPLB_TEST_WORKERS`
+/// (CI runs the suite once with 1 and once with 2), else 1.
+pub fn test_workers() -> usize {
+    std::env::var("TCPLB_TEST_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 /// How long any wait in a test may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -92,9 +101,11 @@ impl Tcplb {
     /// Starts the process without waiting for it to listen (see [`Tcplb::wait_listening`]).
     pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Tcplb {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tcplb"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        if !args.contains(&"--workers") {
+            command.args(["--workers", &test_workers().to_string()]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -2,18 +2,22 @@
 //! every host name resolved to all of its addresses.
 //!
 //! At start this runs on the main thread (blocking is fine there). Afterwards it runs on a
-//! helper thread — the reactor never reads a file or waits for DNS — which
+//! helper thread — no event loop ever reads a file or waits for DNS — which
 //! - re-reads the backends file and re-resolves every name when asked (SIGHUP), and
 //! - re-resolves the names every `--resolve-interval`, reporting only when the set changed,
 //!
-//! and hands each new set to the reactor through a channel plus a `mio::Waker`.
+//! and builds each new fleet generation itself (`builder.rs`, O(n)), handing it to the
+//! control thread through a channel plus a `mio::Waker`.
 //!
-//! A backends file that fails to read or parse changes nothing (the error names the line).
-//! A name that fails to resolve keeps the addresses it resolved to last time, so a DNS blip
-//! does not empty the fleet.
+//! A backends file that fails to read or parse changes nothing (the error names the line),
+//! and neither does one that yields no backend at all (an empty or half-written file would
+//! otherwise turn every client away). A name that fails to resolve keeps the addresses it
+//! resolved to last time, so a DNS blip does not empty the fleet.
 
-use crate::balancer::ResolvedBackend;
 use crate::config::{self, BackendSpec};
+use crate::fleet::Fleet;
+use crate::fleet::backend::ResolvedBackend;
+use crate::fleet::builder::{Builder, Changes};
 use crate::net;
 use log::warn;
 use mio::Waker;
@@ -94,11 +98,11 @@ pub enum Cause {
     Resolve,
 }
 
-/// A new backend set, or why there is none.
+/// A new fleet generation, or why there is none.
 #[derive(Debug)]
 pub struct Update {
     pub cause: Cause,
-    pub result: Result<Vec<ResolvedBackend>, String>,
+    pub result: Result<(Arc<Fleet>, Changes), String>,
 }
 
 /// What the helper thread starts from.
@@ -108,19 +112,22 @@ pub struct Plan {
     /// The file's specs as read at start.
     pub file_specs: Vec<BackendSpec>,
     pub resolver: Resolver,
-    /// The set the balancer started with.
+    /// The set the fleet started with.
     pub current: Vec<ResolvedBackend>,
+    /// Built the first generation; builds the next ones.
+    pub builder: Builder,
     pub resolve_interval: Option<Duration>,
 }
 
-/// The reactor's end of the helper thread.
+/// The control thread's end of the helper thread.
 pub struct Discovery {
     requests: Sender<()>,
     updates: Receiver<Update>,
 }
 
 impl Discovery {
-    /// Starts the helper thread; it wakes the reactor through `waker` for each update.
+    /// Starts the helper thread; it wakes the control thread through `waker` for each
+    /// update.
     pub fn spawn(plan: Plan, waker: Arc<Waker>) -> io::Result<Discovery> {
         let (requests, requested) = mpsc::channel();
         let (report, updates) = mpsc::channel();
@@ -154,47 +161,61 @@ fn run(mut plan: Plan, requested: &Receiver<()>, report: &Sender<Update>, waker:
                 Err(_) => return,
             },
         };
-        if cause == Cause::Reload {
-            if let Some(path) = &plan.file {
-                match read_backends_file(path) {
-                    Ok(specs) => plan.file_specs = specs,
-                    Err(message) => {
-                        send(
-                            report,
-                            waker,
-                            Update {
-                                cause,
-                                result: Err(message),
-                            },
-                        );
-                        continue;
-                    }
-                }
+        // SIGHUPs that came in a burst are one reload.
+        while requested.try_recv().is_ok() {}
+        let result = next_set(&mut plan, cause);
+        let result = match result {
+            Ok(None) => continue,
+            Ok(Some(set)) => {
+                let built = plan.builder.build(&set);
+                plan.current = set;
+                Ok(built)
             }
-        }
-        let specs: Vec<BackendSpec> = plan
-            .positional
-            .iter()
-            .chain(&plan.file_specs)
-            .cloned()
-            .collect();
-        let (set, failures) = plan.resolver.resolve(&specs);
-        for failure in failures {
-            warn!("{failure}");
-        }
-        if cause == Cause::Resolve && set == plan.current {
-            continue;
-        }
-        plan.current = set.clone();
-        send(
-            report,
-            waker,
-            Update {
-                cause,
-                result: Ok(set),
-            },
-        );
+            Err(message) => Err(message),
+        };
+        send(report, waker, Update { cause, result });
     }
+}
+
+/// The set to build next: `Ok(None)` when a periodic re-resolve found nothing new.
+fn next_set(plan: &mut Plan, cause: Cause) -> Result<Option<Vec<ResolvedBackend>>, String> {
+    let mut file_specs = None;
+    if cause == Cause::Reload {
+        if let Some(path) = &plan.file {
+            file_specs = Some(read_backends_file(path)?);
+        }
+    }
+    let specs: Vec<BackendSpec> = plan
+        .positional
+        .iter()
+        .chain(file_specs.as_ref().unwrap_or(&plan.file_specs))
+        .cloned()
+        .collect();
+    let (set, failures) = plan.resolver.resolve(&specs);
+    for failure in failures {
+        warn!("{failure}");
+    }
+    if set.is_empty() && cause == Cause::Resolve && plan.current.is_empty() {
+        return Ok(None); // still nothing: the failures above say why
+    }
+    if set.is_empty() {
+        let source = match &plan.file {
+            Some(path) if cause == Cause::Reload => format!("{} lists", path.display()),
+            _ => "the backend names resolve to".to_string(),
+        };
+        return Err(format!(
+            "{source} no backend; keeping the running set of {} (to take every backend \
+             out, stop tcplb)",
+            plan.current.len()
+        ));
+    }
+    if let Some(specs) = file_specs {
+        plan.file_specs = specs;
+    }
+    if cause == Cause::Resolve && set == plan.current {
+        return Ok(None);
+    }
+    Ok(Some(set))
 }
 
 fn send(report: &Sender<Update>, waker: &Waker, update: Update) {

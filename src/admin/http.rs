@@ -11,13 +11,12 @@
 //! cannot hold a descriptor for long. All of this runs between data-path events and never
 //! blocks.
 
-use crate::balancer::Backend;
-use crate::context::{ConnId, Context, TimerKey};
-use crate::health::BreakerState;
-use crate::timer::TimerId;
-use mio::Interest;
+use crate::admin::View;
+use crate::clock;
+use crate::fleet::backend::BackendStats as Stat;
 use mio::event::Event;
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -38,45 +37,31 @@ enum Phase {
 }
 
 pub struct AdminConn {
-    id: ConnId,
     stream: TcpStream,
     request: Vec<u8>,
     response: Vec<u8>,
     written: usize,
     phase: Phase,
-    timer: Option<TimerId>,
 }
 
 impl AdminConn {
-    pub fn new(id: ConnId, mut stream: TcpStream, ctx: &mut Context) -> io::Result<AdminConn> {
-        ctx.registry.register(
-            &mut stream,
-            id.token(0),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let timer = Some(
-            ctx.timers
-                .insert(ctx.now + ADMIN_TIMEOUT, TimerKey::Conn(id)),
-        );
+    /// Serves an accepted connection; its readiness comes with `token`. The caller keeps
+    /// the connection's deadline ([`ADMIN_TIMEOUT`]).
+    pub fn new(mut stream: TcpStream, registry: &Registry, token: Token) -> io::Result<AdminConn> {
+        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(AdminConn {
-            id,
             stream,
             request: Vec::new(),
             response: Vec::new(),
             written: 0,
             phase: Phase::Reading,
-            timer,
         })
     }
 
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
     /// Handles readiness; returns true when the connection is finished.
-    pub fn on_ready(&mut self, _event: &Event, ctx: &mut Context) -> bool {
+    pub fn on_ready(&mut self, _event: &Event, view: &View) -> bool {
         if self.phase == Phase::Reading {
-            match self.read_request(ctx) {
+            match self.read_request(view) {
                 Ok(true) => {}
                 Ok(false) => return false,
                 Err(_) => return true,
@@ -107,7 +92,7 @@ impl AdminConn {
 
     /// Reads until the request head is complete; then builds the response. Ok(true) once a
     /// response is ready, Ok(false) to wait for more bytes.
-    fn read_request(&mut self, ctx: &mut Context) -> io::Result<bool> {
+    fn read_request(&mut self, view: &View) -> io::Result<bool> {
         let mut chunk = [0u8; 2048];
         // The client may send its FIN right behind the request (`nc -N`, HTTP/1.0 tools):
         // answer what came before it.
@@ -143,31 +128,33 @@ impl AdminConn {
                 let method = request.method.unwrap_or_default().to_string();
                 let path = request.path.unwrap_or_default();
                 let path = path.split('?').next().unwrap_or_default().to_string();
-                self.route(&method, &path, ctx);
+                self.route(&method, &path, view);
                 Ok(true)
             }
         }
     }
 
-    fn route(&mut self, method: &str, path: &str, ctx: &mut Context) {
+    fn route(&mut self, method: &str, path: &str, view: &View) {
         if method != "GET" && method != "HEAD" {
             self.respond(405, "text/plain", "only GET and HEAD\n");
         } else {
             match path {
                 "/metrics" => {
                     let mut body = String::with_capacity(16 * 1024);
-                    crate::metrics::render(ctx, &mut body);
+                    crate::admin::metrics::render(view, &mut body);
                     self.respond(200, "text/plain; version=0.0.4; charset=utf-8", &body);
                 }
                 "/healthz" => {
-                    if ctx.balancer.any_available(ctx.now) {
+                    if !view.lifecycle.is_running() {
+                        self.respond(503, "text/plain", "draining\n");
+                    } else if view.fleet.any_taking_sessions(clock::millis(view.now)) {
                         self.respond(200, "text/plain", "ok\n");
                     } else {
                         self.respond(503, "text/plain", "no backend is up\n");
                     }
                 }
                 "/backends" => {
-                    let body = backends_json(ctx);
+                    let body = backends_json(view);
                     self.respond(200, "application/json", &body);
                 }
                 _ => self.respond(
@@ -219,59 +206,30 @@ impl AdminConn {
         }
         Ok(true)
     }
-
-    /// Ends the connection (timer cancelled, socket closed).
-    pub fn finish(mut self, ctx: &mut Context) {
-        if let Some(timer) = self.timer.take() {
-            ctx.timers.cancel(timer);
-        }
-    }
-
-    /// Its time ran out (the timer is gone once it fired).
-    pub fn timed_out(&mut self) {
-        self.timer = None;
-    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// One word for a backend's state.
-pub fn state_word(b: &Backend, now: std::time::Instant) -> &'static str {
-    if b.is_removed() {
-        return "draining";
-    }
-    if !b.checks_up() {
-        return "down";
-    }
-    match b.breaker().state() {
-        BreakerState::Up => "up",
-        BreakerState::Down { until } if until > now => "down",
-        _ => "half_open",
-    }
-}
-
 /// `/backends`: every backend (draining ones too) with its state, weight and counters.
-fn backends_json(ctx: &mut Context) -> String {
-    let now = ctx.now;
-    let check_policy = ctx.balancer.check_policy();
-    let draining: Vec<_> = ctx.balancer.draining().to_vec();
+fn backends_json(view: &View) -> String {
+    let now = clock::millis(view.now);
+    let checks_on = view.fleet.policy().checks.is_some();
     let mut out = String::from("[");
-    for (i, b) in ctx
-        .balancer
+    for (i, b) in view
+        .fleet
         .backends()
-        .iter()
-        .chain(draining.iter())
+        .chain(view.fleet.draining())
         .enumerate()
     {
         if i > 0 {
             out.push(',');
         }
-        let checks = match check_policy {
-            None => "off",
-            Some(_) if b.checks_up() => "up",
-            Some(_) => "down",
+        let checks = match (checks_on, b.checks_up()) {
+            (false, _) => "off",
+            (true, true) => "up",
+            (true, false) => "down",
         };
         let _ = write!(
             out,
@@ -283,13 +241,13 @@ fn backends_json(ctx: &mut Context) -> String {
             json_string(&b.name),
             b.weight(),
             b.is_backup(),
-            state_word(b, now),
+            b.state(now).as_str(),
             b.active(),
-            b.stats.sessions.get(),
-            b.stats.connect_failures.get(),
+            Stat::get(&b.stats.sessions),
+            Stat::get(&b.stats.connect_failures),
             b.breaker().consecutive_failures(),
-            b.stats.bytes_sent.get(),
-            b.stats.bytes_received.get(),
+            Stat::get(&b.stats.bytes_sent),
+            Stat::get(&b.stats.bytes_received),
         );
     }
     out.push_str("\n]\n");

@@ -15,7 +15,7 @@
 
 use std::alloc::{self, Layout};
 use std::fmt;
-use std::io::{self, IoSliceMut, Read};
+use std::io::{self, IoSliceMut};
 use std::num::NonZeroU32;
 
 /// A handle to one buffer of the pool. Deliberately neither `Clone` nor `Copy`: a handle is
@@ -136,9 +136,13 @@ impl Pool {
         &mut self.arena[start..start + self.buffer_size]
     }
 
-    /// Reads from `src` into `bufs` in order (one `readv` for several buffers); returns the
-    /// bytes read. Up to four buffers.
-    pub fn read_into(&mut self, bufs: &[Option<Buf>], src: &mut impl Read) -> io::Result<usize> {
+    /// Hands `bufs` (one to four buffers, in order) to `read` as one scatter list and
+    /// returns what it returned: the bytes read into them.
+    pub fn read_into(
+        &mut self,
+        bufs: &[Option<Buf>],
+        read: impl FnOnce(&mut [IoSliceMut<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         let size = self.buffer_size;
         let range = |b: &Option<Buf>| match b {
             Some(b) => Ok(b.index() * size..(b.index() + 1) * size),
@@ -146,27 +150,27 @@ impl Pool {
         };
         let overlap = |_| io::Error::other("buffers overlap");
         match bufs {
-            [a] => src.read(&mut self.arena[range(a)?]),
+            [a] => read(&mut [IoSliceMut::new(&mut self.arena[range(a)?])]),
             [a, b] => {
                 let [x, y] = self
                     .arena
                     .get_disjoint_mut([range(a)?, range(b)?])
                     .map_err(overlap)?;
-                src.read_vectored(&mut [IoSliceMut::new(x), IoSliceMut::new(y)])
+                read(&mut [IoSliceMut::new(x), IoSliceMut::new(y)])
             }
             [a, b, c] => {
                 let [x, y, z] = self
                     .arena
                     .get_disjoint_mut([range(a)?, range(b)?, range(c)?])
                     .map_err(overlap)?;
-                src.read_vectored(&mut [IoSliceMut::new(x), IoSliceMut::new(y), IoSliceMut::new(z)])
+                read(&mut [IoSliceMut::new(x), IoSliceMut::new(y), IoSliceMut::new(z)])
             }
             [a, b, c, d] => {
                 let [w, x, y, z] = self
                     .arena
                     .get_disjoint_mut([range(a)?, range(b)?, range(c)?, range(d)?])
                     .map_err(overlap)?;
-                src.read_vectored(&mut [
+                read(&mut [
                     IoSliceMut::new(w),
                     IoSliceMut::new(x),
                     IoSliceMut::new(y),
@@ -259,7 +263,12 @@ mod tests {
         let mut pool = Pool::new(1024, 8).expect("pool");
         let bufs = [pool.take(), pool.take(), pool.take()];
         let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
-        let n = pool.read_into(&bufs, &mut &data[..]).expect("read");
+        let mut src = &data[..];
+        let n = pool
+            .read_into(&bufs, |slices| {
+                std::io::Read::read_vectored(&mut src, slices)
+            })
+            .expect("read");
         assert_eq!(n, 2500);
         let got: Vec<u8> = bufs
             .iter()
@@ -271,7 +280,7 @@ mod tests {
         for buf in bufs.into_iter().flatten() {
             pool.give(buf);
         }
-        assert!(pool.read_into(&[None], &mut &data[..]).is_err());
+        assert!(pool.read_into(&[None], |_| Ok(0)).is_err());
     }
 
     #[test]

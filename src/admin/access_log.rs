@@ -5,64 +5,110 @@
 //! 2026-11-23T03:24:31.123Z client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
 //! ```
 //!
-//! Lines are formatted into one buffer during a turn of the loop and handed, once per turn,
-//! to a writer thread: a slow disk or a stalled pipe never blocks the reactor. If the writer
-//! falls more than a few batches behind, batches are dropped and counted. When the log is
-//! off none of this exists.
+//! Each worker formats its lines into its own batch during a turn of its loop and hands the
+//! batch, once per turn, to the one writer thread every worker shares: a slow disk or a
+//! stalled pipe never blocks an event loop, and lines from different workers never
+//! interleave mid-line. If the writer falls more than a few batches behind, batches are
+//! dropped and counted. When the log is off none of this exists.
 
-use crate::session::{EndReason, SessionSummary};
+use crate::stats::{EndReason, SessionSummary};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Batches that may wait for the writer before new ones are dropped.
 const BACKLOG_BATCHES: usize = 64;
 
+/// A batch on its way to the writer, with where to send the emptied buffer back.
+struct Batch {
+    bytes: Vec<u8>,
+    recycle: Sender<Vec<u8>>,
+}
+
+/// The writer thread, owned by the control thread.
 pub struct AccessLog {
+    writer: Option<JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// One worker's end: formats lines and hands them over once per turn.
+pub struct AccessLogBatch {
     batch: Vec<u8>,
     lines: u64,
-    dropped: u64,
-    full: Option<SyncSender<Vec<u8>>>,
+    full: SyncSender<Batch>,
+    recycle: Sender<Vec<u8>>,
     empty: Receiver<Vec<u8>>,
-    writer: Option<JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
-    /// Opens `path` for appending (`-` = standard output) and starts the writer thread.
-    pub fn open(path: &Path) -> io::Result<AccessLog> {
+    /// Opens `path` for appending (`-` = standard output), starts the writer thread and
+    /// returns one batch handle per worker.
+    pub fn open(path: &Path, workers: usize) -> io::Result<(AccessLog, Vec<AccessLogBatch>)> {
         let mut out: File = if path == Path::new("-") {
             File::from(io::stdout().as_fd().try_clone_to_owned()?)
         } else {
             OpenOptions::new().create(true).append(true).open(path)?
         };
-        let (full, to_write) = mpsc::sync_channel::<Vec<u8>>(BACKLOG_BATCHES);
-        let (recycle, empty) = mpsc::channel::<Vec<u8>>();
+        let (full, to_write) = mpsc::sync_channel::<Batch>(BACKLOG_BATCHES);
         let writer = std::thread::Builder::new()
             .name("access-log".to_string())
             .spawn(move || {
-                for mut batch in to_write {
-                    if let Err(e) = out.write_all(&batch) {
+                for Batch { mut bytes, recycle } in to_write {
+                    if let Err(e) = out.write_all(&bytes) {
                         log::warn!("access log write failed: {e}");
                     }
-                    batch.clear();
-                    let _ = recycle.send(batch);
+                    bytes.clear();
+                    let _ = recycle.send(bytes);
                 }
                 let _ = out.flush();
             })?;
-        Ok(AccessLog {
-            batch: Vec::with_capacity(16 * 1024),
-            lines: 0,
-            dropped: 0,
-            full: Some(full),
-            empty,
-            writer: Some(writer),
-        })
+        let dropped = Arc::new(AtomicU64::new(0));
+        let batches = (0..workers)
+            .map(|_| {
+                let (recycle, empty) = mpsc::channel();
+                AccessLogBatch {
+                    batch: Vec::with_capacity(16 * 1024),
+                    lines: 0,
+                    full: full.clone(),
+                    recycle,
+                    empty,
+                    dropped: Arc::clone(&dropped),
+                }
+            })
+            .collect();
+        Ok((
+            AccessLog {
+                writer: Some(writer),
+                dropped,
+            },
+            batches,
+        ))
     }
 
+    /// Lines dropped so far because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AccessLog {
+    /// Waits for the writer to write out what it was given (at exit, once every worker has
+    /// handed over its last batch and dropped its end).
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl AccessLogBatch {
     /// Formats one line into this turn's batch: how `session` went and how it `ended`.
     pub fn record(&mut self, session: &SessionSummary, ended: EndReason, now: SystemTime) {
         let b = &mut self.batch;
@@ -98,36 +144,24 @@ impl AccessLog {
         if self.batch.is_empty() {
             return;
         }
-        let Some(full) = &self.full else { return };
         let next = self
             .empty
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(16 * 1024));
-        match full.try_send(std::mem::replace(&mut self.batch, next)) {
+        let batch = Batch {
+            bytes: std::mem::replace(&mut self.batch, next),
+            recycle: self.recycle.clone(),
+        };
+        match self.full.try_send(batch) {
             Ok(()) => {}
-            Err(TrySendError::Full(mut batch) | TrySendError::Disconnected(mut batch)) => {
-                self.dropped += self.lines;
-                batch.clear();
-                self.batch = batch;
+            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
+                self.dropped.fetch_add(self.lines, Ordering::Relaxed);
+                let mut bytes = batch.bytes;
+                bytes.clear();
+                self.batch = bytes;
             }
         }
         self.lines = 0;
-    }
-
-    /// Lines dropped so far because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-}
-
-impl Drop for AccessLog {
-    /// Writes out what is left and waits for the writer (at exit).
-    fn drop(&mut self) {
-        self.flush();
-        self.full = None;
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
     }
 }
 
@@ -188,7 +222,8 @@ mod tests {
     fn lines_reach_the_file() {
         let dir = std::env::temp_dir().join(format!("tcplb-access-{}", std::process::id()));
         let _ = std::fs::remove_file(&dir);
-        let mut log = AccessLog::open(&dir).expect("open");
+        let (writer, mut batches) = AccessLog::open(&dir, 1).expect("open");
+        let mut log = batches.pop().expect("one batch");
         log.record(
             &SessionSummary {
                 client_addr: "10.1.2.3:51234".parse().expect("addr"),
@@ -217,6 +252,7 @@ mod tests {
         );
         log.flush();
         drop(log);
+        drop(writer);
         let text = std::fs::read_to_string(&dir).expect("read");
         let _ = std::fs::remove_file(&dir);
         assert_eq!(

@@ -1,6 +1,8 @@
 //! Whether a backend should get new sessions: a passive circuit breaker fed by real connects,
-//! and the state of active health checks fed by probes. Pure state machines, no I/O; the
-//! probes themselves live in `probe.rs`.
+//! and the state of active health checks fed by probes. Pure state machines, plus their
+//! atomic homes ([`SharedBreaker`], [`SharedChecks`]) so every worker and the prober see one
+//! breaker and one check state per backend. Times are milliseconds since the process epoch
+//! (`clock.rs`).
 //!
 //! ## Passive: the circuit breaker
 //! ```text
@@ -12,19 +14,17 @@
 //!                                    │                               │ trial succeeds
 //!                                    └───────────────────────────────┴──────────► Up
 //! ```
-//! `--max-fails 0` turns the breaker off.
+//! `--max-fails 0` turns the breaker off. Failures count from every worker, and the one
+//! half-open trial is one for the whole process: the state is one atomic word, changed by
+//! compare-and-swap.
 //!
 //! ## Active: health checks
 //! Every `--health-interval` a probe connects to the backend. `--fall` failures in a row mark
 //! it down, `--rise` successes in a row mark it up. A backend starts up, so a restart of
 //! tcplb does not hold traffic back until the first checks pass.
-//!
-//! ## Combined
-//! A backend takes new sessions when its checks say up (or checks are off) *and* its breaker
-//! allows. Checks coming back up close the breaker too: the probe has just shown that connects
-//! succeed.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The longest a cool-down grows to by doubling.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
@@ -38,12 +38,21 @@ pub struct BreakerPolicy {
     pub fail_timeout: Duration,
 }
 
+impl BreakerPolicy {
+    /// The cool-down after `doublings` failed trials, in milliseconds.
+    fn cooldown_ms(&self, doublings: u32) -> u64 {
+        let base = self.fail_timeout.as_millis() as u64;
+        let cap = (MAX_COOLDOWN.as_millis() as u64).max(base);
+        base.saturating_mul(1u64 << doublings.min(40)).min(cap)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
     Up,
-    /// No new sessions until `until`; then one trial.
+    /// No new sessions until `until` (ms); then one trial.
     Down {
-        until: Instant,
+        until: u64,
     },
     /// The cool-down is over: one trial session decides. `trial` = it is under way.
     HalfOpen {
@@ -54,28 +63,34 @@ pub enum BreakerState {
 /// A change worth a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
-    WentDown { cooldown: Duration },
+    WentDown { cooldown: Duration, until: u64 },
     CameUp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Breaker {
     state: BreakerState,
-    /// Failed connects in a row.
+    /// Failed connects in a row (saturates at 65535).
     fails: u32,
-    /// The cool-down the next opening uses.
-    cooldown: Duration,
+    /// Failed trials since the last success: the next cool-down is doubled this often.
+    doublings: u32,
 }
 
-impl Breaker {
-    pub fn new(policy: BreakerPolicy) -> Breaker {
+impl Default for Breaker {
+    fn default() -> Breaker {
         Breaker {
             state: BreakerState::Up,
             fails: 0,
-            cooldown: policy.fail_timeout,
+            doublings: 0,
         }
     }
+}
 
+const MAX_FAILS_KEPT: u32 = 0xffff;
+const MAX_DOUBLINGS: u32 = 31;
+const MAX_UNTIL: u64 = (1 << 40) - 1;
+
+impl Breaker {
     pub fn state(&self) -> BreakerState {
         self.state
     }
@@ -85,8 +100,8 @@ impl Breaker {
         self.fails
     }
 
-    /// May a new session go there now?
-    pub fn allows(&self, now: Instant) -> bool {
+    /// May a new session go there at `now`?
+    pub fn allows(&self, now: u64) -> bool {
         match self.state {
             BreakerState::Up => true,
             BreakerState::Down { until } => now >= until,
@@ -96,11 +111,11 @@ impl Breaker {
 
     /// When it will next allow a session (`now` if it does already): orders backends for
     /// failing open.
-    pub fn allows_from(&self, now: Instant) -> Instant {
+    pub fn allows_from(&self, now: u64, policy: BreakerPolicy) -> u64 {
         match self.state {
             BreakerState::Down { until } => until.max(now),
             // A trial under way: after the cool-down it would get if that trial fails.
-            BreakerState::HalfOpen { trial: true } => now + self.cooldown,
+            BreakerState::HalfOpen { trial: true } => now + policy.cooldown_ms(self.doublings),
             _ => now,
         }
     }
@@ -110,7 +125,7 @@ impl Breaker {
     /// backend is) is not a trial: its failure leaves the cool-down as it is, or a few
     /// clients during a fleet-wide outage would double every backend's cool-down again and
     /// again, and after the outage all but one would stay out for up to [`MAX_COOLDOWN`].
-    pub fn on_pick(&mut self, now: Instant) -> bool {
+    pub fn on_pick(&mut self, now: u64) -> bool {
         match self.state {
             BreakerState::Up => false,
             BreakerState::Down { until } if now >= until => {
@@ -127,9 +142,9 @@ impl Breaker {
     }
 
     /// A connect succeeded.
-    pub fn on_success(&mut self, policy: BreakerPolicy) -> Option<Transition> {
+    pub fn on_success(&mut self) -> Option<Transition> {
         self.fails = 0;
-        self.cooldown = policy.fail_timeout;
+        self.doublings = 0;
         match self.state {
             BreakerState::Up => None,
             _ => {
@@ -144,32 +159,33 @@ impl Breaker {
     /// when the breaker opened changes nothing.
     pub fn on_failure(
         &mut self,
-        now: Instant,
+        now: u64,
         policy: BreakerPolicy,
         trial: bool,
     ) -> Option<Transition> {
-        self.fails = self.fails.saturating_add(1);
+        self.fails = (self.fails + 1).min(MAX_FAILS_KEPT);
         if policy.max_fails == 0 {
             return None;
         }
         match self.state {
-            BreakerState::Up if self.fails < policy.max_fails => None,
-            BreakerState::Up => Some(self.open(now)),
+            BreakerState::Up if self.fails < policy.max_fails.min(MAX_FAILS_KEPT) => None,
+            BreakerState::Up => Some(self.open(now, policy)),
             // A trial failed: wait twice as long next time.
             BreakerState::HalfOpen { .. } | BreakerState::Down { .. } if trial => {
-                self.cooldown = (self.cooldown * 2).min(MAX_COOLDOWN.max(policy.fail_timeout));
-                Some(self.open(now))
+                self.doublings = (self.doublings + 1).min(MAX_DOUBLINGS);
+                Some(self.open(now, policy))
             }
             BreakerState::HalfOpen { .. } | BreakerState::Down { .. } => None,
         }
     }
 
-    fn open(&mut self, now: Instant) -> Transition {
-        self.state = BreakerState::Down {
-            until: now + self.cooldown,
-        };
+    fn open(&mut self, now: u64, policy: BreakerPolicy) -> Transition {
+        let cooldown = policy.cooldown_ms(self.doublings);
+        let until = (now + cooldown).min(MAX_UNTIL);
+        self.state = BreakerState::Down { until };
         Transition::WentDown {
-            cooldown: self.cooldown,
+            cooldown: Duration::from_millis(cooldown),
+            until,
         }
     }
 
@@ -181,8 +197,67 @@ impl Breaker {
     }
 
     /// Active checks say the backend accepts connects again: close the breaker.
-    pub fn reset(&mut self, policy: BreakerPolicy) {
-        *self = Breaker::new(policy);
+    pub fn reset(&mut self) {
+        *self = Breaker::default();
+    }
+
+    /// Packs into one word: state (2 bits), trial (1), doublings (5), fails (16), until (40).
+    fn pack(self) -> u64 {
+        let (tag, trial, until) = match self.state {
+            BreakerState::Up => (0u64, 0u64, 0u64),
+            BreakerState::Down { until } => (1, 0, until.min(MAX_UNTIL)),
+            BreakerState::HalfOpen { trial } => (2, u64::from(trial), 0),
+        };
+        tag | trial << 2
+            | u64::from(self.doublings.min(MAX_DOUBLINGS)) << 3
+            | u64::from(self.fails.min(MAX_FAILS_KEPT)) << 8
+            | until << 24
+    }
+
+    fn unpack(word: u64) -> Breaker {
+        let state = match word & 3 {
+            0 => BreakerState::Up,
+            1 => BreakerState::Down { until: word >> 24 },
+            _ => BreakerState::HalfOpen {
+                trial: word & 4 != 0,
+            },
+        };
+        Breaker {
+            state,
+            doublings: ((word >> 3) & 0x1f) as u32,
+            fails: ((word >> 8) & 0xffff) as u32,
+        }
+    }
+}
+
+/// A breaker every worker reads and changes: one word, updated by compare-and-swap, so
+/// exactly one session can become the half-open trial.
+#[derive(Debug, Default)]
+pub struct SharedBreaker(AtomicU64);
+
+impl SharedBreaker {
+    pub fn get(&self) -> Breaker {
+        Breaker::unpack(self.0.load(Ordering::Acquire))
+    }
+
+    /// Applies `change` atomically and returns what it returned.
+    pub fn update<R>(&self, mut change: impl FnMut(&mut Breaker) -> R) -> R {
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            let mut breaker = Breaker::unpack(current);
+            let result = change(&mut breaker);
+            let next = breaker.pack();
+            if next == current {
+                return result;
+            }
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return result,
+                Err(actual) => current = actual,
+            }
+        }
     }
 }
 
@@ -234,6 +309,37 @@ impl CheckState {
     }
 }
 
+/// A check state every worker reads; only the prober writes it.
+#[derive(Debug)]
+pub struct SharedChecks(AtomicU64);
+
+impl Default for SharedChecks {
+    fn default() -> SharedChecks {
+        SharedChecks(AtomicU64::new(1))
+    }
+}
+
+impl SharedChecks {
+    pub fn get(&self) -> CheckState {
+        let word = self.0.load(Ordering::Acquire);
+        CheckState {
+            up: word & 1 != 0,
+            streak: (word >> 1) as u32,
+        }
+    }
+
+    /// Folds in one probe result; returns the new state if it flipped.
+    pub fn record(&self, passed: bool, policy: CheckPolicy) -> Option<bool> {
+        let mut state = self.get();
+        let flipped = state.record(passed, policy);
+        self.0.store(
+            u64::from(state.up) | u64::from(state.streak) << 1,
+            Ordering::Release,
+        );
+        flipped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,125 +348,128 @@ mod tests {
         max_fails: 3,
         fail_timeout: Duration::from_secs(10),
     };
+    const S: u64 = 1000;
 
     #[test]
     fn opens_after_max_fails_in_a_row_and_a_success_resets_the_count() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(POLICY);
+        let t0 = 5 * S;
+        let mut b = Breaker::default();
         assert_eq!(b.on_failure(t0, POLICY, false), None);
         assert_eq!(b.on_failure(t0, POLICY, false), None);
-        assert_eq!(b.on_success(POLICY), None);
+        assert_eq!(b.on_success(), None);
         assert_eq!(b.consecutive_failures(), 0);
         assert_eq!(b.on_failure(t0, POLICY, false), None);
         assert_eq!(b.on_failure(t0, POLICY, false), None);
         assert_eq!(
             b.on_failure(t0, POLICY, false),
             Some(Transition::WentDown {
-                cooldown: Duration::from_secs(10)
+                cooldown: Duration::from_secs(10),
+                until: t0 + 10 * S
             })
         );
         assert!(!b.allows(t0));
-        assert!(!b.allows(t0 + Duration::from_secs(9)));
-        assert!(b.allows(t0 + Duration::from_secs(10)));
+        assert!(!b.allows(t0 + 9 * S));
+        assert!(b.allows(t0 + 10 * S));
     }
 
     #[test]
     fn half_open_lets_exactly_one_trial_through() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(POLICY);
+        let t0 = 0;
+        let mut b = Breaker::default();
         for _ in 0..3 {
             b.on_failure(t0, POLICY, false);
         }
-        let later = t0 + Duration::from_secs(10);
+        let later = t0 + 10 * S;
         assert!(
             b.on_pick(later),
             "the first pick after the cool-down is the trial"
         );
         assert_eq!(b.state(), BreakerState::HalfOpen { trial: true });
         assert!(!b.allows(later), "no second session while the trial runs");
-        assert_eq!(b.on_success(POLICY), Some(Transition::CameUp));
+        assert_eq!(b.on_success(), Some(Transition::CameUp));
         assert!(b.allows(later));
         assert!(!b.on_pick(later));
     }
 
     #[test]
     fn a_failed_trial_doubles_the_cooldown_up_to_the_cap() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(POLICY);
+        let mut b = Breaker::default();
         for _ in 0..3 {
-            b.on_failure(t0, POLICY, false);
+            b.on_failure(0, POLICY, false);
         }
-        let mut now = t0 + Duration::from_secs(10);
+        let mut now = 10 * S;
         let mut expected = Duration::from_secs(10);
         for _ in 0..8 {
             assert!(b.on_pick(now));
             expected = (expected * 2).min(MAX_COOLDOWN);
+            let until = now + expected.as_millis() as u64;
             assert_eq!(
                 b.on_failure(now, POLICY, true),
-                Some(Transition::WentDown { cooldown: expected })
+                Some(Transition::WentDown {
+                    cooldown: expected,
+                    until
+                })
             );
-            assert!(!b.allows(now + expected - Duration::from_millis(1)));
-            now += expected;
+            assert!(!b.allows(until - 1));
+            now = until;
             assert!(b.allows(now));
         }
         assert_eq!(expected, MAX_COOLDOWN);
         // Recovery resets the cool-down to the configured one.
         assert!(b.on_pick(now));
-        assert_eq!(b.on_success(POLICY), Some(Transition::CameUp));
+        assert_eq!(b.on_success(), Some(Transition::CameUp));
         for _ in 0..3 {
             b.on_failure(now, POLICY, true);
         }
-        assert_eq!(b.allows_from(now), now + Duration::from_secs(10));
+        assert_eq!(b.allows_from(now, POLICY), now + 10 * S);
     }
 
     #[test]
     fn connects_already_under_way_when_it_opens_do_not_stretch_the_cooldown() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(POLICY);
+        let mut b = Breaker::default();
         for _ in 0..3 {
-            b.on_failure(t0, POLICY, false);
+            b.on_failure(0, POLICY, false);
         }
         for _ in 0..7 {
-            assert_eq!(b.on_failure(t0, POLICY, false), None);
+            assert_eq!(b.on_failure(0, POLICY, false), None);
         }
-        assert!(b.allows(t0 + Duration::from_secs(10)));
+        assert!(b.allows(10 * S));
     }
 
     #[test]
     fn failing_open_is_not_a_trial_and_does_not_stretch_the_cooldown() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(POLICY);
+        let mut b = Breaker::default();
         for _ in 0..3 {
-            b.on_failure(t0, POLICY, false);
+            b.on_failure(0, POLICY, false);
         }
-        let soon = t0 + Duration::from_secs(1);
+        let soon = S;
         for _ in 0..5 {
             assert!(!b.on_pick(soon), "picked while down: every backend is down");
             assert_eq!(b.on_failure(soon, POLICY, false), None);
         }
-        assert_eq!(b.allows_from(soon), t0 + Duration::from_secs(10));
+        assert_eq!(b.allows_from(soon, POLICY), 10 * S);
         // The real trial after the cool-down still doubles it when it fails.
-        let later = t0 + Duration::from_secs(10);
+        let later = 10 * S;
         assert!(b.on_pick(later));
         assert_eq!(
             b.on_failure(later, POLICY, true),
             Some(Transition::WentDown {
-                cooldown: Duration::from_secs(20)
+                cooldown: Duration::from_secs(20),
+                until: later + 20 * S
             })
         );
         // A fail-open attempt that succeeds brings it up.
         assert!(!b.on_pick(later));
-        assert_eq!(b.on_success(POLICY), Some(Transition::CameUp));
+        assert_eq!(b.on_success(), Some(Transition::CameUp));
     }
 
     #[test]
     fn an_abandoned_trial_lets_another_one_try() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(POLICY);
+        let mut b = Breaker::default();
         for _ in 0..3 {
-            b.on_failure(t0, POLICY, false);
+            b.on_failure(0, POLICY, false);
         }
-        let later = t0 + Duration::from_secs(11);
+        let later = 11 * S;
         assert!(b.on_pick(later));
         b.on_trial_abandoned();
         assert!(b.allows(later));
@@ -373,12 +482,62 @@ mod tests {
             max_fails: 0,
             ..POLICY
         };
-        let t0 = Instant::now();
-        let mut b = Breaker::new(off);
+        let mut b = Breaker::default();
         for _ in 0..100 {
-            assert_eq!(b.on_failure(t0, off, false), None);
+            assert_eq!(b.on_failure(0, off, false), None);
         }
-        assert!(b.allows(t0));
+        assert!(b.allows(0));
+    }
+
+    #[test]
+    fn packing_keeps_every_field() {
+        let cases = [
+            Breaker::default(),
+            Breaker {
+                state: BreakerState::Down {
+                    until: 123_456_789_012,
+                },
+                fails: 70_000,
+                doublings: 5,
+            },
+            Breaker {
+                state: BreakerState::HalfOpen { trial: true },
+                fails: 3,
+                doublings: 31,
+            },
+            Breaker {
+                state: BreakerState::HalfOpen { trial: false },
+                fails: 0,
+                doublings: 0,
+            },
+        ];
+        for b in cases {
+            let mut expected = b;
+            expected.fails = expected.fails.min(MAX_FAILS_KEPT);
+            assert_eq!(Breaker::unpack(b.pack()), expected);
+        }
+    }
+
+    #[test]
+    fn one_trial_across_threads() {
+        let shared = std::sync::Arc::new(SharedBreaker::default());
+        for _ in 0..3 {
+            shared.update(|b| b.on_failure(0, POLICY, false));
+        }
+        let trials: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let shared = &shared;
+                    s.spawn(move || {
+                        (0..1000)
+                            .filter(|_| shared.update(|b| b.on_pick(10 * S)))
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).sum()
+        });
+        assert_eq!(trials, 1, "exactly one trial whatever the threads");
     }
 
     #[test]
@@ -388,17 +547,17 @@ mod tests {
             rise: 2,
             fall: 3,
         };
-        let mut c = CheckState::default();
-        assert!(c.is_up());
+        let c = SharedChecks::default();
+        assert!(c.get().is_up());
         assert_eq!(c.record(false, policy), None);
         assert_eq!(c.record(false, policy), None);
         assert_eq!(c.record(true, policy), None, "a pass breaks the streak");
         assert_eq!(c.record(false, policy), None);
         assert_eq!(c.record(false, policy), None);
         assert_eq!(c.record(false, policy), Some(false));
-        assert!(!c.is_up());
+        assert!(!c.get().is_up());
         assert_eq!(c.record(true, policy), None);
         assert_eq!(c.record(true, policy), Some(true));
-        assert!(c.is_up());
+        assert!(c.get().is_up());
     }
 }

@@ -24,12 +24,10 @@
 //! FIN that follows at once rides in the same segment: one packet fewer per closing
 //! direction, and the kernel work that packet costs on both ends.
 
-use crate::pool::{Buf, Pool};
+use crate::worker::pool::{Buf, Pool};
+use crate::worker::stream::Stream;
 use mio::event::Event;
-use mio::net::TcpStream;
-use socket2::SockRef;
-use std::io::{self, IoSlice, Write};
-use std::net::Shutdown;
+use std::io::{self, IoSlice};
 
 /// Reads one pipe may make per turn before it lets other sessions run: with gathered reads
 /// at most 128 KiB a turn. Measured with four concurrent 64 MiB downloads: a budget of 8
@@ -73,12 +71,6 @@ impl Readiness {
         self.error |= failed;
     }
 }
-
-/// `MSG_MORE` where the platform has it: hold this data back for what follows at once.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const MSG_MORE: libc::c_int = libc::MSG_MORE;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const MSG_MORE: libc::c_int = 0;
 
 /// Why a pump stopped without failing.
 #[derive(Debug, PartialEq, Eq)]
@@ -199,11 +191,11 @@ impl Pipe {
     /// Moves bytes from `src` to `dst` until both block. `closing` says the session closes
     /// as soon as this pipe is done, so the end of stream need not be sent with `shutdown`:
     /// closing the socket sends it.
-    pub fn pump(
+    pub fn pump<S: Stream + ?Sized, D: Stream + ?Sized>(
         &mut self,
-        src: &mut TcpStream,
+        src: &mut S,
         src_ready: &mut Readiness,
-        dst: &mut TcpStream,
+        dst: &mut D,
         dst_ready: &mut Readiness,
         pool: &mut Pool,
         closing: bool,
@@ -232,7 +224,7 @@ impl Pipe {
             if self.eof {
                 if !self.shut {
                     if !closing {
-                        match dst.shutdown(Shutdown::Write) {
+                        match dst.shutdown_write() {
                             Ok(()) => {}
                             // The peer is already gone; closing will tell the rest.
                             Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
@@ -269,19 +261,13 @@ impl Pipe {
 
     /// Writes what is in flight. Ok(true) when all of it went, Ok(false) when the socket
     /// took only part (its send buffer is full).
-    fn write(&mut self, dst: &mut TcpStream, pool: &mut Pool) -> io::Result<bool> {
+    fn write<D: Stream + ?Sized>(&mut self, dst: &mut D, pool: &mut Pool) -> io::Result<bool> {
         let mut slices = [IoSlice::new(&[]); MAX_GATHER];
         let count = self.chain.slices(pool, &mut slices);
         let slices = &slices[..count];
         let offered: usize = slices.iter().map(|s| s.len()).sum();
-        let n = if self.eof {
-            // The FIN follows these bytes at once: let it share their segment.
-            SockRef::from(&*dst).send_vectored_with_flags(slices, MSG_MORE | libc::MSG_NOSIGNAL)?
-        } else if count == 1 {
-            dst.write(slices[0].as_ref())?
-        } else {
-            dst.write_vectored(slices)?
-        };
+        // After EOF the FIN follows these bytes at once: let it share their segment.
+        let n = dst.write_vectored(slices, self.eof)?;
         self.moved += n as u64;
         self.chain.consume(n, pool);
         Ok(n == offered)
@@ -289,9 +275,9 @@ impl Pipe {
 
     /// Reads into fresh pool buffers: one, or several while the source keeps filling them.
     /// Ok(false) when the pool has no buffer to give.
-    fn read(
+    fn read<S: Stream + ?Sized>(
         &mut self,
-        src: &mut TcpStream,
+        src: &mut S,
         src_ready: &mut Readiness,
         pool: &mut Pool,
     ) -> io::Result<bool> {
@@ -316,7 +302,7 @@ impl Pipe {
             return Ok(false);
         }
         let asked = got * pool.buffer_size();
-        let result = pool.read_into(&bufs[..got], src);
+        let result = pool.read_into(&bufs[..got], |slices| src.read_vectored(slices));
         let n = match result {
             Ok(n) => n,
             Err(e) => {
@@ -358,5 +344,205 @@ impl Pipe {
     /// Gives the buffers back, dropping any bytes not yet written (the session is ending).
     pub fn release(&mut self, pool: &mut Pool) {
         self.chain.release(pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::stream::scripted::{Read, Scripted};
+
+    fn ready() -> Readiness {
+        Readiness {
+            readable: true,
+            writable: true,
+            ..Readiness::default()
+        }
+    }
+
+    fn bytes(seed: u8, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    struct Rig {
+        pipe: Pipe,
+        src: Scripted,
+        dst: Scripted,
+        src_ready: Readiness,
+        dst_ready: Readiness,
+        pool: Pool,
+    }
+
+    impl Rig {
+        fn new(reads: impl IntoIterator<Item = Read>) -> Rig {
+            Rig {
+                pipe: Pipe::default(),
+                src: Scripted::reading(reads),
+                dst: Scripted::default(),
+                src_ready: ready(),
+                dst_ready: ready(),
+                pool: Pool::new(1024, 16).expect("pool"),
+            }
+        }
+
+        fn pump(&mut self, closing: bool) -> Result<Flow, Fault> {
+            self.pipe.pump(
+                &mut self.src,
+                &mut self.src_ready,
+                &mut self.dst,
+                &mut self.dst_ready,
+                &mut self.pool,
+                closing,
+            )
+        }
+    }
+
+    #[test]
+    fn bytes_cross_in_order_and_the_end_is_passed_on() {
+        let (a, b) = (bytes(1, 700), bytes(2, 3000));
+        let mut rig = Rig::new([Read::Data(a.clone()), Read::Data(b.clone()), Read::Eof]);
+        // Short reads mean "empty for now": the test marks the source readable again.
+        while !rig.pipe.is_done() {
+            assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+            rig.src_ready.readable = true;
+        }
+        assert_eq!(rig.dst.written, [a, b].concat());
+        assert!(rig.dst.shut, "EOF passed on as shutdown(Write)");
+        assert_eq!(rig.pipe.moved(), 3700);
+        assert_eq!(rig.pool.free(), 16, "every buffer back");
+    }
+
+    #[test]
+    fn a_partial_write_keeps_the_rest_until_the_destination_drains() {
+        let data = bytes(3, 900);
+        let mut rig = Rig::new([Read::Data(data.clone())]);
+        rig.dst.write_room = Some(100);
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert_eq!(rig.dst.written.len(), 100);
+        assert!(
+            !rig.dst_ready.writable,
+            "a short write means the send buffer is full"
+        );
+        assert_eq!(rig.pipe.buffers_held(), 1, "the rest waits in its buffer");
+        // Still full: nothing is written, nothing more is read.
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert_eq!(rig.dst.written.len(), 100);
+        // Drained.
+        rig.dst.write_room = None;
+        rig.dst_ready.writable = true;
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert_eq!(rig.dst.written, data);
+        assert_eq!(
+            rig.pipe.buffers_held(),
+            0,
+            "the buffer went back once written"
+        );
+    }
+
+    #[test]
+    fn would_block_on_read_waits_for_the_next_edge() {
+        let mut rig = Rig::new([Read::WouldBlock]);
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert!(!rig.src_ready.readable);
+        assert_eq!(rig.pool.free(), 16);
+    }
+
+    #[test]
+    fn an_empty_pool_stops_reading_and_asks_for_a_buffer() {
+        let mut rig = Rig::new([Read::Data(bytes(4, 10))]);
+        let taken: Vec<_> = (0..16).map(|_| rig.pool.take().expect("free")).collect();
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::NeedBuffer);
+        assert_eq!(rig.src.read_calls, 0, "nothing read without a buffer");
+        for b in taken {
+            rig.pool.give(b);
+        }
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert_eq!(rig.dst.written, bytes(4, 10));
+    }
+
+    #[test]
+    fn a_reset_while_reading_is_the_sources_fault() {
+        let mut rig = Rig::new([
+            Read::Data(bytes(5, 64)),
+            Read::Fail(io::ErrorKind::ConnectionReset),
+        ]);
+        // The first read fills less than asked: readable is cleared; the reset comes on the
+        // next edge.
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        rig.src_ready.readable = true;
+        match rig.pump(false) {
+            Err(Fault::Source(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+            other => panic!("expected a source fault, got {other:?}"),
+        }
+        assert_eq!(
+            rig.dst.written,
+            bytes(5, 64),
+            "what came before the reset went through"
+        );
+    }
+
+    #[test]
+    fn a_failing_write_is_the_destinations_fault() {
+        let mut rig = Rig::new([Read::Data(bytes(6, 64))]);
+        rig.dst.write_error = Some(io::ErrorKind::BrokenPipe);
+        match rig.pump(false) {
+            Err(Fault::Destination(e)) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),
+            other => panic!("expected a destination fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bulk_source_yields_after_its_turn_budget() {
+        // Each read fills every buffer offered: the pipe gathers, then yields.
+        let chunks = (0..10).map(|i| Read::Data(bytes(i, 64 * 1024)));
+        let mut rig = Rig::new(chunks);
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Yielded);
+        assert_eq!(rig.src.read_calls, TURN_BUDGET as usize);
+        assert!(rig.src_ready.readable, "work left: still readable");
+    }
+
+    #[test]
+    fn after_a_clean_fin_a_short_read_is_the_end_without_another_read() {
+        let data = bytes(7, 500);
+        let mut rig = Rig::new([Read::Data(data.clone())]);
+        rig.src_ready.fin = true;
+        rig.src_ready.read_closed = true;
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert_eq!(rig.src.read_calls, 1, "EOF inferred from the short read");
+        assert!(rig.pipe.eof() && rig.pipe.is_done());
+        assert_eq!(rig.dst.written, data);
+        assert_eq!(
+            rig.dst.written_with_more, 1,
+            "the last bytes ride with the FIN"
+        );
+        assert!(rig.dst.shut);
+    }
+
+    #[test]
+    fn when_the_session_closes_next_the_end_is_left_to_the_close() {
+        let mut rig = Rig::new([Read::Eof]);
+        assert_eq!(rig.pump(true).expect("no fault"), Flow::Blocked);
+        assert!(rig.pipe.is_done());
+        assert!(
+            !rig.dst.shut,
+            "no shutdown: closing the socket sends the FIN"
+        );
+    }
+
+    #[test]
+    fn urgent_data_keeps_reading_past_a_short_read() {
+        let mut rig = Rig::new([
+            Read::Data(bytes(8, 10)),
+            Read::Data(bytes(9, 10)),
+            Read::WouldBlock,
+        ]);
+        rig.src_ready.urgent = true;
+        // Two short reads, and the source is still taken as readable: its turn ends.
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Yielded);
+        assert_eq!(rig.dst.written, [bytes(8, 10), bytes(9, 10)].concat());
+        assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
+        assert!(!rig.src_ready.urgent, "cleared at WouldBlock");
     }
 }

@@ -1,57 +1,17 @@
 //! Prometheus text exposition: a small encoder (families with `# HELP` and `# TYPE`, escaped
-//! label values, histograms), the histogram type the reactor updates, and the conventional
+//! label values, histograms), the rendering of every family, and the conventional
 //! `process_*` collector read from `/proc`.
 //!
-//! Updates on the data path are plain integer (and float) additions on the reactor thread;
-//! everything else happens only when `/metrics` is scraped.
+//! Updates on the data path are single-writer atomic stores on each worker (`stats.rs`) and
+//! atomic additions on the shared backends; everything here happens only when `/metrics`
+//! is scraped, on the control thread, which adds up every worker's figures.
 
-use crate::balancer::Backend;
-use crate::context::Context;
+use crate::admin::View;
+use crate::clock;
+use crate::fleet::backend::{Backend, BackendStats};
+use crate::stats::{Histogram, WorkerStats};
 use std::fmt::Write;
 use std::time::UNIX_EPOCH;
-
-/// Upper bounds (seconds) of the session duration histogram.
-pub const SESSION_BUCKETS: [f64; 14] = [
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-];
-/// Upper bounds (seconds) of the backend connect time histogram.
-pub const CONNECT_BUCKETS: [f64; 15] = [
-    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// A cumulative histogram with fixed buckets; observing allocates nothing.
-#[derive(Clone, Debug, Default)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative); the last one is `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, value: f64) {
-        let bucket = self.bounds.partition_point(|&b| b < value);
-        if let Some(c) = self.counts.get_mut(bucket) {
-            *c += 1;
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-}
 
 /// Writes the text exposition format into a string.
 pub struct Exposition<'a> {
@@ -96,14 +56,31 @@ impl<'a> Exposition<'a> {
         self.sample(name, &[], value);
     }
 
-    /// A histogram family.
-    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+    /// A histogram family: the sum of `parts` (one per worker), which share their buckets.
+    pub fn histogram<'h>(
+        &mut self,
+        name: &str,
+        help: &str,
+        parts: impl Iterator<Item = &'h Histogram> + Clone,
+    ) {
         self.family(name, "histogram", help);
+        let Some(bounds) = parts.clone().next().map(Histogram::bounds) else {
+            return;
+        };
+        let mut counts = vec![0u64; bounds.len() + 1];
+        let (mut sum, mut count) = (0.0, 0);
+        for h in parts {
+            for (total, c) in counts.iter_mut().zip(h.bucket_counts()) {
+                *total += c;
+            }
+            sum += h.sum();
+            count += h.count();
+        }
         let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
-        for (i, count) in h.counts.iter().enumerate() {
-            cumulative += count;
-            let le = match h.bounds.get(i) {
+        for (i, c) in counts.iter().enumerate() {
+            cumulative += c;
+            let le = match bounds.get(i) {
                 Some(bound) => {
                     let mut s = String::new();
                     write_value(&mut s, *bound);
@@ -113,8 +90,8 @@ impl<'a> Exposition<'a> {
             };
             self.sample(&bucket, &[("le", &le)], cumulative as f64);
         }
-        self.sample(&format!("{name}_sum"), &[], h.sum);
-        self.sample(&format!("{name}_count"), &[], h.count as f64);
+        self.sample(&format!("{name}_sum"), &[], sum);
+        self.sample(&format!("{name}_count"), &[], count as f64);
     }
 }
 
@@ -148,19 +125,18 @@ type PerBackend = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&Backend) -> f64,
+    fn(&Backend, u64) -> f64,
 );
 
 /// Renders every metric.
-pub fn render(ctx: &mut Context, out: &mut String) {
+pub fn render(view: &View, out: &mut String) {
     let mut e = Exposition::new(out);
-    let draining: Vec<_> = ctx.balancer.draining().to_vec();
-    let backends: Vec<_> = ctx
-        .balancer
+    let now = clock::millis(view.now);
+    let backends: Vec<&Backend> = view
+        .fleet
         .backends()
-        .iter()
-        .chain(draining.iter())
-        .cloned()
+        .chain(view.fleet.draining())
+        .map(|b| b.as_ref())
         .collect();
     let labels: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
 
@@ -169,31 +145,31 @@ pub fn render(ctx: &mut Context, out: &mut String) {
             "tcplb_backend_active_connections",
             "gauge",
             "Sessions on the backend now, connecting ones included.",
-            |b| b.active().into(),
+            |b, _| b.active().into(),
         ),
         (
             "tcplb_backend_connections_total",
             "counter",
             "Sessions whose connect to the backend succeeded.",
-            |b| b.stats.sessions.get() as f64,
+            |b, _| BackendStats::get(&b.stats.sessions) as f64,
         ),
         (
             "tcplb_backend_connect_failures_total",
             "counter",
             "Connects to the backend that were refused, reset, unreachable or timed out.",
-            |b| b.stats.connect_failures.get() as f64,
+            |b, _| BackendStats::get(&b.stats.connect_failures) as f64,
         ),
         (
             "tcplb_backend_up",
             "gauge",
             "1 if the backend takes new sessions (health checks pass, circuit breaker closed).",
-            |b| f64::from(u8::from(b.is_up() && !b.is_removed())),
+            |b, now| f64::from(u8::from(b.state(now) == crate::fleet::backend::State::Up)),
         ),
     ];
     for (name, kind, help, value) in gauges {
         e.family(name, kind, help);
         for (b, l) in backends.iter().zip(&labels) {
-            e.sample(name, &[("backend", l)], value(b));
+            e.sample(name, &[("backend", l)], value(b, now));
         }
     }
     e.family(
@@ -205,22 +181,35 @@ pub fn render(ctx: &mut Context, out: &mut String) {
         e.sample(
             "tcplb_backend_bytes_total",
             &[("backend", l), ("direction", "sent")],
-            b.stats.bytes_sent.get() as f64,
+            BackendStats::get(&b.stats.bytes_sent) as f64,
         );
         e.sample(
             "tcplb_backend_bytes_total",
             &[("backend", l), ("direction", "received")],
-            b.stats.bytes_received.get() as f64,
+            BackendStats::get(&b.stats.bytes_received) as f64,
         );
     }
 
-    let s = &ctx.stats;
+    let workers = view.workers;
+    let total = |get: fn(&WorkerStats) -> u64| workers.iter().map(|w| get(w)).sum::<u64>() as f64;
     e.single(
         "tcplb_connections_accepted_total",
         "counter",
         "Client connections accepted.",
-        s.accepted as f64,
+        total(|w| w.accepted.get()),
     );
+    e.family(
+        "tcplb_worker_connections_accepted_total",
+        "counter",
+        "Client connections accepted, by worker.",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        e.sample(
+            "tcplb_worker_connections_accepted_total",
+            &[("worker", &i.to_string())],
+            w.accepted.get() as f64,
+        );
+    }
     e.family(
         "tcplb_connections_shed_total",
         "counter",
@@ -229,71 +218,76 @@ pub fn render(ctx: &mut Context, out: &mut String) {
     e.sample(
         "tcplb_connections_shed_total",
         &[("reason", "max_conns")],
-        s.shed_max_conns as f64,
+        total(|w| w.shed_max_conns.get()),
     );
     e.sample(
         "tcplb_connections_shed_total",
         &[("reason", "pool")],
-        s.shed_pool as f64,
+        total(|w| w.shed_pool.get()),
     );
     e.single(
         "tcplb_connections_no_backend_total",
         "counter",
         "Clients closed because no backend could be reached.",
-        s.no_backend as f64,
+        total(|w| w.no_backend.get()),
     );
     e.single(
         "tcplb_accept_errors_total",
         "counter",
         "accept() failures (out of descriptors, out of memory, ...).",
-        s.accept_errors as f64,
+        total(|w| w.accept_errors.get()),
     );
     e.single(
         "tcplb_sessions_active",
         "gauge",
         "Client sessions open now.",
-        s.sessions as f64,
+        total(|w| w.sessions.get()),
+    );
+    e.single(
+        "tcplb_workers",
+        "gauge",
+        "Worker threads (event loops) serving clients.",
+        workers.len() as f64,
     );
     e.family(
         "tcplb_buffer_pool_buffers",
         "gauge",
         "Pool buffers by state.",
     );
-    e.sample(
-        "tcplb_buffer_pool_buffers",
-        &[("state", "free")],
-        ctx.pool.free() as f64,
+    let (free, all) = (
+        total(|w| w.buffers_free.get()),
+        total(|w| w.buffers_total.get()),
     );
+    e.sample("tcplb_buffer_pool_buffers", &[("state", "free")], free);
     e.sample(
         "tcplb_buffer_pool_buffers",
         &[("state", "used")],
-        ctx.pool.used() as f64,
+        all - free,
     );
     e.single(
         "tcplb_buffer_pool_capacity_bytes",
         "gauge",
         "Bytes in the buffer pool, allocated at start.",
-        (ctx.pool.capacity() * ctx.pool.buffer_size()) as f64,
+        total(|w| w.buffer_bytes.get()),
     );
     e.histogram(
         "tcplb_session_duration_seconds",
         "How long sessions lasted, from accept to close.",
-        &s.session_duration,
+        workers.iter().map(|w| &w.session_duration),
     );
     e.histogram(
         "tcplb_connect_duration_seconds",
         "How long successful backend connects took.",
-        &s.connect_duration,
+        workers.iter().map(|w| &w.connect_duration),
     );
-    if let Some(log) = &ctx.access_log {
+    if let Some(dropped) = view.access_log_dropped {
         e.single(
             "tcplb_access_log_dropped_lines_total",
             "counter",
             "Access log lines dropped because the writer fell behind.",
-            log.dropped() as f64,
+            dropped as f64,
         );
     }
-
     e.single(
         "tcplb_log_lines_dropped_total",
         "counter",
@@ -326,7 +320,7 @@ pub fn render(ctx: &mut Context, out: &mut String) {
         "Total user and system CPU time spent in seconds.",
         process.cpu_seconds,
     );
-    let start = ctx
+    let start = view
         .started
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -405,13 +399,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::new(&[0.1, 1.0]);
-        for v in [0.05, 0.1, 0.5, 2.0, 3.0] {
-            h.observe(v);
+    fn histogram_buckets_are_cumulative_and_summed_over_workers() {
+        let (a, b) = (Histogram::new(&[0.1, 1.0]), Histogram::new(&[0.1, 1.0]));
+        for v in [0.05, 0.1, 0.5] {
+            a.observe(v);
+        }
+        for v in [2.0, 3.0] {
+            b.observe(v);
         }
         let mut out = String::new();
-        Exposition::new(&mut out).histogram("x_seconds", "help", &h);
+        Exposition::new(&mut out).histogram("x_seconds", "help", [&a, &b].into_iter());
         assert_eq!(
             out,
             "# HELP x_seconds help\n# TYPE x_seconds histogram\n\

@@ -1,0 +1,511 @@
+//! The control thread: everything that is not moving a client's bytes, on one event loop
+//! of its own, so none of it can stall a worker.
+//!
+//! | token | handler |
+//! |---|---|
+//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop) |
+//! | the waker | a new fleet generation from the discovery thread; a worker adopted a generation or exited |
+//! | the admin listener | a new admin connection ([`crate::admin::http`]) |
+//! | a slab entry | an admin connection or a health probe ([`prober`]) |
+//!
+//! It owns the process's [`Lifecycle`]: running, draining (workers stop accepting and
+//! finish their sessions, up to `--drain-timeout`), stopping (workers cut what is left).
+//! It hands each new fleet generation to every worker, and once all have adopted it,
+//! replays the generation's selectors so changes made on the old one meanwhile count. It
+//! exits when the last worker has.
+
+pub mod prober;
+pub mod start;
+
+use crate::admin::View;
+use crate::admin::access_log::AccessLog;
+use crate::admin::http::{ADMIN_TIMEOUT, AdminConn};
+use crate::clock;
+use crate::fleet::Fleet;
+use crate::fleet::discovery::{Cause, Discovery};
+use crate::lifecycle::Lifecycle;
+use crate::logging::{Throttle, suppressed_note};
+use crate::net;
+use crate::stats::WorkerStats;
+use crate::worker::timer::{TimerId, Timers};
+use crate::worker::{Command, ConnId, Handle, Shared};
+use log::{debug, info, warn};
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use prober::Probe;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+const SIGNALS: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
+
+/// Admin connections open at once; more are closed at once.
+const MAX_ADMIN_CONNS: usize = 32;
+
+/// Catches the signals the control thread handles. Called first thing at start, so that a
+/// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
+/// loop instead of killing the process with the default action.
+pub fn catch_signals() -> io::Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
+/// The control thread's poll and the waker workers and helper threads wake it with (made
+/// before the workers, which need the waker).
+pub fn poll() -> io::Result<(Poll, Arc<Waker>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    Ok((poll, waker))
+}
+
+/// What a control timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerKey {
+    /// An admin connection's or a probe's deadline.
+    Conn(ConnId),
+    /// Time to probe every backend.
+    HealthRound,
+    /// Draining has run out of time.
+    DrainDeadline,
+}
+
+/// A connection the control thread serves.
+enum Conn {
+    Admin(AdminConn, ConnId, Option<TimerId>),
+    Probe(Probe, ConnId, Option<TimerId>),
+}
+
+impl Conn {
+    fn id(&self) -> ConnId {
+        match self {
+            Conn::Admin(_, id, _) | Conn::Probe(_, id, _) => *id,
+        }
+    }
+
+    fn timer(&mut self) -> &mut Option<TimerId> {
+        match self {
+            Conn::Admin(_, _, t) | Conn::Probe(_, _, t) => t,
+        }
+    }
+}
+
+/// Everything the control thread starts with.
+pub struct ControlConfig {
+    pub poll: Poll,
+    pub signals: Signals,
+    pub fleet: Arc<Fleet>,
+    pub discovery: Discovery,
+    pub admin: Option<TcpListener>,
+    pub access_log: Option<AccessLog>,
+    pub drain_timeout: Duration,
+    /// How long a health probe may take to connect.
+    pub probe_timeout: Duration,
+    pub workers: Vec<Handle>,
+    pub worker_stats: Vec<Arc<WorkerStats>>,
+    pub shared: Arc<Shared>,
+    /// Where clients connect (every worker's listener is bound to it).
+    pub local_addr: std::net::SocketAddr,
+}
+
+pub struct Control {
+    poll: Poll,
+    events: Events,
+    signals: Signals,
+    discovery: Discovery,
+    admin: Option<TcpListener>,
+    admin_conns: usize,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    timers: Timers<TimerKey>,
+    fired: Vec<TimerKey>,
+    now: Instant,
+    started: SystemTime,
+    fleet: Arc<Fleet>,
+    /// A generation handed to the workers and not yet adopted by all.
+    adopting: Option<u32>,
+    workers: Vec<Handle>,
+    worker_stats: Vec<Arc<WorkerStats>>,
+    shared: Arc<Shared>,
+    access_log: Option<AccessLog>,
+    lifecycle: Lifecycle,
+    drain_timeout: Duration,
+    probe_timeout: Duration,
+    /// Sessions open when the drain began (0: nothing to say when it ends).
+    draining_sessions: usize,
+    /// What started the drain, until every listener is closed and that is announced.
+    drain_unannounced: Option<&'static str>,
+    accept_throttle: Throttle,
+    fds_throttle: Throttle,
+    local_addr: std::net::SocketAddr,
+}
+
+impl Control {
+    /// Where clients connect.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    pub fn new(config: ControlConfig) -> io::Result<Control> {
+        let ControlConfig {
+            poll,
+            mut signals,
+            fleet,
+            discovery,
+            mut admin,
+            access_log,
+            drain_timeout,
+            probe_timeout,
+            workers,
+            worker_stats,
+            shared,
+            local_addr,
+        } = config;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        if let Some(admin) = &mut admin {
+            poll.registry()
+                .register(admin, ADMIN_LISTENER, Interest::READABLE)?;
+        }
+        let now = Instant::now();
+        let mut timers = Timers::new(now);
+        if fleet.policy().checks.is_some() {
+            timers.insert(now, TimerKey::HealthRound);
+        }
+        Ok(Control {
+            poll,
+            events: Events::with_capacity(256),
+            signals,
+            discovery,
+            admin,
+            admin_conns: 0,
+            conns: Slab::new(),
+            next_generation: 0,
+            timers,
+            fired: Vec::new(),
+            now,
+            started: SystemTime::now(),
+            fleet,
+            adopting: None,
+            workers,
+            worker_stats,
+            shared,
+            access_log,
+            lifecycle: Lifecycle::Running,
+            drain_timeout,
+            probe_timeout,
+            draining_sessions: 0,
+            drain_unannounced: None,
+            accept_throttle: Throttle::default(),
+            fds_throttle: Throttle::default(),
+            local_addr,
+        })
+    }
+
+    /// Runs until every worker has exited; then waits for the threads and the access log.
+    pub fn run(mut self) -> io::Result<()> {
+        while self.shared.running.load(Ordering::Acquire) > 0 {
+            let timeout = self.timers.next_timeout(Instant::now());
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.stop_workers();
+                    self.join_workers();
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(),
+                    WAKER => self.on_wake(),
+                    ADMIN_LISTENER => self.accept_admin(),
+                    token => self.dispatch(token, event),
+                }
+            }
+            self.events = events;
+            self.fire_timers();
+        }
+        self.announce_drain();
+        if self.lifecycle == Lifecycle::Running {
+            warn!("every worker has stopped; exiting");
+        } else if self.lifecycle == Lifecycle::Draining && self.draining_sessions > 0 {
+            info!("drained: every session has finished; exiting");
+        }
+        self.join_workers();
+        // Writes out the last access log lines (every worker has handed over its last).
+        self.access_log = None;
+        Ok(())
+    }
+
+    fn join_workers(&mut self) {
+        for handle in self.workers.drain(..) {
+            let _ = handle.thread.join();
+        }
+    }
+
+    fn stop_workers(&mut self) {
+        self.lifecycle = Lifecycle::Stopping;
+        for w in &self.workers {
+            w.send(Command::Stop);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGHUP if self.lifecycle.is_running() => {
+                    info!("SIGHUP: reloading the backend set");
+                    self.discovery.reload();
+                }
+                SIGHUP => {}
+                _ if !self.lifecycle.is_running() => {
+                    warn!("second signal: exiting now");
+                    self.stop_workers();
+                }
+                _ => self.begin_drain(if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }),
+            }
+        }
+    }
+
+    /// Every worker stops accepting (its listener closes, so new clients are refused) and
+    /// lets its sessions finish for up to `--drain-timeout`. `/healthz` answers 503 from now.
+    fn begin_drain(&mut self, why: &'static str) {
+        self.lifecycle = Lifecycle::Draining;
+        for w in &self.workers {
+            w.send(Command::Drain);
+        }
+        self.drain_unannounced = Some(why);
+        self.timers
+            .insert(self.now + self.drain_timeout, TimerKey::DrainDeadline);
+        self.announce_drain();
+    }
+
+    /// Once every listener is closed (so the line is true when it is read), says how many
+    /// sessions are left to drain.
+    fn announce_drain(&mut self) {
+        if self.shared.accepting.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let Some(why) = self.drain_unannounced.take() else {
+            return;
+        };
+        let sessions = self.shared.sessions.load(Ordering::Acquire);
+        self.draining_sessions = sessions;
+        if sessions == 0 {
+            info!("{why}: no sessions open; exiting");
+        } else {
+            info!(
+                "{why}: stopped accepting; draining {sessions} sessions for up to {:?}",
+                self.drain_timeout
+            );
+        }
+    }
+
+    /// Something woke us: a new fleet generation, or news from a worker.
+    fn on_wake(&mut self) {
+        while let Some(update) = self.discovery.next_update() {
+            let what = match update.cause {
+                Cause::Reload => "reload",
+                Cause::Resolve => "re-resolve",
+            };
+            match update.result {
+                Ok((fleet, changes)) => {
+                    info!("{what}: {}; {} backends", changes.counts(), fleet.len());
+                    for line in changes.lines() {
+                        info!("{what}: {line}");
+                    }
+                    self.adopt(fleet);
+                }
+                Err(message) => warn!("{what} failed, keeping the running set: {message}"),
+            }
+        }
+        self.check_adopted();
+        self.announce_drain();
+    }
+
+    /// Makes `fleet` the current generation, here and on every worker.
+    fn adopt(&mut self, fleet: Arc<Fleet>) {
+        self.adopting = Some(fleet.generation());
+        for w in &self.workers {
+            w.send(Command::Fleet(Arc::clone(&fleet)));
+        }
+        self.fleet = fleet;
+    }
+
+    /// Once every running worker uses the newest generation, replays its selectors: the
+    /// sessions that started or ended on the old one meanwhile are then counted in it.
+    fn check_adopted(&mut self) {
+        let Some(generation) = self.adopting else {
+            return;
+        };
+        let all = self
+            .shared
+            .adopted
+            .iter()
+            .all(|g| g.load(Ordering::Acquire) == generation);
+        if all || self.shared.running.load(Ordering::Acquire) < self.workers.len() {
+            self.fleet.refresh_all(clock::millis(Instant::now()));
+            self.adopting = None;
+        }
+    }
+
+    fn next_id(&mut self) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        ConnId {
+            slot: self.conns.vacant_key() as u32,
+            generation: self.next_generation,
+        }
+    }
+
+    fn accept_admin(&mut self) {
+        loop {
+            let Some(admin) = &self.admin else { return };
+            match admin.accept() {
+                Ok((stream, addr)) => {
+                    if self.admin_conns >= MAX_ADMIN_CONNS {
+                        debug!("admin {addr}: too many admin connections");
+                        continue;
+                    }
+                    let id = self.next_id();
+                    match AdminConn::new(stream, self.poll.registry(), id.token(0)) {
+                        Ok(conn) => {
+                            let timer = self
+                                .timers
+                                .insert(self.now + ADMIN_TIMEOUT, TimerKey::Conn(id));
+                            self.conns.insert(Conn::Admin(conn, id, Some(timer)));
+                            self.admin_conns += 1;
+                        }
+                        Err(e) => debug!("admin {addr}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if net::is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    // Out of descriptors, typically: the next admin connection raises a new
+                    // edge and accepting resumes.
+                    if let Some(n) = self.accept_throttle.allow(self.now) {
+                        warn!("admin accept failed: {e}{}", suppressed_note(n));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: Token, event: &Event) {
+        let (id, _) = ConnId::from_token(token);
+        // The view borrows fields the connection does not live in.
+        let view = View {
+            fleet: &self.fleet,
+            workers: &self.worker_stats,
+            lifecycle: self.lifecycle,
+            now: self.now,
+            started: self.started,
+            access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),
+        };
+        let finished = match self.conns.get_mut(id.slot as usize) {
+            Some(conn) if conn.id() == id => match conn {
+                Conn::Admin(admin, ..) => admin.on_ready(event, &view).then_some(None),
+                Conn::Probe(probe, ..) => probe.on_ready(event).map(Some),
+            },
+            _ => return, // a late event for a connection that has ended
+        };
+        if let Some(probe_result) = finished {
+            self.end_conn(id, probe_result);
+        }
+    }
+
+    /// Ends a connection: its timer is cancelled; a probe's result goes to the fleet.
+    fn end_conn(&mut self, id: ConnId, probe_result: Option<io::Result<()>>) {
+        let mut conn = self.conns.remove(id.slot as usize);
+        if let Some(timer) = conn.timer().take() {
+            self.timers.cancel(timer);
+        }
+        match conn {
+            Conn::Admin(..) => self.admin_conns -= 1,
+            Conn::Probe(probe, _, _) => {
+                let result = probe_result.unwrap_or_else(|| Err(Probe::timed_out()));
+                self.fleet
+                    .probe_result(probe.backend(), &result, clock::millis(self.now));
+            }
+        }
+    }
+
+    /// Probes every backend that has no probe under way.
+    fn health_round(&mut self) {
+        let Some(policy) = self.fleet.policy().checks else {
+            return;
+        };
+        if !self.lifecycle.is_running() {
+            return;
+        }
+        let fleet = Arc::clone(&self.fleet);
+        for backend in fleet.backends().filter(|b| !b.is_probing()) {
+            let id = self.next_id();
+            match Probe::start(Arc::clone(backend), self.poll.registry(), id.token(0)) {
+                Ok(probe) => {
+                    let timer = self
+                        .timers
+                        .insert(self.now + self.probe_timeout, TimerKey::Conn(id));
+                    self.conns.insert(Conn::Probe(probe, id, Some(timer)));
+                }
+                Err(e) if net::is_resource_exhaustion(&e) => {
+                    if let Some(n) = self.fds_throttle.allow(self.now) {
+                        warn!(
+                            "cannot open a health check socket: {e}{}",
+                            suppressed_note(n)
+                        );
+                    }
+                }
+                Err(e) => fleet.probe_result(backend, &Err(e), clock::millis(self.now)),
+            }
+        }
+        self.timers
+            .insert(self.now + policy.interval, TimerKey::HealthRound);
+    }
+
+    fn fire_timers(&mut self) {
+        self.timers.expire(self.now, &mut self.fired);
+        let mut fired = std::mem::take(&mut self.fired);
+        for key in fired.drain(..) {
+            match key {
+                TimerKey::Conn(id) => {
+                    let Some(conn) = self.conns.get_mut(id.slot as usize) else {
+                        continue;
+                    };
+                    if conn.id() != id {
+                        continue;
+                    }
+                    *conn.timer() = None;
+                    self.end_conn(id, None);
+                }
+                TimerKey::HealthRound => self.health_round(),
+                TimerKey::DrainDeadline => {
+                    if self.lifecycle == Lifecycle::Draining {
+                        warn!("drain timeout ({:?}) reached", self.drain_timeout);
+                        self.stop_workers();
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+    }
+}

@@ -1,0 +1,342 @@
+//! Start-up: everything between a parsed command line and a running process, in order:
+//! fit `--max-conns` in the open-file limit, resolve the backends and build the first fleet
+//! generation, bind the listeners (one per worker), open the access log, allocate each
+//! worker's buffer pool, start the workers and the discovery thread, and hand the rest to
+//! the control thread. Blocking is fine here: nothing serves yet.
+//!
+//! Failures are sorted for the exit status: bad input (exit 2) or an environment that says
+//! no (exit 1).
+
+use crate::admin::access_log::AccessLog;
+use crate::config::{BackendSpec, Config};
+use crate::control::{self, Control, ControlConfig};
+use crate::fleet::Policy;
+use crate::fleet::backend::ResolvedBackend;
+use crate::fleet::builder::Builder;
+use crate::fleet::discovery::{self, Discovery, Plan, Resolver};
+use crate::fleet::select::Balance;
+use crate::stats::WorkerStats;
+use crate::worker::pool::{Pool, PoolError};
+use crate::worker::{Settings, Shared, Worker, WorkerConfig};
+use crate::{limits, net};
+use log::{info, warn};
+use signal_hook_mio::v1_0::Signals;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+
+/// Why tcplb could not start.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input: exit 2.
+    Input(String),
+    /// The environment said no (port in use, permission, memory): exit 1.
+    Start(String),
+}
+
+/// Descriptors each worker holds besides its sessions: its poll, its waker, its listener.
+/// The first few workers' fit in the spare descriptors `limits::FD_HEADROOM` keeps anyway.
+const FDS_PER_WORKER: u64 = 4;
+const WORKERS_IN_HEADROOM: usize = 8;
+
+/// Starts everything and returns the control thread's loop, ready to run.
+pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    fit_max_conns(&mut config, workers);
+
+    // The backend set: positional specs plus the backends file, every name resolved.
+    let file_specs = match &config.backends_file {
+        Some(path) => discovery::read_backends_file(path).map_err(Failure::Input)?,
+        None => Vec::new(),
+    };
+    let specs: Vec<BackendSpec> = config.backends.iter().chain(&file_specs).cloned().collect();
+    let mut resolver = Resolver::default();
+    let (initial, failures) = resolver.resolve(&specs);
+    if let Some(first) = failures.first() {
+        if config.resolve_interval.is_none() {
+            return Err(Failure::Start(first.clone()));
+        }
+        for failure in &failures {
+            warn!(
+                "{failure}; trying again every {:?}",
+                config.resolve_interval
+            );
+        }
+    }
+    if initial.is_empty() {
+        warn!("no backends yet: clients will be closed until some are added");
+    }
+    warn_duplicates(&initial);
+
+    let listeners = bind(&config.listen, config.backlog, workers)?;
+    refuse_loops(&listeners[0], &initial)?;
+    let local = listeners[0]
+        .local_addr()
+        .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
+    let admin = match &config.admin {
+        Some(addr) => Some(bind(addr, 64, 1)?.remove(0)),
+        None => None,
+    };
+    let admin_note = admin
+        .as_ref()
+        .and_then(|a| a.local_addr().ok())
+        .map(|a| format!("; admin on http://{a}/"))
+        .unwrap_or_default();
+    let (access_log, mut batches) = match &config.access_log {
+        Some(path) => {
+            let (log, batches) = AccessLog::open(path, workers).map_err(|e| {
+                Failure::Start(format!("cannot open access log {}: {e}", path.display()))
+            })?;
+            (Some(log), batches.into_iter().map(Some).collect())
+        }
+        None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+    };
+    let pools = pools(config.buffer_size, config.buffers, workers)?;
+
+    let policy = Policy {
+        breaker: config.breaker,
+        checks: config.checks,
+    };
+    let mut builder = Builder::new(policy, Balance::default());
+    let (fleet, _) = builder.build(&initial);
+    let backend_list = describe(&initial);
+
+    let (poll, waker) =
+        control::poll().map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))?;
+    let shared = Arc::new(Shared {
+        sessions: AtomicUsize::new(0),
+        adopted: (0..workers)
+            .map(|_| AtomicU32::new(fleet.generation()))
+            .collect(),
+        running: AtomicUsize::new(workers),
+        accepting: AtomicUsize::new(workers),
+        control: Arc::clone(&waker),
+    });
+    let settings = Arc::new(Settings {
+        connect_timeout: config.connect_timeout,
+        retries: config.retries,
+        idle_timeout: config.idle_timeout,
+        max_conns: config.max_conns,
+    });
+    let mut handles = Vec::with_capacity(workers);
+    let mut worker_stats = Vec::with_capacity(workers);
+    for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
+        let stats = Arc::new(WorkerStats::default());
+        worker_stats.push(Arc::clone(&stats));
+        let handle = Worker::spawn(WorkerConfig {
+            index,
+            listener,
+            fleet: Arc::clone(&fleet),
+            pool,
+            settings: Arc::clone(&settings),
+            shared: Arc::clone(&shared),
+            stats,
+            access_log: batches[index].take(),
+        })
+        .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))?;
+        handles.push(handle);
+    }
+    let discovery = Discovery::spawn(
+        Plan {
+            positional: config.backends.clone(),
+            file: config.backends_file.clone(),
+            file_specs,
+            resolver,
+            current: initial,
+            builder,
+            resolve_interval: config.resolve_interval,
+        },
+        waker,
+    )
+    .map_err(|e| Failure::Start(format!("cannot start the discovery thread: {e}")))?;
+
+    info!(
+        "listening on {local}; {workers} worker{}; backends: {backend_list}; max-conns {}, {} \
+         buffers of {} bytes ({} MiB){admin_note}",
+        if workers == 1 { "" } else { "s" },
+        config.max_conns,
+        config.buffers,
+        config.buffer_size,
+        (config.buffers * config.buffer_size) >> 20
+    );
+    Control::new(ControlConfig {
+        poll,
+        signals,
+        fleet,
+        discovery,
+        admin,
+        access_log,
+        drain_timeout: config.drain_timeout,
+        probe_timeout: config.connect_timeout,
+        workers: handles,
+        worker_stats,
+        shared,
+        local_addr: local,
+    })
+    .map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))
+}
+
+/// Each worker's share of `--buffers` (the first ones take the remainder), allocated now:
+/// a pool the machine cannot provide is a start-up failure.
+fn pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>, Failure> {
+    (0..workers)
+        .map(|i| {
+            let share = buffers / workers + usize::from(i < buffers % workers);
+            Pool::new(buffer_size, share.max(1)).map_err(|e| match e {
+                PoolError::OutOfMemory { .. } => Failure::Start(format!(
+                    "cannot allocate the buffer pool ({} MiB in all, over {workers} worker{}): \
+                     not enough memory; lower --buffers or --buffer-size",
+                    (buffers as u128 * buffer_size as u128) >> 20,
+                    if workers == 1 { "" } else { "s" }
+                )),
+                other => Failure::Start(other.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// Raises the open-file limit and fits `--max-conns` in it. Lowering the default is routine
+/// (an info line); lowering a value the user gave is worth a warning.
+fn fit_max_conns(config: &mut Config, workers: usize) {
+    let nofile = match limits::raise_nofile_limit() {
+        Ok(nofile) => nofile,
+        Err(e) => return warn!("cannot read the open-file limit: {e}"),
+    };
+    let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64;
+    let Some(fits) = limits::fit_max_conns(config.max_conns, nofile.saturating_sub(spare)) else {
+        return;
+    };
+    let needs = config.max_conns as u64 * 2 + limits::FD_HEADROOM + spare;
+    if config.max_conns_given {
+        warn!(
+            "--max-conns {} needs {needs} descriptors but the open-file limit is {nofile}; \
+             using --max-conns {fits}",
+            config.max_conns
+        );
+    } else {
+        info!(
+            "the open-file limit is {nofile}: using --max-conns {fits} (the default {} needs \
+             {needs} descriptors)",
+            config.max_conns
+        );
+    }
+    config.max_conns = fits;
+}
+
+/// Warns once for each address listed more than once (it is used once, with the options it
+/// was first listed with): the same spec twice, or a name and an address that resolve alike.
+fn warn_duplicates(backends: &[ResolvedBackend]) {
+    const SHOWN: usize = 8;
+    let mut seen: HashMap<SocketAddr, Vec<&str>> = HashMap::with_capacity(backends.len());
+    let mut repeated = Vec::new();
+    for backend in backends {
+        let names = seen.entry(backend.addr).or_default();
+        if names.len() == 1 {
+            repeated.push(backend.addr);
+        }
+        names.push(&backend.name);
+    }
+    for addr in repeated.iter().take(SHOWN) {
+        let times = seen[addr].len();
+        let mut names: Vec<&str> = Vec::new();
+        for name in &seen[addr] {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        let written = if names == [addr.to_string()] {
+            String::new()
+        } else {
+            format!(" (as {})", names.join(", "))
+        };
+        warn!(
+            "backend {addr} is listed {times} times{written}; it is used once, with the \
+             options first given"
+        );
+    }
+    if repeated.len() > SHOWN {
+        warn!(
+            "and {} more backends are listed more than once",
+            repeated.len() - SHOWN
+        );
+    }
+}
+
+/// Refuses a backend that is tcplb's own listener: each session would connect to tcplb
+/// again, without end.
+fn refuse_loops(
+    listener: &mio::net::TcpListener,
+    backends: &[ResolvedBackend],
+) -> Result<(), Failure> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
+    let v6_only = socket2::SockRef::from(listener).only_v6().unwrap_or(false);
+    // Only a wildcard listener needs this host's addresses.
+    let host = if local.ip().is_unspecified() {
+        net::local_addresses().unwrap_or_else(|e| {
+            warn!("cannot list this host's addresses ({e}); checking backends against loopback");
+            Default::default()
+        })
+    } else {
+        Default::default()
+    };
+    match backends
+        .iter()
+        .find(|b| net::reaches_listener(local, v6_only, b.addr, |ip| host.contains(&ip)))
+    {
+        Some(b) => Err(Failure::Input(format!(
+            "backend {} is tcplb's own listen address {local}: sessions would loop back into \
+             tcplb",
+            if b.name == b.addr.to_string() {
+                b.name.clone()
+            } else {
+                format!("{} ({})", b.name, b.addr)
+            }
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Resolves and binds a listener; failures name the address and the OS error.
+fn bind(
+    (host, port): &(String, u16),
+    backlog: i32,
+    count: usize,
+) -> Result<Vec<mio::net::TcpListener>, Failure> {
+    let addrs = net::resolve(host, *port)
+        .map_err(|e| Failure::Start(format!("cannot resolve listen address {host}:{port}: {e}")))?;
+    let addr = addrs[0];
+    net::bind_listeners(addr, backlog, count)
+        .map_err(|e| Failure::Start(format!("cannot listen on {addr}: {e}")))
+}
+
+/// The backends for the start line: the first few, then how many more.
+fn describe(backends: &[ResolvedBackend]) -> String {
+    const SHOWN: usize = 8;
+    let mut parts: Vec<String> = backends
+        .iter()
+        .take(SHOWN)
+        .map(|b| {
+            let mut s = b.addr.to_string();
+            if b.weight != 1 {
+                s.push_str(&format!(" weight {}", b.weight));
+            }
+            if b.backup {
+                s.push_str(" backup");
+            }
+            s
+        })
+        .collect();
+    if backends.len() > SHOWN {
+        parts.push(format!("and {} more", backends.len() - SHOWN));
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
+}

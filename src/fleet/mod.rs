@@ -1,0 +1,366 @@
+//! The fleet: one generation of the backend set, shared (`Arc`) by the control thread and
+//! every worker, and everything done to backends on the data path.
+//!
+//! A generation lists the backends in two groups, primaries and backups, each with its
+//! [`Selector`]. It is built off the event loops by [`builder::Builder`] and swapped in whole
+//! on reload; backends kept across generations are the same `Arc<Backend>`, so their
+//! counters and health carry over.
+//!
+//! [`Fleet::pick`] leases the backend a new session should use: the group selector's choice
+//! among primaries that take sessions; else among backups; else, so a whole-fleet blip does
+//! not become an outage, the backend due back first (fail open). Connect outcomes feed the
+//! shared breaker ([`Fleet::connect_succeeded`], [`Fleet::connect_failed`]), probe results
+//! the checks ([`Fleet::probe_result`]); each change is replayed into the selector.
+
+pub mod backend;
+pub mod builder;
+pub mod discovery;
+pub mod health;
+pub mod lease;
+pub mod select;
+
+use crate::clock;
+use crate::logging::{Throttle, suppressed_note};
+use backend::{Backend, Seat, State};
+use health::{BreakerPolicy, CheckPolicy, Transition};
+use lease::Lease;
+use log::{info, warn};
+use select::{PickRequest, Selector};
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Health settings every generation shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub breaker: BreakerPolicy,
+    /// Active health checks; `None` = off.
+    pub checks: Option<CheckPolicy>,
+}
+
+/// Backends of one kind (primaries or backups) and the selector over them.
+#[derive(Debug)]
+pub struct Group {
+    members: Vec<Arc<Backend>>,
+    selector: Box<dyn Selector>,
+}
+
+impl Group {
+    pub fn members(&self) -> &[Arc<Backend>] {
+        &self.members
+    }
+}
+
+#[derive(Debug)]
+pub struct Fleet {
+    generation: u32,
+    primaries: Group,
+    backups: Group,
+    /// Removed backends that still had sessions when this generation was built.
+    draining: Vec<Arc<Backend>>,
+    policy: Policy,
+    fail_open_throttle: Throttle,
+}
+
+/// A connect outcome's consequence for the worker that saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do.
+    Noted,
+    /// The breaker opened until this time (ms): the backend must be looked at again then,
+    /// so it gets its trial.
+    CoolingDown { until: u64 },
+}
+
+impl Fleet {
+    /// Which generation this is (counts reloads).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The algorithm both groups use.
+    pub fn balance_name(&self) -> &'static str {
+        self.primaries.selector.name()
+    }
+
+    /// Every backend in the set: primaries, then backups.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.primaries.members.iter().chain(&self.backups.members)
+    }
+
+    /// Backends in the set.
+    pub fn len(&self) -> usize {
+        self.primaries.members.len() + self.backups.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removed backends still draining sessions.
+    pub fn draining(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.draining.iter().filter(|b| b.active() > 0)
+    }
+
+    /// Whether any backend would take a new session now without failing open: what
+    /// `/healthz` reports. Counting only closed breakers would keep a readiness probe at 503
+    /// after a blip until some client came to make the trial — which the 503 stops.
+    pub fn any_taking_sessions(&self, now: u64) -> bool {
+        self.backends().any(|b| b.state(now).takes_sessions())
+    }
+
+    /// Leases the backend that should take a new session, never one in `tried`; `None` if
+    /// no backend is left to try.
+    pub fn pick(&self, request: &PickRequest) -> Option<Lease> {
+        for group in [&self.primaries, &self.backups] {
+            // A pick races with other workers: the chosen backend may have just given its
+            // half-open trial to someone else. Then look again (bounded: each retry sees a
+            // replayed tree).
+            for _ in 0..4 {
+                let Some(index) = group.selector.pick(&group.members, request) else {
+                    break;
+                };
+                let backend = &group.members[index];
+                let taken = backend
+                    .shared_breaker()
+                    .update(|b| b.allows(request.now).then(|| b.on_pick(request.now)));
+                let Some(trial) = taken else {
+                    group.selector.refresh(&group.members, index, request.now);
+                    continue;
+                };
+                let lease = Lease::new(Arc::clone(backend), trial);
+                group.selector.refresh(&group.members, index, request.now);
+                return Some(lease);
+            }
+        }
+        // Failing open is never the breaker's trial: its outcome only counts if it succeeds.
+        let chosen = self.fail_open(request)?;
+        let lease = Lease::new(Arc::clone(chosen), false);
+        self.refresh(chosen, request.now);
+        Some(lease)
+    }
+
+    /// No untried backend takes sessions: one the health checks still pass if any, and
+    /// among those the one whose breaker allows a session soonest. A scan of the set, but
+    /// only while no backend takes sessions.
+    fn fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
+        let now = request.now;
+        let untried = self.backends().filter(|b| !request.tried.contains(&b.id));
+        let chosen = untried.min_by(|a, b| {
+            let (a_at, b_at) = (
+                a.allowed_from(now, self.policy.breaker),
+                b.allowed_from(now, self.policy.breaker),
+            );
+            b.checks_up()
+                .cmp(&a.checks_up())
+                .then_with(|| a_at.cmp(&b_at))
+                .then_with(|| a.active().cmp(&b.active()))
+        })?;
+        if let Some(n) = self.fail_open_throttle.allow(clock::instant(now)) {
+            let tried_up = self
+                .backends()
+                .filter(|b| request.tried.contains(&b.id))
+                .any(|b| b.state(now).takes_sessions());
+            let why = if tried_up {
+                "no backend left to try for this client is up (the ones up were tried)"
+            } else {
+                "every backend is down"
+            };
+            warn!(
+                "{why}; trying {chosen}, the first due back{}",
+                suppressed_note(n)
+            );
+        }
+        Some(chosen)
+    }
+
+    /// Ends a lease: the session is over (or moves to another backend). Its backend's
+    /// counts drop and the selector hears of it.
+    pub fn release(&self, lease: Lease, now: u64) {
+        let backend = Arc::clone(lease.backend());
+        drop(lease);
+        self.refresh(&backend, now);
+    }
+
+    /// The lease's connect succeeded.
+    pub fn connect_succeeded(&self, lease: &mut Lease, now: u64) {
+        lease.settle_trial();
+        let backend = lease.backend();
+        backend::BackendStats::add(&backend.stats.sessions, 1);
+        // Nothing to write on the usual path: already up, no failures counted.
+        let b = backend.breaker();
+        if b.consecutive_failures() == 0 && b.state() == health::BreakerState::Up {
+            return;
+        }
+        if let Some(Transition::CameUp) = backend.shared_breaker().update(|b| b.on_success()) {
+            info!("backend {backend} is up again: a connect succeeded");
+            self.rejoin(backend, now);
+        }
+        self.refresh(backend, now);
+    }
+
+    /// The lease's connect failed (refused, reset, unreachable, timed out).
+    pub fn connect_failed(&self, lease: &mut Lease, now: u64, error: &io::Error) -> Verdict {
+        let trial = lease.settle_trial();
+        let backend = lease.backend();
+        backend::BackendStats::add(&backend.stats.connect_failures, 1);
+        let policy = self.policy.breaker;
+        let transition = backend
+            .shared_breaker()
+            .update(|b| b.on_failure(now, policy, trial));
+        let verdict = match transition {
+            Some(Transition::WentDown { cooldown, until }) => {
+                warn!(
+                    "backend {backend} is down: {} connects failed in a row (last: {error}); \
+                     next try in {cooldown:?}",
+                    backend.breaker().consecutive_failures()
+                );
+                Verdict::CoolingDown { until }
+            }
+            _ => {
+                if let Some(n) = backend.warn_throttle.allow(clock::instant(now)) {
+                    warn!(
+                        "backend {backend}: connect failed: {error}{}",
+                        suppressed_note(n)
+                    );
+                }
+                Verdict::Noted
+            }
+        };
+        self.refresh(backend, now);
+        verdict
+    }
+
+    /// Folds in an active probe's result.
+    pub fn probe_result(&self, backend: &Arc<Backend>, result: &io::Result<()>, now: u64) {
+        let Some(policy) = self.policy.checks else {
+            return;
+        };
+        let flipped = backend.checks().record(result.is_ok(), policy);
+        // A passing probe while the checks say up has just shown connects succeed: close a
+        // breaker opened meanwhile by failing clients, without waiting for a client's trial.
+        let breaker_open = backend.breaker().state() != health::BreakerState::Up;
+        match (flipped, result) {
+            (Some(true), _) => {
+                backend.shared_breaker().update(|b| b.reset());
+                info!(
+                    "backend {backend} is up: {} health checks passed in a row",
+                    policy.rise
+                );
+                self.rejoin(backend, now);
+            }
+            (None, Ok(())) if backend.checks_up() && breaker_open => {
+                backend.shared_breaker().update(|b| b.reset());
+                info!("backend {backend} is up again: a health check connected");
+                self.rejoin(backend, now);
+            }
+            (Some(false), Err(e)) => warn!(
+                "backend {backend} is down: {} health checks failed in a row (last: {e})",
+                policy.fall
+            ),
+            _ => {}
+        }
+        self.refresh(backend, now);
+    }
+
+    /// The group and index `backend` has in this generation, if it is in it.
+    fn locate(&self, backend: &Backend) -> Option<(&Group, usize)> {
+        let seat = backend.seat();
+        if seat.generation != self.generation {
+            return None;
+        }
+        let group = if seat.backup {
+            &self.backups
+        } else {
+            &self.primaries
+        };
+        let index = seat.index as usize;
+        group
+            .members
+            .get(index)
+            .filter(|b| std::ptr::eq(b.as_ref(), backend))
+            .map(|_| (group, index))
+    }
+
+    /// `backend`'s load or state changed: the selector of its group replays it. A backend
+    /// not in this generation (removed, or seated by a newer one) is left alone.
+    pub fn refresh(&self, backend: &Backend, now: u64) {
+        if let Some((group, index)) = self.locate(backend) {
+            group.selector.refresh(&group.members, index, now);
+        }
+    }
+
+    /// Replays every backend (once every worker has adopted this generation, to take in
+    /// the changes made meanwhile on older ones).
+    pub fn refresh_all(&self, now: u64) {
+        for group in [&self.primaries, &self.backups] {
+            group.selector.refresh_all(&group.members, now);
+        }
+    }
+
+    /// A backend takes sessions again after an absence: its tie-breaking clock moves up to
+    /// that of the best other backend of its group, so it takes its share of tied sessions,
+    /// not all of them until it has caught up.
+    pub fn rejoin(&self, backend: &Backend, now: u64) {
+        let Some((group, _)) = self.locate(backend) else {
+            return;
+        };
+        let others = PickRequest {
+            client: None,
+            now,
+            tried: &[backend.id],
+        };
+        let Some(reference) = group.selector.pick(&group.members, &others) else {
+            return;
+        };
+        let reference = &group.members[reference];
+        let picks = u128::from(reference.picks()) * u128::from(backend.weight())
+            / u128::from(reference.weight().max(1));
+        backend.catch_up_picks(picks.min(u128::from(u64::MAX)) as u64);
+    }
+
+    /// The state word of a backend at `now` (see [`Backend::state`]).
+    pub fn state_of(backend: &Backend, now: Instant) -> State {
+        backend.state(clock::millis(now))
+    }
+}
+
+/// Puts a generation together (the builder's last step): seats every backend and builds
+/// the selectors.
+pub(crate) fn assemble(
+    generation: u32,
+    primaries: Vec<Arc<Backend>>,
+    backups: Vec<Arc<Backend>>,
+    draining: Vec<Arc<Backend>>,
+    policy: Policy,
+    balance: select::Balance,
+    now: u64,
+) -> Fleet {
+    for (backup, members) in [(false, &primaries), (true, &backups)] {
+        for (index, b) in members.iter().enumerate() {
+            b.set_seat(Seat {
+                generation,
+                backup,
+                index: index as u32,
+            });
+        }
+    }
+    Fleet {
+        generation,
+        primaries: Group {
+            selector: balance.build(&primaries, now),
+            members: primaries,
+        },
+        backups: Group {
+            selector: balance.build(&backups, now),
+            members: backups,
+        },
+        draining,
+        policy,
+        fail_open_throttle: Throttle::default(),
+    }
+}

@@ -1,0 +1,214 @@
+//! What happened, counted: each worker's counters, gauges and histograms, and how a session
+//! ended. No dependencies on the rest of the crate.
+//!
+//! Each worker owns one [`WorkerStats`] and is its only writer: an update is a plain load
+//! and store of an atomic (no locked instruction, no contention), and the admin endpoint
+//! reads every worker's at scrape time and adds them up.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning thread may call this.
+    pub fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge with a single writer.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the session duration histogram.
+pub const SESSION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Upper bounds (seconds) of the backend connect time histogram.
+pub const CONNECT_BUCKETS: [f64; 15] = [
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram with fixed buckets and a single writer; observing allocates nothing.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    counts: Box<[Counter]>,
+    /// The sum, as `f64` bits.
+    sum: AtomicU64,
+    count: Counter,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| Counter::default()).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+            count: Counter::default(),
+        }
+    }
+
+    /// Records one value. Only the owning thread may call this.
+    pub fn observe(&self, value: f64) {
+        let bucket = self.bounds.partition_point(|&b| b < value);
+        if let Some(c) = self.counts.get(bucket) {
+            c.add(1);
+        }
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed)) + value;
+        self.sum.store(sum.to_bits(), Ordering::Relaxed);
+        self.count.add(1);
+    }
+
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// Per-bucket counts (not cumulative), the last for `+Inf`.
+    pub fn bucket_counts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().map(Counter::get)
+    }
+
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.sum.load(Ordering::Relaxed))
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.get()
+    }
+}
+
+/// One worker's figures.
+#[derive(Debug)]
+pub struct WorkerStats {
+    pub accepted: Counter,
+    pub shed_max_conns: Counter,
+    pub shed_pool: Counter,
+    pub accept_errors: Counter,
+    /// Clients closed because no backend could be reached.
+    pub no_backend: Counter,
+    /// Sessions open on this worker now.
+    pub sessions: Gauge,
+    pub buffers_free: Gauge,
+    pub buffers_total: Gauge,
+    pub buffer_bytes: Gauge,
+    pub session_duration: Histogram,
+    pub connect_duration: Histogram,
+}
+
+impl Default for WorkerStats {
+    fn default() -> WorkerStats {
+        WorkerStats {
+            accepted: Counter::default(),
+            shed_max_conns: Counter::default(),
+            shed_pool: Counter::default(),
+            accept_errors: Counter::default(),
+            no_backend: Counter::default(),
+            sessions: Gauge::default(),
+            buffers_free: Gauge::default(),
+            buffers_total: Gauge::default(),
+            buffer_bytes: Gauge::default(),
+            session_duration: Histogram::new(&SESSION_BUCKETS),
+            connect_duration: Histogram::new(&CONNECT_BUCKETS),
+        }
+    }
+}
+
+/// How a session ended: for the access log, the counters and debug logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Both directions finished; the client closed its side first.
+    ClientClosed,
+    /// Both directions finished; the backend closed its side first.
+    BackendClosed,
+    ClientReset,
+    BackendReset,
+    IdleTimeout,
+    /// Every connect attempt failed, or no backend was available.
+    NoBackend,
+    /// Out of file descriptors while connecting.
+    NoResources,
+    /// Cut at shutdown: the drain ran out of time or a second signal came.
+    Shutdown,
+    /// Turned away at once: `--max-conns` sessions were open.
+    ShedMaxConns,
+    /// Turned away at once: the buffer pool was nearly empty.
+    ShedPool,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClosed => "client_fin",
+            EndReason::BackendClosed => "backend_fin",
+            EndReason::ClientReset => "client_reset",
+            EndReason::BackendReset => "backend_reset",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::NoBackend => "no_backend",
+            EndReason::NoResources => "no_resources",
+            EndReason::Shutdown => "shutdown",
+            EndReason::ShedMaxConns => "shed_max_conns",
+            EndReason::ShedPool => "shed_pool",
+        }
+    }
+}
+
+/// What is left of a session once it has ended: for the access log and the counters.
+#[derive(Clone, Debug)]
+pub struct SessionSummary {
+    pub client_addr: SocketAddr,
+    /// The backend it ended on (`None` if it never got one).
+    pub backend: Option<SocketAddr>,
+    pub connect_time: Option<Duration>,
+    pub duration: Duration,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub retries: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_per_bucket() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.1, 0.5, 2.0, 3.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.bucket_counts().collect::<Vec<_>>(), [2, 1, 2]);
+        assert_eq!(h.count(), 5);
+        assert!((h.sum() - 5.65).abs() < 1e-9);
+    }
+
+    #[test]
+    fn counters_and_gauges() {
+        let c = Counter::default();
+        c.add(2);
+        c.add(3);
+        assert_eq!(c.get(), 5);
+        let g = Gauge::default();
+        g.set(9);
+        assert_eq!(g.get(), 9);
+    }
+}

@@ -1,0 +1,628 @@
+//! A worker: one thread running one single-threaded `mio` event loop, in the shape of
+//! Python's `selectors` pattern. Each turn waits for readiness, then dispatches by token:
+//!
+//! | token | handler |
+//! |---|---|
+//! | its listener | accept ([`accept`]) → a new [`Session`] (or shed) |
+//! | its inbox waker | commands from the control thread: a new fleet generation, drain, stop |
+//! | a slab entry (slot, socket and generation in one word) | that [`Session`]'s handler |
+//!
+//! then runs sessions that were waiting for a buffer or had used up their turn, fires due
+//! timers, and hands the access log its lines.
+//!
+//! A worker owns everything on its data path: its listener (`SO_REUSEPORT`, one per
+//! worker), slab, buffer pool (its share of `--buffers`), timer wheel and run queues. What
+//! it shares with the others is the fleet (atomics only) and a process-wide session count
+//! for `--max-conns`. Sockets are registered once, for both directions, edge-triggered;
+//! sessions remember readiness themselves. A session ended by one event is removed at once:
+//! its slot may be reused within the same batch, but the generation in its tokens tells a
+//! late event apart.
+
+pub mod accept;
+pub mod duplex;
+pub mod pipe;
+pub mod pool;
+pub mod session;
+pub mod stream;
+pub mod timer;
+
+use crate::admin::access_log::AccessLogBatch;
+use crate::clock;
+use crate::fleet::Fleet;
+use crate::fleet::backend::Backend;
+use crate::logging::{Throttle, suppressed_note};
+use crate::stats::{EndReason, SessionSummary, WorkerStats};
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use pool::Pool;
+use session::{Report, Session};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant, SystemTime};
+use timer::{TimerId, Timers};
+
+const LISTENER: Token = Token(usize::MAX);
+const INBOX: Token = Token(usize::MAX - 1);
+
+/// Events taken from the kernel per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+
+/// A session's slot in the worker's slab plus a generation, so an event or timer meant
+/// for a session that has ended is never delivered to the next one in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnId {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+// Tokens pack a generation into the upper half of the word.
+const _: () = assert!(usize::BITS >= 64, "tcplb needs a 64-bit target");
+
+impl ConnId {
+    /// The poll token of one of the session's sockets (`socket` is 0 or 1): generation,
+    /// slot and socket packed in one word. Tokens at the very top of the range are left to
+    /// the worker's own sockets.
+    pub fn token(self, socket: usize) -> Token {
+        Token(((self.generation as usize) << 32) | ((self.slot as usize) << 1) | (socket & 1))
+    }
+
+    /// The session and socket (0 or 1) a token names.
+    pub fn from_token(token: Token) -> (ConnId, usize) {
+        let id = ConnId {
+            slot: ((token.0 >> 1) & 0x7fff_ffff) as u32,
+            generation: (token.0 >> 32) as u32,
+        };
+        (id, token.0 & 1)
+    }
+}
+
+/// What a worker's timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKey {
+    /// A session's connect or idle timeout.
+    Conn(ConnId),
+    /// Accepting was paused for lack of descriptors: try again.
+    ResumeAccept,
+    /// A backend's breaker cool-down is over: let its selector see it again (index into
+    /// the worker's cool-down list).
+    Cooldown(usize),
+}
+
+/// Settings the sessions read.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub retries: u32,
+    pub idle_timeout: Option<Duration>,
+    pub max_conns: usize,
+}
+
+/// Warnings that come in bursts, one throttle each.
+#[derive(Debug, Default)]
+pub struct Throttles {
+    pub accept: Throttle,
+    pub fds: Throttle,
+    pub no_backend: Throttle,
+    pub shed: Throttle,
+}
+
+/// What a session borrows from its worker while a handler runs.
+pub struct Env<'a> {
+    pub registry: &'a Registry,
+    pub pool: &'a mut Pool,
+    pub fleet: &'a Fleet,
+    pub timers: &'a mut Timers<TimerKey>,
+    /// The time at the start of this turn (one clock read per wake-up), and the same in
+    /// milliseconds since the clock's epoch (for shared state).
+    pub now: Instant,
+    pub now_ms: u64,
+    pub settings: &'a Settings,
+    pub stats: &'a WorkerStats,
+    pub throttles: &'a Throttles,
+    /// Backends whose breaker opened, with when their cool-down ends.
+    pub cooling: &'a mut Vec<(Arc<Backend>, u64)>,
+}
+
+/// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
+/// fields (a method could not, with the session itself borrowed from the slab).
+macro_rules! lend_env {
+    ($worker:ident) => {
+        $crate::worker::Env {
+            registry: $worker.poll.registry(),
+            pool: &mut $worker.pool,
+            fleet: &$worker.fleet,
+            timers: &mut $worker.timers,
+            now: $worker.now,
+            now_ms: $crate::clock::millis($worker.now),
+            settings: &$worker.settings,
+            stats: &$worker.stats,
+            throttles: &$worker.throttles,
+            cooling: &mut $worker.cooling,
+        }
+    };
+}
+pub(crate) use lend_env;
+
+/// What the control thread tells a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// A new generation of the backend set.
+    Fleet(Arc<Fleet>),
+    /// Stop accepting (close the listener); exit once the last session has ended.
+    Drain,
+    /// Cut every session with a reset and exit.
+    Stop,
+}
+
+/// What every worker and the control thread share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Sessions open now, over every worker: `--max-conns` is one limit for the process.
+    pub sessions: AtomicUsize,
+    /// The fleet generation each worker has adopted.
+    pub adopted: Box<[AtomicU32]>,
+    /// Workers still running.
+    pub running: AtomicUsize,
+    /// Workers whose listener is still open.
+    pub accepting: AtomicUsize,
+    /// Wakes the control thread (a worker adopted a generation, or exited).
+    pub control: Arc<Waker>,
+}
+
+/// What a worker needs to start.
+pub struct WorkerConfig {
+    pub index: usize,
+    pub listener: TcpListener,
+    pub fleet: Arc<Fleet>,
+    pub pool: Pool,
+    pub settings: Arc<Settings>,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<WorkerStats>,
+    pub access_log: Option<AccessLogBatch>,
+}
+
+/// The control thread's handle on a running worker.
+pub struct Handle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    pub thread: std::thread::JoinHandle<()>,
+    /// The address its listener is bound to.
+    pub local_addr: SocketAddr,
+}
+
+impl Handle {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                warn!("cannot wake a worker: {e}");
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    /// Not accepting; exits when the last session ends.
+    Draining,
+    /// The loop ends after this turn.
+    Stopped,
+}
+
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    events: Events,
+    /// `None` once draining: new clients are refused by the kernel.
+    listener: Option<TcpListener>,
+    /// The listener may have clients waiting (its edge has not been drained).
+    listener_ready: bool,
+    /// Accepting is paused for lack of descriptors; a timer (or a session ending) resumes it.
+    accept_paused: bool,
+    resume_accept_timer: Option<TimerId>,
+    inbox: Receiver<Command>,
+    sessions: Slab<Session>,
+    next_generation: u32,
+    fleet: Arc<Fleet>,
+    pool: Pool,
+    timers: Timers<TimerKey>,
+    now: Instant,
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    throttles: Throttles,
+    /// Sessions stopped for want of a buffer, oldest first.
+    buffer_waiters: VecDeque<ConnId>,
+    /// Sessions that used up their turn with work left, to run before the next poll.
+    run_queue: Vec<ConnId>,
+    resumable: Vec<ConnId>,
+    fired: Vec<TimerKey>,
+    /// Backends whose cool-down ends at a timer of ours (slots reused once fired).
+    cooldowns: Slab<Arc<Backend>>,
+    cooling: Vec<(Arc<Backend>, u64)>,
+    access_log: Option<AccessLogBatch>,
+    lifecycle: Lifecycle,
+}
+
+impl Worker {
+    /// Starts a worker thread.
+    pub fn spawn(config: WorkerConfig) -> io::Result<Handle> {
+        let (commands, inbox) = mpsc::channel();
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
+        let index = config.index;
+        let worker = Worker::new(poll, inbox, config)?;
+        let local_addr = worker.listener.as_ref().map_or_else(
+            || Err(io::ErrorKind::NotConnected.into()),
+            |l| l.local_addr(),
+        )?;
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || worker.run())?;
+        Ok(Handle {
+            commands,
+            waker,
+            thread,
+            local_addr,
+        })
+    }
+
+    fn new(poll: Poll, inbox: Receiver<Command>, config: WorkerConfig) -> io::Result<Worker> {
+        let mut listener = config.listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        // Room for every session up front: address space only (pages are touched as sessions
+        // fill them), and the slab never has to move its entries to grow.
+        let max_conns = config.settings.max_conns;
+        config
+            .stats
+            .buffers_total
+            .set(config.pool.capacity() as u64);
+        config
+            .stats
+            .buffer_bytes
+            .set((config.pool.capacity() * config.pool.buffer_size()) as u64);
+        config.stats.buffers_free.set(config.pool.free() as u64);
+        Ok(Worker {
+            index: config.index,
+            poll,
+            events: Events::with_capacity(EVENTS_PER_WAIT),
+            listener: Some(listener),
+            listener_ready: true,
+            accept_paused: false,
+            resume_accept_timer: None,
+            inbox,
+            sessions: Slab::with_capacity(max_conns),
+            next_generation: 0,
+            fleet: config.fleet,
+            pool: config.pool,
+            timers: Timers::with_capacity(now, max_conns + 64),
+            now,
+            settings: config.settings,
+            shared: config.shared,
+            stats: config.stats,
+            throttles: Throttles::default(),
+            buffer_waiters: VecDeque::new(),
+            run_queue: Vec::new(),
+            resumable: Vec::new(),
+            fired: Vec::new(),
+            cooldowns: Slab::new(),
+            cooling: Vec::new(),
+            access_log: config.access_log,
+            lifecycle: Lifecycle::Running,
+        })
+    }
+
+    /// Runs until drained or stopped. A poll failure other than an interruption is fatal for
+    /// this worker: it is logged, its sessions are cut, and the control thread is told.
+    fn run(mut self) {
+        while self.lifecycle != Lifecycle::Stopped {
+            if let Err(e) = self.turn() {
+                warn!(
+                    "worker {}: event loop failed: {e}; its sessions are cut",
+                    self.index
+                );
+                self.cut_sessions();
+                break;
+            }
+        }
+        self.close_listener();
+        // Hands the last access log lines to the writer.
+        if let Some(log) = &mut self.access_log {
+            log.flush();
+        }
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.shared.control.wake();
+    }
+
+    /// One turn of the loop: wait, dispatch, run deferred work, fire timers.
+    fn turn(&mut self) -> io::Result<()> {
+        let timeout = if self.has_pending_work() {
+            Some(Duration::ZERO)
+        } else {
+            self.timers.next_timeout(Instant::now())
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.now = Instant::now();
+
+        // Take the events out so handlers can borrow `self` mutably; put them back after.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.listener_ready = true,
+                INBOX => self.on_commands(),
+                token => self.dispatch(token, event),
+            }
+        }
+        self.events = events;
+        if self.listener_ready && !self.accept_paused {
+            self.accept_clients();
+        }
+        self.run_deferred();
+        self.fire_timers();
+        self.arm_cooldowns();
+        if let Some(log) = &mut self.access_log {
+            log.flush();
+        }
+        self.stats.buffers_free.set(self.pool.free() as u64);
+        Ok(())
+    }
+
+    fn has_pending_work(&self) -> bool {
+        !self.run_queue.is_empty()
+            || (self.listener_ready && !self.accept_paused && self.listener.is_some())
+            || (!self.buffer_waiters.is_empty() && self.pool.free() > 0)
+    }
+
+    /// Runs `handler` on the session with `id` (if it is still there), with the worker's
+    /// resources lent, and settles its report.
+    fn with_session(&mut self, id: ConnId, handler: impl FnOnce(&mut Session, &mut Env) -> Report) {
+        let Some(session) = self.sessions.get_mut(id.slot as usize) else {
+            return;
+        };
+        if session.id() != id {
+            return; // a late event for a session that has ended
+        }
+        let report = handler(session, &mut lend_env!(self));
+        self.settle(id, report);
+    }
+
+    fn dispatch(&mut self, token: Token, event: &mio::event::Event) {
+        let (id, socket) = ConnId::from_token(token);
+        let side = duplex::Side::from_socket(socket);
+        self.with_session(id, |session, env| session.on_ready(side, event, env));
+    }
+
+    /// Acts on what a handler reported.
+    fn settle(&mut self, id: ConnId, report: Report) {
+        if let Some(reason) = report.closed {
+            let session = self.sessions.remove(id.slot as usize);
+            self.end_session(session, reason);
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(id.slot as usize) else {
+            return;
+        };
+        if report.need_buffer && !session.waiting_for_buffer {
+            session.waiting_for_buffer = true;
+            self.buffer_waiters.push_back(id);
+        }
+        if report.yielded && !session.queued {
+            session.queued = true;
+            self.run_queue.push(id);
+        }
+    }
+
+    /// Counts a session that has ended, then tears it down (the counts come first: a client
+    /// that sees its connection close and asks `/metrics` finds it counted).
+    fn end_session(&mut self, session: Session, reason: EndReason) {
+        let summary = session.summary(self.now);
+        self.stats.sessions.set(self.sessions.len() as u64);
+        self.stats
+            .session_duration
+            .observe(summary.duration.as_secs_f64());
+        self.record(&summary, reason);
+        self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+        session.finish(&mut lend_env!(self));
+        // Descriptors were freed: a paused listener may go on.
+        if self.accept_paused {
+            self.resume_accepting();
+        }
+        if reason == EndReason::NoResources {
+            self.pause_accepting();
+        }
+        if self.lifecycle == Lifecycle::Draining && self.sessions.is_empty() {
+            debug!("worker {}: drained", self.index);
+            self.lifecycle = Lifecycle::Stopped;
+        }
+    }
+
+    /// Counts, logs and writes the access log line for a finished (or refused) client.
+    fn record(&mut self, summary: &SessionSummary, reason: EndReason) {
+        debug!(
+            "{} via {}: {} after {:?}, {} bytes up, {} down",
+            summary.client_addr,
+            summary
+                .backend
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
+            reason.as_str(),
+            summary.duration,
+            summary.bytes_up,
+            summary.bytes_down
+        );
+        if reason == EndReason::NoBackend {
+            self.stats.no_backend.add(1);
+            if let Some(n) = self.throttles.no_backend.allow(self.now) {
+                warn!(
+                    "no backend could take client {}{}",
+                    summary.client_addr,
+                    suppressed_note(n)
+                );
+            }
+        }
+        if let Some(log) = &mut self.access_log {
+            log.record(summary, reason, SystemTime::now());
+        }
+    }
+
+    /// The id the next slab insert will get.
+    fn next_id(&mut self) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        ConnId {
+            slot: self.sessions.vacant_key() as u32,
+            generation: self.next_generation,
+        }
+    }
+
+    fn on_commands(&mut self) {
+        while let Ok(command) = self.inbox.try_recv() {
+            match command {
+                Command::Fleet(fleet) => {
+                    let generation = fleet.generation();
+                    self.fleet = fleet;
+                    self.shared.adopted[self.index].store(generation, Ordering::Release);
+                    let _ = self.shared.control.wake();
+                }
+                Command::Drain => self.drain(),
+                Command::Stop => {
+                    self.cut_sessions();
+                    self.lifecycle = Lifecycle::Stopped;
+                }
+            }
+        }
+    }
+
+    /// Stops accepting (the listener is closed, so new clients are refused) and lets live
+    /// sessions finish.
+    fn drain(&mut self) {
+        self.close_listener();
+        self.lifecycle = if self.sessions.is_empty() {
+            Lifecycle::Stopped
+        } else {
+            Lifecycle::Draining
+        };
+    }
+
+    /// Closes the listener (new clients are refused from now on) and tells the control
+    /// thread.
+    fn close_listener(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+            drop(listener);
+            self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.shared.control.wake();
+        }
+    }
+
+    /// Resets every open session (at exit: a cut transfer must not look complete).
+    fn cut_sessions(&mut self) {
+        let ids: Vec<ConnId> = self.sessions.iter().map(|(_, s)| s.id()).collect();
+        if !ids.is_empty() {
+            info!(
+                "worker {}: cutting {} sessions still open",
+                self.index,
+                ids.len()
+            );
+        }
+        for id in ids {
+            let session = self.sessions.remove(id.slot as usize);
+            session.abort();
+            self.end_session(session, EndReason::Shutdown);
+        }
+    }
+
+    /// Runs sessions that had used up their turn, then those waiting for a buffer while
+    /// buffers are free.
+    fn run_deferred(&mut self) {
+        std::mem::swap(&mut self.resumable, &mut self.run_queue);
+        let mut queue = std::mem::take(&mut self.resumable);
+        for id in queue.drain(..) {
+            self.with_session(id, |session, env| session.resume(true, env));
+        }
+        self.resumable = queue;
+        while self.pool.free() > 0 {
+            let Some(id) = self.buffer_waiters.pop_front() else {
+                break;
+            };
+            self.with_session(id, |session, env| session.resume(false, env));
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        self.timers.expire(self.now, &mut self.fired);
+        let mut fired = std::mem::take(&mut self.fired);
+        for key in fired.drain(..) {
+            match key {
+                TimerKey::Conn(id) => self.with_session(id, |session, env| session.on_timer(env)),
+                TimerKey::ResumeAccept => {
+                    self.resume_accept_timer = None;
+                    self.accept_paused = false;
+                }
+                TimerKey::Cooldown(slot) => {
+                    if let Some(backend) = self.cooldowns.try_remove(slot) {
+                        self.fleet.refresh(&backend, clock::millis(self.now));
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// Arms a timer for each breaker that opened this turn, so the backend's selector sees
+    /// it again (for its trial) when the cool-down ends.
+    fn arm_cooldowns(&mut self) {
+        for (backend, until) in self.cooling.drain(..) {
+            let slot = self.cooldowns.insert(backend);
+            self.timers
+                .insert(clock::instant(until), TimerKey::Cooldown(slot));
+        }
+    }
+
+    /// Sessions open on this worker right now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for (slot, generation) in [
+            (0, 0),
+            (1, 7),
+            (0x7fff_fffe, u32::MAX - 1),
+            (12345, 1 << 31),
+        ] {
+            let id = ConnId { slot, generation };
+            for socket in [0, 1] {
+                assert_eq!(ConnId::from_token(id.token(socket)), (id, socket));
+            }
+        }
+        let a = ConnId {
+            slot: 3,
+            generation: 1,
+        }
+        .token(0);
+        let b = ConnId {
+            slot: 3,
+            generation: 2,
+        }
+        .token(0);
+        assert_ne!(a, b, "a reused slot gets a different token");
+    }
+}
