@@ -289,7 +289,7 @@ pub fn render(ctx: &mut Context, out: &mut String) {
         e.single(
             "tcplb_access_log_dropped_lines_total",
             "counter",
-            "Access log lines dropped because the writer fell behind.",
+            "Access log lines not written: the writer fell behind, a write failed, or no process read the FIFO.",
             log.dropped() as f64,
         );
     }
