@@ -172,7 +172,7 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     /// Writes out what is left and waits for the writer (at exit), for at most
-    /// [`EXIT_WAIT`]: a reader that stopped reading must not keep the process from exiting.
+    /// `EXIT_WAIT`: a reader that stopped reading must not keep the process from exiting.
     fn drop(&mut self) {
         self.flush();
         self.full = None;
