@@ -17,7 +17,7 @@
 //! reused within the same batch, but the generation in its tokens tells a late event apart.
 
 use crate::access_log::AccessLog;
-use crate::admin::AdminConn;
+use crate::admin::{self, AdminConn};
 use crate::balancer::Balancer;
 use crate::context::{ConnId, Context, Settings, Stats, Throttles, TimerKey};
 use crate::discovery::{Cause, Discovery, Plan};
@@ -51,8 +51,6 @@ const EVENTS_PER_WAIT: usize = 1024;
 const ACCEPTS_PER_TURN: usize = 256;
 /// How long accepting pauses after running out of descriptors (unless a session ends first).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// Admin connections open at once; more are closed at once.
-const MAX_ADMIN_CONNS: usize = 32;
 /// New clients are shed when fewer than 1/SHED_POOL_FRACTION of the buffers are free.
 const SHED_POOL_FRACTION: usize = 20;
 
@@ -109,8 +107,7 @@ pub struct Reactor {
     /// Accepting is paused for lack of descriptors; a timer (or a session ending) resumes it.
     accept_paused: bool,
     resume_accept_timer: Option<TimerId>,
-    admin: Option<TcpListener>,
-    admin_conns: usize,
+    admin: Option<admin::Endpoint>,
     signals: Signals,
     discovery: Discovery,
     conns: Slab<Conn>,
@@ -133,11 +130,14 @@ impl Reactor {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut admin = config.admin;
-        if let Some(admin) = &mut admin {
-            poll.registry()
-                .register(admin, ADMIN_LISTENER, Interest::READABLE)?;
-        }
+        let admin = match config.admin {
+            Some(listener) => Some(admin::Endpoint::new(
+                listener,
+                poll.registry(),
+                ADMIN_LISTENER,
+            )?),
+            None => None,
+        };
         let mut signals = config.signals;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -174,10 +174,9 @@ impl Reactor {
             accept_paused: false,
             resume_accept_timer: None,
             admin,
-            admin_conns: 0,
             signals,
             discovery,
-            conns: Slab::with_capacity(max_conns + MAX_ADMIN_CONNS),
+            conns: Slab::with_capacity(max_conns + admin::MAX_ADMIN_CONNS),
             next_generation: 0,
             ctx,
             fired: Vec::new(),
@@ -230,7 +229,11 @@ impl Reactor {
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.listener_ready = true,
-                ADMIN_LISTENER => self.accept_admin(),
+                ADMIN_LISTENER => {
+                    if let Some(admin) = &mut self.admin {
+                        admin.set_ready();
+                    }
+                }
                 SIGNALS => self.on_signals(),
                 WAKER => self.on_discovery(),
                 token => self.dispatch(token, event),
@@ -239,6 +242,9 @@ impl Reactor {
         self.events = events;
         if self.listener_ready && !self.accept_paused {
             self.accept_clients();
+        }
+        if self.admin.as_ref().is_some_and(admin::Endpoint::is_ready) {
+            self.accept_admin();
         }
         self.run_deferred();
         self.fire_timers();
@@ -252,6 +258,7 @@ impl Reactor {
         !self.ctx.run_queue.is_empty()
             || (self.listener_ready && !self.accept_paused && self.listener.is_some())
             || (!self.ctx.buffer_waiters.is_empty() && self.ctx.pool.free() > 0)
+            || self.admin.as_ref().is_some_and(admin::Endpoint::is_ready)
     }
 
     fn dispatch(&mut self, token: Token, event: &Event) {
@@ -272,11 +279,7 @@ impl Reactor {
                     self.end_probe(id, result);
                 }
             }
-            Conn::Admin(admin) => {
-                if admin.on_ready(event, &mut self.ctx) {
-                    self.end_admin(id);
-                }
-            }
+            Conn::Admin(_) => self.serve_admin(id),
         }
     }
 
@@ -459,42 +462,72 @@ impl Reactor {
         }
     }
 
+    /// Accepts admin connections, up to a turn's worth. When every slot is taken, the
+    /// connection doing least makes room ([`AdminConn::eviction_rank`]), so idle or slow
+    /// clients cannot lock a probe out. A new connection is served at once: its request is
+    /// usually there already, and it is then no longer the idlest.
     fn accept_admin(&mut self) {
-        loop {
-            let Some(admin) = &self.admin else { return };
-            match admin.accept() {
-                Ok((stream, addr)) => {
-                    if self.admin_conns >= MAX_ADMIN_CONNS {
-                        debug!("admin {addr}: too many admin connections");
-                        continue;
-                    }
-                    let id = self.next_id();
-                    match AdminConn::new(id, stream, &mut self.ctx) {
-                        Ok(conn) => {
-                            self.conns.insert(Conn::Admin(conn));
-                            self.admin_conns += 1;
-                        }
-                        Err(e) => debug!("admin {addr}: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if net::is_transient_accept_error(&e) => {}
+        for _ in 0..admin::ACCEPTS_PER_TURN {
+            let Some(endpoint) = &mut self.admin else {
+                return;
+            };
+            let (stream, addr) = match endpoint.accept() {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
                 Err(e) => {
-                    // Out of descriptors, typically: the next admin connection raises a new
-                    // edge and accepting resumes.
                     if let Some(n) = self.ctx.throttles.accept.allow(self.ctx.now) {
                         warn!("admin accept failed: {e}{}", suppressed_note(n));
                     }
                     return;
                 }
+            };
+            if endpoint.is_full() {
+                let victim = endpoint
+                    .open()
+                    .iter()
+                    .filter_map(|&id| match self.conns.get(id.slot as usize) {
+                        Some(Conn::Admin(conn)) if conn.id() == id => Some(conn),
+                        _ => None,
+                    })
+                    .min_by_key(|conn| conn.eviction_rank())
+                    .map(AdminConn::id);
+                if let Some(victim) = victim {
+                    debug!("admin {addr}: every admin slot taken; closing the idlest");
+                    self.end_admin(victim);
+                }
             }
+            let id = self.next_id();
+            match AdminConn::new(id, stream, &mut self.ctx) {
+                Ok(conn) => {
+                    self.conns.insert(Conn::Admin(conn));
+                    if let Some(endpoint) = &mut self.admin {
+                        endpoint.added(id);
+                    }
+                    self.serve_admin(id);
+                }
+                Err(e) => debug!("admin {addr}: {e}"),
+            }
+        }
+    }
+
+    /// Runs an admin connection's handler; removes it once it is done.
+    fn serve_admin(&mut self, id: ConnId) {
+        let (Some(Conn::Admin(conn)), Some(endpoint)) =
+            (self.conns.get_mut(id.slot as usize), &mut self.admin)
+        else {
+            return;
+        };
+        if conn.id() == id && conn.on_ready(&mut self.ctx, endpoint.shared()) {
+            self.end_admin(id);
         }
     }
 
     fn end_admin(&mut self, id: ConnId) {
         if let Conn::Admin(conn) = self.conns.remove(id.slot as usize) {
             conn.finish(&mut self.ctx);
-            self.admin_conns -= 1;
+            if let Some(endpoint) = &mut self.admin {
+                endpoint.removed(id);
+            }
         }
     }
 
@@ -571,6 +604,9 @@ impl Reactor {
     /// sessions finish for up to `--drain-timeout`.
     fn begin_drain(&mut self, signal: &str) {
         self.draining = true;
+        if let Some(admin) = &mut self.admin {
+            admin.set_draining();
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -697,8 +733,9 @@ impl Reactor {
                 self.end_probe(id, Err(error));
             }
             Conn::Admin(admin) => {
-                admin.timed_out();
-                self.end_admin(id);
+                if admin.on_timer(&mut self.ctx) {
+                    self.end_admin(id);
+                }
             }
         }
     }
