@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const ADMIN: [&str; 2] = ["--admin", "127.0.0.1:0"];
 
@@ -59,42 +59,6 @@ fn expect_closed(stream: &mut TcpStream) {
         Ok(0) => {}
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("expected the client closed, got {other:?}"),
-    }
-}
-
-/// A scratch file (see `scratch_path`), removed when the test ends.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let path = scratch_path(name);
-        let _ = std::fs::remove_file(&path);
-        Scratch(path)
-    }
-
-    /// The path as a command-line argument.
-    fn arg(&self) -> String {
-        self.0.to_str().expect("utf-8 path").to_string()
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::path::Path> for Scratch {
-    fn as_ref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -1605,6 +1569,129 @@ fn access_log_names_resets_and_idle_timeouts() {
     }
     assert_eq!(m.get("tcplb_session_duration_seconds_count", &[]), 3.0);
     assert_eq!(m.get("tcplb_sessions_active", &[]), 0.0);
+}
+
+#[test]
+fn access_log_lines_lost_to_a_failing_write_are_counted_and_warned_about_sparingly() {
+    // /dev/full fails every write with ENOSPC.
+    const SESSIONS: usize = 300;
+    let started = Instant::now();
+    let backend = Backend::start(1, echo());
+    let tcplb = start(&[backend.arg()], &["--access-log", "/dev/full"]);
+    for i in 0..SESSIONS {
+        let data = pattern(i as u64, 100);
+        assert_eq!(hash(&echo_through(tcplb.connect(), &data)), hash(&data));
+    }
+    // Every line is lost, and every one is counted (by the writer thread, a little later).
+    let dropped = || metric(&tcplb, "tcplb_access_log_dropped_lines_total");
+    wait_until(
+        || dropped() == SESSIONS as f64,
+        || format!("{} lines counted as dropped, wanted {SESSIONS}", dropped()),
+    );
+    // Said once per 5 s window, not once per write.
+    let elapsed = started.elapsed();
+    let warnings = tcplb.count_logs("access log:");
+    assert!(
+        warnings >= 1 && warnings as u64 <= 1 + elapsed.as_secs() / 5,
+        "{warnings} warnings in {elapsed:?}:\n{}",
+        tcplb.logs().join("\n")
+    );
+    assert!(tcplb.wait_for_log("access log:").contains("No space left"));
+    // Traffic was never held up by it.
+    assert_eq!(
+        metric(&tcplb, "tcplb_session_duration_seconds_count"),
+        SESSIONS as f64
+    );
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+/// Opens the read end of a FIFO without waiting for a writer.
+fn open_fifo_reader(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open the FIFO for reading")
+}
+
+/// Waits for one whole line on a non-blocking FIFO reader.
+fn read_fifo_line(reader: &mut std::fs::File) -> String {
+    let mut got = Vec::new();
+    wait_until(
+        || {
+            let mut buf = [0u8; 4096];
+            match reader.read(&mut buf) {
+                // 0: no writer has the FIFO open (yet); WouldBlock: it has, nothing written.
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("reading the FIFO: {e}"),
+            }
+            got.contains(&b'\n')
+        },
+        || "no line came through the FIFO".to_string(),
+    );
+    let text = String::from_utf8(got).expect("UTF-8");
+    assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+    text.trim_end().to_string()
+}
+
+#[test]
+fn an_access_log_fifo_without_a_reader_does_not_hold_start_up() {
+    let fifo = Scratch::new("access.fifo");
+    mkfifo(&fifo);
+    let backend = Backend::start(1, echo());
+    // Opening a FIFO for writing waits for a reader, unless done without blocking.
+    let tcplb = start(&[backend.arg()], &["--access-log", &fifo.arg()]);
+    tcplb.wait_for_log("no process reads yet");
+    let session = |seed: u64| {
+        let stream = tcplb.connect();
+        let port = stream.local_addr().expect("addr").port();
+        let data = pattern(seed, 500);
+        assert_eq!(hash(&echo_through(stream, &data)), hash(&data));
+        port
+    };
+    let dropped = || metric(&tcplb, "tcplb_access_log_dropped_lines_total");
+    let expect_dropped = |n: f64| {
+        wait_until(
+            || dropped() == n,
+            || format!("{} lines counted as dropped, wanted {n}", dropped()),
+        )
+    };
+    let expect_line = |reader: &mut std::fs::File, port: u16| {
+        let line = AccessLine::parse(&read_fifo_line(reader));
+        assert_eq!(line.get("client"), format!("127.0.0.1:{port}"));
+        assert_eq!(line.get("end"), "client_fin");
+        assert_eq!(
+            (line.number("bytes_up"), line.number("bytes_down")),
+            (500, 500)
+        );
+    };
+
+    // No reader: the line is dropped and counted.
+    session(1);
+    expect_dropped(1.0);
+    // A reader comes: the next line reaches it.
+    let mut reader = open_fifo_reader(&fifo);
+    let port = session(2);
+    expect_line(&mut reader, port);
+    // The reader goes away: the line then is lost and counted, and serving goes on.
+    drop(reader);
+    session(3);
+    expect_dropped(2.0);
+    // Another reader: the FIFO is opened again for it.
+    let mut reader = open_fifo_reader(&fifo);
+    let port = session(4);
+    expect_line(&mut reader, port);
+    assert_eq!(dropped(), 2.0);
+    assert_eq!(tcplb.count_logs("panicked"), 0);
 }
 
 #[test]

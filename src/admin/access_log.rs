@@ -8,22 +8,33 @@
 //! Each worker formats its lines into its own batch during a turn of its loop and hands the
 //! batch, once per turn, to the one writer thread every worker shares: a slow disk or a
 //! stalled pipe never blocks an event loop, and lines from different workers never
-//! interleave mid-line. If the writer falls more than a few batches behind, batches are
-//! dropped and counted. When the log is off none of this exists.
+//! interleave mid-line. Every line not written is counted ([`AccessLog::dropped`]): batches
+//! dropped because the writer fell more than a few batches behind, and lines of a batch
+//! whose write failed (a full disk, a FIFO whose reader went away). The writer warns about
+//! failed writes at most once per [`THROTTLE_WINDOW`](crate::logging::THROTTLE_WINDOW).
+//!
+//! The file is opened without blocking, so a FIFO nobody reads yet does not hold start-up
+//! up: while no process has it open for reading, lines are dropped and counted, and the
+//! writer opens it with the first batch after a reader shows up (and again after a reader
+//! goes away). When the log is off none of this exists.
 
+use crate::logging::{Throttle, suppressed_note};
 use crate::stats::{EndReason, SessionSummary};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Batches that may wait for the writer before new ones are dropped.
 const BACKLOG_BATCHES: usize = 64;
+/// How long exiting waits for the writer to write out what is left.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A batch on its way to the writer, with where to send the emptied buffer back.
 struct Batch {
@@ -33,8 +44,11 @@ struct Batch {
 
 /// The writer thread, owned by the control thread.
 pub struct AccessLog {
-    writer: Option<JoinHandle<()>>,
+    /// Lines not written, counted here, by the batches and by the writer.
     dropped: Arc<AtomicU64>,
+    writer: Option<JoinHandle<()>>,
+    /// Disconnected once the writer has finished.
+    writer_done: Receiver<()>,
 }
 
 /// One worker's end: formats lines and hands them over once per turn.
@@ -49,27 +63,58 @@ pub struct AccessLogBatch {
 
 impl AccessLog {
     /// Opens `path` for appending (`-` = standard output), starts the writer thread and
-    /// returns one batch handle per worker.
+    /// returns one batch handle per worker. A FIFO with no reader yet is opened later, by
+    /// the writer.
     pub fn open(path: &Path, workers: usize) -> io::Result<(AccessLog, Vec<AccessLogBatch>)> {
-        let mut out: File = if path == Path::new("-") {
-            File::from(io::stdout().as_fd().try_clone_to_owned()?)
+        let mut output = if path == Path::new("-") {
+            Output {
+                path: None,
+                file: Some(File::from(io::stdout().as_fd().try_clone_to_owned()?)),
+            }
         } else {
-            OpenOptions::new().create(true).append(true).open(path)?
+            let file = match open_without_blocking(path) {
+                Ok(file) => Some(file),
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    log::info!(
+                        "access log {}: a FIFO no process reads yet; its lines are dropped \
+                         (and counted) until one does",
+                        path.display()
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            Output {
+                path: Some(path.to_path_buf()),
+                file,
+            }
         };
+        let dropped = Arc::new(AtomicU64::new(0));
         let (full, to_write) = mpsc::sync_channel::<Batch>(BACKLOG_BATCHES);
+        let (done, writer_done) = mpsc::channel::<()>();
+        let counter = Arc::clone(&dropped);
         let writer = std::thread::Builder::new()
             .name("access-log".to_string())
             .spawn(move || {
+                let _done = done;
+                let throttle = Throttle::default();
                 for Batch { mut bytes, recycle } in to_write {
-                    if let Err(e) = out.write_all(&bytes) {
-                        log::warn!("access log write failed: {e}");
+                    if let Err((lost, e)) = output.write(&bytes) {
+                        counter.fetch_add(lost, Ordering::Relaxed);
+                        if let Some(n) = throttle.allow(Instant::now()) {
+                            log::warn!(
+                                "access log: {lost} lines not written: {e}{}",
+                                suppressed_note(n)
+                            );
+                        }
                     }
                     bytes.clear();
                     let _ = recycle.send(bytes);
                 }
-                let _ = out.flush();
+                if let Some(file) = &mut output.file {
+                    let _ = file.flush();
+                }
             })?;
-        let dropped = Arc::new(AtomicU64::new(0));
         let batches = (0..workers)
             .map(|_| {
                 let (recycle, empty) = mpsc::channel();
@@ -85,14 +130,16 @@ impl AccessLog {
             .collect();
         Ok((
             AccessLog {
-                writer: Some(writer),
                 dropped,
+                writer: Some(writer),
+                writer_done,
             },
             batches,
         ))
     }
 
-    /// Lines dropped so far because the writer fell behind.
+    /// Lines not written so far: dropped because the writer fell behind, or lost to a
+    /// failed write.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -100,10 +147,18 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     /// Waits for the writer to write out what it was given (at exit, once every worker has
-    /// handed over its last batch and dropped its end).
+    /// handed over its last batch and dropped its end), for at most `EXIT_WAIT`: a reader
+    /// that stopped reading must not keep the process from exiting.
     fn drop(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        match self.writer_done.recv_timeout(EXIT_WAIT) {
+            Err(RecvTimeoutError::Timeout) => {
+                log::warn!("access log: the last lines could not be written within {EXIT_WAIT:?}");
+            }
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(writer) = self.writer.take() {
+                    let _ = writer.join();
+                }
+            }
         }
     }
 }
@@ -162,6 +217,80 @@ impl AccessLogBatch {
             }
         }
         self.lines = 0;
+    }
+}
+
+/// Where the writer thread writes.
+struct Output {
+    /// `None` for standard output.
+    path: Option<PathBuf>,
+    /// `None` while a FIFO has no reader (or lost it): opened again with the next batch.
+    file: Option<File>,
+}
+
+impl Output {
+    /// Writes a batch of whole lines. On failure: how many lines were not written (the one
+    /// cut in the middle included), and why.
+    fn write(&mut self, batch: &[u8]) -> Result<(), (u64, io::Error)> {
+        let lines_in = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        if self.file.is_none() {
+            if let Some(path) = &self.path {
+                match open_without_blocking(path) {
+                    Ok(file) => self.file = Some(file),
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                        let why = io::Error::new(
+                            e.kind(),
+                            format!("no process reads the FIFO {}", path.display()),
+                        );
+                        return Err((lines_in(batch), why));
+                    }
+                    Err(e) => return Err((lines_in(batch), e)),
+                }
+            }
+        }
+        let Some(file) = &mut self.file else {
+            return Err((lines_in(batch), io::ErrorKind::NotConnected.into()));
+        };
+        let mut written = 0;
+        while written < batch.len() {
+            match file.write(&batch[written..]) {
+                Ok(0) => {
+                    return Err((lines_in(&batch[written..]), io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The FIFO's reader went away: open it again when another comes.
+                    if e.kind() == io::ErrorKind::BrokenPipe && self.path.is_some() {
+                        self.file = None;
+                    }
+                    return Err((lines_in(&batch[written..]), e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens `path` for appending without waiting for a FIFO's reader (`ENXIO` when it has
+/// none), then makes writes blocking again: they happen on the writer thread.
+fn open_without_blocking(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns (`file`); F_GETFL/F_SETFL only read
+    // and set its status flags.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if cleared {
+        Ok(file)
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

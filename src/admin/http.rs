@@ -1,33 +1,180 @@
-//! The admin endpoint (`--admin`): HTTP/1.1 served by the reactor itself, one request per
-//! connection, parsed with `httparse`.
+//! The admin endpoint (`--admin`): HTTP/1.1 served by the control thread (never by a
+//! worker, so nothing here can stall traffic), one request per connection, parsed with
+//! `httparse`.
 //!
 //! - `GET /metrics`: Prometheus text exposition (`metrics.rs`).
-//! - `GET /healthz`: 200 when at least one backend is up, 503 otherwise.
+//! - `GET /healthz`: 200 when at least one backend is up; 503 while none is, and from the
+//!   moment a drain starts (`draining`), so readiness probes stop sending traffic.
 //! - `GET /backends`: JSON, one object per backend (draining ones included).
 //!
-//! A request head larger than [`MAX_REQUEST`] or one that does not parse gets 400; unknown
-//! paths 404; other methods 405. Every response closes the connection. An admin connection
-//! has [`ADMIN_TIMEOUT`] to send its request and read the answer, so a slow or silent client
-//! cannot hold a descriptor for long. All of this runs between data-path events and never
+//! The target may be in origin form (`/metrics?x`) or absolute form
+//! (`http://host:9090/metrics`); only its path counts. A request head larger than
+//! [`MAX_REQUEST`], one that does not parse, or one cut short by the client's EOF gets 400;
+//! one not complete within [`REQUEST_TIMEOUT`] gets 408 (a connection that sent nothing is
+//! just closed); unknown paths 404; other methods 405. Every response closes the connection,
+//! and a connection lives at most [`ADMIN_TIMEOUT`].
+//!
+//! At most [`MAX_ADMIN_CONNS`] connections are open at once: a new one past that closes the
+//! one doing least (see [`AdminConn::eviction_rank`]), so idle or slow clients cannot lock
+//! probes out. The big answers (`/metrics`, `/backends`: megabytes with a large fleet) are
+//! rendered once and shared by every request that overlaps that rendering within
+//! [`SHARE_WINDOW`] ([`Shared`]), so slow scrapers cost one copy, not one each. Nothing here
 //! blocks.
 
 use crate::admin::View;
 use crate::clock;
 use crate::fleet::backend::BackendStats as Stat;
-use mio::event::Event;
-use mio::net::TcpStream;
+use crate::worker::ConnId;
+use crate::worker::timer::{TimerId, Timers};
+use log::debug;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::time::Duration;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 /// Largest request head accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// How long an admin connection may live.
+/// How long a connection has to send its whole request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an admin connection may live in all: request, answer and close.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once; a new one past this closes the one doing least.
+pub const MAX_ADMIN_CONNS: usize = 32;
+/// Admin connections accepted per turn of the loop, so a flood of them cannot hold it up.
+pub const ACCEPTS_PER_TURN: usize = 8;
+/// How long one rendering of a big answer may be shared by requests that overlap it.
+pub const SHARE_WINDOW: Duration = Duration::from_secs(1);
 
-#[derive(Debug, PartialEq, Eq)]
+/// The admin listener and what its connections share. The connections themselves live in
+/// the control thread's slab, next to the health probes.
+pub struct Endpoint {
+    listener: TcpListener,
+    /// The listener may have connections waiting (its edge has not been drained).
+    ready: bool,
+    /// Open connections (at most [`MAX_ADMIN_CONNS`]).
+    open: Vec<ConnId>,
+    shared: Shared,
+}
+
+impl Endpoint {
+    /// Registers `listener` under `token`.
+    pub fn new(mut listener: TcpListener, registry: &Registry, token: Token) -> io::Result<Self> {
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        Ok(Endpoint {
+            listener,
+            ready: true,
+            open: Vec::with_capacity(MAX_ADMIN_CONNS),
+            shared: Shared::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The listener's readiness event: connections may be waiting.
+    pub fn set_ready(&mut self) {
+        self.ready = true;
+    }
+
+    /// Whether connections may be waiting to be accepted.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The next waiting connection; `Ok(None)` once none is waiting.
+    pub fn accept(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        loop {
+            match self.listener.accept() {
+                Ok(pair) => return Ok(Some(pair)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready = false;
+                    return Ok(None);
+                }
+                Err(e) if crate::net::is_transient_accept_error(&e) => {}
+                // Out of descriptors, typically: the next connection raises a new edge.
+                Err(e) => {
+                    self.ready = false;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Every connection slot is taken: one must go before another is admitted.
+    pub fn is_full(&self) -> bool {
+        self.open.len() >= MAX_ADMIN_CONNS
+    }
+
+    /// The open connections.
+    pub fn open(&self) -> &[ConnId] {
+        &self.open
+    }
+
+    pub fn added(&mut self, id: ConnId) {
+        self.open.push(id);
+    }
+
+    pub fn removed(&mut self, id: ConnId) {
+        if let Some(i) = self.open.iter().position(|&o| o == id) {
+            self.open.swap_remove(i);
+        }
+    }
+
+    /// What the connections share.
+    pub fn shared(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+}
+
+/// What requests share: the big answers, each rendered once and handed to every request that
+/// overlaps it.
+#[derive(Default)]
+pub struct Shared {
+    metrics: SharedRender,
+    backends: SharedRender,
+}
+
+/// One rendering of a big answer, shared while it is being written. Only a weak reference
+/// is kept here: the copy lives exactly as long as some connection is still writing it.
+#[derive(Default)]
+struct SharedRender {
+    last: Weak<Vec<u8>>,
+    rendered_at: Option<Instant>,
+    /// Length of the last rendering: the next one starts with room for about as much.
+    last_len: usize,
+}
+
+impl SharedRender {
+    /// The copy some connection is still writing, if it is recent enough; else a new one.
+    /// So there is at most one copy per [`SHARE_WINDOW`], however many clients ask; a
+    /// request that overlaps no other one always gets fresh figures.
+    fn get(&mut self, what: &str, view: &View, render: fn(&View, &mut String)) -> Rc<Vec<u8>> {
+        if let (Some(at), Some(body)) = (self.rendered_at, self.last.upgrade()) {
+            if view.now.saturating_duration_since(at) < SHARE_WINDOW {
+                return body;
+            }
+        }
+        let started = Instant::now();
+        let mut text = String::with_capacity(self.last_len + self.last_len / 8 + 4096);
+        render(view, &mut text);
+        debug!(
+            "{what}: rendered {} bytes in {:?}",
+            text.len(),
+            started.elapsed()
+        );
+        self.last_len = text.len();
+        let body = Rc::new(text.into_bytes());
+        self.last = Rc::downgrade(&body);
+        self.rendered_at = Some(view.now);
+        body
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Reading,
     Writing,
@@ -36,63 +183,117 @@ enum Phase {
     Lingering,
 }
 
+/// What the bytes read so far make.
+enum Head {
+    /// Not a whole request head yet.
+    Partial,
+    Complete {
+        method: String,
+        path: String,
+    },
+    /// Answered with 400 and this text.
+    Bad(String),
+    /// The client closed (or failed) before sending anything: close without an answer.
+    Gone,
+}
+
 pub struct AdminConn {
+    id: ConnId,
     stream: TcpStream,
+    accepted: Instant,
     request: Vec<u8>,
-    response: Vec<u8>,
+    /// Status line and headers, and the body unless it is shared.
+    head: Vec<u8>,
+    /// A shared body (a big answer), written after `head`.
+    body: Option<Rc<Vec<u8>>>,
+    /// Bytes of `head` and then `body` written so far.
     written: usize,
     phase: Phase,
+    timer: Option<TimerId>,
 }
 
 impl AdminConn {
-    /// Serves an accepted connection; its readiness comes with `token`. The caller keeps
-    /// the connection's deadline ([`ADMIN_TIMEOUT`]).
-    pub fn new(mut stream: TcpStream, registry: &Registry, token: Token) -> io::Result<AdminConn> {
-        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+    /// Serves an accepted connection; its readiness comes with `id`'s token, its deadlines
+    /// as `key` on `timers`.
+    pub fn new<K: Copy>(
+        id: ConnId,
+        mut stream: TcpStream,
+        registry: &Registry,
+        timers: &mut Timers<K>,
+        key: K,
+        now: Instant,
+    ) -> io::Result<AdminConn> {
+        registry.register(
+            &mut stream,
+            id.token(0),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let timer = Some(timers.insert(now + REQUEST_TIMEOUT, key));
         Ok(AdminConn {
+            id,
             stream,
+            accepted: now,
             request: Vec::new(),
-            response: Vec::new(),
+            head: Vec::new(),
+            body: None,
             written: 0,
             phase: Phase::Reading,
+            timer,
         })
     }
 
-    /// Handles readiness; returns true when the connection is finished.
-    pub fn on_ready(&mut self, _event: &Event, view: &View) -> bool {
-        if self.phase == Phase::Reading {
-            match self.read_request(view) {
-                Ok(true) => {}
-                Ok(false) => return false,
-                Err(_) => return true,
-            }
-        }
-        if self.phase == Phase::Writing {
-            match self.write_response() {
-                Ok(true) => {
-                    let _ = self.stream.shutdown(Shutdown::Write);
-                    self.phase = Phase::Lingering;
-                }
-                Ok(false) => return false,
-                Err(_) => return true,
-            }
-        }
-        // Lingering: done once the client has closed.
-        let mut sink = [0u8; 1024];
-        loop {
-            match self.stream.read(&mut sink) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
-        }
+    pub fn id(&self) -> ConnId {
+        self.id
     }
 
-    /// Reads until the request head is complete; then builds the response. Ok(true) once a
-    /// response is ready, Ok(false) to wait for more bytes.
-    fn read_request(&mut self, view: &View) -> io::Result<bool> {
+    /// Which connection goes first when a new one needs the slot: lowest rank, then oldest.
+    /// A connection that has had its answer and waits for the client to close goes first,
+    /// then one that has sent nothing, then one with part of a request, and only then one
+    /// whose answer is still being written (a scraper that stopped reading).
+    pub fn eviction_rank(&self) -> (u8, Instant) {
+        let rank = match self.phase {
+            Phase::Lingering => 0,
+            Phase::Reading if self.request.is_empty() => 1,
+            Phase::Reading => 2,
+            Phase::Writing => 3,
+        };
+        (rank, self.accepted)
+    }
+
+    /// Handles readiness; returns true when the connection is finished.
+    pub fn on_ready<K: Copy>(
+        &mut self,
+        view: &View,
+        shared: &mut Shared,
+        timers: &mut Timers<K>,
+        key: K,
+    ) -> bool {
+        if self.phase == Phase::Reading {
+            match self.read_head() {
+                Head::Partial => return false,
+                Head::Gone => return true,
+                Head::Bad(why) => self.respond(400, "text/plain", why.as_bytes()),
+                Head::Complete { method, path } => self.route(&method, &path, view, shared),
+            }
+            self.start_writing(timers, key);
+        }
+        self.write_and_linger()
+    }
+
+    /// Its deadline passed (the timer is gone once it fired); returns true when the
+    /// connection is finished. A partial request gets its 408 first.
+    pub fn on_timer<K: Copy>(&mut self, timers: &mut Timers<K>, key: K) -> bool {
+        self.timer = None;
+        if self.phase != Phase::Reading || self.request.is_empty() {
+            return true;
+        }
+        self.respond(408, "text/plain", b"request timeout\n");
+        self.start_writing(timers, key);
+        self.write_and_linger()
+    }
+
+    /// Reads until the request head is complete or the socket is drained.
+    fn read_head(&mut self) -> Head {
         let mut chunk = [0u8; 2048];
         // The client may send its FIN right behind the request (`nc -N`, HTTP/1.0 tools):
         // answer what came before it.
@@ -106,98 +307,134 @@ impl AdminConn {
                 Ok(n) => {
                     self.request.extend_from_slice(&chunk[..n]);
                     if self.request.len() > MAX_REQUEST {
-                        self.respond(400, "text/plain", "request too large\n");
-                        return Ok(true);
+                        return Head::Bad("request too large\n".to_string());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) => return Head::Gone,
             }
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&self.request) {
-            Ok(httparse::Status::Partial) if eof => Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(httparse::Status::Partial) => Ok(false),
-            Err(e) => {
-                self.respond(400, "text/plain", &format!("bad request: {e}\n"));
-                Ok(true)
+            Ok(httparse::Status::Partial) if eof && self.request.is_empty() => Head::Gone,
+            Ok(httparse::Status::Partial) if eof => {
+                Head::Bad("incomplete request: the connection was closed before its end\n".into())
             }
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or_default().to_string();
-                let path = request.path.unwrap_or_default();
-                let path = path.split('?').next().unwrap_or_default().to_string();
-                self.route(&method, &path, view);
-                Ok(true)
+            Ok(httparse::Status::Partial) => Head::Partial,
+            Err(e) => Head::Bad(format!("bad request: {e}\n")),
+            Ok(httparse::Status::Complete(_)) => Head::Complete {
+                method: request.method.unwrap_or_default().to_string(),
+                path: target_path(request.path.unwrap_or_default()).to_string(),
+            },
+        }
+    }
+
+    /// The request is answered: its whole lifetime ([`ADMIN_TIMEOUT`]) is left to write the
+    /// answer and close.
+    fn start_writing<K: Copy>(&mut self, timers: &mut Timers<K>, key: K) {
+        if let Some(timer) = self.timer.take() {
+            timers.cancel(timer);
+        }
+        self.timer = Some(timers.insert(self.accepted + ADMIN_TIMEOUT, key));
+    }
+
+    /// Writes the answer, then shuts the write side and reads until the client closes.
+    /// Returns true when the connection is finished.
+    fn write_and_linger(&mut self) -> bool {
+        if self.phase == Phase::Writing {
+            match self.write_response() {
+                Ok(true) => {
+                    // Let go of a shared copy as soon as it is written.
+                    self.body = None;
+                    self.head = Vec::new();
+                    let _ = self.stream.shutdown(Shutdown::Write);
+                    self.phase = Phase::Lingering;
+                }
+                Ok(false) => return false,
+                Err(_) => return true,
+            }
+        }
+        let mut sink = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
             }
         }
     }
 
-    fn route(&mut self, method: &str, path: &str, view: &View) {
+    fn route(&mut self, method: &str, path: &str, view: &View, shared: &mut Shared) {
         if method != "GET" && method != "HEAD" {
-            self.respond(405, "text/plain", "only GET and HEAD\n");
-        } else {
-            match path {
-                "/metrics" => {
-                    let mut body = String::with_capacity(16 * 1024);
-                    crate::admin::metrics::render(view, &mut body);
-                    self.respond(200, "text/plain; version=0.0.4; charset=utf-8", &body);
+            self.respond(405, "text/plain", b"only GET and HEAD\n");
+            return;
+        }
+        let (status, content_type, body) = match path {
+            "/metrics" => (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Body::Shared(shared.metrics.get("/metrics", view, super::metrics::render)),
+            ),
+            "/healthz" if !view.lifecycle.is_running() => {
+                (503, "text/plain", Body::Static(b"draining\n"))
+            }
+            "/healthz" if view.fleet.any_taking_sessions(clock::millis(view.now)) => {
+                (200, "text/plain", Body::Static(b"ok\n"))
+            }
+            "/healthz" => (503, "text/plain", Body::Static(b"no backend is up\n")),
+            "/backends" => (
+                200,
+                "application/json",
+                Body::Shared(shared.backends.get("/backends", view, backends_json)),
+            ),
+            _ => (
+                404,
+                "text/plain",
+                Body::Static(b"not found: try /metrics, /healthz, /backends\n"),
+            ),
+        };
+        match body {
+            Body::Static(text) => self.respond(status, content_type, text),
+            Body::Shared(body) => {
+                self.head = response_head(status, content_type, body.len());
+                // HEAD: the same headers, no body.
+                if method == "GET" {
+                    self.body = Some(body);
                 }
-                "/healthz" => {
-                    if !view.lifecycle.is_running() {
-                        self.respond(503, "text/plain", "draining\n");
-                    } else if view.fleet.any_taking_sessions(clock::millis(view.now)) {
-                        self.respond(200, "text/plain", "ok\n");
-                    } else {
-                        self.respond(503, "text/plain", "no backend is up\n");
-                    }
-                }
-                "/backends" => {
-                    let body = backends_json(view);
-                    self.respond(200, "application/json", &body);
-                }
-                _ => self.respond(
-                    404,
-                    "text/plain",
-                    "not found: try /metrics, /healthz, /backends\n",
-                ),
+                self.phase = Phase::Writing;
             }
         }
         if method == "HEAD" {
-            if let Some(end) = find(&self.response, b"\r\n\r\n") {
-                self.response.truncate(end + 4);
+            if let Some(end) = find(&self.head, b"\r\n\r\n") {
+                self.head.truncate(end + 4);
             }
         }
     }
 
-    fn respond(&mut self, status: u16, content_type: &str, body: &str) {
-        let reason = match status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            503 => "Service Unavailable",
-            _ => "Unknown",
-        };
-        let mut head = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
-             Content-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        if status == 405 {
-            head.push_str("Allow: GET, HEAD\r\n");
-        }
-        head.push_str("\r\n");
-        self.response = head.into_bytes();
-        self.response.extend_from_slice(body.as_bytes());
+    /// Sets a small answer, written from `head` alone.
+    fn respond(&mut self, status: u16, content_type: &str, body: &[u8]) {
+        self.head = response_head(status, content_type, body.len());
+        self.head.extend_from_slice(body);
+        self.body = None;
         self.phase = Phase::Writing;
     }
 
     /// Ok(true) once the whole response is written.
     fn write_response(&mut self) -> io::Result<bool> {
-        while self.written < self.response.len() {
-            match self.stream.write(&self.response[self.written..]) {
+        let body: &[u8] = self.body.as_deref().map_or(&[], Vec::as_slice);
+        let total = self.head.len() + body.len();
+        while self.written < total {
+            let result = if self.written < self.head.len() {
+                self.stream
+                    .write_vectored(&[IoSlice::new(&self.head[self.written..]), IoSlice::new(body)])
+            } else {
+                self.stream.write(&body[self.written - self.head.len()..])
+            };
+            match result {
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -206,17 +443,68 @@ impl AdminConn {
         }
         Ok(true)
     }
+
+    /// Ends the connection (timer cancelled, socket closed).
+    pub fn finish<K: Copy>(mut self, timers: &mut Timers<K>) {
+        if let Some(timer) = self.timer.take() {
+            timers.cancel(timer);
+        }
+    }
+}
+
+/// A body: a fixed text, or a big rendering shared between connections.
+enum Body {
+    Static(&'static [u8]),
+    Shared(Rc<Vec<u8>>),
+}
+
+/// Status line and headers of an answer with a body of `length` bytes.
+fn response_head(status: u16, content_type: &str, length: usize) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n"
+    );
+    if status == 405 {
+        head.push_str("Allow: GET, HEAD\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The path of a request target, without its query: origin form (`/metrics?x=1`) as is,
+/// absolute form (`http://host:9090/metrics`) from its first `/` after the authority (`/`
+/// when it has none).
+fn target_path(target: &str) -> &str {
+    let path = match target.split_once("://") {
+        Some((scheme, rest)) if !target.starts_with('/') && !scheme.contains('/') => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match &rest[end..] {
+                p if p.starts_with('/') => p,
+                _ => "/",
+            }
+        }
+        _ => target,
+    };
+    path.split(['?', '#']).next().unwrap_or_default()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
-
 /// `/backends`: every backend (draining ones too) with its state, weight and counters.
-fn backends_json(view: &View) -> String {
+fn backends_json(view: &View, out: &mut String) {
     let now = clock::millis(view.now);
     let checks_on = view.fleet.policy().checks.is_some();
-    let mut out = String::from("[");
+    out.push('[');
     for (i, b) in view
         .fleet
         .backends()
@@ -251,7 +539,6 @@ fn backends_json(view: &View) -> String {
         );
     }
     out.push_str("\n]\n");
-    out
 }
 
 /// A JSON string literal.
@@ -280,5 +567,24 @@ mod tests {
     fn json_strings_are_escaped() {
         assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
         assert_eq!(json_string("[::1]:80"), "\"[::1]:80\"");
+    }
+
+    #[test]
+    fn targets_are_routed_by_their_path() {
+        for (target, path) in [
+            ("/metrics", "/metrics"),
+            ("/metrics?x=1", "/metrics"),
+            ("/healthz#top", "/healthz"),
+            ("http://127.0.0.1:9090/metrics", "/metrics"),
+            ("HTTP://host/healthz?probe=1", "/healthz"),
+            ("https://[::1]:9090/backends", "/backends"),
+            ("http://host", "/"),
+            ("http://host?x=/metrics", "/"),
+            ("/a://b", "/a://b"),
+            ("*", "*"),
+            ("", ""),
+        ] {
+            assert_eq!(target_path(target), path, "{target}");
+        }
     }
 }

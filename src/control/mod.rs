@@ -19,7 +19,7 @@ pub mod start;
 
 use crate::admin::View;
 use crate::admin::access_log::AccessLog;
-use crate::admin::http::{ADMIN_TIMEOUT, AdminConn};
+use crate::admin::http::{self, AdminConn, Endpoint};
 use crate::clock;
 use crate::fleet::Fleet;
 use crate::fleet::discovery::{Cause, Discovery};
@@ -45,9 +45,6 @@ use std::time::{Duration, Instant, SystemTime};
 const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
-
-/// Admin connections open at once; more are closed at once.
-const MAX_ADMIN_CONNS: usize = 32;
 
 /// Catches the signals the control thread handles. Called first thing at start, so that a
 /// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
@@ -77,20 +74,15 @@ enum TimerKey {
 
 /// A connection the control thread serves.
 enum Conn {
-    Admin(AdminConn, ConnId, Option<TimerId>),
+    Admin(AdminConn),
     Probe(Probe, ConnId, Option<TimerId>),
 }
 
 impl Conn {
     fn id(&self) -> ConnId {
         match self {
-            Conn::Admin(_, id, _) | Conn::Probe(_, id, _) => *id,
-        }
-    }
-
-    fn timer(&mut self) -> &mut Option<TimerId> {
-        match self {
-            Conn::Admin(_, _, t) | Conn::Probe(_, _, t) => t,
+            Conn::Admin(admin) => admin.id(),
+            Conn::Probe(_, id, _) => *id,
         }
     }
 }
@@ -118,8 +110,7 @@ pub struct Control {
     events: Events,
     signals: Signals,
     discovery: Discovery,
-    admin: Option<TcpListener>,
-    admin_conns: usize,
+    admin: Option<Endpoint>,
     conns: Slab<Conn>,
     next_generation: u32,
     timers: Timers<TimerKey>,
@@ -127,8 +118,9 @@ pub struct Control {
     now: Instant,
     started: SystemTime,
     fleet: Arc<Fleet>,
-    /// A generation handed to the workers and not yet adopted by all.
-    adopting: Option<u32>,
+    /// A generation handed to the workers and not yet adopted by all, with the lines to
+    /// log once it is.
+    adopting: Option<(u32, Vec<String>)>,
     workers: Vec<Handle>,
     worker_stats: Vec<Arc<WorkerStats>>,
     shared: Arc<Shared>,
@@ -162,7 +154,7 @@ impl Control {
             mut signals,
             fleet,
             discovery,
-            mut admin,
+            admin,
             access_log,
             drain_timeout,
             probe_timeout,
@@ -173,10 +165,10 @@ impl Control {
         } = config;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        if let Some(admin) = &mut admin {
-            poll.registry()
-                .register(admin, ADMIN_LISTENER, Interest::READABLE)?;
-        }
+        let admin = match admin {
+            Some(listener) => Some(Endpoint::new(listener, poll.registry(), ADMIN_LISTENER)?),
+            None => None,
+        };
         let now = Instant::now();
         let mut timers = Timers::new(now);
         if fleet.policy().checks.is_some() {
@@ -188,7 +180,6 @@ impl Control {
             signals,
             discovery,
             admin,
-            admin_conns: 0,
             conns: Slab::new(),
             next_generation: 0,
             timers,
@@ -215,7 +206,11 @@ impl Control {
     /// Runs until every worker has exited; then waits for the threads and the access log.
     pub fn run(mut self) -> io::Result<()> {
         while self.shared.running.load(Ordering::Acquire) > 0 {
-            let timeout = self.timers.next_timeout(Instant::now());
+            let timeout = if self.admin.as_ref().is_some_and(Endpoint::is_ready) {
+                Some(Duration::ZERO)
+            } else {
+                self.timers.next_timeout(Instant::now())
+            };
             match self.poll.poll(&mut self.events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -231,11 +226,18 @@ impl Control {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     WAKER => self.on_wake(),
-                    ADMIN_LISTENER => self.accept_admin(),
+                    ADMIN_LISTENER => {
+                        if let Some(admin) = &mut self.admin {
+                            admin.set_ready();
+                        }
+                    }
                     token => self.dispatch(token, event),
                 }
             }
             self.events = events;
+            if self.admin.as_ref().is_some_and(Endpoint::is_ready) {
+                self.accept_admin();
+            }
             self.fire_timers();
         }
         self.announce_drain();
@@ -328,11 +330,18 @@ impl Control {
             };
             match update.result {
                 Ok((fleet, changes)) => {
-                    info!("{what}: {}; {} backends", changes.counts(), fleet.len());
-                    for line in changes.lines() {
-                        info!("{what}: {line}");
+                    let mut lines = vec![format!(
+                        "{what}: {}; {} backends",
+                        changes.counts(),
+                        fleet.len()
+                    )];
+                    lines.extend(changes.lines().into_iter().map(|l| format!("{what}: {l}")));
+                    if fleet.is_empty() {
+                        lines.push(format!(
+                            "{what}: the backend set is empty; new clients will be closed"
+                        ));
                     }
-                    self.adopt(fleet);
+                    self.adopt(fleet, lines);
                 }
                 Err(message) => warn!("{what} failed, keeping the running set: {message}"),
             }
@@ -341,29 +350,38 @@ impl Control {
         self.announce_drain();
     }
 
-    /// Makes `fleet` the current generation, here and on every worker.
-    fn adopt(&mut self, fleet: Arc<Fleet>) {
-        self.adopting = Some(fleet.generation());
+    /// Makes `fleet` the current generation, here and on every worker; `lines` are logged
+    /// once every worker uses it (so what they say is in effect when they are read).
+    fn adopt(&mut self, fleet: Arc<Fleet>, lines: Vec<String>) {
+        if let Some((_, pending)) = self.adopting.take() {
+            // Superseded before every worker took it: say what it was anyway.
+            pending.iter().for_each(|line| info!("{line}"));
+        }
+        self.adopting = Some((fleet.generation(), lines));
         for w in &self.workers {
             w.send(Command::Fleet(Arc::clone(&fleet)));
         }
         self.fleet = fleet;
+        self.check_adopted();
     }
 
-    /// Once every running worker uses the newest generation, replays its selectors: the
-    /// sessions that started or ended on the old one meanwhile are then counted in it.
+    /// Once every running worker uses the newest generation, replays its selectors (the
+    /// sessions that started or ended on the old one meanwhile are then counted in it) and
+    /// logs what changed.
     fn check_adopted(&mut self) {
-        let Some(generation) = self.adopting else {
+        let Some((generation, _)) = &self.adopting else {
             return;
         };
         let all = self
             .shared
             .adopted
             .iter()
-            .all(|g| g.load(Ordering::Acquire) == generation);
+            .all(|g| g.load(Ordering::Acquire) == *generation);
         if all || self.shared.running.load(Ordering::Acquire) < self.workers.len() {
             self.fleet.refresh_all(clock::millis(Instant::now()));
-            self.adopting = None;
+            if let Some((_, lines)) = self.adopting.take() {
+                lines.iter().for_each(|line| info!("{line}"));
+            }
         }
     }
 
@@ -375,43 +393,63 @@ impl Control {
         }
     }
 
+    /// Accepts admin connections, up to a turn's worth. When every slot is taken, the
+    /// connection doing least makes room ([`AdminConn::eviction_rank`]), so idle or slow
+    /// clients cannot lock a probe out. A new connection is served at once: its request is
+    /// usually there already, and it is then no longer the idlest.
     fn accept_admin(&mut self) {
-        loop {
-            let Some(admin) = &self.admin else { return };
-            match admin.accept() {
-                Ok((stream, addr)) => {
-                    if self.admin_conns >= MAX_ADMIN_CONNS {
-                        debug!("admin {addr}: too many admin connections");
-                        continue;
-                    }
-                    let id = self.next_id();
-                    match AdminConn::new(stream, self.poll.registry(), id.token(0)) {
-                        Ok(conn) => {
-                            let timer = self
-                                .timers
-                                .insert(self.now + ADMIN_TIMEOUT, TimerKey::Conn(id));
-                            self.conns.insert(Conn::Admin(conn, id, Some(timer)));
-                            self.admin_conns += 1;
-                        }
-                        Err(e) => debug!("admin {addr}: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if net::is_transient_accept_error(&e) => {}
+        for _ in 0..http::ACCEPTS_PER_TURN {
+            let Some(endpoint) = &mut self.admin else {
+                return;
+            };
+            let (stream, addr) = match endpoint.accept() {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
                 Err(e) => {
-                    // Out of descriptors, typically: the next admin connection raises a new
-                    // edge and accepting resumes.
                     if let Some(n) = self.accept_throttle.allow(self.now) {
                         warn!("admin accept failed: {e}{}", suppressed_note(n));
                     }
                     return;
                 }
+            };
+            if endpoint.is_full() {
+                let victim = endpoint
+                    .open()
+                    .iter()
+                    .filter_map(|&id| match self.conns.get(id.slot as usize) {
+                        Some(Conn::Admin(conn)) if conn.id() == id => Some(conn),
+                        _ => None,
+                    })
+                    .min_by_key(|conn| conn.eviction_rank())
+                    .map(AdminConn::id);
+                if let Some(victim) = victim {
+                    debug!("admin {addr}: every admin slot taken; closing the idlest");
+                    self.end_conn(victim, None);
+                }
+            }
+            let id = self.next_id();
+            match AdminConn::new(
+                id,
+                stream,
+                self.poll.registry(),
+                &mut self.timers,
+                TimerKey::Conn(id),
+                self.now,
+            ) {
+                Ok(conn) => {
+                    self.conns.insert(Conn::Admin(conn));
+                    if let Some(endpoint) = &mut self.admin {
+                        endpoint.added(id);
+                    }
+                    self.serve_admin(id);
+                }
+                Err(e) => debug!("admin {addr}: {e}"),
             }
         }
     }
 
-    fn dispatch(&mut self, token: Token, event: &Event) {
-        let (id, _) = ConnId::from_token(token);
+    /// Runs an admin connection's handler; removes it once it is done.
+    fn serve_admin(&mut self, id: ConnId) {
         // The view borrows fields the connection does not live in.
         let view = View {
             fleet: &self.fleet,
@@ -421,9 +459,28 @@ impl Control {
             started: self.started,
             access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),
         };
+        let (Some(Conn::Admin(conn)), Some(endpoint)) =
+            (self.conns.get_mut(id.slot as usize), &mut self.admin)
+        else {
+            return;
+        };
+        if conn.id() == id
+            && conn.on_ready(
+                &view,
+                endpoint.shared(),
+                &mut self.timers,
+                TimerKey::Conn(id),
+            )
+        {
+            self.end_conn(id, None);
+        }
+    }
+
+    fn dispatch(&mut self, token: Token, event: &Event) {
+        let (id, _) = ConnId::from_token(token);
         let finished = match self.conns.get_mut(id.slot as usize) {
             Some(conn) if conn.id() == id => match conn {
-                Conn::Admin(admin, ..) => admin.on_ready(event, &view).then_some(None),
+                Conn::Admin(_) => return self.serve_admin(id),
                 Conn::Probe(probe, ..) => probe.on_ready(event).map(Some),
             },
             _ => return, // a late event for a connection that has ended
@@ -435,17 +492,39 @@ impl Control {
 
     /// Ends a connection: its timer is cancelled; a probe's result goes to the fleet.
     fn end_conn(&mut self, id: ConnId, probe_result: Option<io::Result<()>>) {
-        let mut conn = self.conns.remove(id.slot as usize);
-        if let Some(timer) = conn.timer().take() {
-            self.timers.cancel(timer);
-        }
-        match conn {
-            Conn::Admin(..) => self.admin_conns -= 1,
-            Conn::Probe(probe, _, _) => {
+        match self.conns.remove(id.slot as usize) {
+            Conn::Admin(conn) => {
+                conn.finish(&mut self.timers);
+                if let Some(endpoint) = &mut self.admin {
+                    endpoint.removed(id);
+                }
+            }
+            Conn::Probe(probe, _, timer) => {
+                if let Some(timer) = timer {
+                    self.timers.cancel(timer);
+                }
                 let result = probe_result.unwrap_or_else(|| Err(Probe::timed_out()));
                 self.fleet
                     .probe_result(probe.backend(), &result, clock::millis(self.now));
             }
+        }
+    }
+
+    /// A connection's deadline: an admin connection's (it may still answer 408 first) or a
+    /// probe's (it failed).
+    fn on_conn_timer(&mut self, id: ConnId) {
+        let done = match self.conns.get_mut(id.slot as usize) {
+            Some(Conn::Admin(conn)) if conn.id() == id => {
+                conn.on_timer(&mut self.timers, TimerKey::Conn(id))
+            }
+            Some(Conn::Probe(_, probe_id, timer)) if *probe_id == id => {
+                *timer = None;
+                true
+            }
+            _ => false,
+        };
+        if done {
+            self.end_conn(id, None);
         }
     }
 
@@ -487,16 +566,7 @@ impl Control {
         let mut fired = std::mem::take(&mut self.fired);
         for key in fired.drain(..) {
             match key {
-                TimerKey::Conn(id) => {
-                    let Some(conn) = self.conns.get_mut(id.slot as usize) else {
-                        continue;
-                    };
-                    if conn.id() != id {
-                        continue;
-                    }
-                    *conn.timer() = None;
-                    self.end_conn(id, None);
-                }
+                TimerKey::Conn(id) => self.on_conn_timer(id),
                 TimerKey::HealthRound => self.health_round(),
                 TimerKey::DrainDeadline => {
                     if self.lifecycle == Lifecycle::Draining {

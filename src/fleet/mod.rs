@@ -196,11 +196,15 @@ impl Fleet {
         if b.consecutive_failures() == 0 && b.state() == health::BreakerState::Up {
             return;
         }
-        if let Some(Transition::CameUp) = backend.shared_breaker().update(|b| b.on_success()) {
-            info!("backend {backend} is up again: a connect succeeded");
+        let came_up =
+            backend.shared_breaker().update(|b| b.on_success()) == Some(Transition::CameUp);
+        if came_up {
             self.rejoin(backend, now);
         }
         self.refresh(backend, now);
+        if came_up {
+            info!("backend {backend} is up again: a connect succeeded");
+        }
     }
 
     /// The lease's connect failed (refused, reset, unreachable, timed out).
@@ -212,7 +216,8 @@ impl Fleet {
         let transition = backend
             .shared_breaker()
             .update(|b| b.on_failure(now, policy, trial));
-        let verdict = match transition {
+        self.refresh(backend, now);
+        match transition {
             Some(Transition::WentDown { cooldown, until }) => {
                 warn!(
                     "backend {backend} is down: {} connects failed in a row (last: {error}); \
@@ -230,12 +235,11 @@ impl Fleet {
                 }
                 Verdict::Noted
             }
-        };
-        self.refresh(backend, now);
-        verdict
+        }
     }
 
-    /// Folds in an active probe's result.
+    /// Folds in an active probe's result. The selectors hear of a change before it is
+    /// logged, so whoever reads the log line finds it in effect.
     pub fn probe_result(&self, backend: &Arc<Backend>, result: &io::Result<()>, now: u64) {
         let Some(policy) = self.policy.checks else {
             return;
@@ -244,27 +248,27 @@ impl Fleet {
         // A passing probe while the checks say up has just shown connects succeed: close a
         // breaker opened meanwhile by failing clients, without waiting for a client's trial.
         let breaker_open = backend.breaker().state() != health::BreakerState::Up;
+        // Up again: the checks flipped to up, or a probe connected while they said up but
+        // the breaker was open.
+        let came_up = matches!(flipped, Some(true))
+            || (flipped.is_none() && result.is_ok() && backend.checks_up() && breaker_open);
+        if came_up {
+            backend.shared_breaker().update(|b| b.reset());
+            self.rejoin(backend, now);
+        }
+        self.refresh(backend, now);
         match (flipped, result) {
-            (Some(true), _) => {
-                backend.shared_breaker().update(|b| b.reset());
-                info!(
-                    "backend {backend} is up: {} health checks passed in a row",
-                    policy.rise
-                );
-                self.rejoin(backend, now);
-            }
-            (None, Ok(())) if backend.checks_up() && breaker_open => {
-                backend.shared_breaker().update(|b| b.reset());
-                info!("backend {backend} is up again: a health check connected");
-                self.rejoin(backend, now);
-            }
+            (Some(true), _) => info!(
+                "backend {backend} is up: {} health checks passed in a row",
+                policy.rise
+            ),
+            _ if came_up => info!("backend {backend} is up again: a health check connected"),
             (Some(false), Err(e)) => warn!(
                 "backend {backend} is down: {} health checks failed in a row (last: {e})",
                 policy.fall
             ),
             _ => {}
         }
-        self.refresh(backend, now);
     }
 
     /// The group and index `backend` has in this generation, if it is in it.

@@ -263,6 +263,42 @@ pub fn scratch_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("tcplb-test-{}-{name}", std::process::id()))
 }
 
+/// A scratch file (see `scratch_path`), removed when the test ends.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let path = scratch_path(name);
+        let _ = std::fs::remove_file(&path);
+        Scratch(path)
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> String {
+        self.0.to_str().expect("utf-8 path").to_string()
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A numeric field (in kB) of /proc/PID/status.
 pub fn proc_status_field(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
