@@ -232,7 +232,7 @@ done
 declare -A tcplb_pid
 start_tcplb() { # NODE
     ip netns exec "$prefix-$1" "$tcplb" --listen "0.0.0.0:$port" --admin "$admin" \
-        --connect-timeout 500 --health-interval 0.5 --fall 2 --drain-timeout 1 \
+        --connect-timeout 500ms --health-interval 500ms --fall 2 --drain-timeout 1s \
         "${addr[be1]}:$backend_port" "${addr[be2]}:$backend_port" >>"$run/$1-tcplb.log" 2>&1 &
     tcplb_pid[$1]=$!
     disown
