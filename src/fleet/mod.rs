@@ -368,3 +368,257 @@ pub(crate) fn assemble(
         fail_open_throttle: Throttle::default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::backend::ResolvedBackend;
+    use crate::fleet::builder::Builder;
+    use select::Balance;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    const BREAKER: BreakerPolicy = BreakerPolicy {
+        max_fails: 2,
+        fail_timeout: Duration::from_secs(10),
+    };
+    const S: u64 = 1000;
+
+    fn spec(port: u16, weight: u32, backup: bool) -> ResolvedBackend {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        ResolvedBackend {
+            addr,
+            name: addr.to_string(),
+            weight,
+            backup,
+        }
+    }
+
+    fn fleet_of(specs: &[ResolvedBackend], checks: Option<CheckPolicy>) -> Arc<Fleet> {
+        let policy = Policy {
+            breaker: BREAKER,
+            checks,
+        };
+        Builder::new(policy, Balance::LeastActive).build(specs).0
+    }
+
+    fn fleet(weights: &[u32]) -> Arc<Fleet> {
+        let specs: Vec<_> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| spec(1000 + i as u16, w, false))
+            .collect();
+        fleet_of(&specs, None)
+    }
+
+    fn pick(f: &Fleet, now: u64, tried: &[u64]) -> Option<Lease> {
+        f.pick(&PickRequest {
+            client: None,
+            now,
+            tried,
+        })
+    }
+
+    fn id(lease: &Lease) -> u64 {
+        lease.backend().id
+    }
+
+    fn refused() -> io::Error {
+        io::Error::from(io::ErrorKind::ConnectionRefused)
+    }
+
+    /// Fails `times` connects on the backend with id `target` at `now`.
+    fn fail(f: &Fleet, target: u64, times: usize, now: u64) {
+        let others: Vec<u64> = f
+            .backends()
+            .map(|b| b.id)
+            .filter(|&i| i != target)
+            .collect();
+        for _ in 0..times {
+            let mut lease = pick(f, now, &others).expect("the target");
+            assert_eq!(id(&lease), target);
+            f.connect_failed(&mut lease, now, &refused());
+            f.release(lease, now);
+        }
+    }
+
+    #[test]
+    fn a_lease_counts_exactly_once_and_the_choice_follows_it() {
+        let f = fleet(&[1, 1]);
+        let a = pick(&f, 0, &[]).expect("a backend");
+        let b = pick(&f, 0, &[]).expect("a backend");
+        assert_ne!(id(&a), id(&b), "the second goes to the one left idle");
+        let on_a = Arc::clone(a.backend());
+        assert_eq!(on_a.active(), 1);
+        f.release(a, 0);
+        assert_eq!(on_a.active(), 0);
+        // A dropped lease (no release) counts down too.
+        let c = pick(&f, 0, &[]).expect("a backend");
+        assert!(Arc::ptr_eq(c.backend(), &on_a), "the least active");
+        drop(c);
+        assert_eq!(on_a.active(), 0);
+        drop(b);
+        assert!(f.backends().all(|b| b.active() == 0));
+    }
+
+    #[test]
+    fn no_backends_no_pick() {
+        assert!(pick(&fleet_of(&[], None), 0, &[]).is_none());
+    }
+
+    #[test]
+    fn a_down_backend_gets_nothing_until_its_one_trial() {
+        let f = fleet(&[1, 1]);
+        fail(&f, 0, 2, 0);
+        assert_eq!(f.backends().next().expect("0").state(0), State::Down);
+        for _ in 0..10 {
+            assert_eq!(id(&pick(&f, 0, &[]).expect("backend 1")), 1);
+        }
+        // After the cool-down (the worker's timer replays it): exactly one trial.
+        let later = 10 * S;
+        f.refresh(f.backends().next().expect("0"), later);
+        let mut trial = pick(&f, later, &[1]).expect("the trial");
+        assert_eq!(id(&trial), 0);
+        let meanwhile: Vec<u64> = (0..5)
+            .map(|_| id(&pick(&f, later, &[]).expect("one")))
+            .collect();
+        assert_eq!(
+            meanwhile,
+            [1, 1, 1, 1, 1],
+            "no second session during the trial"
+        );
+        f.connect_succeeded(&mut trial, later);
+        assert_eq!(f.backends().next().expect("0").state(later), State::Up);
+        // Back in the selection: with backend 1 busier, 0 takes the next session.
+        let held: Vec<Lease> = (0..2).map(|_| pick(&f, later, &[0]).expect("1")).collect();
+        assert_eq!(id(&pick(&f, later, &[]).expect("a backend")), 0);
+        drop(held);
+    }
+
+    #[test]
+    fn an_abandoned_trial_frees_the_half_open_slot() {
+        let f = fleet(&[1]);
+        fail(&f, 0, 2, 0);
+        let later = 10 * S;
+        let trial = pick(&f, later, &[]).expect("trial");
+        assert_eq!(
+            f.backends().next().expect("0").state(later),
+            State::HalfOpen { trial: true }
+        );
+        f.release(trial, later);
+        assert_eq!(
+            f.backends().next().expect("0").state(later),
+            State::HalfOpen { trial: false }
+        );
+        let again = pick(&f, later, &[]).expect("another trial");
+        assert!(
+            again.backend().breaker().state() == health::BreakerState::HalfOpen { trial: true }
+        );
+    }
+
+    #[test]
+    fn every_backend_down_fails_open_to_the_first_due_back() {
+        let f = fleet(&[1, 1, 1]);
+        for (target, at) in [(0u64, 0u64), (1, 5 * S), (2, 2 * S)] {
+            fail(&f, target, 2, at);
+        }
+        assert!(!f.any_taking_sessions(6 * S));
+        let lease = pick(&f, 6 * S, &[]).expect("fail open");
+        assert_eq!(id(&lease), 0, "backend 0's cool-down ends first");
+        assert_eq!(
+            lease.backend().state(6 * S),
+            State::Down,
+            "failing open is not the breaker's trial"
+        );
+        drop(lease);
+        assert!(
+            f.any_taking_sessions(10 * S),
+            "cooled down: ready for a trial, so taking sessions"
+        );
+    }
+
+    #[test]
+    fn failing_open_prefers_a_backend_the_checks_still_pass() {
+        let checks = CheckPolicy {
+            interval: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        };
+        let f = fleet_of(&[spec(1, 1, false), spec(2, 1, false)], Some(checks));
+        // Backend 0: breaker open (cooling down), checks up. Backend 1: checks down.
+        fail(&f, 0, 2, 0);
+        let one = Arc::clone(f.backends().nth(1).expect("1"));
+        f.probe_result(&one, &Err(refused()), 0);
+        let lease = pick(&f, S, &[]).expect("fail open");
+        assert_eq!(id(&lease), 0, "not the one the checks say is dead");
+    }
+
+    #[test]
+    fn a_passing_probe_closes_a_breaker_opened_by_clients() {
+        let checks = CheckPolicy {
+            interval: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        let f = fleet_of(&[spec(1, 1, false)], Some(checks));
+        fail(&f, 0, 2, 0);
+        assert!(!f.any_taking_sessions(0));
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        f.probe_result(&zero, &Ok(()), 0);
+        assert_eq!(zero.state(0), State::Up);
+        assert!(f.any_taking_sessions(0));
+        assert_eq!(id(&pick(&f, 0, &[]).expect("back in the selection")), 0);
+    }
+
+    #[test]
+    fn backups_only_while_no_primary_takes_sessions() {
+        let f = fleet_of(&[spec(1, 1, false), spec(2, 1, true)], None);
+        for _ in 0..4 {
+            assert_eq!(id(&pick(&f, 0, &[]).expect("primary")), 0);
+        }
+        for _ in 0..2 {
+            let mut lease = pick(&f, 0, &[]).expect("primary");
+            f.connect_failed(&mut lease, 0, &refused());
+            f.release(lease, 0);
+        }
+        for _ in 0..4 {
+            assert_eq!(id(&pick(&f, 0, &[]).expect("backup")), 1);
+        }
+        // The primary recovers: traffic returns to it.
+        let later = 10 * S;
+        f.refresh(f.backends().next().expect("0"), later);
+        let mut trial = pick(&f, later, &[]).expect("trial");
+        assert_eq!(id(&trial), 0);
+        f.connect_succeeded(&mut trial, later);
+        assert_eq!(id(&pick(&f, later, &[]).expect("primary")), 0);
+    }
+
+    #[test]
+    fn a_rejoining_backend_takes_its_share_of_ties_not_all_of_them() {
+        let f = fleet(&[1, 1]);
+        fail(&f, 0, 2, 0);
+        // Backend 1 serves a hundred sessions one after another while 0 is out.
+        for _ in 0..100 {
+            let lease = pick(&f, 0, &[]).expect("1");
+            f.release(lease, 0);
+        }
+        let later = 10 * S;
+        f.refresh(f.backends().next().expect("0"), later);
+        let mut trial = pick(&f, later, &[]).expect("trial");
+        f.connect_succeeded(&mut trial, later);
+        f.release(trial, later);
+        let next: Vec<u64> = (0..6)
+            .map(|_| {
+                let lease = pick(&f, later, &[]).expect("a backend");
+                let i = id(&lease);
+                f.release(lease, later);
+                i
+            })
+            .collect();
+        assert_eq!(
+            next.iter().filter(|&&i| i == 0).count(),
+            3,
+            "{next:?}: they take turns"
+        );
+    }
+}
