@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
