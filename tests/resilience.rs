@@ -567,6 +567,54 @@ fn while_a_trial_is_under_way_no_other_session_goes_to_that_backend() {
 // ---------------------------------------------------------------------------------------
 // 4. Fail open
 
+/// When the backends that are up have all been tried for a client and it fails open to
+/// one that is down, the warning says so rather than "every backend is down".
+#[test]
+fn failing_open_after_the_up_ones_were_tried_says_so() {
+    let (down_port, up_port) = (ReservedPort::new(), ReservedPort::new());
+    let (down, up) = (down_port.addr, up_port.addr);
+    let file = scratch_path("fail-open-tried");
+    write_backends_file(&file, &format!("{down}\n"));
+    let file_arg = file.to_str().expect("utf-8").to_string();
+    let tcplb = Tcplb::start(&[
+        "--backends-file",
+        &file_arg,
+        "--max-fails",
+        "2",
+        "--fail-timeout",
+        "60s",
+        "--retries",
+        "1",
+    ]);
+    // Two refused clients take the only backend down.
+    for _ in 0..2 {
+        assert_ended(&mut tcplb.connect(), "a client of a refusing backend");
+    }
+    tcplb.wait_for_log(&format!(
+        "backend {down} is down: 2 connects failed in a row"
+    ));
+    // A second backend joins: up, never tried, refusing too (its breaker stays closed
+    // after one failure).
+    write_backends_file(&file, &format!("{down}\n{up}\n"));
+    tcplb.signal(libc::SIGHUP);
+    tcplb.wait_for_log("reload: 1 added, 0 removed, 0 changed; 2 backends");
+    // The client tries the one that is up, which refuses; the only one left is down: it
+    // fails open to it.
+    assert_ended(
+        &mut tcplb.connect(),
+        "a client whose every attempt is refused",
+    );
+    let line = tcplb.wait_for_log("the first due back");
+    assert!(
+        line.contains("no backend left to try for this client is up")
+            && line.contains(&down.to_string()),
+        "{line}"
+    );
+    assert!(!line.contains("every backend is down"), "{line}");
+    let _ = std::fs::remove_file(&file);
+    drop((down_port, up_port));
+}
+
 #[test]
 fn with_every_backend_down_a_client_fails_open_to_the_first_due_back() {
     let ports = [ReservedPort::new(), ReservedPort::new()];
