@@ -38,6 +38,10 @@ Options:
   --rounds N       rounds to run (default 3; 1 with --quick)
   --base-port P    ports used: P+1..P+4 backends, P+10..P+12 proxies (default 28100)
   --install        apt-get install whatever is missing (needs root)
+  --multicore [--quick] [--rounds N]
+                   instead: tcplb --workers 1 and 2, HAProxy nbthread 2, nginx stream
+                   worker_processes 2 with and without a shared zone, on every CPU: CPU
+                   per request and balance error (scripts/bench/multicore.sh)
   -h, --help       show this help
 
 Environment:
@@ -80,6 +84,11 @@ while (($#)); do
         shift
         ;;
     --install) INSTALL=1 ;;
+    --multicore)
+        # The multi-core comparison is its own run (scripts/bench/multicore.sh).
+        shift
+        exec "$HELPERS/multicore.sh" "$@"
+        ;;
     -h | --help)
         usage
         exit 0

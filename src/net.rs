@@ -34,13 +34,27 @@ pub fn bind_listeners(
     let first = bind_one(addr, backlog, cfg!(target_os = "linux"))?;
     let bound = first.local_addr()?;
     let mut listeners = Vec::with_capacity(count);
+    let mut share = !cfg!(target_os = "linux");
     for _ in 1..count {
-        listeners.push(if cfg!(target_os = "linux") {
-            bind_one(bound, backlog, true)?
-        } else {
-            let clone = std::net::TcpListener::from(SockRef::from(&first).try_clone()?);
-            TcpListener::from_std(clone)
-        });
+        if !share {
+            match bind_one(bound, backlog, true) {
+                Ok(listener) => {
+                    listeners.push(listener);
+                    continue;
+                }
+                // Another socket on the port that is not in the group (bound by another
+                // program without SO_REUSEPORT) keeps more from joining: share the first.
+                Err(e) => {
+                    log::warn!(
+                        "cannot add a listening socket on {bound} for every worker ({e}); the \
+                         workers share one"
+                    );
+                    share = true;
+                }
+            }
+        }
+        let clone = std::net::TcpListener::from(SockRef::from(&first).try_clone()?);
+        listeners.push(TcpListener::from_std(clone));
     }
     listeners.insert(0, first);
     Ok(listeners)

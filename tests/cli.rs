@@ -325,7 +325,15 @@ fn a_backend_that_is_the_listen_address_is_refused() {
         let theirs = format!("{ip}:{port}");
         (format!("0.0.0.0:{port}"), theirs.clone(), theirs)
     })) {
-        let args = ["--listen", &listen, "127.0.0.1:9", &backend];
+        // One worker: one listening socket next to the reserved one.
+        let args = [
+            "--listen",
+            &listen,
+            "--workers",
+            "1",
+            "127.0.0.1:9",
+            &backend,
+        ];
         let (code, stderr) = run_cli_within(&args, Duration::from_secs(5));
         assert_eq!(code, Some(2), "{args:?} was not refused: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
