@@ -1126,7 +1126,9 @@ fn stalled_client(addr: SocketAddr) -> TcpStream {
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     socket.connect(&addr.into()).expect("connect to tcplb");
     let mut stream: TcpStream = socket.into();
-    stream.write_all(b"S").expect("ask for a stream");
+    // A client shed at once (its worker's share of the pool is used up) may be reset before
+    // this is written; the caller sees it counted as shed.
+    let _ = stream.write_all(b"S");
     stream
 }
 
