@@ -425,17 +425,20 @@ impl Worker {
         }
     }
 
-    /// Counts a session that has ended, then tears it down (the counts come first: a client
-    /// that sees its connection close and asks `/metrics` finds it counted).
-    fn end_session(&mut self, session: Session, reason: EndReason) {
+    /// Counts a session that has ended and gives back what it held, then closes its sockets:
+    /// in that order, so a client that sees its connection close and asks `/metrics` finds
+    /// it counted and its buffers and lease returned.
+    fn end_session(&mut self, mut session: Session, reason: EndReason) {
         let summary = session.summary(self.now);
+        session.release(&mut lend_env!(self));
+        self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+        self.stats.buffers_free.set(self.pool.free() as u64);
         self.stats.sessions.set(self.sessions.len() as u64);
         self.stats
             .session_duration
             .observe(summary.duration.as_secs_f64());
         self.record(&summary, reason);
-        self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
-        session.finish(&mut lend_env!(self));
+        drop(session);
         // Descriptors were freed: a paused listener may go on.
         if self.accept_paused {
             self.resume_accepting();

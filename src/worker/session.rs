@@ -244,10 +244,9 @@ impl Session {
         }
     }
 
-    /// Tears the session down: timer cancelled, buffers returned, lease released, and last
-    /// the sockets closed (with a reset if one was set up), so whoever sees the close also
-    /// sees every count it changed.
-    pub fn finish(mut self, env: &mut Env) {
+    /// Gives back what the session holds: timer cancelled, buffers returned, lease
+    /// released. Dropping it then closes the sockets (with a reset if one was set up).
+    pub fn release(&mut self, env: &mut Env) {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
@@ -255,7 +254,6 @@ impl Session {
         if let Some(lease) = self.lease.take() {
             env.fleet.release(lease, env.now_ms);
         }
-        // Dropping `self` closes both sockets.
     }
 
     fn established(&mut self, env: &mut Env) {
