@@ -2,7 +2,7 @@
 """Sample how evenly a proxy spreads its connections over the backends.
 
 Every --interval seconds, counts the ESTABLISHED TCP connections whose local port is each
-backend's (read from /proc/net/tcp: the backends' own view, the same for every proxy),
+backend's (asked of the kernel with `ss`: the backends' own view, the same for every proxy),
 and keeps max - min over the backends. Runs until SIGTERM/SIGINT (or --duration), then
 prints one JSON object: samples taken, samples with any connection, and the mean and
 largest spread (max - min) over those. Stdlib only; IPv4 loopback backends.
@@ -11,20 +11,24 @@ largest spread (max - min) over those. Stdlib only; IPv4 loopback backends.
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import time
 
 
 def counts(ports):
-    """ESTABLISHED connections per backend port, from the kernel's table."""
+    """ESTABLISHED connections per backend port: `ss` asks the kernel with a filter (netlink
+    sock_diag), so thousands of TIME_WAIT sockets cost nothing, unlike /proc/net/tcp."""
     per = {p: 0 for p in ports}
-    with open("/proc/net/tcp", encoding="ascii") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if fields[3] != "01":  # ESTABLISHED
-                continue
-            port = int(fields[1].rsplit(":", 1)[1], 16)
+    flt = " or ".join(f"sport = :{p}" for p in ports)
+    out = subprocess.run(
+        ["ss", "-Htn4", "state", "established", f"( {flt} )"],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            port = int(fields[2].rsplit(":", 1)[1])
             if port in per:
                 per[port] += 1
     return [per[p] for p in ports]
@@ -33,7 +37,7 @@ def counts(ports):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ports", required=True, help="backend ports, comma-separated")
-    ap.add_argument("--interval", type=float, default=0.02)
+    ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--duration", type=float, default=0.0, help="0 = until signalled")
     args = ap.parse_args()
     ports = [int(p) for p in args.ports.split(",")]

@@ -3,7 +3,7 @@
 # workers, HAProxy with nbthread 2, nginx stream with worker_processes 2 without and with a
 # shared `zone`, side by side on the same CPUs (all of them), each forwarding to the same 4
 # nginx HTTP backends. Reports per proxy its CPU per request and its balance error: the
-# backends' ESTABLISHED connection counts are sampled every 20 ms during each run
+# backends' ESTABLISHED connection counts are sampled every 50 ms during each run
 # (scripts/bench/balance.py) and the mean of max - min over the backends is reported.
 set -euo pipefail
 
@@ -214,7 +214,7 @@ def agg(s, t, k):
 targets = ["tcplb-1w", "tcplb-2w", "haproxy-2t", "nginx-2w", "nginx-2w-zone"]
 print(f"Multi-core run: {cpus} CPUs shared by every proxy, the backends and ab; {rounds} round(s), medians.")
 print(f"conn = ab -n {conn_n} -c 50 (a new connection per request); keepalive = ab -k -n {ka_n} -c 50.")
-print("Balance error: the backends' ESTABLISHED connections sampled every 20 ms, mean of max - min.\n")
+print("Balance error: the backends' ESTABLISHED connections sampled every 50 ms, mean of max - min.\n")
 print("| proxy | conn req/s | conn CPU µs/req | conn balance error | keepalive req/s | keepalive CPU µs/req | keepalive balance error | failed |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for t in targets:
