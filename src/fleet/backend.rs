@@ -7,9 +7,7 @@
 //! sessions share it, so a backend removed from the set lives on while it drains, and a
 //! backend kept across a reload keeps its counters and health.
 
-use crate::fleet::health::{
-    Breaker, BreakerPolicy, BreakerState, CheckState, SharedBreaker, SharedChecks,
-};
+use crate::fleet::health::{Breaker, BreakerPolicy, BreakerState, SharedBreaker, SharedChecks};
 use crate::logging::Throttle;
 use std::fmt;
 use std::net::SocketAddr;
@@ -242,10 +240,6 @@ impl Backend {
 
     pub(crate) fn checks(&self) -> &SharedChecks {
         &self.checks
-    }
-
-    pub fn check_state(&self) -> CheckState {
-        self.checks.get()
     }
 
     pub(crate) fn seat(&self) -> Seat {

@@ -21,14 +21,13 @@ pub mod select;
 
 use crate::clock;
 use crate::logging::{Throttle, suppressed_note};
-use backend::{Backend, Seat, State};
+use backend::{Backend, Seat};
 use health::{BreakerPolicy, CheckPolicy, Transition};
 use lease::Lease;
 use log::{info, warn};
 use select::{PickRequest, Selector};
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Health settings every generation shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,11 +325,6 @@ impl Fleet {
             / u128::from(reference.weight().max(1));
         backend.catch_up_picks(picks.min(u128::from(u64::MAX)) as u64);
     }
-
-    /// The state word of a backend at `now` (see [`Backend::state`]).
-    pub fn state_of(backend: &Backend, now: Instant) -> State {
-        backend.state(clock::millis(now))
-    }
 }
 
 /// Puts a generation together (the builder's last step): seats every backend and builds
@@ -372,7 +366,7 @@ pub(crate) fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::backend::ResolvedBackend;
+    use crate::fleet::backend::{ResolvedBackend, State};
     use crate::fleet::builder::Builder;
     use select::Balance;
     use std::net::SocketAddr;

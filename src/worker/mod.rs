@@ -592,11 +592,6 @@ impl Worker {
                 .insert(clock::instant(until), TimerKey::Cooldown(slot));
         }
     }
-
-    /// Sessions open on this worker right now.
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
-    }
 }
 
 #[cfg(test)]
