@@ -112,7 +112,8 @@ fn echo_round_trip(bencher: divan::Bencher, size: usize) {
             panic!("arguments");
         };
         let signals = tcplb::control::catch_signals().expect("signals");
-        let control = tcplb::control::start::start(*config, signals).expect("start");
+        let invocation = tcplb::control::upgrade::Invocation::current();
+        let control = tcplb::control::start::start(*config, signals, invocation).expect("start");
         tx.send(control.local_addr()).expect("send addr");
         let _ = control.run();
     });

@@ -3,11 +3,11 @@
 //! exit codes: 2 for bad input (one line on stderr naming the bad value), 1 for start-up
 //! failures (the address and the OS error).
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tcplb::config::{self, Action};
+use tcplb::control::upgrade::Invocation;
 use tcplb::control::{self, start::Failure};
 use tcplb::{clock, logging};
 
@@ -22,8 +22,9 @@ fn main() -> ExitCode {
         }
     };
     clock::epoch();
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let config = match config::parse_args(&args) {
+    // What an upgrade (SIGUSR2) runs again: the path as started, resolved now.
+    let invocation = Invocation::current();
+    let config = match config::parse_args(&invocation.args) {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => return print_stdout(&config::usage()),
         Ok(Action::Version) => {
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init();
-    let outcome = control::start::start(config, signals).and_then(|control| {
+    let outcome = control::start::start(config, signals, invocation).and_then(|control| {
         control
             .run()
             .map_err(|e| Failure::Start(format!("event loop failed: {e}")))

@@ -15,52 +15,51 @@ use std::time::Duration;
 /// On Linux accepted sockets inherit both options from the listener, which saves two
 /// `setsockopt`s per client (see [`accepted_options_are_inherited`]).
 pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    bind_one(addr, backlog, false)
+    Ok(TcpListener::from_std(bind_one(addr, backlog, false)?))
 }
 
-/// One listener per worker on `addr`. On Linux each is its own socket in one
-/// `SO_REUSEPORT` group, so the kernel spreads new connections evenly over the workers'
-/// accept queues by a hash of the client's address and port (no shared queue, no wake-up
-/// of every worker per connection); the first bind picks the port when `addr` has port 0.
-/// Elsewhere the workers share one socket.
-pub fn bind_listeners(
+/// The listening sockets for `workers` workers on `addr`. On Linux, with more than one
+/// worker, one socket per worker, each its own socket in one `SO_REUSEPORT` group, so the
+/// kernel spreads new connections evenly over the workers' accept queues by a hash of the
+/// client's address and port (no shared queue, no wake-up of every worker per
+/// connection); the first bind picks the port when `addr` has port 0. Otherwise one socket,
+/// which the workers share.
+pub fn bind_group(
     addr: SocketAddr,
     backlog: i32,
-    count: usize,
-) -> io::Result<Vec<TcpListener>> {
-    if count <= 1 {
-        return Ok(vec![bind_one(addr, backlog, false)?]);
-    }
-    let first = bind_one(addr, backlog, cfg!(target_os = "linux"))?;
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let group = cfg!(target_os = "linux") && workers > 1;
+    let first = bind_one(addr, backlog, group)?;
     let bound = first.local_addr()?;
-    let mut listeners = Vec::with_capacity(count);
-    let mut share = !cfg!(target_os = "linux");
-    for _ in 1..count {
-        if !share {
-            match bind_one(bound, backlog, true) {
-                Ok(listener) => {
-                    listeners.push(listener);
-                    continue;
-                }
+    let mut sockets = vec![first];
+    if group {
+        for _ in 1..workers {
+            match join_group(bound, backlog) {
+                Ok(socket) => sockets.push(socket),
                 // Another socket on the port that is not in the group (bound by another
-                // program without SO_REUSEPORT) keeps more from joining: share the first.
+                // program without SO_REUSEPORT) keeps more from joining: the workers share
+                // the ones there are (see `control::sockets`).
                 Err(e) => {
                     log::warn!(
                         "cannot add a listening socket on {bound} for every worker ({e}); the \
-                         workers share one"
+                         workers share {}",
+                        if sockets.len() == 1 { "one" } else { "them" }
                     );
-                    share = true;
+                    break;
                 }
             }
         }
-        let clone = std::net::TcpListener::from(SockRef::from(&first).try_clone()?);
-        listeners.push(TcpListener::from_std(clone));
     }
-    listeners.insert(0, first);
-    Ok(listeners)
+    Ok(sockets)
 }
 
-fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
+/// One more socket in the `SO_REUSEPORT` group listening on `addr` (Linux only).
+pub fn join_group(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    bind_one(addr, backlog, true)
+}
+
+fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     #[cfg(target_os = "linux")]
@@ -74,7 +73,42 @@ fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpL
     socket.set_out_of_band_inline(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
-    Ok(TcpListener::from_std(socket.into()))
+    Ok(socket.into())
+}
+
+/// Checks that a socket this process was handed (by the tcplb it upgrades, or by systemd)
+/// is a listening TCP socket, and gives it what [`bind_listener`] gives a socket of its
+/// own: non-blocking, `TCP_NODELAY` and `SO_OOBINLINE` (for the clients it accepts), and
+/// close-on-exec (it was handed over without). Returns its address.
+pub fn prepare_inherited(socket: &Socket) -> io::Result<SocketAddr> {
+    let not = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    if socket.r#type()? != Type::STREAM {
+        return Err(not("not a stream socket"));
+    }
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| not("not an IPv4 or IPv6 socket"))?;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    if !socket.is_listener()? {
+        return Err(not("not listening"));
+    }
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_out_of_band_inline(true)?;
+    Ok(addr)
+}
+
+/// Whether a listening socket has `SO_REUSEPORT` (is, or may be, one of a group).
+pub fn is_reuse_port(socket: &std::net::TcpListener) -> bool {
+    #[cfg(target_os = "linux")]
+    return SockRef::from(socket).reuse_port().unwrap_or(false);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        false
+    }
 }
 
 /// Whether a socket accepted from the listener has its `TCP_NODELAY` and `SO_OOBINLINE`.

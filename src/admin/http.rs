@@ -51,7 +51,8 @@ pub const SHARE_WINDOW: Duration = Duration::from_secs(1);
 /// The admin listener and what its connections share. The connections themselves live in
 /// the control thread's slab, next to the health probes.
 pub struct Endpoint {
-    listener: TcpListener,
+    /// `None` once handed over to a newer tcplb (its connections are still served).
+    listener: Option<TcpListener>,
     /// The listener may have connections waiting (its edge has not been drained).
     ready: bool,
     /// Open connections (at most [`MAX_ADMIN_CONNS`]).
@@ -64,7 +65,7 @@ impl Endpoint {
     pub fn new(mut listener: TcpListener, registry: &Registry, token: Token) -> io::Result<Self> {
         registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Endpoint {
-            listener,
+            listener: Some(listener),
             ready: true,
             open: Vec::with_capacity(MAX_ADMIN_CONNS),
             shared: Shared::default(),
@@ -72,7 +73,26 @@ impl Endpoint {
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// The listening socket's descriptor, for an upgrade to hand over.
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Stops accepting and closes this process's copy of the listening socket (after an
+    /// upgrade the newer process holds it and answers from now on); open connections are
+    /// still served.
+    pub fn stop_listening(&mut self, registry: &Registry) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = registry.deregister(&mut listener);
+        }
+        self.ready = false;
     }
 
     /// The listener's readiness event: connections may be waiting.
@@ -87,8 +107,12 @@ impl Endpoint {
 
     /// The next waiting connection; `Ok(None)` once none is waiting.
     pub fn accept(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        let Some(listener) = &self.listener else {
+            self.ready = false;
+            return Ok(None);
+        };
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok(pair) => return Ok(Some(pair)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.ready = false;

@@ -64,6 +64,10 @@ pub struct Config {
     pub admin: Option<(String, u16)>,
     /// Where the access log goes (`-` = stdout); `None` = off.
     pub access_log: Option<PathBuf>,
+    /// Where to write the process id (rewritten by the process an upgrade starts).
+    pub pid_file: Option<PathBuf>,
+    /// How long the process an upgrade (`SIGUSR2`) starts may take to serve.
+    pub upgrade_timeout: Duration,
 }
 
 /// What the command line asks for.
@@ -250,6 +254,20 @@ fn options() -> getopts::Options {
         "write one line per finished session to PATH (- = stdout) (default off)",
         "PATH",
     );
+    o.optopt(
+        "",
+        "pid-file",
+        "write the process id to PATH at start (replaced atomically; an upgrade's new \
+         process rewrites it) (default off)",
+        "PATH",
+    );
+    o.optopt(
+        "",
+        "upgrade-timeout",
+        "after SIGUSR2, how long the new process may take to start serving before the \
+         upgrade is given up (default 30s)",
+        "DURATION",
+    );
     o.optflag("h", "help", "print this help and exit");
     o.optflag("V", "version", "print the version and exit");
     o
@@ -264,6 +282,9 @@ Signals:
   SIGHUP           re-read the backends file and re-resolve the names
   SIGTERM, SIGINT  stop accepting, let live sessions finish (--drain-timeout), exit 0;
                    a second one cuts them and exits at once
+  SIGUSR2          upgrade: start the binary at the path tcplb was started from, with
+                   the same arguments, hand it the listening sockets, and once it
+                   serves, drain as on SIGTERM; if it fails, keep serving
 
 Exit status:
   0  after --help or --version, and after a drain
@@ -433,6 +454,14 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
         drain_timeout: opt_duration(&matches, "drain-timeout", 30 * SECONDS, SECONDS, (0, DAY))?,
         admin,
         access_log: matches.opt_str("access-log").map(PathBuf::from),
+        pid_file: matches.opt_str("pid-file").map(PathBuf::from),
+        upgrade_timeout: opt_duration(
+            &matches,
+            "upgrade-timeout",
+            30 * SECONDS,
+            SECONDS,
+            (100 * MILLISECONDS, HOUR),
+        )?,
     })))
 }
 
@@ -540,6 +569,27 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.admin, None);
         assert_eq!(c.access_log, None);
+        assert_eq!(c.pid_file, None);
+        assert_eq!(c.upgrade_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn upgrade_options() {
+        let c = run(&[
+            "--pid-file",
+            "/run/tcplb/tcplb.pid",
+            "--upgrade-timeout",
+            "2.5s",
+            "h:1",
+        ]);
+        assert_eq!(c.pid_file, Some(PathBuf::from("/run/tcplb/tcplb.pid")));
+        assert_eq!(c.upgrade_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            run(&["--upgrade-timeout", "5", "h:1"]).upgrade_timeout,
+            Duration::from_secs(5)
+        );
+        assert!(err(&["--upgrade-timeout", "50ms", "h:1"]).contains("'50ms'"));
+        assert!(err(&["--upgrade-timeout", "2h", "h:1"]).contains("'2h'"));
     }
 
     #[test]
@@ -853,6 +903,8 @@ mod tests {
             "--drain-timeout",
             "--admin",
             "--access-log",
+            "--pid-file",
+            "--upgrade-timeout",
         ] {
             assert!(text.contains(flag), "help lacks {flag}");
         }
@@ -863,6 +915,7 @@ mod tests {
             "SIGHUP",
             "SIGTERM, SIGINT",
             "a second one",
+            "SIGUSR2",
             "Exit status",
             "0  after --help",
             "1  it cannot start",

@@ -3,19 +3,27 @@
 //!
 //! | token | handler |
 //! |---|---|
-//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop) |
+//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR2: upgrade |
 //! | the waker | a new fleet generation from the discovery thread; a worker adopted a generation or exited |
 //! | the admin listener | a new admin connection ([`crate::admin::http`]) |
+//! | the upgrade pipe | the new process an upgrade started says it serves, or is gone ([`upgrade`]) |
 //! | a slab entry | an admin connection or a health probe ([`prober`]) |
 //!
 //! It owns the process's [`Lifecycle`]: running, draining (workers stop accepting and
 //! finish their sessions, up to `--drain-timeout`), stopping (workers cut what is left).
+//! It keeps a descriptor of every client listening socket ([`sockets`]) for an upgrade to
+//! hand over, and lets go of them when a drain begins (or when every worker accepting on
+//! one has died), so that a socket nobody serves does not stay open.
 //! It hands each new fleet generation to every worker, and once all have adopted it,
 //! replays the generation's selectors so changes made on the old one meanwhile count. It
 //! exits when the last worker has.
 
+pub mod pid_file;
 pub mod prober;
+pub mod sockets;
 pub mod start;
+pub mod systemd;
+pub mod upgrade;
 
 use crate::admin::View;
 use crate::admin::access_log::AccessLog;
@@ -33,24 +41,29 @@ use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use pid_file::PidFile;
 use prober::Probe;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
+use upgrade::{Invocation, Upgrade};
 
 const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
+const UPGRADE: Token = Token(usize::MAX - 3);
+/// How often an upgrade whose new process closed the pipe looks for its exit status.
+const REAP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Catches the signals the control thread handles. Called first thing at start, so that a
 /// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
 /// loop instead of killing the process with the default action.
 pub fn catch_signals() -> io::Result<Signals> {
-    Signals::new([SIGTERM, SIGINT, SIGHUP])
+    Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
 }
 
 /// The control thread's poll and the waker workers and helper threads wake it with (made
@@ -70,6 +83,10 @@ enum TimerKey {
     HealthRound,
     /// Draining has run out of time.
     DrainDeadline,
+    /// The new process of an upgrade has run out of time to say it serves.
+    UpgradeDeadline,
+    /// Look again whether the new process of an upgrade has exited.
+    UpgradeReap,
 }
 
 /// A connection the control thread serves.
@@ -103,6 +120,14 @@ pub struct ControlConfig {
     pub shared: Arc<Shared>,
     /// Where clients connect (every worker's listener is bound to it).
     pub local_addr: std::net::SocketAddr,
+    /// Every client listening socket, for an upgrade to hand over.
+    pub sockets: Vec<std::net::TcpListener>,
+    /// For each worker, the sockets it accepts on (indexes into `sockets`).
+    pub plan: Vec<Vec<usize>>,
+    /// What an upgrade runs.
+    pub invocation: Invocation,
+    pub upgrade_timeout: Duration,
+    pub pid_file: Option<PidFile>,
 }
 
 pub struct Control {
@@ -131,10 +156,20 @@ pub struct Control {
     /// Sessions open when the drain began (0: nothing to say when it ends).
     draining_sessions: usize,
     /// What started the drain, until every listener is closed and that is announced.
-    drain_unannounced: Option<&'static str>,
+    drain_unannounced: Option<String>,
     accept_throttle: Throttle,
     fds_throttle: Throttle,
     local_addr: std::net::SocketAddr,
+    /// This process's copies of the client listening sockets (`None` once let go of).
+    sockets: Vec<Option<std::net::TcpListener>>,
+    plan: Vec<Vec<usize>>,
+    invocation: Invocation,
+    upgrade_timeout: Duration,
+    /// An upgrade under way, with its deadline.
+    upgrade: Option<(Upgrade, TimerId)>,
+    /// The process this one handed over to, once it has.
+    successor: Option<u32>,
+    pid_file: Option<PidFile>,
 }
 
 impl Control {
@@ -162,6 +197,11 @@ impl Control {
             worker_stats,
             shared,
             local_addr,
+            sockets,
+            plan,
+            invocation,
+            upgrade_timeout,
+            pid_file,
         } = config;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -200,6 +240,13 @@ impl Control {
             accept_throttle: Throttle::default(),
             fds_throttle: Throttle::default(),
             local_addr,
+            sockets: sockets.into_iter().map(Some).collect(),
+            plan,
+            invocation,
+            upgrade_timeout,
+            upgrade: None,
+            successor: None,
+            pid_file,
         })
     }
 
@@ -226,6 +273,7 @@ impl Control {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     WAKER => self.on_wake(),
+                    UPGRADE => self.on_upgrade_pipe(),
                     ADMIN_LISTENER => {
                         if let Some(admin) = &mut self.admin {
                             admin.set_ready();
@@ -249,6 +297,9 @@ impl Control {
         self.join_workers();
         // Writes out the last access log lines (every worker has handed over its last).
         self.access_log = None;
+        if let Some(pid_file) = &self.pid_file {
+            pid_file.remove();
+        }
         Ok(())
     }
 
@@ -269,6 +320,7 @@ impl Control {
         let pending: Vec<i32> = self.signals.pending().collect();
         for signal in pending {
             match signal {
+                SIGUSR2 => self.begin_upgrade(),
                 SIGHUP if self.lifecycle.is_running() => {
                     info!("SIGHUP: reloading the backend set");
                     self.discovery.reload();
@@ -278,26 +330,60 @@ impl Control {
                     warn!("second signal: exiting now");
                     self.stop_workers();
                 }
-                _ => self.begin_drain(if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                }),
+                _ => self.begin_drain(
+                    if signal == SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    }
+                    .to_string(),
+                ),
             }
         }
     }
 
-    /// Every worker stops accepting (its listener closes, so new clients are refused) and
-    /// lets its sessions finish for up to `--drain-timeout`. `/healthz` answers 503 from now.
-    fn begin_drain(&mut self, why: &'static str) {
+    /// Every worker stops accepting and lets its sessions finish for up to
+    /// `--drain-timeout`. `/healthz` answers 503 from now. This process lets go of its
+    /// listening sockets: one nobody else holds closes, so new clients are refused; one a
+    /// newer tcplb (after an upgrade) or systemd holds stays open there, queue and all.
+    fn begin_drain(&mut self, why: String) {
         self.lifecycle = Lifecycle::Draining;
+        if let Some((upgrade, timer)) = self.upgrade.take() {
+            info!("{why}: giving up the upgrade to pid {}", upgrade.pid());
+            self.timers.cancel(timer);
+            upgrade.abandon(self.poll.registry(), false);
+        }
+        self.sockets.iter_mut().for_each(|s| *s = None);
         for w in &self.workers {
             w.send(Command::Drain);
+        }
+        if self.successor.is_none() {
+            if let Err(e) = systemd::notify("STOPPING=1") {
+                debug!("cannot tell systemd that tcplb is stopping: {e}");
+            }
         }
         self.drain_unannounced = Some(why);
         self.timers
             .insert(self.now + self.drain_timeout, TimerKey::DrainDeadline);
         self.announce_drain();
+    }
+
+    /// Lets go of the sockets no running worker accepts on any more (its worker's loop
+    /// failed), so that they close instead of queueing clients nobody serves.
+    fn release_orphaned_sockets(&mut self) {
+        if !self.lifecycle.is_running()
+            || self.shared.accepting.load(Ordering::Acquire) == self.workers.len()
+        {
+            return;
+        }
+        for (j, socket) in self.sockets.iter_mut().enumerate() {
+            let served = self.plan.iter().enumerate().any(|(w, sockets)| {
+                sockets.contains(&j) && self.shared.listening[w].load(Ordering::Acquire)
+            });
+            if !served {
+                *socket = None;
+            }
+        }
     }
 
     /// Once every listener is closed (so the line is true when it is read), says how many
@@ -347,6 +433,7 @@ impl Control {
             }
         }
         self.check_adopted();
+        self.release_orphaned_sockets();
         self.announce_drain();
     }
 
@@ -574,6 +661,8 @@ impl Control {
                         self.stop_workers();
                     }
                 }
+                TimerKey::UpgradeDeadline => self.upgrade_deadline(),
+                TimerKey::UpgradeReap => self.upgrade_reap(),
             }
         }
         self.fired = fired;

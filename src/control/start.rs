@@ -1,15 +1,20 @@
 //! Start-up: everything between a parsed command line and a running process, in order:
 //! fit `--max-conns` in the open-file limit, resolve the backends and build the first fleet
-//! generation, bind the listeners (one per worker), open the access log, allocate each
-//! worker's buffer pool, start the workers and the discovery thread, and hand the rest to
-//! the control thread. Blocking is fine here: nothing serves yet.
+//! generation, get the listening sockets (bound, or handed over by the tcplb this process
+//! upgrades, or by systemd: [`super::sockets`]), open the access log, allocate each
+//! worker's buffer pool, write the pid file, start the workers and the discovery thread,
+//! hand the rest to the control thread, and say it serves (to the process that started an
+//! upgrade, or to systemd). Blocking is fine here: nothing serves before the workers start.
 //!
 //! Failures are sorted for the exit status: bad input (exit 2) or an environment that says
 //! no (exit 1).
 
 use crate::admin::access_log::AccessLog;
 use crate::config::{BackendSpec, Config};
-use crate::control::{self, Control, ControlConfig};
+use crate::control::pid_file::PidFile;
+use crate::control::sockets::{Listening, Origin};
+use crate::control::upgrade::{self, Invocation};
+use crate::control::{self, Control, ControlConfig, systemd};
 use crate::fleet::Policy;
 use crate::fleet::backend::ResolvedBackend;
 use crate::fleet::builder::Builder;
@@ -24,7 +29,7 @@ use signal_hook_mio::v1_0::Signals;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 
 /// Why tcplb could not start.
 #[derive(Debug)]
@@ -40,8 +45,13 @@ pub enum Failure {
 const FDS_PER_WORKER: u64 = 4;
 const WORKERS_IN_HEADROOM: usize = 8;
 
-/// Starts everything and returns the control thread's loop, ready to run.
-pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
+/// Starts everything and returns the control thread's loop, ready to run. `invocation` is
+/// what an upgrade (`SIGUSR2`) runs again.
+pub fn start(
+    mut config: Config,
+    signals: Signals,
+    invocation: Invocation,
+) -> Result<Control, Failure> {
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -71,15 +81,12 @@ pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
     }
     warn_duplicates(&initial);
 
-    let listeners = bind(&config.listen, config.backlog, workers)?;
-    refuse_loops(&listeners[0], &initial)?;
-    let local = listeners[0]
-        .local_addr()
-        .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
-    let admin = match &config.admin {
-        Some(addr) => Some(bind(addr, 64, 1)?.remove(0)),
-        None => None,
-    };
+    let mut listening = Listening::acquire(&config, workers)?;
+    for socket in &listening.sockets {
+        refuse_loops(socket, &initial)?;
+    }
+    let local = listening.addrs[0];
+    let admin = listening.admin.take().map(mio::net::TcpListener::from_std);
     let admin_note = admin
         .as_ref()
         .and_then(|a| a.local_addr().ok())
@@ -113,6 +120,7 @@ pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
             .collect(),
         running: AtomicUsize::new(workers),
         accepting: AtomicUsize::new(workers),
+        listening: (0..workers).map(|_| AtomicBool::new(true)).collect(),
         control: Arc::clone(&waker),
     });
     let settings = Arc::new(Settings {
@@ -121,14 +129,32 @@ pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
         idle_timeout: config.idle_timeout,
         max_conns: config.max_conns,
     });
+    // Written before any worker accepts: once one has, a failure to start would cut the
+    // clients it took, and after an upgrade those were the old process's to serve.
+    let pid_file = match &config.pid_file {
+        Some(path) => Some(PidFile::create(path).map_err(|e| {
+            Failure::Start(format!("cannot write pid file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    let remove_pid_file = |failure: Failure| {
+        if let Some(pid_file) = &pid_file {
+            pid_file.remove();
+        }
+        failure
+    };
     let mut handles = Vec::with_capacity(workers);
     let mut worker_stats = Vec::with_capacity(workers);
-    for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
+    for (index, pool) in pools.into_iter().enumerate() {
         let stats = Arc::new(WorkerStats::default());
         worker_stats.push(Arc::clone(&stats));
+        let listeners = listening
+            .for_worker(index)
+            .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
+            .map_err(remove_pid_file)?;
         let handle = Worker::spawn(WorkerConfig {
             index,
-            listener,
+            listeners,
             fleet: Arc::clone(&fleet),
             pool,
             settings: Arc::clone(&settings),
@@ -136,7 +162,8 @@ pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
             stats,
             access_log: batches[index].take(),
         })
-        .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))?;
+        .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
+        .map_err(remove_pid_file)?;
         handles.push(handle);
     }
     let discovery = Discovery::spawn(
@@ -151,18 +178,22 @@ pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
         },
         waker,
     )
-    .map_err(|e| Failure::Start(format!("cannot start the discovery thread: {e}")))?;
+    .map_err(|e| Failure::Start(format!("cannot start the discovery thread: {e}")))
+    .map_err(remove_pid_file)?;
 
     info!(
         "listening on {local}; {workers} worker{}; backends: {backend_list}; max-conns {}, {} \
-         buffers of {} bytes ({} MiB){admin_note}",
+         buffers of {} bytes ({} MiB){admin_note}{}",
         if workers == 1 { "" } else { "s" },
         config.max_conns,
         config.buffers,
         config.buffer_size,
-        (config.buffers * config.buffer_size) >> 20
+        (config.buffers * config.buffer_size) >> 20,
+        listening.note()
     );
-    Control::new(ControlConfig {
+    let ready = listening.ready.take();
+    let origin = listening.origin;
+    let control = Control::new(ControlConfig {
         poll,
         signals,
         fleet,
@@ -175,8 +206,23 @@ pub fn start(mut config: Config, signals: Signals) -> Result<Control, Failure> {
         worker_stats,
         shared,
         local_addr: local,
+        sockets: listening.sockets,
+        plan: listening.plan,
+        invocation,
+        upgrade_timeout: config.upgrade_timeout,
+        pid_file,
     })
-    .map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))
+    .map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))?;
+    // Serving now: say so to whoever waits for it.
+    match (ready, origin) {
+        (Some(ready), Origin::Upgrade { from }) => upgrade::report_ready(ready, from),
+        _ => {
+            if let Err(e) = systemd::notify("READY=1") {
+                warn!("cannot tell systemd that tcplb is ready: {e}");
+            }
+        }
+    }
+    Ok(control)
 }
 
 /// Each worker's share of `--buffers` (the first ones take the remainder), allocated now:
@@ -268,7 +314,7 @@ fn warn_duplicates(backends: &[ResolvedBackend]) {
 /// Refuses a backend that is tcplb's own listener: each session would connect to tcplb
 /// again, without end.
 fn refuse_loops(
-    listener: &mio::net::TcpListener,
+    listener: &std::net::TcpListener,
     backends: &[ResolvedBackend],
 ) -> Result<(), Failure> {
     let local = listener
@@ -299,19 +345,6 @@ fn refuse_loops(
         ))),
         None => Ok(()),
     }
-}
-
-/// Resolves and binds a listener; failures name the address and the OS error.
-fn bind(
-    (host, port): &(String, u16),
-    backlog: i32,
-    count: usize,
-) -> Result<Vec<mio::net::TcpListener>, Failure> {
-    let addrs = net::resolve(host, *port)
-        .map_err(|e| Failure::Start(format!("cannot resolve listen address {host}:{port}: {e}")))?;
-    let addr = addrs[0];
-    net::bind_listeners(addr, backlog, count)
-        .map_err(|e| Failure::Start(format!("cannot listen on {addr}: {e}")))
 }
 
 /// The backends for the start line: the first few, then how many more.

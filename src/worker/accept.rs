@@ -22,13 +22,31 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SHED_POOL_FRACTION: usize = 20;
 
 impl Worker {
-    /// Accepts waiting clients, up to a turn's worth.
+    /// Accepts waiting clients on every listener with some, up to a turn's worth each.
     pub(super) fn accept_clients(&mut self) {
+        let mut still_ready = false;
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].ready {
+                self.accept_on(i);
+            }
+            if self.accept_paused || self.listeners.is_empty() {
+                // Stopped for lack of descriptors (or the listeners closed): the flags left
+                // set say where to go on.
+                return;
+            }
+            still_ready |= self.listeners[i].ready;
+        }
+        self.listener_ready = still_ready;
+    }
+
+    /// Accepts waiting clients on listener `i`, up to a turn's worth; clears its ready flag
+    /// once it has none left.
+    fn accept_on(&mut self, i: usize) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            match listener.accept() {
+            match listener.socket.accept() {
                 Ok((stream, addr)) => {
                     if self.admit(stream, addr) == Some(EndReason::NoResources) {
                         self.pause_accepting();
@@ -36,7 +54,7 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.listener_ready = false;
+                    self.listeners[i].ready = false;
                     return;
                 }
                 Err(e) if net::is_transient_accept_error(&e) => {}

@@ -3,15 +3,16 @@
 //!
 //! | token | handler |
 //! |---|---|
-//! | its listener | accept ([`accept`]) → a new [`Session`] (or shed) |
+//! | one of its listeners | accept ([`accept`]) → a new [`Session`] (or shed) |
 //! | its inbox waker | commands from the control thread: a new fleet generation, drain, stop |
 //! | a slab entry (slot, socket and generation in one word) | that [`Session`]'s handler |
 //!
 //! then runs sessions that were waiting for a buffer or had used up their turn, fires due
 //! timers, and hands the access log its lines.
 //!
-//! A worker owns everything on its data path: its listener (`SO_REUSEPORT`, one per
-//! worker), slab, buffer pool (its share of `--buffers`), timer wheel and run queues. What
+//! A worker owns everything on its data path: its listener (usually one `SO_REUSEPORT`
+//! socket per worker; after an upgrade to fewer workers, or with sockets from systemd, a
+//! worker may accept on several, see [`crate::control::sockets`]), slab, buffer pool (its share of `--buffers`), timer wheel and run queues. What
 //! it shares with the others is the fleet (atomics only) and a process-wide session count
 //! for `--max-conns`. Sockets are registered once, for both directions, edge-triggered;
 //! sessions remember readiness themselves. A session ended by one event is removed at once:
@@ -42,13 +43,17 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 use timer::{TimerId, Timers};
 
-const LISTENER: Token = Token(usize::MAX);
-const INBOX: Token = Token(usize::MAX - 1);
+const INBOX: Token = Token(usize::MAX);
+/// Listener `i` has the token `LISTENERS_TOP - i`. Session tokens never come this high:
+/// that would take a slot near 2^31, far past the most sessions a worker can hold.
+const LISTENERS_TOP: usize = usize::MAX - 1;
+/// Most listeners one worker accepts on.
+pub const MAX_LISTENERS: usize = 1024;
 
 /// Events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 1024;
@@ -154,7 +159,9 @@ pub(crate) use lend_env;
 pub enum Command {
     /// A new generation of the backend set.
     Fleet(Arc<Fleet>),
-    /// Stop accepting (close the listener); exit once the last session has ended.
+    /// Stop accepting (close this worker's copies of the listeners: a socket another
+    /// process also holds stays open there, queued clients included); exit once the last
+    /// session has ended.
     Drain,
     /// Cut every session with a reset and exit.
     Stop,
@@ -169,8 +176,10 @@ pub struct Shared {
     pub adopted: Box<[AtomicU32]>,
     /// Workers still running.
     pub running: AtomicUsize,
-    /// Workers whose listener is still open.
+    /// Workers whose listeners are still open.
     pub accepting: AtomicUsize,
+    /// For each worker, whether its listeners are still open.
+    pub listening: Box<[AtomicBool]>,
     /// Wakes the control thread (a worker adopted a generation, or exited).
     pub control: Arc<Waker>,
 }
@@ -178,7 +187,8 @@ pub struct Shared {
 /// What a worker needs to start.
 pub struct WorkerConfig {
     pub index: usize,
-    pub listener: TcpListener,
+    /// The listeners it accepts on (at least one, at most [`MAX_LISTENERS`]).
+    pub listeners: Vec<TcpListener>,
     pub fleet: Arc<Fleet>,
     pub pool: Pool,
     pub settings: Arc<Settings>,
@@ -192,7 +202,7 @@ pub struct Handle {
     commands: Sender<Command>,
     waker: Arc<Waker>,
     pub thread: std::thread::JoinHandle<()>,
-    /// The address its listener is bound to.
+    /// The address its (first) listener is bound to.
     pub local_addr: SocketAddr,
 }
 
@@ -216,13 +226,20 @@ enum Lifecycle {
     Stopped,
 }
 
+/// A listening socket and whether clients may be waiting on it (its edge has not been
+/// drained).
+struct Listener {
+    socket: TcpListener,
+    ready: bool,
+}
+
 pub struct Worker {
     index: usize,
     poll: Poll,
     events: Events,
-    /// `None` once draining: new clients are refused by the kernel.
-    listener: Option<TcpListener>,
-    /// The listener may have clients waiting (its edge has not been drained).
+    /// Empty once draining.
+    listeners: Vec<Listener>,
+    /// Some listener may have clients waiting.
     listener_ready: bool,
     /// Accepting is paused for lack of descriptors; a timer (or a session ending) resumes it.
     accept_paused: bool,
@@ -259,9 +276,9 @@ impl Worker {
         let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
         let index = config.index;
         let worker = Worker::new(poll, inbox, config)?;
-        let local_addr = worker.listener.as_ref().map_or_else(
+        let local_addr = worker.listeners.first().map_or_else(
             || Err(io::ErrorKind::NotConnected.into()),
-            |l| l.local_addr(),
+            |l| l.socket.local_addr(),
         )?;
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -275,9 +292,21 @@ impl Worker {
     }
 
     fn new(poll: Poll, inbox: Receiver<Command>, config: WorkerConfig) -> io::Result<Worker> {
-        let mut listener = config.listener;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if config.listeners.is_empty() || config.listeners.len() > MAX_LISTENERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} listeners for one worker", config.listeners.len()),
+            ));
+        }
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (i, mut socket) in config.listeners.into_iter().enumerate() {
+            poll.registry()
+                .register(&mut socket, Token(LISTENERS_TOP - i), Interest::READABLE)?;
+            listeners.push(Listener {
+                socket,
+                ready: true,
+            });
+        }
         let now = Instant::now();
         // Room for every session up front: address space only (pages are touched as sessions
         // fill them), and the slab never has to move its entries to grow.
@@ -295,7 +324,7 @@ impl Worker {
             index: config.index,
             poll,
             events: Events::with_capacity(EVENTS_PER_WAIT),
-            listener: Some(listener),
+            listeners,
             listener_ready: true,
             accept_paused: false,
             resume_accept_timer: None,
@@ -334,7 +363,7 @@ impl Worker {
                 break;
             }
         }
-        self.close_listener();
+        self.close_listeners();
         // Hands the last access log lines to the writer.
         if let Some(log) = &mut self.access_log {
             log.flush();
@@ -361,9 +390,14 @@ impl Worker {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.listener_ready = true,
                 INBOX => self.on_commands(),
-                token => self.dispatch(token, event),
+                token => match self.listener_index(token) {
+                    Some(i) => {
+                        self.listeners[i].ready = true;
+                        self.listener_ready = true;
+                    }
+                    None => self.dispatch(token, event),
+                },
             }
         }
         self.events = events;
@@ -380,9 +414,16 @@ impl Worker {
         Ok(())
     }
 
+    /// The listener a token names, if it names one.
+    fn listener_index(&self, token: Token) -> Option<usize> {
+        LISTENERS_TOP
+            .checked_sub(token.0)
+            .filter(|&i| i < self.listeners.len())
+    }
+
     fn has_pending_work(&self) -> bool {
         !self.run_queue.is_empty()
-            || (self.listener_ready && !self.accept_paused && self.listener.is_some())
+            || (self.listener_ready && !self.accept_paused && !self.listeners.is_empty())
             || (!self.buffer_waiters.is_empty() && self.pool.free() > 0)
     }
 
@@ -507,10 +548,9 @@ impl Worker {
         }
     }
 
-    /// Stops accepting (the listener is closed, so new clients are refused) and lets live
-    /// sessions finish.
+    /// Stops accepting and lets live sessions finish.
     fn drain(&mut self) {
-        self.close_listener();
+        self.close_listeners();
         self.lifecycle = if self.sessions.is_empty() {
             Lifecycle::Stopped
         } else {
@@ -518,15 +558,21 @@ impl Worker {
         };
     }
 
-    /// Closes the listener (new clients are refused from now on) and tells the control
-    /// thread.
-    fn close_listener(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-            drop(listener);
-            self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
-            let _ = self.shared.control.wake();
+    /// Closes this worker's copies of its listeners and tells the control thread. A socket
+    /// nobody else holds closes with it (new clients are refused); one the control thread,
+    /// another worker, a newer tcplb or systemd also holds stays open there, and clients
+    /// queued on it wait for whoever accepts next.
+    fn close_listeners(&mut self) {
+        if self.listeners.is_empty() {
+            return;
         }
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+        self.listener_ready = false;
+        self.shared.listening[self.index].store(false, Ordering::Release);
+        self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.shared.control.wake();
     }
 
     /// Resets every open session (at exit: a cut transfer must not look complete).

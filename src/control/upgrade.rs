@@ -1,0 +1,650 @@
+//! Binary upgrade on `SIGUSR2`, refusing no connection.
+//!
+//! The old process ([`Upgrade`]):
+//! 1. starts the binary at the path it was itself started from ([`Invocation`], resolved at
+//!    start: after `mv tcplb-new /usr/local/bin/tcplb`, `/proc/self/exe` names the old,
+//!    deleted file) with the same arguments, handing it every client listening socket, the
+//!    admin listening socket and the write end of a pipe as inherited descriptors, listed in
+//!    the environment variable [`ENV`]. Only those descriptors lose close-on-exec, and only in
+//!    the child;
+//! 2. keeps serving meanwhile. The new process adopts the sockets instead of binding
+//!    (`control::sockets`), starts its workers, and writes [`READY`] to the pipe
+//!    ([`report_ready`]);
+//! 3. on that, stops accepting: each of its workers closes its own copy of the sockets,
+//!    which stay open in the new process with every client queued on them (no listening
+//!    socket is ever closed, so no SYN is refused and no queued connection is reset); then
+//!    it drains as on SIGTERM and exits 0.
+//!
+//! If the new process cannot be started (no such file, not executable), exits or closes the
+//! pipe without saying ready (bad flags, a backends file that no longer parses, a crash), or
+//! says nothing within `--upgrade-timeout` (it is then killed), the old process logs why
+//! and goes on serving as if nothing had happened.
+
+use super::{Control, REAP_INTERVAL, TimerKey, UPGRADE, systemd};
+use crate::admin::http::Endpoint;
+use log::{info, warn};
+use mio::unix::pipe;
+use mio::{Interest, Registry, Token};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Names the descriptors a new process inherits from the one it upgrades:
+/// `listen=FD,FD...;admin=FD;ready=FD;from=PID` (`admin` only with `--admin`).
+pub const ENV: &str = "TCPLB_UPGRADE_FDS";
+/// What the new process writes to the pipe once it serves.
+pub const READY: &[u8] = b"READY\n";
+/// Most descriptors one hand-over names.
+const MAX_FDS: usize = 4096;
+
+/// How this process was started: what `SIGUSR2` runs again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    /// The binary's path as started (made absolute at start, symlinks kept).
+    pub exe: PathBuf,
+    /// The arguments after the program name.
+    pub args: Vec<OsString>,
+}
+
+impl Invocation {
+    /// This process's: `argv[0]` resolved now (against the working directory, or `PATH`
+    /// for a bare name, as the shell found it) and the arguments.
+    pub fn current() -> Invocation {
+        let mut argv = std::env::args_os();
+        let argv0 = argv.next().unwrap_or_default();
+        let args = argv.collect();
+        let cwd = std::env::current_dir().ok();
+        let path = std::env::var_os("PATH");
+        let exe = resolve_exe(&argv0, cwd.as_deref(), path.as_deref())
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from(argv0));
+        Invocation { exe, args }
+    }
+}
+
+/// The path `argv0` names, as `execvp` found it: a name with a `/` is a path (relative ones
+/// against `cwd`); a bare name is looked up in `path` (the first executable file).
+pub fn resolve_exe(argv0: &OsStr, cwd: Option<&Path>, path: Option<&OsStr>) -> Option<PathBuf> {
+    if argv0.is_empty() {
+        return None;
+    }
+    // `.` components are dropped; `..` and symlinks are kept (the path names what it did).
+    let absolute = |p: PathBuf| -> PathBuf {
+        match cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p).components().collect(),
+            _ => p.components().collect(),
+        }
+    };
+    if argv0.as_bytes().contains(&b'/') {
+        return Some(absolute(PathBuf::from(argv0)));
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(argv0))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map(absolute)
+}
+
+/// The descriptors a process was handed by the one it upgrades (parsed from [`ENV`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Handoff {
+    pub listen: Vec<RawFd>,
+    pub admin: Option<RawFd>,
+    pub ready: RawFd,
+    /// The process that handed them over.
+    pub from: u32,
+}
+
+impl Handoff {
+    /// The [`ENV`] value naming these descriptors.
+    pub fn encode(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(|fd| fd.to_string()).collect();
+        let mut text = format!("listen={}", listen.join(","));
+        if let Some(admin) = self.admin {
+            text.push_str(&format!(";admin={admin}"));
+        }
+        text.push_str(&format!(";ready={};from={}", self.ready, self.from));
+        text
+    }
+
+    /// Parses an [`ENV`] value. Every descriptor must be above 2 and named once.
+    pub fn parse(text: &str) -> Result<Handoff, String> {
+        let bad = |why: &str| format!("{ENV}='{}': {why}", crate::config::printable(text));
+        let fd = |value: &str| -> Result<RawFd, String> {
+            value
+                .parse::<RawFd>()
+                .ok()
+                .filter(|&fd| fd > 2)
+                .ok_or_else(|| bad(&format!("'{value}' is not a descriptor number above 2")))
+        };
+        let (mut listen, mut admin, mut ready, mut from) = (None, None, None, None);
+        for part in text.split(';') {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(bad(&format!("'{part}' is not KEY=VALUE")));
+            };
+            let slot_taken = match key {
+                "listen" => listen
+                    .replace(value.split(',').map(fd).collect::<Result<Vec<_>, _>>()?)
+                    .is_some(),
+                "admin" => admin.replace(fd(value)?).is_some(),
+                "ready" => ready.replace(fd(value)?).is_some(),
+                "from" => from
+                    .replace(
+                        value
+                            .parse::<u32>()
+                            .map_err(|_| bad(&format!("'{value}' is not a process id")))?,
+                    )
+                    .is_some(),
+                _ => return Err(bad(&format!("unknown key '{key}'"))),
+            };
+            if slot_taken {
+                return Err(bad(&format!("'{key}' given twice")));
+            }
+        }
+        let handoff = Handoff {
+            listen: listen.ok_or_else(|| bad("no listen="))?,
+            admin,
+            ready: ready.ok_or_else(|| bad("no ready="))?,
+            from: from.ok_or_else(|| bad("no from="))?,
+        };
+        let mut all: Vec<RawFd> = handoff.all().collect();
+        if all.len() > MAX_FDS {
+            return Err(bad("too many descriptors"));
+        }
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            return Err(bad("a descriptor is named twice"));
+        }
+        Ok(handoff)
+    }
+
+    fn all(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.listen
+            .iter()
+            .copied()
+            .chain(self.admin)
+            .chain(Some(self.ready))
+    }
+}
+
+/// What a process started by an upgrade was handed, each descriptor owned once.
+pub struct Inherited {
+    pub listen: Vec<OwnedFd>,
+    pub admin: Option<OwnedFd>,
+    /// Where to say ready ([`report_ready`]).
+    pub ready: File,
+    pub from: u32,
+}
+
+impl Inherited {
+    /// The descriptors named in [`ENV`], if this process was started by an upgrade.
+    pub fn from_env() -> Result<Option<Inherited>, String> {
+        let Some(text) = std::env::var_os(ENV) else {
+            return Ok(None);
+        };
+        let text = text
+            .to_str()
+            .ok_or_else(|| format!("{ENV} is not valid UTF-8"))?;
+        let handoff = Handoff::parse(text)?;
+        for fd in handoff.all() {
+            // SAFETY: F_GETFD only reads the descriptor's flags; an unused number fails.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                return Err(format!(
+                    "{ENV} names descriptor {fd}, which is not open: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+        }
+        // SAFETY (all three): each descriptor is open (checked above), was handed to this
+        // process by the one that started it for this purpose, is named once (`parse`
+        // rejects repeats), and nothing else in this process owns it.
+        let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        let ready = File::from(own(handoff.ready));
+        set_cloexec(&ready);
+        Ok(Some(Inherited {
+            listen: handoff.listen.iter().map(|&fd| own(fd)).collect(),
+            admin: handoff.admin.map(own),
+            ready,
+            from: handoff.from,
+        }))
+    }
+}
+
+fn set_cloexec(fd: &impl AsRawFd) {
+    // SAFETY: F_SETFD on a descriptor we own; no memory is involved.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// Tells the process that started this one (by an upgrade) that this one serves now.
+pub fn report_ready(mut ready: File, from: u32) {
+    if let Err(e) = ready.write_all(READY) {
+        warn!(
+            "cannot tell pid {from} that this process serves ({e}); it will give up the \
+             upgrade and keep serving too"
+        );
+    }
+}
+
+/// How an upgrade under way is doing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing decided yet.
+    Waiting,
+    /// The new process serves: hand over.
+    Ready,
+    /// The new process is gone or broke the protocol; the message says how.
+    Failed(String),
+}
+
+/// An upgrade under way, seen from the old process.
+pub struct Upgrade {
+    child: Child,
+    exe: PathBuf,
+    /// The read end of the readiness pipe (`None` once it has reached EOF).
+    ready: Option<pipe::Receiver>,
+    received: Vec<u8>,
+    started: Instant,
+}
+
+impl Upgrade {
+    /// Starts `invocation` again, handing it `listen` (the client sockets) and `admin`, and
+    /// registers the readiness pipe under `token`.
+    pub fn start(
+        invocation: &Invocation,
+        listen: &[RawFd],
+        admin: Option<RawFd>,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Upgrade> {
+        let (sender, mut receiver) = pipe::new()?;
+        let handoff = Handoff {
+            listen: listen.to_vec(),
+            admin,
+            ready: sender.as_raw_fd(),
+            from: std::process::id(),
+        };
+        let inherit: Vec<RawFd> = handoff.all().collect();
+        let mut command = Command::new(&invocation.exe);
+        command
+            .args(&invocation.args)
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env(ENV, handoff.encode());
+        // SAFETY: the hook runs in the child between fork and exec, so it must only make
+        // async-signal-safe calls: it calls fcntl on numbers from a vector built before the
+        // fork, allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                for &fd in &inherit {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags == -1
+                        || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        // Only the child holds the write end now: its exit (or a close) reads as EOF here.
+        drop(sender);
+        registry.register(&mut receiver, token, Interest::READABLE)?;
+        Ok(Upgrade {
+            child,
+            exe: invocation.exe.clone(),
+            ready: Some(receiver),
+            received: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The new process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// How long ago it was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Reads what the new process wrote to the pipe.
+    pub fn on_readable(&mut self, registry: &Registry) -> Progress {
+        let Some(receiver) = &mut self.ready else {
+            return self.check_exit();
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            match receiver.read(&mut buf) {
+                Ok(0) => {
+                    let _ = registry.deregister(receiver);
+                    self.ready = None;
+                    return self.check_exit();
+                }
+                Ok(n) => {
+                    self.received.extend_from_slice(&buf[..n]);
+                    if self.received.starts_with(READY) {
+                        return Progress::Ready;
+                    }
+                    if !READY.starts_with(&self.received) || self.received.len() > READY.len() {
+                        return Progress::Failed(format!(
+                            "the new process (pid {}) wrote {:?} instead of saying it is ready",
+                            self.pid(),
+                            String::from_utf8_lossy(&self.received)
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Progress::Failed(format!("cannot read the readiness pipe: {e}"));
+                }
+            }
+        }
+    }
+
+    /// After the pipe closed without a word: whether the new process has exited yet (it
+    /// closes the pipe as it exits, a moment before it can be reaped).
+    pub fn check_exit(&mut self) -> Progress {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Progress::Failed(format!(
+                "the new process (pid {}) {} before it was ready",
+                self.pid(),
+                describe_exit(status)
+            )),
+            Ok(None) => Progress::Waiting,
+            Err(e) => Progress::Failed(format!(
+                "cannot wait for the new process (pid {}): {e}",
+                self.pid()
+            )),
+        }
+    }
+
+    /// Whether the pipe has closed (no word can come any more).
+    pub fn pipe_closed(&self) -> bool {
+        self.ready.is_none()
+    }
+
+    /// Gives up: stops the new process (it may have started accepting: SIGTERM lets it
+    /// finish what it took) and reaps it if it has exited. `kill` = SIGKILL instead, for a
+    /// process that did not answer in time.
+    pub fn abandon(mut self, registry: &Registry, kill: bool) {
+        if let Some(receiver) = &mut self.ready {
+            let _ = registry.deregister(receiver);
+        }
+        if kill {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        } else {
+            // SAFETY: kill has no memory effects; the pid is our own unreaped child's.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = self.child.try_wait();
+        }
+    }
+
+    /// The upgrade succeeded: the new process lives on (it is re-parented when this one
+    /// exits).
+    pub fn finish(mut self, registry: &Registry) {
+        if let Some(receiver) = &mut self.ready {
+            let _ = registry.deregister(receiver);
+        }
+    }
+}
+
+/// "exited with status 1", "was killed by signal 9".
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// The upgrade, as the control thread runs it.
+impl Control {
+    /// `SIGUSR2`: starts the new process, unless one is starting already or this process is
+    /// on its way out.
+    pub(super) fn begin_upgrade(&mut self) {
+        if !self.lifecycle.is_running() {
+            info!("SIGUSR2: not upgrading: {}", self.lifecycle.as_str());
+            return;
+        }
+        if let Some((upgrade, _)) = &self.upgrade {
+            info!(
+                "SIGUSR2: an upgrade is under way already (pid {}, started {:?} ago)",
+                upgrade.pid(),
+                upgrade.elapsed()
+            );
+            return;
+        }
+        let listen: Vec<RawFd> = self
+            .sockets
+            .iter()
+            .flatten()
+            .map(AsRawFd::as_raw_fd)
+            .collect();
+        if listen.is_empty() {
+            warn!("SIGUSR2: not upgrading: no worker is accepting, no socket is left to hand over");
+            return;
+        }
+        let admin = self.admin.as_ref().and_then(Endpoint::listener_fd);
+        match Upgrade::start(
+            &self.invocation,
+            &listen,
+            admin,
+            self.poll.registry(),
+            UPGRADE,
+        ) {
+            Ok(upgrade) => {
+                info!(
+                    "SIGUSR2: upgrading: started {} (pid {}); serving on until it is ready \
+                     (up to {:?})",
+                    upgrade.exe().display(),
+                    upgrade.pid(),
+                    self.upgrade_timeout
+                );
+                let deadline = self
+                    .timers
+                    .insert(self.now + self.upgrade_timeout, TimerKey::UpgradeDeadline);
+                self.upgrade = Some((upgrade, deadline));
+            }
+            Err(e) => {
+                self.upgrade_failed(format!("cannot run {}: {e}", self.invocation.exe.display()))
+            }
+        }
+    }
+
+    /// The readiness pipe has news.
+    pub(super) fn on_upgrade_pipe(&mut self) {
+        let Some((upgrade, _)) = &mut self.upgrade else {
+            return;
+        };
+        let progress = upgrade.on_readable(self.poll.registry());
+        self.upgrade_progress(progress);
+    }
+
+    /// Time to look whether a new process that closed the pipe has exited.
+    pub(super) fn upgrade_reap(&mut self) {
+        let Some((upgrade, _)) = &mut self.upgrade else {
+            return;
+        };
+        let progress = upgrade.check_exit();
+        self.upgrade_progress(progress);
+    }
+
+    /// The new process has not said it serves in time: it is killed.
+    pub(super) fn upgrade_deadline(&mut self) {
+        let Some((mut upgrade, _)) = self.upgrade.take() else {
+            return;
+        };
+        let why = match upgrade.check_exit() {
+            Progress::Failed(why) => why,
+            _ => format!(
+                "the new process (pid {}) did not say it serves within {:?}; killed it",
+                upgrade.pid(),
+                self.upgrade_timeout
+            ),
+        };
+        upgrade.abandon(self.poll.registry(), true);
+        self.upgrade_failed(why);
+    }
+
+    fn upgrade_progress(&mut self, progress: Progress) {
+        match progress {
+            Progress::Waiting => {
+                if self.upgrade.as_ref().is_some_and(|(u, _)| u.pipe_closed()) {
+                    self.timers
+                        .insert(self.now + REAP_INTERVAL, TimerKey::UpgradeReap);
+                }
+            }
+            Progress::Ready => self.hand_over(),
+            Progress::Failed(why) => {
+                if let Some((upgrade, deadline)) = self.upgrade.take() {
+                    self.timers.cancel(deadline);
+                    upgrade.abandon(self.poll.registry(), true);
+                }
+                self.upgrade_failed(why);
+            }
+        }
+    }
+
+    /// The new process serves: this one stops accepting, gives up the admin socket, tells
+    /// systemd which process is the service now, and drains.
+    fn hand_over(&mut self) {
+        let Some((upgrade, deadline)) = self.upgrade.take() else {
+            return;
+        };
+        self.timers.cancel(deadline);
+        let pid = upgrade.pid();
+        info!(
+            "upgrade: pid {pid} serves (ready {:?} after it was started); handing over",
+            upgrade.elapsed()
+        );
+        upgrade.finish(self.poll.registry());
+        self.successor = Some(pid);
+        if let Err(e) = systemd::notify(&format!("MAINPID={pid}")) {
+            warn!("cannot tell systemd that pid {pid} is the service now: {e}");
+        }
+        if let Some(admin) = &mut self.admin {
+            admin.stop_listening(self.poll.registry());
+        }
+        self.begin_drain(format!("upgrade to pid {pid}"));
+    }
+
+    fn upgrade_failed(&mut self, why: String) {
+        warn!(
+            "upgrade failed: {why}; still serving (pid {})",
+            std::process::id()
+        );
+        // The new process may have written its id there before it failed.
+        if let Some(pid_file) = &self.pid_file {
+            if let Err(e) = pid_file.write() {
+                warn!("cannot rewrite pid file {}: {e}", pid_file.path().display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_round_trips_and_rejects_nonsense() {
+        let handoff = Handoff {
+            listen: vec![5, 6, 7],
+            admin: Some(9),
+            ready: 11,
+            from: 4242,
+        };
+        assert_eq!(handoff.encode(), "listen=5,6,7;admin=9;ready=11;from=4242");
+        assert_eq!(Handoff::parse(&handoff.encode()), Ok(handoff));
+        let without_admin = Handoff::parse("listen=3;ready=4;from=1").expect("parses");
+        assert_eq!(without_admin.admin, None);
+        assert_eq!(without_admin.listen, vec![3]);
+        for (bad, why) in [
+            ("listen=3;ready=3;from=1", "named twice"),
+            ("listen=3,3;ready=4;from=1", "named twice"),
+            ("listen=2;ready=4;from=1", "'2' is not a descriptor"),
+            ("listen=x;ready=4;from=1", "'x' is not a descriptor"),
+            ("listen=;ready=4;from=1", "'' is not a descriptor"),
+            ("listen=3;from=1", "no ready="),
+            ("ready=4;from=1", "no listen="),
+            ("listen=3;ready=4", "no from="),
+            ("listen=3;ready=4;from=1;color=red", "unknown key 'color'"),
+            ("listen=3;ready=4;ready=5;from=1", "'ready' given twice"),
+            ("listen=3;ready=4;from=-1", "not a process id"),
+            ("listen=3;ready", "is not KEY=VALUE"),
+        ] {
+            let err = Handoff::parse(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.starts_with(&format!("{ENV}='{bad}'")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_binary_is_found_as_the_shell_found_it() {
+        let dir = std::env::temp_dir().join(format!("tcplb-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+        let exe = dir.join("bin/tcplb");
+        std::fs::write(&exe, b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let plain = dir.join("bin/plain");
+        std::fs::write(&plain, b"").expect("write");
+        let cwd = Path::new("/srv/lb");
+        let path =
+            std::env::join_paths([Path::new("/nonexistent"), &dir.join("bin")]).expect("PATH");
+        let resolve = |argv0: &str| resolve_exe(OsStr::new(argv0), Some(cwd), Some(&path));
+        // A path is kept as given (symlinks included), made absolute.
+        assert_eq!(
+            resolve("/usr/local/bin/tcplb"),
+            Some(PathBuf::from("/usr/local/bin/tcplb"))
+        );
+        assert_eq!(
+            resolve("./target/tcplb"),
+            Some(PathBuf::from("/srv/lb/target/tcplb"))
+        );
+        assert_eq!(
+            resolve("bin/tcplb"),
+            Some(PathBuf::from("/srv/lb/bin/tcplb"))
+        );
+        // A bare name: the first executable file of that name on PATH.
+        assert_eq!(resolve("tcplb"), Some(exe.clone()));
+        assert_eq!(resolve("plain"), None, "not executable");
+        assert_eq!(resolve("missing"), None);
+        assert_eq!(resolve(""), None);
+        assert_eq!(
+            resolve_exe(OsStr::new("tcplb"), Some(cwd), None),
+            None,
+            "no PATH"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn exits_are_described() {
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(1 << 8)),
+            "exited with status 1"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(9)),
+            "was killed by signal 9"
+        );
+    }
+}
