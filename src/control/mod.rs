@@ -541,7 +541,14 @@ impl Control {
         let view = View {
             fleet: &self.fleet,
             workers: &self.worker_stats,
-            lifecycle: self.lifecycle,
+            // After a hand-over, a request accepted before it is answered for the service,
+            // which the newer process runs on: "draining" would tell a health checker the
+            // service is going away.
+            lifecycle: if self.successor.is_some() {
+                Lifecycle::Running
+            } else {
+                self.lifecycle
+            },
             now: self.now,
             started: self.started,
             access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),

@@ -180,7 +180,8 @@ impl Listening {
             ));
         } else if sockets > workers {
             notes.push(format!(
-                "{sockets} listening sockets over {workers} workers"
+                "{sockets} listening sockets over {workers} worker{}",
+                if workers == 1 { "" } else { "s" }
             ));
         }
         if self.addrs.iter().any(|a| *a != self.addrs[0]) {

@@ -547,16 +547,17 @@ impl Control {
     }
 
     fn upgrade_failed(&mut self, why: String) {
-        warn!(
-            "upgrade failed: {why}; still serving (pid {})",
-            std::process::id()
-        );
-        // The new process may have written its id there before it failed.
+        // The new process may have written its id there before it failed. (Before the
+        // line below, which then is true when it is read.)
         if let Some(pid_file) = &self.pid_file {
             if let Err(e) = pid_file.write() {
                 warn!("cannot rewrite pid file {}: {e}", pid_file.path().display());
             }
         }
+        warn!(
+            "upgrade failed: {why}; still serving (pid {})",
+            std::process::id()
+        );
     }
 }
 

@@ -100,17 +100,28 @@ impl Tcplb {
 
     /// Starts the process without waiting for it to listen (see [`Tcplb::wait_listening`]).
     pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Tcplb {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tcplb"));
+        Self::spawn_program(env!("CARGO_BIN_EXE_tcplb"), args, adjust)
+    }
+
+    /// As [`Tcplb::spawn_with`], running `program` (a copy of the binary, or a launcher).
+    pub fn spawn_program(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Tcplb {
+        let mut command = Command::new(program);
         command.args(["--listen", "127.0.0.1:0"]).args(args);
         if !args.contains(&"--workers") {
             command.args(["--workers", &test_workers().to_string()]);
         }
-        command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        command.env("RUST_LOG", "info").stdout(Stdio::null());
         adjust(&mut command);
+        Self::spawn_command(command)
+    }
+
+    /// Starts a command that runs tcplb (arguments and all), capturing its log lines.
+    pub fn spawn_command(mut command: Command) -> Tcplb {
+        command.stdin(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn tcplb");
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new((Mutex::new(Vec::<String>::new()), Condvar::new()));
