@@ -240,11 +240,13 @@ fn inode(socket: &impl AsRawFd) -> u64 {
         .unwrap_or_else(|_| panic!("not a socket: {link}"))
 }
 
-/// Whether process `pid` holds a descriptor of the socket with this inode.
+/// Whether process `pid` holds a descriptor of the socket with this inode (an exited
+/// process holds none).
 fn holds_socket(pid: u32, inode: u64) -> bool {
     let want = format!("socket:[{inode}]");
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("list fds")
+        .into_iter()
+        .flatten()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .any(|link| link.to_str() == Some(want.as_str()))
 }
@@ -306,7 +308,8 @@ impl Load {
 
     /// Panics if any connection failed so far.
     fn check(&self) {
-        let failures = self.failures.lock().expect("failures");
+        // Copied out, so that the assertion does not poison the lock for the clients.
+        let failures = self.failures.lock().expect("failures").clone();
         assert!(
             failures.is_empty(),
             "{} connections failed (of {} completed), the first: {:?}",
@@ -519,8 +522,8 @@ impl HealthChecks {
     }
 
     fn check(&self) {
-        let failures = self.failures.lock().expect("failures");
-        assert!(failures.is_empty(), "/healthz failed: {:?}", &failures[..]);
+        let failures = self.failures.lock().expect("failures").clone();
+        assert!(failures.is_empty(), "/healthz failed: {failures:?}");
     }
 
     fn wait_for(&self, n: u64) {
@@ -590,6 +593,9 @@ fn five_upgrades_under_load_lose_nothing() {
     let mut descendants = Descendants::default();
     let sockets = listening_sockets(tcplb.addr.port());
     assert_eq!(sockets.len(), test_workers(), "one socket per worker");
+    let admin_socket = listening_sockets(tcplb.admin_addr().port());
+    let every_socket: BTreeSet<u64> = sockets.union(&admin_socket).copied().collect();
+    assert!(every_socket.iter().all(|&s| holds_socket(first, s)));
 
     let long = LongSession::open(tcplb.addr);
     long.wait_past(256 * 1024);
@@ -612,13 +618,20 @@ fn five_upgrades_under_load_lose_nothing() {
             "{}",
             start_line(&tcplb, n + 1)
         );
-        // The new process serves clients and the admin endpoint on the very same sockets.
+        // The new process serves clients and the admin endpoint on the very same sockets;
+        // the old one lets go of all of them.
         load.wait_for(1000);
         health.wait_for(5);
         assert_eq!(
             listening_sockets(tcplb.addr.port()),
             sockets,
             "no socket closed or added"
+        );
+        assert!(every_socket.iter().all(|&s| holds_socket(new, s)));
+        let old = generations[n - 1];
+        wait_until(
+            || !every_socket.iter().any(|&s| holds_socket(old, s)),
+            || format!("process {old} still holds a listening socket after handing over"),
         );
         // The long session goes on streaming through the first process.
         long.wait_past(streamed + 256 * 1024);
