@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!                      ┌─────────── control (process-wide) ───────────┐
-//!  signals ───────────►│ lifecycle: Running → Draining → Stopping      │
+//!  signals, upgrade ──►│ lifecycle: Running → Draining → Stopping      │
 //!  backends file, DNS ►│ discovery thread builds each fleet generation │──► Arc<Fleet>
 //!  health probes ─────►│ admin endpoint, access log writer             │    (atomics per backend)
 //!                      └───────────────────────────────────────────────┘
@@ -17,7 +17,8 @@
 //!       └────────────────────────────────────┘
 //! ```
 //!
-//! - [`worker`]: the data path. Each worker accepts on its own `SO_REUSEPORT` listener and
+//! - [`worker`]: the data path. Each worker accepts on its own `SO_REUSEPORT` listener (or
+//!   shares one, or takes several: [`control::sockets`]) and
 //!   runs its sessions ([`worker::session`]): a backend is leased from the fleet, connected
 //!   (retrying others), then a [`worker::duplex::Duplex`] of two [`worker::pipe::Pipe`]s
 //!   moves bytes through fixed-size buffers from the worker's [`worker::pool`]. Deadlines
@@ -27,7 +28,10 @@
 //!   selection ([`fleet::select`]), leases, the breaker and check state machines, the
 //!   builder of each generation and the discovery thread that runs it.
 //! - [`control`]: start-up, signals, the lifecycle, health probes, and handing fleet
-//!   generations to the workers.
+//!   generations to the workers; the listening sockets ([`control::sockets`]: bound, or
+//!   handed over by the process an upgrade replaces, or by systemd), the upgrade itself
+//!   (`SIGUSR2`, [`control::upgrade`]), systemd's protocols ([`control::systemd`]) and the
+//!   pid file.
 //! - [`admin`]: `/metrics` (summed over workers), `/healthz`, `/backends`, the access log.
 //! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
 //!   line; [`net`]: socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking

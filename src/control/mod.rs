@@ -169,6 +169,8 @@ pub struct Control {
     upgrade: Option<(Upgrade, TimerId)>,
     /// The process this one handed over to, once it has.
     successor: Option<u32>,
+    /// SIGTERMs and SIGINTs so far (the second one cuts the sessions left).
+    stop_signals: u32,
     pid_file: Option<PidFile>,
 }
 
@@ -246,6 +248,7 @@ impl Control {
             upgrade_timeout,
             upgrade: None,
             successor: None,
+            stop_signals: 0,
             pid_file,
         })
     }
@@ -326,18 +329,31 @@ impl Control {
                     self.discovery.reload();
                 }
                 SIGHUP => {}
-                _ if !self.lifecycle.is_running() => {
-                    warn!("second signal: exiting now");
-                    self.stop_workers();
-                }
-                _ => self.begin_drain(
-                    if signal == SIGINT {
+                _ => {
+                    let name = if signal == SIGINT {
                         "SIGINT"
                     } else {
                         "SIGTERM"
+                    };
+                    self.stop_signals += 1;
+                    match (
+                        self.lifecycle.is_running(),
+                        self.stop_signals,
+                        self.successor,
+                    ) {
+                        (true, ..) => self.begin_drain(name.to_string()),
+                        // Draining since an upgrade handed over: this is the first request
+                        // to stop (systemd's stop sends it to every process of the service).
+                        (false, 1, Some(pid)) => info!(
+                            "{name}: draining already (since the upgrade to pid {pid}); a \
+                             second signal cuts the sessions left"
+                        ),
+                        _ => {
+                            warn!("second signal: exiting now");
+                            self.stop_workers();
+                        }
                     }
-                    .to_string(),
-                ),
+                }
             }
         }
     }

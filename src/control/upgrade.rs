@@ -296,10 +296,18 @@ impl Upgrade {
                 Ok(())
             });
         }
-        let child = command.spawn()?;
+        // Registered first: a process started with nobody listening for its word would
+        // serve beside this one.
+        registry.register(&mut receiver, token, Interest::READABLE)?;
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = registry.deregister(&mut receiver);
+                return Err(e);
+            }
+        };
         // Only the child holds the write end now: its exit (or a close) reads as EOF here.
         drop(sender);
-        registry.register(&mut receiver, token, Interest::READABLE)?;
         Ok(Upgrade {
             child,
             exe: invocation.exe.clone(),
