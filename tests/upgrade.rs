@@ -63,9 +63,9 @@ impl Descendants {
         self.0.push(pid);
     }
 
-    /// Waits for `pid` to exit and returns its exit status. It becomes this process's child
+    /// Waits for `pid` to end and returns its wait status. It becomes this process's child
     /// (to wait for) once its parent has exited.
-    fn wait_exit(&mut self, pid: u32) -> i32 {
+    fn wait_status(&mut self, pid: u32) -> i32 {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let mut status = 0;
@@ -73,11 +73,7 @@ impl Descendants {
             let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             if rc == pid as libc::pid_t {
                 self.0.retain(|&p| p != pid);
-                assert!(
-                    libc::WIFEXITED(status),
-                    "pid {pid} did not exit but ended with wait status {status:#x}"
-                );
-                return libc::WEXITSTATUS(status);
+                return status;
             }
             let running = rc == 0;
             let not_ours_yet =
@@ -93,6 +89,16 @@ impl Descendants {
             );
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Waits for `pid` to exit and returns its exit status.
+    fn wait_exit(&mut self, pid: u32) -> i32 {
+        let status = self.wait_status(pid);
+        assert!(
+            libc::WIFEXITED(status),
+            "pid {pid} did not exit but ended with wait status {status:#x}"
+        );
+        libc::WEXITSTATUS(status)
     }
 }
 
@@ -1082,5 +1088,41 @@ fn a_pid_file_that_cannot_be_written_stops_the_start() {
             "cannot write pid file /nonexistent/tcplb/tcplb.pid: No such file or directory"
         ),
         "{stderr}"
+    );
+}
+
+/// SIGTERM while an upgrade is under way gives the upgrade up: the new process is sent
+/// SIGTERM too, and the old one drains and exits as usual.
+#[test]
+fn a_sigterm_during_an_upgrade_gives_it_up() {
+    become_subreaper();
+    let install = Install::new("sigterm");
+    let exe = install.put_binary("tcplb");
+    let pid_file = install.pid_file();
+    let backend = Backend::start(1, echo());
+    let mut tcplb = start(&exe, &["--pid-file", arg(&pid_file), &backend.arg()]);
+    // A new binary that says nothing (within the default 30 s).
+    install.put_script("tcplb", "exec sleep 60");
+    tcplb.signal(libc::SIGUSR2);
+    let line = tcplb.wait_for_log("SIGUSR2: upgrading: started");
+    let new: u32 = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let mut descendants = Descendants::default();
+    descendants.add(new);
+    tcplb.signal(libc::SIGTERM);
+    tcplb.wait_for_log(&format!("SIGTERM: giving up the upgrade to pid {new}"));
+    assert_eq!(tcplb.wait_exit(PATIENCE), Some(0));
+    assert!(
+        !pid_file.exists(),
+        "the pid file named the old process, which removed it"
+    );
+    let status = descendants.wait_status(new);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM,
+        "the new process ended with wait status {status:#x}"
     );
 }
