@@ -109,7 +109,9 @@ impl Listening {
         let (mut sockets, mut addrs): (Vec<TcpListener>, Vec<SocketAddr>) =
             sockets.into_iter().unzip();
         let group = is_group(&sockets, &addrs);
-        if group && sockets.len() < workers {
+        // Sockets bound here are as many as could be (`net::bind_group`); systemd's are
+        // never added to.
+        if group && sockets.len() < workers && matches!(origin, Origin::Upgrade { .. }) {
             for _ in sockets.len()..workers {
                 match net::join_group(addrs[0], config.backlog) {
                     Ok(socket) => {
