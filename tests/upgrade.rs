@@ -837,7 +837,13 @@ fn upgrades_that_change_the_worker_count_keep_every_socket() {
             install.put_script(
                 current.file_name().and_then(|n| n.to_str()).expect("name"),
                 &format!(
-                    "prev=\nfor a; do\n  shift\n  if [ \"$prev\" = --workers ]; then set -- \"$@\" {workers}; else set -- \"$@\" \"$a\"; fi\n  prev=$a\ndone\nexec {} \"$@\"",
+                    r#"prev=
+for a; do
+  shift
+  if [ "$prev" = --workers ]; then set -- "$@" {workers}; else set -- "$@" "$a"; fi
+  prev=$a
+done
+exec {} "$@""#,
                     arg(&next)
                 ),
             );

@@ -82,8 +82,11 @@ pub fn start(
     warn_duplicates(&initial);
 
     let mut listening = Listening::acquire(&config, workers)?;
-    for socket in &listening.sockets {
-        refuse_loops(socket, &initial)?;
+    for (i, socket) in listening.sockets.iter().enumerate() {
+        // Once per address (a group has one socket per worker on the same).
+        if !listening.addrs[..i].contains(&listening.addrs[i]) {
+            refuse_loops(socket, &initial)?;
+        }
     }
     let local = listening.addrs[0];
     let admin = listening.admin.take().map(mio::net::TcpListener::from_std);

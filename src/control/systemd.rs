@@ -127,8 +127,11 @@ mod tests {
 
         // The abstract namespace: "@name".
         let name = format!("tcplb-notify-{}", std::process::id());
-        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
-            .expect("abstract address");
+        let addr = {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .expect("abstract address")
+        };
         let manager = UnixDatagram::bind_addr(&addr).expect("bind abstract");
         notify_to(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").expect("send");
         let n = manager.recv(&mut buf).expect("receive");

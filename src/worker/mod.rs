@@ -12,7 +12,8 @@
 //!
 //! A worker owns everything on its data path: its listener (usually one `SO_REUSEPORT`
 //! socket per worker; after an upgrade to fewer workers, or with sockets from systemd, a
-//! worker may accept on several, see [`crate::control::sockets`]), slab, buffer pool (its share of `--buffers`), timer wheel and run queues. What
+//! worker may accept on several, see [`crate::control::sockets`]), slab, buffer pool (its
+//! share of `--buffers`), timer wheel and run queues. What
 //! it shares with the others is the fleet (atomics only) and a process-wide session count
 //! for `--max-conns`. Sockets are registered once, for both directions, edge-triggered;
 //! sessions remember readiness themselves. A session ended by one event is removed at once:
