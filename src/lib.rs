@@ -49,5 +49,6 @@ pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod net;
+pub mod proxy_protocol;
 pub mod stats;
 pub mod worker;
