@@ -34,6 +34,7 @@ fn backends(n: usize) -> Vec<ResolvedBackend> {
                 name: addr.to_string(),
                 weight: 1 + (i % 3) as u32,
                 backup: false,
+                send_proxy: None,
             }
         })
         .collect()

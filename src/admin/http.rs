@@ -528,6 +528,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn backends_json(view: &View, out: &mut String) {
     let now = clock::millis(view.now);
     let checks_on = view.fleet.policy().checks.is_some();
+    let balance = view.fleet.balance_name();
     out.push('[');
     for (i, b) in view
         .fleet
@@ -546,6 +547,7 @@ fn backends_json(view: &View, out: &mut String) {
         let _ = write!(
             out,
             "\n  {{\"address\": {}, \"name\": {}, \"weight\": {}, \"backup\": {}, \
+             \"send_proxy\": {}, \"balance\": \"{balance}\", \
              \"state\": \"{}\", \"health_checks\": \"{checks}\", \"active\": {}, \
              \"connections_total\": {}, \"connect_failures_total\": {}, \
              \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}}}",
@@ -553,6 +555,12 @@ fn backends_json(view: &View, out: &mut String) {
             json_string(&b.name),
             b.weight(),
             b.is_backup(),
+            b.send_proxy()
+                .map_or("null", |v| if v == crate::proxy_protocol::Version::V1 {
+                    "\"v1\""
+                } else {
+                    "\"v2\""
+                }),
             b.state(now).as_str(),
             b.active(),
             Stat::get(&b.stats.sessions),

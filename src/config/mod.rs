@@ -13,6 +13,7 @@ pub use spec::{BackendSpec, MAX_WEIGHT, Origin, parse_backends_file, parse_host_
 pub use units::{parse_duration, parse_number};
 
 use crate::fleet::health::{BreakerPolicy, CheckPolicy};
+use crate::fleet::select::{self, Balance, HashSettings, maglev};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
@@ -68,6 +69,11 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// How long the process an upgrade (`SIGUSR2`) starts may take to serve.
     pub upgrade_timeout: Duration,
+    /// How a backend is chosen (`--balance`, with `--hash-*` for source-hash).
+    pub balance: Balance,
+    /// Every client starts with a PROXY protocol header, due within this long
+    /// (`--accept-proxy`, `--proxy-timeout`); `None` = off.
+    pub accept_proxy: Option<Duration>,
 }
 
 /// What the command line asks for.
@@ -194,6 +200,39 @@ fn options() -> getopts::Options {
     );
     o.optopt(
         "",
+        "balance",
+        "how a backend is chosen: least-active, round-robin, random-two or source-hash \
+         (default least-active)",
+        "NAME",
+    );
+    o.optopt(
+        "",
+        "hash-table-size",
+        "source-hash: slots in the Maglev table, a prime (default 65537)",
+        "PRIME",
+    );
+    o.optopt(
+        "",
+        "hash-balance-factor",
+        "source-hash: bounded loads; no backend takes more than F times the mean active \
+         sessions per unit of weight, such as 1.25 (default off)",
+        "F",
+    );
+    o.optflag(
+        "",
+        "accept-proxy",
+        "every client starts with a PROXY protocol header (v1 or v2), which gives the real \
+         client address",
+    );
+    o.optopt(
+        "",
+        "proxy-timeout",
+        "with --accept-proxy: reset a client whose header is not complete after this long \
+         (default 5s)",
+        "DURATION",
+    );
+    o.optopt(
+        "",
         "max-fails",
         "failed connects in a row that take a backend out; 0 = never (default 3)",
         "N",
@@ -302,8 +341,10 @@ pub fn usage() -> String {
     let brief = "Usage: tcplb [OPTIONS] BACKEND...\n\n\
         A Layer-4 TCP load balancer: each client connection is piped to the backend with the\n\
         fewest active sessions per unit of weight.\n\n\
-        BACKEND is HOST:PORT[,weight=N][,backup]  (N from 1 to 256, default 1;\n\
-        HOST may be an IPv4 address, [IPv6] or a name: every address it resolves to is a backend)";
+        BACKEND is HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2]\n\
+        (N from 1 to 256, default 1; HOST may be an IPv4 address, [IPv6] or a name: every\n\
+        address it resolves to is a backend; send-proxy sends it a PROXY protocol v1 header\n\
+        first, send-proxy-v2 a v2 one)";
     let mut text = options().usage(brief);
     text.push_str(USAGE_NOTES);
     text
@@ -462,7 +503,92 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             SECONDS,
             (100 * MILLISECONDS, HOUR),
         )?,
+        balance: parse_balance(&matches)?,
+        accept_proxy: parse_accept_proxy(&matches)?,
     })))
+}
+
+/// `--balance` and the `--hash-*` settings that go with source-hash.
+fn parse_balance(matches: &getopts::Matches) -> Result<Balance, ConfigError> {
+    let balance = match matches.opt_str("balance") {
+        None => Balance::default(),
+        Some(name) => Balance::from_name(&name).ok_or_else(|| ConfigError::BadValue {
+            option: "balance",
+            value: name,
+            expected: format!("one of {}", select::NAMES.join(", ")),
+        })?,
+    };
+    let Balance::SourceHash(defaults) = balance else {
+        for option in ["hash-table-size", "hash-balance-factor"] {
+            if matches.opt_present(option) {
+                return Err(ConfigError::Usage(format!(
+                    "--{option} applies to --balance source-hash only (the balance is {})",
+                    balance.name()
+                )));
+            }
+        }
+        return Ok(balance);
+    };
+    let table_size = match matches.opt_str("hash-table-size") {
+        None => defaults.table_size,
+        Some(value) => parse_number(&value, 2, u64::from(select::MAX_TABLE_SIZE))
+            .filter(|&n| maglev::is_prime(n))
+            .ok_or_else(|| ConfigError::BadValue {
+                option: "hash-table-size",
+                value,
+                expected: format!(
+                    "a prime number from 2 to {}, such as 65537 (the default) or 655373",
+                    select::MAX_TABLE_SIZE
+                ),
+            })? as u32,
+    };
+    let balance_factor = match matches.opt_str("hash-balance-factor") {
+        None => None,
+        Some(value) => Some(parse_factor(&value).ok_or_else(|| ConfigError::BadValue {
+            option: "hash-balance-factor",
+            value,
+            expected: "a number from 1 to 100 with at most two decimals, such as 1.25".to_string(),
+        })?),
+    };
+    Ok(Balance::SourceHash(HashSettings {
+        table_size,
+        balance_factor,
+    }))
+}
+
+/// `1.25` as 125 (hundredths), from 1 to 100 with at most two decimals.
+fn parse_factor(text: &str) -> Option<u32> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || whole.len() > 3 || fraction.len() > 2 || !digits(whole) {
+        return None;
+    }
+    if !digits(fraction) || (text.contains('.') && fraction.is_empty()) {
+        return None;
+    }
+    let hundredths: u32 =
+        whole.parse::<u32>().ok()? * 100 + format!("{fraction:0<2}").parse::<u32>().ok()?;
+    (100..=10_000).contains(&hundredths).then_some(hundredths)
+}
+
+/// `--accept-proxy` and its `--proxy-timeout`.
+fn parse_accept_proxy(matches: &getopts::Matches) -> Result<Option<Duration>, ConfigError> {
+    if !matches.opt_present("accept-proxy") {
+        if matches.opt_present("proxy-timeout") {
+            return Err(ConfigError::Usage(
+                "--proxy-timeout applies to --accept-proxy only".to_string(),
+            ));
+        }
+        return Ok(None);
+    }
+    opt_duration(
+        matches,
+        "proxy-timeout",
+        5 * SECONDS,
+        SECONDS,
+        (MILLISECONDS, HOUR),
+    )
+    .map(Some)
 }
 
 fn dashed(name: &str) -> String {

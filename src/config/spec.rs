@@ -1,10 +1,12 @@
 //! Backends as the user writes them, on the command line or in a backends file:
-//! `HOST:PORT[,weight=N][,backup]`, one per line of the file (`#` comments). Pure parsing;
+//! `HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2]`, one per line of the file
+//! (`#` comments). Pure parsing;
 //! text from the user reaches a message only through [`printable`], so a control character
 //! cannot forge or colour a log line.
 
 use crate::config::ConfigError;
 use crate::config::units::parse_number;
+use crate::proxy_protocol::Version;
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::path::Path;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 256;
 
-/// A backend as the user wrote it: `HOST:PORT[,weight=N][,backup]`.
+/// A backend as the user wrote it: `HOST:PORT[,weight=N][,backup][,send-proxy[-v2]]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BackendSpec {
     /// Host name or IP literal (IPv6 without brackets).
@@ -22,6 +24,8 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Used only when no primary backend is up.
     pub backup: bool,
+    /// A PROXY protocol header goes to it before any client byte.
+    pub send_proxy: Option<Version>,
     /// The backends file line it came from; `None` for a positional backend.
     pub origin: Option<Origin>,
 }
@@ -60,6 +64,7 @@ impl BackendSpec {
             port,
             weight: 1,
             backup: false,
+            send_proxy: None,
             origin: None,
         };
         for option in parts {
@@ -74,6 +79,19 @@ impl BackendSpec {
                         as u32;
                 }
                 None if option == "backup" => spec.backup = true,
+                None if option == "send-proxy" || option == "send-proxy-v2" => {
+                    let version = if option == "send-proxy" {
+                        Version::V1
+                    } else {
+                        Version::V2
+                    };
+                    if spec.send_proxy.is_some_and(|v| v != version) {
+                        return Err(bad(
+                            "send-proxy and send-proxy-v2 are exclusive: choose one".to_string(),
+                        ));
+                    }
+                    spec.send_proxy = Some(version);
+                }
                 _ => return Err(bad(format!("unknown option '{option}'"))),
             }
         }
@@ -94,7 +112,7 @@ impl BackendSpec {
 /// (`127.0.0.1:6379,weight=2`), if `text` looks like that.
 fn options_after_a_colon(text: &str) -> Option<String> {
     let addr = text.split(',').next().unwrap_or_default();
-    let colon = [":weight=", ":backup"]
+    let colon = [":weight=", ":backup", ":send-proxy"]
         .iter()
         .filter_map(|option| addr.find(option))
         .min()?;
@@ -113,6 +131,9 @@ impl fmt::Display for BackendSpec {
         }
         if self.backup {
             f.write_str(",backup")?;
+        }
+        if let Some(version) = self.send_proxy {
+            write!(f, ",{}", version.option())?;
         }
         Ok(())
     }

@@ -19,7 +19,6 @@ use crate::fleet::Policy;
 use crate::fleet::backend::ResolvedBackend;
 use crate::fleet::builder::Builder;
 use crate::fleet::discovery::{self, Discovery, Plan, Resolver};
-use crate::fleet::select::Balance;
 use crate::stats::WorkerStats;
 use crate::worker::pool::{Pool, PoolError};
 use crate::worker::{Settings, Shared, Worker, WorkerConfig};
@@ -110,7 +109,7 @@ pub fn start(
         breaker: config.breaker,
         checks: config.checks,
     };
-    let mut builder = Builder::new(policy, Balance::default());
+    let mut builder = Builder::new(policy, config.balance);
     let (fleet, _) = builder.build(&initial);
     let backend_list = describe(&initial);
 
@@ -184,10 +183,15 @@ pub fn start(
     .map_err(|e| Failure::Start(format!("cannot start the discovery thread: {e}")))
     .map_err(remove_pid_file)?;
 
+    let proxy_note = match config.accept_proxy {
+        Some(timeout) => format!("; accepting PROXY protocol headers (timeout {timeout:?})"),
+        None => String::new(),
+    };
     info!(
-        "listening on {local}; {workers} worker{}; backends: {backend_list}; max-conns {}, {} \
-         buffers of {} bytes ({} MiB){admin_note}{}",
+        "listening on {local}; {workers} worker{}; balance {}; backends: {backend_list}; \
+         max-conns {}, {} buffers of {} bytes ({} MiB){proxy_note}{admin_note}{}",
         if workers == 1 { "" } else { "s" },
+        config.balance.describe(),
         config.max_conns,
         config.buffers,
         config.buffer_size,
@@ -363,6 +367,10 @@ fn describe(backends: &[ResolvedBackend]) -> String {
             }
             if b.backup {
                 s.push_str(" backup");
+            }
+            if let Some(version) = b.send_proxy {
+                s.push(' ');
+                s.push_str(version.option());
             }
             s
         })

@@ -9,9 +9,10 @@
 
 use crate::fleet::health::{Breaker, BreakerPolicy, BreakerState, SharedBreaker, SharedChecks};
 use crate::logging::Throttle;
+use crate::proxy_protocol::Version;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// A backend as configured and resolved: the input to a fleet build.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct ResolvedBackend {
     pub name: String,
     pub weight: u32,
     pub backup: bool,
+    /// The PROXY protocol header it is sent first (`send-proxy`, `send-proxy-v2`).
+    pub send_proxy: Option<Version>,
 }
 
 /// Whether a backend takes sessions, in one word.
@@ -97,6 +100,8 @@ pub struct Backend {
     pub name: String,
     weight: AtomicU32,
     backup: AtomicBool,
+    /// The PROXY protocol version it is sent: 0 none, 1, 2.
+    send_proxy: AtomicU8,
     /// Taken out of the set: draining its last sessions.
     removed: AtomicBool,
     breaker: SharedBreaker,
@@ -142,6 +147,7 @@ impl Backend {
             name: spec.name.clone(),
             weight: AtomicU32::new(spec.weight.max(1)),
             backup: AtomicBool::new(spec.backup),
+            send_proxy: AtomicU8::new(proxy_code(spec.send_proxy)),
             removed: AtomicBool::new(false),
             breaker: SharedBreaker::default(),
             checks: SharedChecks::default(),
@@ -211,9 +217,28 @@ impl Backend {
         self.removed.store(removed, Ordering::Release);
     }
 
-    pub(crate) fn set_weight_and_backup(&self, weight: u32, backup: bool) {
-        self.weight.store(weight.max(1), Ordering::Release);
-        self.backup.store(backup, Ordering::Release);
+    /// Takes the options of a newer spec of the same address (a reload).
+    pub(crate) fn set_options(&self, spec: &ResolvedBackend) {
+        self.weight.store(spec.weight.max(1), Ordering::Release);
+        self.backup.store(spec.backup, Ordering::Release);
+        self.send_proxy
+            .store(proxy_code(spec.send_proxy), Ordering::Release);
+    }
+
+    /// Whether its options differ from `spec`'s.
+    pub(crate) fn options_differ(&self, spec: &ResolvedBackend) -> bool {
+        self.weight() != spec.weight.max(1)
+            || self.is_backup() != spec.backup
+            || self.send_proxy() != spec.send_proxy
+    }
+
+    /// The PROXY protocol header a session sends it before any client byte, if any.
+    pub fn send_proxy(&self) -> Option<Version> {
+        match self.send_proxy.load(Ordering::Acquire) {
+            1 => Some(Version::V1),
+            2 => Some(Version::V2),
+            _ => None,
+        }
     }
 
     /// A health check probe is under way.
@@ -264,6 +289,14 @@ impl Backend {
     }
 }
 
+fn proxy_code(version: Option<Version>) -> u8 {
+    match version {
+        None => 0,
+        Some(Version::V1) => 1,
+        Some(Version::V2) => 2,
+    }
+}
+
 impl fmt::Display for Backend {
     /// The address, followed by the name the user gave when that differs (`10.0.0.5:80
     /// (web.internal:80)`).
@@ -291,6 +324,7 @@ mod tests {
                 name: addr.to_string(),
                 weight: 1,
                 backup: false,
+                send_proxy: None,
             },
         )
     }

@@ -93,17 +93,15 @@ impl Builder {
                 continue;
             }
             let backend = if let Some(b) = self.current.remove(&spec.addr) {
-                if b.weight() != spec.weight.max(1) || b.is_backup() != spec.backup {
+                if b.options_differ(spec) {
                     changes.updated += 1;
-                    changes.note(|| {
-                        format!("{b} now weight {}{}", spec.weight, backup_note(spec.backup))
-                    });
-                    b.set_weight_and_backup(spec.weight, spec.backup);
+                    changes.note(|| format!("{b} now weight {}{}", spec.weight, notes(spec)));
+                    b.set_options(spec);
                 }
                 b
             } else if let Some(b) = self.draining.remove(&spec.addr) {
                 b.set_removed(false);
-                b.set_weight_and_backup(spec.weight, spec.backup);
+                b.set_options(spec);
                 changes.added += 1;
                 changes.note(|| format!("{b} back in the set"));
                 rejoined.push(Arc::clone(&b));
@@ -112,13 +110,7 @@ impl Builder {
                 let b = Arc::new(Backend::new(self.next_id, spec));
                 self.next_id += 1;
                 changes.added += 1;
-                changes.note(|| {
-                    format!(
-                        "added {b} (weight {}{})",
-                        spec.weight,
-                        backup_note(spec.backup)
-                    )
-                });
+                changes.note(|| format!("added {b} (weight {}{})", spec.weight, notes(spec)));
                 rejoined.push(Arc::clone(&b));
                 b
             };
@@ -156,8 +148,17 @@ impl Builder {
     }
 }
 
-fn backup_note(backup: bool) -> &'static str {
-    if backup { ", backup" } else { "" }
+/// `, backup, send-proxy-v2`: the options besides the weight, for the log.
+fn notes(spec: &ResolvedBackend) -> String {
+    let mut notes = String::new();
+    if spec.backup {
+        notes.push_str(", backup");
+    }
+    if let Some(version) = spec.send_proxy {
+        notes.push_str(", ");
+        notes.push_str(version.option());
+    }
+    notes
 }
 
 #[cfg(test)]
@@ -182,6 +183,7 @@ mod tests {
             name: addr.to_string(),
             weight,
             backup,
+            send_proxy: None,
         }
     }
 
@@ -264,6 +266,7 @@ mod tests {
                 name: String::new(),
                 weight: 1,
                 backup: false,
+                send_proxy: None,
             })
             .collect();
         let started = std::time::Instant::now();

@@ -83,6 +83,7 @@ impl Resolver {
                 name: spec.authority(),
                 weight: spec.weight,
                 backup: spec.backup,
+                send_proxy: spec.send_proxy,
             }));
         }
         (set, failures)
@@ -237,8 +238,10 @@ mod tests {
     #[test]
     fn every_address_of_a_name_is_a_backend_with_its_options() {
         let mut resolver = Resolver::default();
-        let (set, failures) =
-            resolver.resolve(&[spec("127.0.0.1:80,weight=3"), spec("[::1]:81,backup")]);
+        let (set, failures) = resolver.resolve(&[
+            spec("127.0.0.1:80,weight=3"),
+            spec("[::1]:81,backup,send-proxy-v2"),
+        ]);
         assert!(failures.is_empty());
         assert_eq!(
             set,
@@ -247,13 +250,15 @@ mod tests {
                     addr: "127.0.0.1:80".parse().expect("addr"),
                     name: "127.0.0.1:80".to_string(),
                     weight: 3,
-                    backup: false
+                    backup: false,
+                    send_proxy: None,
                 },
                 ResolvedBackend {
                     addr: "[::1]:81".parse().expect("addr"),
                     name: "[::1]:81".to_string(),
                     weight: 1,
-                    backup: true
+                    backup: true,
+                    send_proxy: Some(crate::proxy_protocol::Version::V2),
                 },
             ]
         );

@@ -385,6 +385,7 @@ mod tests {
             name: addr.to_string(),
             weight,
             backup,
+            send_proxy: None,
         }
     }
 

@@ -206,6 +206,7 @@ mod tests {
                         name: addr.to_string(),
                         weight,
                         backup: false,
+                        send_proxy: None,
                     },
                 ))
             })

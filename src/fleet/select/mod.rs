@@ -1,12 +1,24 @@
 //! How a new session's backend is chosen within a group (the primaries, or the backups):
 //! the [`Selector`] seam, one type per algorithm.
 //!
+//! | `--balance` | type | pick |
+//! |---|---|---|
+//! | `least-active` | [`least_active::LeastActive`] | a tournament tree: least `active / weight` |
+//! | `round-robin` | [`round_robin::RoundRobin`] | the next turn of a smooth weighted [`schedule`] |
+//! | `random-two` | [`random_two::RandomTwo`] | the less loaded of two drawn by weight |
+//! | `source-hash` | [`maglev::Maglev`] | the client address through a Maglev table |
+//!
 //! A selector is built with each fleet generation over that generation's group, is shared
 //! by every worker, and must pick without a lock and in time independent of the group's
 //! size. It only chooses: taking the lease, the breaker's trial and failing open are the
-//! fleet's (`fleet/mod.rs`).
+//! fleet's (`fleet/mod.rs`). It never returns a backend that does not take sessions at
+//! `request.now` or that is in `request.tried`.
 
 pub mod least_active;
+pub mod maglev;
+pub mod random_two;
+pub mod round_robin;
+pub mod schedule;
 
 use crate::fleet::backend::Backend;
 use std::fmt;
@@ -22,6 +34,14 @@ pub struct PickRequest<'a> {
     pub now: u64,
     /// Backends (by id) already tried for this client: never picked again.
     pub tried: &'a [u64],
+}
+
+impl PickRequest<'_> {
+    /// Whether `backend` may be given this session: it takes sessions now and has not been
+    /// tried for this client.
+    pub fn allows(&self, backend: &Backend) -> bool {
+        backend.state(self.now).takes_sessions() && !self.tried.contains(&backend.id)
+    }
 }
 
 /// A balancing algorithm over one group of backends.
@@ -40,18 +60,163 @@ pub trait Selector: Send + Sync + fmt::Debug {
     fn refresh_all(&self, _members: &[Arc<Backend>], _now: u64) {}
 }
 
+/// Settings of `--balance source-hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashSettings {
+    /// Slots in the Maglev table (`--hash-table-size`): a prime.
+    pub table_size: u32,
+    /// Bounded loads (`--hash-balance-factor`), in hundredths (125 = 1.25); `None` = off.
+    pub balance_factor: Option<u32>,
+}
+
+/// The default `--hash-table-size`: the Maglev paper's own example size.
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// The largest `--hash-table-size` (the largest prime below 2^24): 64 MiB of table.
+pub const MAX_TABLE_SIZE: u32 = 16_777_213;
+
+impl Default for HashSettings {
+    fn default() -> HashSettings {
+        HashSettings {
+            table_size: DEFAULT_TABLE_SIZE,
+            balance_factor: None,
+        }
+    }
+}
+
 /// The algorithm `--balance` names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Balance {
     #[default]
     LeastActive,
+    RoundRobin,
+    RandomTwo,
+    SourceHash(HashSettings),
 }
 
+/// The names `--balance` takes, in the order `--help` lists them.
+pub const NAMES: [&str; 4] = ["least-active", "round-robin", "random-two", "source-hash"];
+
 impl Balance {
+    /// The algorithm called `name` (source-hash with its default settings).
+    pub fn from_name(name: &str) -> Option<Balance> {
+        Some(match name {
+            "least-active" => Balance::LeastActive,
+            "round-robin" => Balance::RoundRobin,
+            "random-two" => Balance::RandomTwo,
+            "source-hash" => Balance::SourceHash(HashSettings::default()),
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::LeastActive => NAMES[0],
+            Balance::RoundRobin => NAMES[1],
+            Balance::RandomTwo => NAMES[2],
+            Balance::SourceHash(_) => NAMES[3],
+        }
+    }
+
+    /// The name with its settings, for the start line: `source-hash (table 65537, balance
+    /// factor 1.25)`.
+    pub fn describe(self) -> String {
+        match self {
+            Balance::SourceHash(s) => match s.balance_factor {
+                Some(f) => format!(
+                    "{} (table {}, balance factor {}.{:02})",
+                    self.name(),
+                    s.table_size,
+                    f / 100,
+                    f % 100
+                ),
+                None => format!("{} (table {})", self.name(), s.table_size),
+            },
+            _ => self.name().to_string(),
+        }
+    }
+
     /// A selector of this kind over `members`.
     pub fn build(self, members: &[Arc<Backend>], now: u64) -> Box<dyn Selector> {
         match self {
             Balance::LeastActive => Box::new(least_active::LeastActive::new(members, now)),
+            Balance::RoundRobin => Box::new(round_robin::RoundRobin::new(members)),
+            Balance::RandomTwo => Box::new(random_two::RandomTwo::new(members)),
+            Balance::SourceHash(settings) => Box::new(maglev::Maglev::new(members, settings, now)),
         }
+    }
+}
+
+/// The first backend `request` allows, looking at every member from `start` on (wrapping
+/// round). The last resort of the selectors whose few random or scheduled probes all met
+/// backends that are down or tried: O(n), but only when most of the group is unusable.
+pub(crate) fn first_allowed(
+    members: &[Arc<Backend>],
+    start: usize,
+    request: &PickRequest,
+) -> Option<usize> {
+    let n = members.len();
+    (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| request.allows(&members[i]))
+}
+
+/// Test fixtures shared by the selectors' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::fleet::backend::ResolvedBackend;
+    use crate::fleet::health::BreakerPolicy;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// Backends `10.0.x.y:80` with these weights, ids 0, 1, ...
+    pub fn members(weights: &[u32]) -> Vec<Arc<Backend>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                backend(
+                    i as u64,
+                    SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80)),
+                    weight,
+                )
+            })
+            .collect()
+    }
+
+    pub fn backend(id: u64, addr: SocketAddr, weight: u32) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            id,
+            &ResolvedBackend {
+                addr,
+                name: addr.to_string(),
+                weight,
+                backup: false,
+                send_proxy: None,
+            },
+        ))
+    }
+
+    pub fn request(tried: &[u64]) -> PickRequest<'_> {
+        PickRequest {
+            client: None,
+            now: 0,
+            tried,
+        }
+    }
+
+    /// Opens `b`'s breaker at time 0 (down for 10 s).
+    pub fn break_down(b: &Backend) {
+        let policy = BreakerPolicy {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        };
+        b.shared_breaker()
+            .update(|x| x.on_failure(0, policy, false));
+    }
+
+    /// Closes `b`'s breaker again.
+    pub fn bring_up(b: &Backend) {
+        b.shared_breaker().update(|x| x.reset());
     }
 }
