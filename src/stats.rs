@@ -114,6 +114,8 @@ pub struct WorkerStats {
     pub buffer_bytes: Gauge,
     pub session_duration: Histogram,
     pub connect_duration: Histogram,
+    /// Clients reset for their PROXY protocol header, by [`ProxyError`].
+    pub proxy_errors: [Counter; ProxyError::ALL.len()],
 }
 
 impl Default for WorkerStats {
@@ -130,6 +132,43 @@ impl Default for WorkerStats {
             buffer_bytes: Gauge::default(),
             session_duration: Histogram::new(&SESSION_BUCKETS),
             connect_duration: Histogram::new(&CONNECT_BUCKETS),
+            proxy_errors: Default::default(),
+        }
+    }
+}
+
+/// Why a client's PROXY protocol header (`--accept-proxy`) was refused: the `reason` of
+/// `tcplb_proxy_protocol_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The client sent something else, or closed before sending anything.
+    Missing,
+    /// A header, but not a valid one.
+    Malformed,
+    /// Longer than tcplb takes (536 bytes; 107 for a version-1 line).
+    Oversized,
+    /// The client closed (or reset) partway through its header.
+    Truncated,
+    /// Not complete within `--proxy-timeout`.
+    Timeout,
+}
+
+impl ProxyError {
+    pub const ALL: [ProxyError; 5] = [
+        ProxyError::Missing,
+        ProxyError::Malformed,
+        ProxyError::Oversized,
+        ProxyError::Truncated,
+        ProxyError::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyError::Missing => "missing",
+            ProxyError::Malformed => "malformed",
+            ProxyError::Oversized => "oversized",
+            ProxyError::Truncated => "truncated",
+            ProxyError::Timeout => "timeout",
         }
     }
 }
@@ -154,6 +193,9 @@ pub enum EndReason {
     ShedMaxConns,
     /// Turned away at once: the buffer pool was nearly empty.
     ShedPool,
+    /// Reset for its PROXY protocol header (`--accept-proxy`): missing, malformed, too
+    /// long, cut short or too slow.
+    BadProxyHeader,
 }
 
 impl EndReason {
@@ -169,6 +211,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::ShedMaxConns => "shed_max_conns",
             EndReason::ShedPool => "shed_pool",
+            EndReason::BadProxyHeader => "bad_proxy_header",
         }
     }
 }

@@ -9,7 +9,7 @@
 use crate::admin::View;
 use crate::clock;
 use crate::fleet::backend::{Backend, BackendStats, State};
-use crate::stats::{Histogram, WorkerStats};
+use crate::stats::{Histogram, ProxyError, WorkerStats};
 use std::fmt::Write;
 use std::time::UNIX_EPOCH;
 
@@ -283,6 +283,18 @@ pub fn render(view: &View, out: &mut String) {
         &[("reason", "pool")],
         total(|w| w.shed_pool.get()),
     );
+    e.family(
+        "tcplb_proxy_protocol_errors_total",
+        "counter",
+        "Clients reset for their PROXY protocol header (--accept-proxy), by reason.",
+    );
+    for (i, reason) in ProxyError::ALL.iter().enumerate() {
+        e.sample(
+            "tcplb_proxy_protocol_errors_total",
+            &[("reason", reason.as_str())],
+            workers.iter().map(|w| w.proxy_errors[i].get()).sum::<u64>() as f64,
+        );
+    }
     e.single(
         "tcplb_connections_no_backend_total",
         "counter",

@@ -130,6 +130,7 @@ pub fn start(
         retries: config.retries,
         idle_timeout: config.idle_timeout,
         max_conns: config.max_conns,
+        accept_proxy: config.accept_proxy,
     });
     // Written before any worker accepts: once one has, a failure to start would cut the
     // clients it took, and after an upgrade those were the old process's to serve.

@@ -24,6 +24,7 @@ pub mod accept;
 pub mod duplex;
 pub mod pipe;
 pub mod pool;
+pub mod proxy_header;
 pub mod session;
 pub mod stream;
 pub mod timer;
@@ -107,6 +108,8 @@ pub struct Settings {
     pub retries: u32,
     pub idle_timeout: Option<Duration>,
     pub max_conns: usize,
+    /// `--accept-proxy`: clients start with a PROXY protocol header due within this long.
+    pub accept_proxy: Option<Duration>,
 }
 
 /// Warnings that come in bursts, one throttle each.
@@ -116,6 +119,7 @@ pub struct Throttles {
     pub fds: Throttle,
     pub no_backend: Throttle,
     pub shed: Throttle,
+    pub proxy: Throttle,
 }
 
 /// What a session borrows from its worker while a handler runs.

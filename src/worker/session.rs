@@ -1,16 +1,19 @@
 //! One client/backend pair and its state machine.
 //!
 //! ```text
-//!   start ──► Connecting ──writable──► Established ──both directions done──► closed
-//!                │  ▲                       │
-//!   refused,     │  │ next backend          └── reset / error on either side ──► closed
-//!   unreachable, ▼  │                            (reset passed on to the other side)
-//!   timed out ── retry ──no backend left──► closed at once
+//!   start ─┬─(--accept-proxy)─► Header ──complete──┐    bad, cut short, too slow ──► reset
+//!          └───────────────────────────────────────┴─► Connecting ──writable──► Established
+//!                │  ▲    (a send-proxy backend is sent its header first)           │
+//!   refused,     │  │ next backend                                                 │
+//!   unreachable, ▼  │                  both directions done, or a reset / error on ◄─┘
+//!   timed out ── retry ──no backend left──► closed at once    either side ──► closed
 //! ```
 //!
 //! Nothing is read from the client until the backend is connected: its first bytes wait in
 //! the kernel, so a retry loses none of them and a connecting session holds no buffer.
-//! Once established, a [`Duplex`] moves the bytes both ways.
+//! Once established, a [`Duplex`] moves the bytes both ways. With `--accept-proxy` the
+//! client's PROXY protocol header is taken first, exactly it and no byte more
+//! ([`proxy_header`]): the backend is chosen for the client it names.
 //!
 //! Handlers return a [`Report`] of what happened (closed and why, needs a buffer, used up
 //! its turn); the worker acts on it.
@@ -19,8 +22,9 @@ use crate::fleet::Verdict;
 use crate::fleet::lease::Lease;
 use crate::fleet::select::PickRequest;
 use crate::net;
-use crate::stats::{EndReason, SessionSummary};
+use crate::stats::{EndReason, ProxyError, SessionSummary};
 use crate::worker::duplex::{Duplex, Side};
+use crate::worker::proxy_header::{self, Received};
 use crate::worker::timer::TimerId;
 use crate::worker::{ConnId, Env, TimerKey};
 use log::{debug, warn};
@@ -53,9 +57,13 @@ impl Report {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for a non-blocking connect; counts the attempts made for this client.
+    /// Waiting for the client's PROXY protocol header (`--accept-proxy`).
+    Header,
+    /// Waiting for a non-blocking connect; counts the attempts made for this client, and
+    /// the bytes of the backend's PROXY protocol header written so far.
     Connecting {
         attempts: u32,
+        header_sent: u8,
     },
     Established,
 }
@@ -63,7 +71,8 @@ enum Phase {
 pub struct Session {
     id: ConnId,
     client: TcpStream,
-    backend: TcpStream,
+    /// `None` until the first backend is dialled.
+    backend: Option<TcpStream>,
     duplex: Duplex,
     /// `None` only while being replaced or once finished.
     lease: Option<Lease>,
@@ -76,7 +85,10 @@ pub struct Session {
     started: Instant,
     /// How long the successful connect took (from the session's start).
     connect_time: Option<Duration>,
+    /// The client: its peer address, or the source its PROXY protocol header named.
     client_addr: SocketAddr,
+    /// The destination its PROXY protocol header named (`None`: our own address).
+    proxied_to: Option<SocketAddr>,
     /// Queued in the worker's buffer waiters.
     pub(crate) waiting_for_buffer: bool,
     /// Queued in the worker's run queue.
@@ -115,38 +127,70 @@ impl Session {
                 attempts: 0,
             });
         }
-        let mut tried = Vec::new();
-        let mut attempts = 0;
-        let (lease, backend) = match dial(id, client_addr, &mut tried, &mut attempts, env) {
-            Ok(connected) => connected,
-            Err(reason) => {
-                return Err(Rejected {
-                    client,
-                    reason,
-                    attempts,
-                });
-            }
-        };
-        let timer = Some(
-            env.timers
-                .insert(env.now + env.settings.connect_timeout, TimerKey::Conn(id)),
-        );
-        Ok(Session {
+        let mut session = Session {
             id,
             client,
-            backend,
+            backend: None,
             duplex: Duplex::default(),
-            lease: Some(lease),
-            phase: Phase::Connecting { attempts },
-            tried,
-            timer,
+            lease: None,
+            phase: Phase::Header,
+            tried: Vec::new(),
+            timer: None,
             last_active: env.now,
             started: env.now,
             connect_time: None,
             client_addr,
+            proxied_to: None,
             waiting_for_buffer: false,
             queued: false,
-        })
+        };
+        if let Some(timeout) = env.settings.accept_proxy {
+            // The header's readable edge comes with the next poll (registering a socket
+            // that has bytes waiting raises one).
+            session.timer = Some(env.timers.insert(env.now + timeout, TimerKey::Conn(id)));
+            return Ok(session);
+        }
+        match session.connect(env) {
+            Ok(()) => Ok(session),
+            Err(reason) => Err(Rejected {
+                attempts: session.attempts(),
+                client: session.client,
+                reason,
+            }),
+        }
+    }
+
+    /// Dials the first backend for the client (`Connecting` from here on).
+    fn connect(&mut self, env: &mut Env) -> Result<(), EndReason> {
+        let mut attempts = 0;
+        let dialled = dial(
+            self.id,
+            self.client_addr,
+            &mut self.tried,
+            &mut attempts,
+            env,
+        );
+        self.phase = Phase::Connecting {
+            attempts,
+            header_sent: 0,
+        };
+        let (lease, backend) = dialled?;
+        self.lease = Some(lease);
+        self.backend = Some(backend);
+        self.timer = Some(env.timers.insert(
+            env.now + env.settings.connect_timeout,
+            TimerKey::Conn(self.id),
+        ));
+        Ok(())
+    }
+
+    /// Connect attempts made for this client so far.
+    fn attempts(&self) -> u32 {
+        match self.phase {
+            Phase::Header => 0,
+            Phase::Connecting { attempts, .. } => attempts,
+            Phase::Established => self.tried.len() as u32 + 1,
+        }
     }
 
     pub fn id(&self) -> ConnId {
@@ -157,7 +201,9 @@ impl Session {
     /// transfer must not look complete to either side.
     pub fn abort(&self) {
         net::reset_on_close(&self.client);
-        net::reset_on_close(&self.backend);
+        if let Some(backend) = &self.backend {
+            net::reset_on_close(backend);
+        }
     }
 
     /// Handles readiness of one of the session's sockets.
@@ -166,22 +212,102 @@ impl Session {
             Side::Client => self.duplex.client_ready.observe(event),
             Side::Backend => self.duplex.backend_ready.observe(event),
         }
+        if self.phase == Phase::Header {
+            return self.take_header(env);
+        }
         if side == Side::Backend && matches!(self.phase, Phase::Connecting { .. }) {
             if event.is_error() || event.is_write_closed() {
-                let error = net::connect_error(&self.backend);
+                let error = self
+                    .backend
+                    .as_ref()
+                    .map_or_else(|| io::ErrorKind::NotConnected.into(), net::connect_error);
                 return self.connect_failed(error, env);
             }
             if !self.duplex.backend_ready.writable {
                 return Report::default();
+            }
+            match self.send_proxy_header() {
+                Ok(true) => {}
+                Ok(false) => return Report::default(),
+                Err(e) => return self.connect_failed(e, env),
             }
             self.established(env);
         }
         self.pump(env)
     }
 
+    /// `--accept-proxy`: takes the client's header once it is all there, then connects
+    /// for the client it names; a bad one resets the client.
+    fn take_header(&mut self, env: &mut Env) -> Report {
+        match proxy_header::receive(&self.client, &mut self.duplex.client_ready) {
+            Received::Waiting => Report::default(),
+            Received::Failed(why) => self.refuse_header(why, env),
+            Received::Header(addresses) => {
+                if let Some((source, destination)) = addresses {
+                    self.client_addr = source;
+                    self.proxied_to = Some(destination);
+                }
+                if let Some(timer) = self.timer.take() {
+                    env.timers.cancel(timer);
+                }
+                match self.connect(env) {
+                    Ok(()) => Report::default(),
+                    Err(reason) => Report::closed(reason),
+                }
+            }
+        }
+    }
+
+    /// Resets a client whose PROXY protocol header will not do, and counts why.
+    fn refuse_header(&mut self, why: ProxyError, env: &mut Env) -> Report {
+        env.stats.proxy_errors[why as usize].add(1);
+        debug!(
+            "{}: PROXY protocol header {}",
+            self.client_addr,
+            why.as_str()
+        );
+        if let Some(n) = env.throttles.proxy.allow(env.now) {
+            warn!(
+                "client {} reset: PROXY protocol header {}{}",
+                self.client_addr,
+                why.as_str(),
+                crate::logging::suppressed_note(n)
+            );
+        }
+        net::reset_on_close(&self.client);
+        Report::closed(EndReason::BadProxyHeader)
+    }
+
+    /// Writes the backend's PROXY protocol header, if it takes one: `Ok(true)` once done
+    /// (or when there is none), `Ok(false)` while its send buffer is full.
+    fn send_proxy_header(&mut self) -> io::Result<bool> {
+        let Some(version) = self.lease.as_ref().and_then(|l| l.backend().send_proxy()) else {
+            return Ok(true);
+        };
+        let (Some(backend), Phase::Connecting { header_sent, .. }) =
+            (&mut self.backend, &mut self.phase)
+        else {
+            return Ok(true);
+        };
+        let destination = match self.proxied_to {
+            Some(destination) => destination,
+            None => self.client.local_addr()?,
+        };
+        proxy_header::send(
+            backend,
+            &mut self.duplex.backend_ready,
+            version,
+            (self.client_addr, destination),
+            header_sent,
+        )
+    }
+
     /// Handles the session's timer: a connect that took too long, or a possible idle timeout.
     pub fn on_timer(&mut self, env: &mut Env) -> Report {
         self.timer = None;
+        if self.phase == Phase::Header {
+            return self.refuse_header(ProxyError::Timeout, env);
+        }
         if matches!(self.phase, Phase::Connecting { .. }) {
             let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
             return self.connect_failed(error, env);
@@ -223,10 +349,7 @@ impl Session {
 
     /// What the session came to, so far (for the counters and the access log).
     pub fn summary(&self, now: Instant) -> SessionSummary {
-        let attempts = match self.phase {
-            Phase::Connecting { attempts } => attempts,
-            Phase::Established => self.tried.len() as u32 + 1,
-        };
+        let attempts = self.attempts();
         let (bytes_up, bytes_down) = self.duplex.moved();
         SessionSummary {
             client_addr: self.client_addr,
@@ -279,7 +402,7 @@ impl Session {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
-        let Phase::Connecting { mut attempts } = self.phase else {
+        let Phase::Connecting { mut attempts, .. } = self.phase else {
             return Report::default();
         };
         if let Some(mut lease) = self.lease.take() {
@@ -297,9 +420,12 @@ impl Session {
             Ok((lease, backend)) => {
                 // The old socket is dropped here: closed.
                 self.lease = Some(lease);
-                self.backend = backend;
+                self.backend = Some(backend);
                 self.duplex.backend_ready = Default::default();
-                self.phase = Phase::Connecting { attempts };
+                self.phase = Phase::Connecting {
+                    attempts,
+                    header_sent: 0,
+                };
                 self.timer = Some(env.timers.insert(
                     env.now + env.settings.connect_timeout,
                     TimerKey::Conn(self.id),
@@ -315,12 +441,10 @@ impl Session {
     /// Nothing moves while the backend is connecting: the client's first bytes wait in the
     /// kernel's receive queue, where they cost no pool buffer and survive a retry untouched.
     fn pump(&mut self, env: &mut Env) -> Report {
-        if self.phase != Phase::Established {
+        let (Phase::Established, Some(backend)) = (&self.phase, &mut self.backend) else {
             return Report::default();
-        }
-        let pumped = self
-            .duplex
-            .pump(&mut self.client, &mut self.backend, env.pool);
+        };
+        let pumped = self.duplex.pump(&mut self.client, backend, env.pool);
         if pumped.sent + pumped.received > 0 {
             self.last_active = env.now;
             if let Some(lease) = &self.lease {

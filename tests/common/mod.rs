@@ -3,6 +3,8 @@
 //! resetter), plus byte patterns and hashes to check every byte that crosses.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
