@@ -508,4 +508,100 @@ mod tests {
             Some((addr("[::ffff:10.0.0.1]:1"), addr("[::1]:2")))
         );
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Bytes that look like the start of a header more often than uniform bytes would.
+        fn header_like() -> impl Strategy<Value = Vec<u8>> {
+            let start = prop_oneof![
+                Just(b"PROXY ".to_vec()),
+                Just(b"PROXY TCP4 ".to_vec()),
+                Just(b"PROXY TCP6 ".to_vec()),
+                Just(b"PROXY UNKNOWN".to_vec()),
+                Just(V2_SIGNATURE.to_vec()),
+                Just(Vec::new()),
+            ];
+            let rest = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..700),
+                // Long printable lines, without and with a CRLF here and there.
+                proptest::collection::vec(0x20u8..0x7f, 0..700),
+                proptest::collection::vec(
+                    prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\r'), 1 => Just(b'\n')],
+                    0..700
+                ),
+            ];
+            (start, rest).prop_map(|(mut s, rest)| {
+                s.extend(rest);
+                s
+            })
+        }
+
+        fn socket_addr() -> impl Strategy<Value = SocketAddr> {
+            prop_oneof![
+                (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+                (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// No input panics; a header is never longer than the input or the limit; an
+            /// input is only ever incomplete while shorter than the limit (no header waits
+            /// for more than MAX_HEADER bytes).
+            #[test]
+            fn any_input_is_decided_within_the_limit(bytes in header_like()) {
+                match decode(&bytes) {
+                    Ok(Decoded::Complete(h)) => {
+                        prop_assert!(h.len <= bytes.len() && h.len <= MAX_HEADER);
+                    }
+                    Ok(Decoded::Incomplete) => prop_assert!(bytes.len() < MAX_HEADER),
+                    Err(_) => {}
+                }
+            }
+
+            /// What a prefix decides stays decided as more bytes arrive: an error stays an
+            /// error, a complete header the same header. (tcplb peeks again at every new
+            /// piece: a verdict must not depend on how the bytes were cut.)
+            #[test]
+            fn verdicts_are_final(bytes in header_like(), cut in 0usize..800) {
+                let cut = cut.min(bytes.len());
+                match decode(&bytes[..cut]) {
+                    Ok(Decoded::Incomplete) => {}
+                    Err(e) => prop_assert_eq!(decode(&bytes), Err(e)),
+                    complete => prop_assert_eq!(decode(&bytes), complete),
+                }
+            }
+
+            /// Every header written decodes to the addresses written (in one family), at
+            /// exactly its length, whatever follows it, and is incomplete before its end.
+            #[test]
+            fn encoded_headers_round_trip(
+                v2 in any::<bool>(),
+                source in socket_addr(),
+                destination in socket_addr(),
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let version = if v2 { Version::V2 } else { Version::V1 };
+                let mut out = [0u8; MAX_ENCODED];
+                let len = encode(version, source, destination, &mut out);
+                let mut stream = out[..len].to_vec();
+                stream.extend(&payload);
+                let Ok(Decoded::Complete(h)) = decode(&stream) else {
+                    return Err(TestCaseError::fail(format!("{:?}", decode(&stream))));
+                };
+                prop_assert_eq!(h.len, len);
+                let (s, d) = h.addresses.expect("addresses");
+                let same = |a: SocketAddr, b: SocketAddr| {
+                    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+                };
+                prop_assert!(same(s, source) && same(d, destination));
+                for cut in 0..len {
+                    prop_assert_eq!(decode(&stream[..cut]), Ok(Decoded::Incomplete));
+                }
+            }
+        }
+    }
 }
