@@ -546,7 +546,11 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #![proptest_config(ProptestConfig {
+                // A failure is printed with its minimal input; no file is left behind.
+                failure_persistence: None,
+                ..ProptestConfig::with_cases(4000)
+            })]
 
             /// No input panics; a header is never longer than the input or the limit; an
             /// input is only ever incomplete while shorter than the limit (no header waits
