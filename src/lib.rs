@@ -18,15 +18,17 @@
 //! ```
 //!
 //! - [`worker`]: the data path. Each worker accepts on its own `SO_REUSEPORT` listener (or
-//!   shares one, or takes several: [`control::sockets`]) and
-//!   runs its sessions ([`worker::session`]): a backend is leased from the fleet, connected
-//!   (retrying others), then a [`worker::duplex::Duplex`] of two [`worker::pipe::Pipe`]s
-//!   moves bytes through fixed-size buffers from the worker's [`worker::pool`]. Deadlines
-//!   live in the worker's [`worker::timer`] wheel.
+//!   shares one, or takes several: [`control::sockets`]) and runs its sessions
+//!   ([`worker::session`]): with `--accept-proxy` the client's PROXY header is taken first
+//!   ([`worker::proxy_header`]); a backend is leased from the fleet, connected (retrying
+//!   others; a `send-proxy` backend is sent its header), then a [`worker::duplex::Duplex`] of
+//!   two [`worker::pipe::Pipe`]s moves bytes through fixed-size buffers from the worker's
+//!   [`worker::pool`]. Deadlines live in the worker's [`worker::timer`] wheel.
 //! - [`fleet`]: the backends, shared by every thread: identity, counters and health as
 //!   atomics, one [`fleet::backend::Backend::state`] answer to "does it take sessions?",
-//!   selection ([`fleet::select`]), leases, the breaker and check state machines, the
-//!   builder of each generation and the discovery thread that runs it.
+//!   selection ([`fleet::select`]: least-active, round-robin, random-two, source-hash's
+//!   Maglev table), leases, the breaker and check state machines, the builder of each
+//!   generation and the discovery thread that runs it.
 //! - [`control`]: start-up, signals, the lifecycle, health probes, and handing fleet
 //!   generations to the workers; the listening sockets ([`control::sockets`]: bound, or
 //!   handed over by the process an upgrade replaces, or by systemd), the upgrade itself
@@ -34,8 +36,9 @@
 //!   pid file.
 //! - [`admin`]: `/metrics` (summed over workers), `/healthz`, `/backends`, the access log.
 //! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
-//!   line; [`net`]: socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking
-//!   logs and throttled warnings; [`clock`]: time for shared state; [`lifecycle`].
+//!   line; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure); [`net`]:
+//!   socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking logs and
+//!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`].
 //!
 //! The crate is a library so that tests and benchmarks reach the internals; the `tcplb`
 //! binary (`src/main.rs`) is a thin wrapper around it.

@@ -334,13 +334,15 @@ Examples:
   tcplb --listen 0.0.0.0:8080 10.0.0.11:80 10.0.0.12:80,weight=2
   tcplb -l 127.0.0.1:6379 --connect-timeout 250ms --idle-timeout 1m 10.0.1.5:6379
   RUST_LOG=debug tcplb -l [::]:5432 db-a.internal:5432 db-b.internal:5432
+  tcplb -l 0.0.0.0:6379 --balance source-hash --hash-balance-factor 1.25 cache-a:6379 cache-b:6379
+  tcplb -l 0.0.0.0:443 --accept-proxy web-a:443,send-proxy-v2 web-b:443,send-proxy-v2
 ";
 
 /// The `--help` text.
 pub fn usage() -> String {
     let brief = "Usage: tcplb [OPTIONS] BACKEND...\n\n\
         A Layer-4 TCP load balancer: each client connection is piped to the backend with the\n\
-        fewest active sessions per unit of weight.\n\n\
+        fewest active sessions per unit of weight (or as --balance says).\n\n\
         BACKEND is HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2]\n\
         (N from 1 to 256, default 1; HOST may be an IPv4 address, [IPv6] or a name: every\n\
         address it resolves to is a backend; send-proxy sends it a PROXY protocol v1 header\n\
@@ -907,6 +909,72 @@ mod tests {
     }
 
     #[test]
+    fn balance_and_proxy_options() {
+        let c = run(&["h:1"]);
+        assert_eq!(c.balance, Balance::LeastActive);
+        assert_eq!(c.accept_proxy, None);
+        assert_eq!(
+            run(&["--balance", "round-robin", "h:1"]).balance,
+            Balance::RoundRobin
+        );
+        assert_eq!(
+            run(&["--balance", "random-two", "h:1"]).balance,
+            Balance::RandomTwo
+        );
+        assert_eq!(
+            run(&["--balance", "source-hash", "h:1"]).balance,
+            Balance::SourceHash(HashSettings {
+                table_size: 65_537,
+                balance_factor: None
+            })
+        );
+        let c = run(&[
+            "--balance",
+            "source-hash",
+            "--hash-table-size",
+            "16777213",
+            "--hash-balance-factor",
+            "1.25",
+            "--accept-proxy",
+            "--proxy-timeout",
+            "250ms",
+            "h:1,send-proxy",
+            "h:2,send-proxy-v2,weight=2",
+        ]);
+        assert_eq!(
+            c.balance,
+            Balance::SourceHash(HashSettings {
+                table_size: 16_777_213,
+                balance_factor: Some(125)
+            })
+        );
+        assert_eq!(c.accept_proxy, Some(Duration::from_millis(250)));
+        assert_eq!(c.backends[0].to_string(), "h:1,send-proxy");
+        assert_eq!(c.backends[1].to_string(), "h:2,weight=2,send-proxy-v2");
+        assert_eq!(
+            run(&["--accept-proxy", "h:1"]).accept_proxy,
+            Some(Duration::from_secs(5))
+        );
+        for (text, hundredths) in [("1", 100), ("1.5", 150), ("1.25", 125), ("100", 10_000)] {
+            assert_eq!(parse_factor(text), Some(hundredths), "{text}");
+        }
+        for bad in [
+            "0.99", "1.255", "1.", ".5", "100.01", "-1", "1e2", "", "1,5",
+        ] {
+            assert_eq!(parse_factor(bad), None, "{bad}");
+        }
+        for bad in ["1", "65536", "16777259", "x"] {
+            assert!(
+                err(&["--balance", "source-hash", "--hash-table-size", bad, "h:1"])
+                    .contains("a prime number"),
+                "{bad}"
+            );
+        }
+        assert!(err(&["h:1,send-proxy-v3"]).contains("unknown option 'send-proxy-v3'"));
+        assert!(err(&["h:1:send-proxy"]).contains("options follow a comma: h:1,send-proxy"));
+    }
+
+    #[test]
     fn max_conns_remembers_whether_it_was_given() {
         assert!(!run(&["h:1"]).max_conns_given);
         let c = run(&["--max-conns", "10000", "h:1"]);
@@ -1031,6 +1099,12 @@ mod tests {
             "--access-log",
             "--pid-file",
             "--upgrade-timeout",
+            "--balance",
+            "--hash-table-size",
+            "--hash-balance-factor",
+            "--accept-proxy",
+            "--proxy-timeout",
+            "send-proxy-v2",
         ] {
             assert!(text.contains(flag), "help lacks {flag}");
         }
