@@ -1185,6 +1185,8 @@ fn backends_json_has_every_field_with_the_right_values() {
         "name",
         "weight",
         "backup",
+        "send_proxy",
+        "balance",
         "state",
         "health_checks",
         "active",
@@ -1209,7 +1211,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         all[0],
         serde_json::json!({
             "address": primary.arg(), "name": primary.arg(), "weight": 2, "backup": false,
-            "state": "up", "health_checks": "off", "active": 0, "connections_total": 1,
+            "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 1,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": n, "bytes_received": n,
         })
@@ -1218,7 +1220,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         all[1],
         serde_json::json!({
             "address": backup.arg(), "name": backup.arg(), "weight": 1, "backup": true,
-            "state": "up", "health_checks": "off", "active": 0, "connections_total": 0,
+            "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 0,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": 0, "bytes_received": 0,
         })
