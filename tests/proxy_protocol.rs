@@ -7,7 +7,7 @@
 mod common;
 
 use common::proxy::{
-    External, client_ip, connect_from, free_port, haproxy, header_backend, nginx, read_report,
+    External, client_ip, connect_from, free_ports, haproxy, header_backend, nginx, read_report,
     v1_header, v2_header, v2_local,
 };
 use common::*;
@@ -26,12 +26,28 @@ fn echo_and_finish(mut stream: TcpStream, data: &[u8]) {
     finish_echo(stream);
 }
 
-/// The access log line of the session from `client`, once written.
-fn log_line_of(log: &Scratch, client: SocketAddr, lines: usize) -> String {
-    wait_for_lines(log, lines)
-        .into_iter()
-        .find(|l| l.contains(&format!("client={client} ")))
-        .unwrap_or_else(|| panic!("no access log line with client={client}"))
+/// The access log line of the session from `client`, once written (lines from several
+/// workers come in their own turns: wait for this one, whatever the order).
+fn log_line_of(log: &Scratch, client: SocketAddr) -> String {
+    let needle = format!("client={client} ");
+    let mut found = None;
+    wait_until(
+        || {
+            found = std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains(&needle))
+                .map(str::to_string);
+            found.is_some()
+        },
+        || {
+            format!(
+                "no access log line with {needle}in:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        },
+    );
+    found.unwrap_or_default()
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -63,7 +79,7 @@ fn accepted_headers_give_the_real_client_to_the_backend_and_the_access_log() {
     c.read_exact(&mut back).expect("echo");
     assert_eq!(back, payload[..100]);
     echo_and_finish(c, &payload[100..]);
-    let line = log_line_of(&log, src, 1);
+    let line = log_line_of(&log, src);
     assert_eq!(
         field(&line, "bytes_up"),
         "3000",
@@ -78,7 +94,7 @@ fn accepted_headers_give_the_real_client_to_the_backend_and_the_access_log() {
     c.write_all(&v2_header(src, dst)).expect("send");
     assert_eq!(read_report(&mut c), (2, src, dst));
     echo_and_finish(c, &payload);
-    log_line_of(&log, src, 2);
+    log_line_of(&log, src);
 
     // v1 in three pieces, the line cut mid-address and between CR and LF.
     let (src, dst) = (addr("192.0.2.200:60000"), addr("192.0.2.1:80"));
@@ -105,7 +121,7 @@ fn accepted_headers_give_the_real_client_to_the_backend_and_the_access_log() {
     c.write_all(&v2_local()).expect("send");
     assert_eq!(read_report(&mut c), (2, me, tcplb.addr));
     echo_and_finish(c, b"ping");
-    log_line_of(&log, me, 4);
+    log_line_of(&log, me);
 }
 
 #[test]
@@ -297,7 +313,8 @@ fn haproxy_in_front_sends_v1_and_v2_headers_that_tcplb_accepts() {
         &log.arg(),
         &format!("{},send-proxy", backend.arg()),
     ]);
-    let (p1, p2) = (free_port(), free_port());
+    let ports = free_ports(2);
+    let (p1, p2) = (ports[0], ports[1]);
     let config = format!(
         "{HAPROXY_DEFAULTS}
 frontend v1
@@ -335,14 +352,15 @@ backend tcplb_v2
         c.read_exact(&mut back).expect("echo");
         assert!(back == payload);
         finish_echo(c);
-        log_line_of(&log, me, n + 1);
+        log_line_of(&log, me);
     }
 }
 
 #[test]
 fn haproxy_behind_tcplb_sees_the_original_client() {
     let Some(haproxy) = haproxy() else { return };
-    let (p1, p2) = (free_port(), free_port());
+    let ports = free_ports(2);
+    let (p1, p2) = (ports[0], ports[1]);
     let config = format!(
         "{HAPROXY_DEFAULTS}
 frontend web_v1
@@ -382,7 +400,7 @@ frontend web_v2
 #[test]
 fn nginx_behind_tcplb_sees_the_original_client() {
     let Some(nginx) = nginx() else { return };
-    let port = free_port();
+    let port = free_ports(1)[0];
     let config = format!(
         "daemon off;
 master_process off;

@@ -192,13 +192,15 @@ pub fn header_backend(id: u8) -> Arc<Backend> {
     Backend::start(id, report_header_then_echo())
 }
 
-/// A loopback port free right now (bound, then let go) for a program that takes only a
-/// port number. Another process could take it in between: [`External::start`] retries.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// `n` different loopback ports free right now (bound together, then let go) for a
+/// program that takes only port numbers. Another process could take one in between.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 /// The path of a program, if it is installed (PATH, then /usr/sbin and /sbin).
