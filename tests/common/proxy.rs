@@ -25,6 +25,10 @@ pub fn client_ip(n: u32) -> IpAddr {
 pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    // The connection's TIME_WAIT (it closes first) would otherwise keep its port from a later
+    // bind to 0.0.0.0 on that port (another test's tcplb listening on a port the kernel just
+    // handed out): with SO_REUSEADDR on both sides, it does not.
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
     socket
         .bind(&SocketAddr::new(from, 0).into())
         .unwrap_or_else(|e| panic!("bind {from}: {e}"));
