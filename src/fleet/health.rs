@@ -189,6 +189,18 @@ impl Breaker {
         }
     }
 
+    /// The cool-down is over at `now`: half-open, waiting for its trial. `Down { until }`
+    /// past `until` means the same to [`Breaker::allows`] and [`Breaker::on_pick`], but only
+    /// in the eyes of a caller whose clock has reached `until`; written down, it holds for
+    /// every thread, whatever its clock says (a worker whose turn began a moment earlier).
+    pub fn end_cooldown(&mut self, now: u64) {
+        if let BreakerState::Down { until } = self.state {
+            if now >= until {
+                self.state = BreakerState::HalfOpen { trial: false };
+            }
+        }
+    }
+
     /// The trial session ended without a connect outcome (cut by shutdown): let another try.
     pub fn on_trial_abandoned(&mut self) {
         if self.state == (BreakerState::HalfOpen { trial: true }) {

@@ -292,6 +292,13 @@ impl Fleet {
     /// `backend`'s load or state changed: the selector of its group replays it. A backend
     /// not in this generation (removed, or seated by a newer one) is left alone.
     pub fn refresh(&self, backend: &Backend, now: u64) {
+        // A cool-down seen over is written down first: the selector's replays run on each
+        // caller's clock, and one whose turn began before the cool-down ended would
+        // otherwise take the backend out of the tree again after its timer put it back.
+        if matches!(backend.breaker().state(), health::BreakerState::Down { until } if now >= until)
+        {
+            backend.shared_breaker().update(|b| b.end_cooldown(now));
+        }
         if let Some((group, index)) = self.locate(backend) {
             group.selector.refresh(&group.members, index, now);
         }
@@ -586,6 +593,32 @@ mod tests {
         assert_eq!(id(&trial), 0);
         f.connect_succeeded(&mut trial, later);
         assert_eq!(id(&pick(&f, later, &[]).expect("primary")), 0);
+    }
+
+    #[test]
+    fn a_replay_on_an_older_clock_does_not_undo_the_cool_down_timer() {
+        // Two workers. Backend 2's breaker opens until 10 s; worker B's cool-down timer
+        // fires at 10 s and replays it. Worker A's turn began 1 ms earlier (its clock says
+        // 9.999 s), and a pick in that turn meets backend 2 as the tree's winner. Whatever A
+        // makes of it, backend 2 must get its one trial: A must not replay it out of the
+        // tree on its older clock, with no timer left to put it back (and, as the last of
+        // three, no neighbour whose replays would look at it again).
+        let f = fleet(&[1, 1, 1]);
+        fail(&f, 2, 2, 0);
+        let two = Arc::clone(f.backends().nth(2).expect("2"));
+        let mut held: Vec<Lease> = (0..4).map(|_| pick(&f, 0, &[2]).expect("0 or 1")).collect();
+        let later = 10 * S;
+        f.refresh(&two, later); // B's timer
+        held.push(pick(&f, later - 1, &[]).expect("a backend, on A's clock"));
+        for at in 1..=10 {
+            held.push(pick(&f, later + at, &[]).expect("a backend"));
+        }
+        let picked: Vec<u64> = held[4..].iter().map(id).collect();
+        assert_eq!(
+            picked.iter().filter(|&&i| i == 2).count(),
+            1,
+            "{picked:?}: backend 2 gets its trial, and one only"
+        );
     }
 
     #[test]
