@@ -384,3 +384,122 @@ mod tests {
         assert_eq!(tree.pick(&m, &request(&[])), brute_force(&m));
     }
 }
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use crate::fleet::backend::ResolvedBackend;
+    use std::net::SocketAddr;
+
+    fn members(weights: &[u32]) -> Vec<Arc<Backend>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let addr = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80));
+                Arc::new(Backend::new(
+                    i as u64,
+                    &ResolvedBackend {
+                        addr,
+                        name: addr.to_string(),
+                        weight,
+                        backup: false,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn assert_consistent(tree: &LeastActive, m: &[Arc<Backend>]) {
+        for node in 1..tree.leaves {
+            let stored = (tree.nodes[node].load(Ordering::Acquire) & 0xffff_ffff) as u32;
+            let l = tree.winner_of(2 * node, m, 0);
+            let r = tree.winner_of(2 * node + 1, m, 0);
+            assert_eq!(stored, better(m, l, r), "node {node} of {}", tree.leaves);
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn rebuild_after_missed_replays_is_exact() {
+        let mut rng = Rng(0xdead_beef);
+        for round in 0..3000 {
+            let n = 1 + (rng.next() % 40) as usize;
+            let weights: Vec<u32> = (0..n).map(|_| 1 + (rng.next() % 4) as u32).collect();
+            let m = members(&weights);
+            let tree = LeastActive::new(&m, 0);
+            // Loads change behind the tree's back (replays dropped on an old generation).
+            for _ in 0..(rng.next() % 60) {
+                let i = (rng.next() as usize) % n;
+                if rng.next() % 3 == 0 && m[i].active() > 0 {
+                    m[i].release();
+                } else {
+                    m[i].acquire();
+                }
+            }
+            tree.rebuild(&m, 0);
+            assert_consistent(&tree, &m);
+            let _ = round;
+        }
+    }
+
+    #[test]
+    fn concurrent_replays_and_rebuilds_leave_every_node_exact() {
+        for round in 0..20u64 {
+            let m = members(&[1, 2, 1, 3, 1]);
+            let tree = LeastActive::new(&m, 0);
+            std::thread::scope(|s| {
+                for t in 0..3u64 {
+                    let (tree, m) = (&tree, &m);
+                    s.spawn(move || {
+                        let mut rng = Rng(0x9E37_79B9 ^ (t + 1) ^ (round << 8));
+                        let mut held = Vec::new();
+                        for _ in 0..20_000 {
+                            if rng.next() % 2 == 0 && !held.is_empty() {
+                                let k = (rng.next() as usize) % held.len();
+                                let i: usize = held.swap_remove(k);
+                                m[i].release();
+                                tree.refresh(m, i, 0);
+                            } else {
+                                let i = tree
+                                    .pick(
+                                        m,
+                                        &PickRequest {
+                                            client: None,
+                                            now: 0,
+                                            tried: &[],
+                                        },
+                                    )
+                                    .expect("one");
+                                m[i].acquire();
+                                tree.refresh(m, i, 0);
+                                held.push(i);
+                            }
+                        }
+                        // Leave some held, so the final loads differ.
+                        for i in held.drain(..held.len() / 2) {
+                            m[i].release();
+                            tree.refresh(m, i, 0);
+                        }
+                    });
+                }
+                let (tree, m) = (&tree, &m);
+                s.spawn(move || {
+                    for _ in 0..2000 {
+                        tree.refresh_all(m, 0);
+                    }
+                });
+            });
+            assert_consistent(&tree, &m);
+        }
+    }
+}
