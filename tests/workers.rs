@@ -443,3 +443,67 @@ fn the_start_line_says_how_many_workers_run_and_bad_counts_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_backend_cooling_down_under_load_gets_its_trial_after_every_cool_down() {
+    // The refusing backend is the last of three: no neighbour in the selection tree whose
+    // replays would look at it again, so only its cool-down timer brings it back. With both
+    // workers picking all the time, one whose turn began just before a cool-down ended used
+    // to replay the backend out of the tree on its older clock right after the other
+    // worker's timer had put it back: it then never had a trial again (seen in about one
+    // run in ten before the fix; the unit test `a_replay_on_an_older_clock_...` in
+    // fleet/mod.rs plays that interleaving exactly).
+    let a = Backend::start(1, echo());
+    let b = Backend::start(2, echo());
+    let reserved = ReservedPort::new();
+    let refusing = reserved.addr;
+    let tcplb = Tcplb::start(&[
+        &a.arg(),
+        &b.arg(),
+        &refusing.to_string(),
+        "--max-fails",
+        "1",
+        "--fail-timeout",
+        "10ms",
+        "--retries",
+        "2",
+        TWO[0],
+        TWO[1],
+        ADMIN[0],
+        ADMIN[1],
+    ]);
+    let down = format!("backend {refusing} is down");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|s| {
+        // Short sessions from many client ports keep both workers picking all the time.
+        for _ in 0..24 {
+            let (tcplb, stop) = (&tcplb, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let stream = tcplb.connect();
+                    assert_eq!(echo_through(stream, b"x"), b"x");
+                }
+            });
+        }
+        // Each cool-down (10 ms, doubled after each failed trial) ends in a trial, which
+        // fails again: one more "is down" line per cycle.
+        let mut cooldown = Duration::from_millis(10);
+        for cycle in 1..=9 {
+            let deadline = Instant::now() + cooldown + Duration::from_secs(2);
+            while tcplb.count_logs(&down) < cycle {
+                if Instant::now() > deadline {
+                    stop.store(true, Ordering::SeqCst);
+                    panic!(
+                        "no trial within {:?} of cycle {cycle}'s cool-down: {:?}",
+                        cooldown + Duration::from_secs(2),
+                        backend_row(&tcplb, refusing)
+                    );
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            cooldown *= 2;
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert_both_took_part(&tcplb, 50.0);
+}
