@@ -315,9 +315,15 @@ impl Fleet {
     /// A backend takes sessions again after an absence: its tie-breaking clock moves up to
     /// that of the best other backend of its group, so it takes its share of tied sessions,
     /// not all of them until it has caught up.
+    ///
+    /// Only its group is needed, not its place in this generation: a worker still on an
+    /// older generation than the backend's seat must catch it up too, or once the newer
+    /// generation is in use the backend would take every tied session for a while.
     pub fn rejoin(&self, backend: &Backend, now: u64) {
-        let Some((group, _)) = self.locate(backend) else {
-            return;
+        let group = if backend.is_backup() {
+            &self.backups
+        } else {
+            &self.primaries
         };
         let others = PickRequest {
             client: None,
@@ -593,6 +599,46 @@ mod tests {
         assert_eq!(id(&trial), 0);
         f.connect_succeeded(&mut trial, later);
         assert_eq!(id(&pick(&f, later, &[]).expect("primary")), 0);
+    }
+
+    #[test]
+    fn a_backend_back_up_on_a_worker_still_on_the_old_generation_rejoins_too() {
+        // A reload builds generation 2 (the same set) while a worker still uses 1: the
+        // trial that brings backend 0 back succeeds on that worker. Once generation 2 is
+        // adopted, backend 0 must take its share of tied sessions, not every one of them
+        // until its tie-breaking clock has caught up with backend 1's hundred sessions.
+        let specs = [spec(1000, 1, false), spec(1001, 1, false)];
+        let policy = Policy {
+            breaker: BREAKER,
+            checks: None,
+        };
+        let mut builder = Builder::new(policy, Balance::LeastActive);
+        let (old, _) = builder.build(&specs);
+        fail(&old, 0, 2, 0);
+        for _ in 0..100 {
+            let lease = pick(&old, 0, &[]).expect("1");
+            old.release(lease, 0);
+        }
+        let (new, _) = builder.build(&specs);
+        let later = 10 * S;
+        old.refresh(old.backends().next().expect("0"), later);
+        let mut trial = pick(&old, later, &[1]).expect("the trial, on the old generation");
+        old.connect_succeeded(&mut trial, later);
+        old.release(trial, later);
+        new.refresh_all(later); // every worker has adopted generation 2
+        let next: Vec<u64> = (0..6)
+            .map(|_| {
+                let lease = pick(&new, later, &[]).expect("a backend");
+                let i = id(&lease);
+                new.release(lease, later);
+                i
+            })
+            .collect();
+        assert_eq!(
+            next.iter().filter(|&&i| i == 0).count(),
+            3,
+            "{next:?}: they take turns"
+        );
     }
 
     #[test]
