@@ -146,6 +146,10 @@ pub struct Control {
     /// A generation handed to the workers and not yet adopted by all, with the lines to
     /// log once it is.
     adopting: Option<(u32, Vec<String>)>,
+    /// Generations replaced while workers may still use them: held until every worker has
+    /// moved on, so that the last reference goes here and not on a worker's loop (freeing a
+    /// generation, and the backends only it still lists, is O(n)).
+    retired: Vec<Arc<Fleet>>,
     workers: Vec<Handle>,
     worker_stats: Vec<Arc<WorkerStats>>,
     shared: Arc<Shared>,
@@ -230,6 +234,7 @@ impl Control {
             started: SystemTime::now(),
             fleet,
             adopting: None,
+            retired: Vec::new(),
             workers,
             worker_stats,
             shared,
@@ -464,7 +469,8 @@ impl Control {
         for w in &self.workers {
             w.send(Command::Fleet(Arc::clone(&fleet)));
         }
-        self.fleet = fleet;
+        let old = std::mem::replace(&mut self.fleet, fleet);
+        self.retired.push(old);
         self.check_adopted();
     }
 
@@ -482,6 +488,7 @@ impl Control {
             .all(|g| g.load(Ordering::Acquire) == *generation);
         if all || self.shared.running.load(Ordering::Acquire) < self.workers.len() {
             self.fleet.refresh_all(clock::millis(Instant::now()));
+            self.retired.clear();
             if let Some((_, lines)) = self.adopting.take() {
                 lines.iter().for_each(|line| info!("{line}"));
             }
