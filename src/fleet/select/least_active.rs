@@ -383,32 +383,6 @@ mod tests {
         // Quiet again: the root is exactly what a scan would pick.
         assert_eq!(tree.pick(&m, &request(&[])), brute_force(&m));
     }
-}
-
-#[cfg(test)]
-mod review_tests {
-    use super::*;
-    use crate::fleet::backend::ResolvedBackend;
-    use std::net::SocketAddr;
-
-    fn members(weights: &[u32]) -> Vec<Arc<Backend>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| {
-                let addr = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80));
-                Arc::new(Backend::new(
-                    i as u64,
-                    &ResolvedBackend {
-                        addr,
-                        name: addr.to_string(),
-                        weight,
-                        backup: false,
-                    },
-                ))
-            })
-            .collect()
-    }
 
     fn assert_consistent(tree: &LeastActive, m: &[Arc<Backend>]) {
         for node in 1..tree.leaves {
@@ -432,7 +406,7 @@ mod review_tests {
     #[test]
     fn rebuild_after_missed_replays_is_exact() {
         let mut rng = Rng(0xdead_beef);
-        for round in 0..3000 {
+        for _ in 0..3000 {
             let n = 1 + (rng.next() % 40) as usize;
             let weights: Vec<u32> = (0..n).map(|_| 1 + (rng.next() % 4) as u32).collect();
             let m = members(&weights);
@@ -448,7 +422,6 @@ mod review_tests {
             }
             tree.rebuild(&m, 0);
             assert_consistent(&tree, &m);
-            let _ = round;
         }
     }
 
