@@ -36,7 +36,7 @@ use crate::logging::{Throttle, suppressed_note};
 use crate::net;
 use crate::stats::WorkerStats;
 use crate::worker::timer::{TimerId, Timers};
-use crate::worker::{Command, ConnId, Handle, Shared};
+use crate::worker::{Command, ConnId, Handle, Shared, WORKER_GONE};
 use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::TcpListener;
@@ -481,12 +481,12 @@ impl Control {
         let Some((generation, _)) = &self.adopting else {
             return;
         };
-        let all = self
-            .shared
-            .adopted
-            .iter()
-            .all(|g| g.load(Ordering::Acquire) == *generation);
-        if all || self.shared.running.load(Ordering::Acquire) < self.workers.len() {
+        // A worker that has exited adopts nothing any more: it is not waited for.
+        let all = self.shared.adopted.iter().all(|g| {
+            let adopted = g.load(Ordering::Acquire);
+            adopted == *generation || adopted == WORKER_GONE
+        });
+        if all {
             self.fleet.refresh_all(clock::millis(Instant::now()));
             self.retired.clear();
             if let Some((_, lines)) = self.adopting.take() {

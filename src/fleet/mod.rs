@@ -28,6 +28,7 @@ use log::{info, warn};
 use select::{PickRequest, Selector};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Health settings every generation shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +60,14 @@ pub struct Fleet {
     draining: Vec<Arc<Backend>>,
     policy: Policy,
     fail_open_throttle: Throttle,
+    /// The last fail-open choice (an index of [`Fleet::backends`]) and until when (ms) it
+    /// stands.
+    fail_open_index: AtomicU32,
+    fail_open_until: AtomicU64,
 }
+
+/// How long a fail-open choice stands before the set is scanned again (ms).
+pub const FAIL_OPEN_CHOICE_MS: u64 = 100;
 
 /// A connect outcome's consequence for the worker that saw it.
 #[derive(Debug, PartialEq, Eq)]
@@ -144,21 +152,32 @@ impl Fleet {
     }
 
     /// No untried backend takes sessions: one the health checks still pass if any, and
-    /// among those the one whose breaker allows a session soonest. A scan of the set, but
-    /// only while no backend takes sessions.
+    /// among those the one whose breaker allows a session soonest. That takes a scan of the
+    /// set, so its answer stands for [`FAIL_OPEN_CHOICE_MS`] (every client meanwhile goes to
+    /// the same backend anyway): a whole-fleet outage costs a worker one scan per interval,
+    /// not one per client.
     fn fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
         let now = request.now;
-        let untried = self.backends().filter(|b| !request.tried.contains(&b.id));
-        let chosen = untried.min_by(|a, b| {
-            let (a_at, b_at) = (
-                a.allowed_from(now, self.policy.breaker),
-                b.allowed_from(now, self.policy.breaker),
-            );
-            b.checks_up()
-                .cmp(&a.checks_up())
-                .then_with(|| a_at.cmp(&b_at))
-                .then_with(|| a.active().cmp(&b.active()))
-        })?;
+        let cached = self.fail_open_index.load(Ordering::Acquire) as usize;
+        let chosen = match self.at(cached) {
+            Some(b)
+                if now < self.fail_open_until.load(Ordering::Acquire)
+                    && !request.tried.contains(&b.id) =>
+            {
+                b
+            }
+            _ => {
+                let chosen = self.scan_for_fail_open(request)?;
+                if request.tried.is_empty() {
+                    if let Some(index) = self.backends().position(|b| Arc::ptr_eq(b, chosen)) {
+                        self.fail_open_index.store(index as u32, Ordering::Release);
+                        self.fail_open_until
+                            .store(now + FAIL_OPEN_CHOICE_MS, Ordering::Release);
+                    }
+                }
+                chosen
+            }
+        };
         if let Some(n) = self.fail_open_throttle.allow(clock::instant(now)) {
             let tried_up = self
                 .backends()
@@ -175,6 +194,32 @@ impl Fleet {
             );
         }
         Some(chosen)
+    }
+
+    /// The backend at `index` of [`Fleet::backends`] (primaries, then backups).
+    fn at(&self, index: usize) -> Option<&Arc<Backend>> {
+        let primaries = &self.primaries.members;
+        primaries.get(index).or_else(|| {
+            self.backups
+                .members
+                .get(index.checked_sub(primaries.len())?)
+        })
+    }
+
+    /// The whole-set scan behind [`Fleet::fail_open`].
+    fn scan_for_fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
+        let now = request.now;
+        let untried = self.backends().filter(|b| !request.tried.contains(&b.id));
+        untried.min_by(|a, b| {
+            let (a_at, b_at) = (
+                a.allowed_from(now, self.policy.breaker),
+                b.allowed_from(now, self.policy.breaker),
+            );
+            b.checks_up()
+                .cmp(&a.checks_up())
+                .then_with(|| a_at.cmp(&b_at))
+                .then_with(|| a.active().cmp(&b.active()))
+        })
     }
 
     /// Ends a lease: the session is over (or moves to another backend). Its backend's
@@ -373,6 +418,8 @@ pub(crate) fn assemble(
         draining,
         policy,
         fail_open_throttle: Throttle::default(),
+        fail_open_index: AtomicU32::new(0),
+        fail_open_until: AtomicU64::new(0),
     }
 }
 
@@ -543,6 +590,28 @@ mod tests {
             f.any_taking_sessions(10 * S),
             "cooled down: ready for a trial, so taking sessions"
         );
+    }
+
+    #[test]
+    fn a_fail_open_choice_stands_for_a_moment_instead_of_a_scan_per_client() {
+        let f = fleet(&[1, 1]);
+        fail(&f, 0, 2, 0);
+        fail(&f, 1, 2, S);
+        // Backend 0 is due back first: chosen, and the choice stands...
+        assert_eq!(id(&pick(&f, 2 * S, &[]).expect("fail open")), 0);
+        // ...even when backend 1 would now be the better choice, for a moment...
+        f.backends()
+            .next()
+            .expect("0")
+            .shared_breaker()
+            .update(|b| b.on_failure(2 * S, BREAKER, true));
+        assert_eq!(id(&pick(&f, 2 * S + 50, &[]).expect("fail open")), 0);
+        // ...not after it, nor for a client that has tried it.
+        assert_eq!(
+            id(&pick(&f, 2 * S + FAIL_OPEN_CHOICE_MS, &[]).expect("fail open")),
+            1
+        );
+        assert_eq!(id(&pick(&f, 2 * S, &[1]).expect("fail open")), 0);
     }
 
     #[test]

@@ -172,12 +172,15 @@ pub enum Command {
     Stop,
 }
 
+/// What a worker that has exited leaves in [`Shared::adopted`].
+pub const WORKER_GONE: u32 = u32::MAX;
+
 /// What every worker and the control thread share.
 #[derive(Debug)]
 pub struct Shared {
     /// Sessions open now, over every worker: `--max-conns` is one limit for the process.
     pub sessions: AtomicUsize,
-    /// The fleet generation each worker has adopted.
+    /// The fleet generation each worker has adopted ([`WORKER_GONE`] once it has exited).
     pub adopted: Box<[AtomicU32]>,
     /// Workers still running.
     pub running: AtomicUsize,
@@ -373,6 +376,8 @@ impl Worker {
         if let Some(log) = &mut self.access_log {
             log.flush();
         }
+        // Gone: it adopts no generation any more, so none waits for it.
+        self.shared.adopted[self.index].store(WORKER_GONE, Ordering::Release);
         self.shared.running.fetch_sub(1, Ordering::AcqRel);
         let _ = self.shared.control.wake();
     }
