@@ -12,8 +12,10 @@
 //!       ┌──────────── worker 0 ───▼──────────┐   ┌─ worker N-1 ─┐
 //!  SYN ─► listener ─► accept/shed ─► Session │   │    same      │
 //!       │  Session = connect/retry + Duplex  │   └──────────────┘
-//!       │  Duplex = two Pipes, pooled buffers│
-//!       │  timers, run queue, slab, pool     │
+//!       │  Duplex = two Directions, each on  │
+//!       │   the buffer path (pooled buffers) │
+//!       │   or the splice path (kernel pipes)│
+//!       │  timers, run queue, slab, pools    │
 //!       └────────────────────────────────────┘
 //! ```
 //!
@@ -22,8 +24,10 @@
 //!   ([`worker::session`]): with `--accept-proxy` the client's PROXY header is taken first
 //!   ([`worker::proxy_header`]); a backend is leased from the fleet, connected (retrying
 //!   others; a `send-proxy` backend is sent its header), then a [`worker::duplex::Duplex`] of
-//!   two [`worker::pipe::Pipe`]s moves bytes through fixed-size buffers from the worker's
-//!   [`worker::pool`]. Deadlines live in the worker's [`worker::timer`] wheel.
+//!   two [`worker::direction::Direction`]s moves bytes through fixed-size buffers from the
+//!   worker's [`worker::pool`], or, for bulk flows on Linux, with `splice(2)` through
+//!   kernel pipes from its [`worker::pipes`] pool ([`worker::splice`]). Deadlines live in
+//!   the worker's [`worker::timer`] wheel.
 //! - [`fleet`]: the backends, shared by every thread: identity, counters and health as
 //!   atomics, one [`fleet::backend::Backend::state`] answer to "does it take sessions?",
 //!   selection ([`fleet::select`]: least-active, round-robin, random-two, source-hash's

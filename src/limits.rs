@@ -1,5 +1,6 @@
 //! The open-file limit: raise the soft `RLIMIT_NOFILE` to the hard limit at start, and fit
-//! `--max-conns` inside it (each session holds two descriptors).
+//! `--max-conns` and `--pipes` inside it (each session holds two descriptors, and so does
+//! each kernel pipe of the splice path).
 
 use std::io;
 
@@ -30,10 +31,22 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// The largest session count that fits in `nofile` descriptors, if `wanted` does not.
-pub fn fit_max_conns(wanted: usize, nofile: u64) -> Option<usize> {
-    let fits = nofile.saturating_sub(FD_HEADROOM) / 2;
-    ((wanted as u64) > fits).then_some(fits.max(1) as usize)
+/// Descriptors `conns` sessions and `pipes` pipes need, headroom included.
+pub fn descriptors_needed(conns: usize, pipes: usize) -> u64 {
+    2 * conns as u64 + 2 * pipes as u64 + FD_HEADROOM
+}
+
+/// What fits in `nofile` descriptors when `conns` sessions and `pipes` pipes do not:
+/// (sessions, pipes). Pipes keep their number unless they would take more than a quarter
+/// of the descriptors (they only save CPU; sessions are the service); sessions get the rest.
+pub fn fit(conns: usize, pipes: usize, nofile: u64) -> Option<(usize, usize)> {
+    if descriptors_needed(conns, pipes) <= nofile {
+        return None;
+    }
+    let room = nofile.saturating_sub(FD_HEADROOM);
+    let pipes = (pipes as u64).min(room / 8);
+    let conns = ((room - 2 * pipes) / 2).clamp(1, conns as u64);
+    Some((conns as usize, pipes as usize))
 }
 
 #[cfg(test)]
@@ -41,11 +54,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_conns_fits_in_the_limit() {
-        assert_eq!(fit_max_conns(10_000, 1_048_576), None);
-        assert_eq!(fit_max_conns(10_000, 20_064), None);
-        assert_eq!(fit_max_conns(10_000, 20_000), Some(9_968));
-        assert_eq!(fit_max_conns(100, 64), Some(1));
+    fn sessions_and_pipes_fit_in_the_limit() {
+        assert_eq!(fit(10_000, 1024, 1_048_576), None);
+        assert_eq!(descriptors_needed(10_000, 1024), 22_112);
+        assert_eq!(fit(10_000, 1024, 22_112), None);
+        // Pipes keep their number; sessions take what is left.
+        assert_eq!(fit(10_000, 1024, 20_000), Some((8_944, 1024)));
+        assert_eq!(fit(10_000, 0, 20_000), Some((9_968, 0)));
+        // Pipes take at most a quarter of the descriptors.
+        assert_eq!(fit(10_000, 1024, 1024), Some((360, 120)));
+        assert_eq!(fit(100, 1024, 64), Some((1, 0)));
+        // Fewer sessions wanted than fit: only the pipes are cut.
+        assert_eq!(fit(100, 1024, 1024), Some((100, 120)));
     }
 
     #[test]

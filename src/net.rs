@@ -138,7 +138,7 @@ pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// What a session's sockets are registered for: both directions, plus urgent data where the
-/// platform reports it (a read stops short at the urgent mark, see `pipe.rs`).
+/// platform reports it (a read stops short at the urgent mark, see `direction.rs`).
 pub fn session_interest() -> Interest {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;

@@ -112,6 +112,12 @@ pub struct WorkerStats {
     pub buffers_free: Gauge,
     pub buffers_total: Gauge,
     pub buffer_bytes: Gauge,
+    /// Kernel pipes a direction could take now (made or not yet made), and in all.
+    pub pipes_free: Gauge,
+    pub pipes_total: Gauge,
+    /// Bytes moved by splice (through kernel pipes) to the backend and to the client.
+    pub spliced_sent: Counter,
+    pub spliced_received: Counter,
     pub session_duration: Histogram,
     pub connect_duration: Histogram,
     /// Clients reset for their PROXY protocol header, by [`ProxyError`].
@@ -130,6 +136,10 @@ impl Default for WorkerStats {
             buffers_free: Gauge::default(),
             buffers_total: Gauge::default(),
             buffer_bytes: Gauge::default(),
+            pipes_free: Gauge::default(),
+            pipes_total: Gauge::default(),
+            spliced_sent: Counter::default(),
+            spliced_received: Counter::default(),
             session_duration: Histogram::new(&SESSION_BUCKETS),
             connect_duration: Histogram::new(&CONNECT_BUCKETS),
             proxy_errors: Default::default(),

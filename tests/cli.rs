@@ -408,43 +408,68 @@ fn start_with_nofile(args: &[&str], nofile: u64) -> Tcplb {
 #[test]
 fn max_conns_is_fitted_quietly_unless_the_user_gave_it() {
     let backend = Backend::start(1, echo());
-    // 10000 sessions need 20064 descriptors; 20000 fit 9968.
+    // 10000 sessions and the default 256 pipes need 20576 descriptors (2 each, 64 spare);
+    // 20000 fit 9712 sessions beside the pipes.
     let tcplb = start_with_nofile(&[&backend.arg()], 20_000);
-    let fitted = tcplb.wait_for_log("using --max-conns 9968");
+    let fitted = tcplb.wait_for_log("using --max-conns 9712");
     assert!(fitted.contains("INFO"), "not an info line: {fitted}");
     assert!(
         !tcplb.logs().iter().any(|l| l.contains("WARN")),
         "a default run warned: {:?}",
         tcplb.logs()
     );
+    let start_line = tcplb.wait_for_log("listening on ");
     assert!(
-        tcplb
-            .wait_for_log("listening on ")
-            .contains("max-conns 9968")
+        start_line.contains("max-conns 9712") && start_line.contains("up to 256 pipes"),
+        "{start_line}"
     );
 
     let tcplb = start_with_nofile(&[&backend.arg(), "--max-conns", "10000"], 20_000);
-    let warning = tcplb.wait_for_log("using --max-conns 9968");
+    let warning = tcplb.wait_for_log("using --max-conns 9712");
     assert!(
         warning.contains("WARN")
-            && warning.contains("--max-conns 10000 needs 20064 descriptors")
+            && warning.contains("--max-conns 10000 and --pipes 256 need 20576 descriptors")
             && warning.contains("the open-file limit is 20000"),
         "{warning}"
     );
 
-    // A value that fits is left alone, without a word.
-    let tcplb = start_with_nofile(&[&backend.arg(), "--max-conns", "9968"], 20_000);
-    assert_eq!(
-        tcplb.count_logs("using --max-conns"),
-        0,
-        "{:?}",
-        tcplb.logs()
-    );
+    // A value that fits is left alone, without a word; without pipes, more sessions fit.
+    for (args, fits) in [
+        (vec!["--max-conns", "9712"], "max-conns 9712"),
+        (
+            vec!["--max-conns", "9968", "--pipes", "0"],
+            "max-conns 9968",
+        ),
+    ] {
+        let mut args = args.clone();
+        let arg = backend.arg();
+        args.push(&arg);
+        let tcplb = start_with_nofile(&args, 20_000);
+        assert_eq!(tcplb.count_logs("using --"), 0, "{:?}", tcplb.logs());
+        assert!(tcplb.wait_for_log("listening on ").contains(fits));
+    }
+}
+
+#[test]
+fn pipes_take_at_most_a_quarter_of_the_descriptors() {
+    let backend = Backend::start(1, echo());
+    // 1024 descriptors, 64 spare: pipes get a quarter of the other 960 (120 pipes, 240
+    // descriptors), sessions the rest (360).
+    let tcplb = start_with_nofile(&[&backend.arg(), "--pipes", "1024"], 1024);
+    let warning = tcplb.wait_for_log("using --max-conns 360 and --pipes 120");
     assert!(
-        tcplb
-            .wait_for_log("listening on ")
-            .contains("max-conns 9968")
+        warning.contains("WARN") && warning.contains("--max-conns 10000 and --pipes 1024"),
+        "the user gave --pipes: {warning}"
     );
+    let start_line = tcplb.wait_for_log("listening on ");
+    assert!(
+        start_line.contains("max-conns 360") && start_line.contains("up to 120 pipes"),
+        "{start_line}"
+    );
+    // And it serves.
+    let data = pattern(3, 100_000);
+    let mut stream = tcplb.connect();
+    assert_eq!(echo_through_open(&mut stream, &data), data);
 }
 
 #[test]

@@ -338,7 +338,8 @@ fn clients_shed_past_max_conns_are_counted() {
 #[test]
 fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
     // Two buffers in all; each client below stops reading while its backend streams, so its
-    // session holds buffers for good. With both held, the next client is shed.
+    // session holds buffers for good. With both held, the next client is shed. (No pipes: a
+    // stalled bulk stream would otherwise wait in a pipe, holding no buffer.)
     let backend = Backend::start(1, streamer(9, 256 << 20));
     let log = Scratch::new("shed-pool.log");
     let log_arg = log.arg();
@@ -349,14 +350,16 @@ fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
             "2",
             "--buffer-size",
             "1k",
+            "--pipes",
+            "0",
             "--access-log",
             &log_arg,
         ],
     );
     // Add stalled clients until every buffer is held for good (a session holds at least one
-    // once stalled, more if its pipe gathers several per read): two at most. With several
-    // workers each has its own share of the pool, and a client that lands on a worker whose
-    // share is held is shed at once: it is counted, and the filling goes on.
+    // once stalled, more if its direction gathers several per read): two at most. With
+    // several workers each has its own share of the pool, and a client that lands on a
+    // worker whose share is held is shed at once: it is counted, and the filling goes on.
     let shed_count = |m: &Exposition| m.get("tcplb_connections_shed_total", &[("reason", "pool")]);
     let mut stalled: Vec<TcpStream> = Vec::new();
     let mut shed_while_filling = 0.0;

@@ -1136,18 +1136,21 @@ fn stalled_client(addr: SocketAddr) -> TcpStream {
 fn with_the_pool_nearly_empty_new_clients_are_shed_until_buffers_come_back() {
     const FREE: &str = "tcplb_buffer_pool_buffers{state=\"free\"}";
     let backend = Backend::start(1, stream_or_echo());
+    // No pipes: a stalled bulk stream would otherwise wait in a pipe, holding no buffer.
     let tcplb = Tcplb::start(&[
         &backend.arg(),
         "--buffers",
         "20",
         "--buffer-size",
         "1k",
+        "--pipes",
+        "0",
         ADMIN[0],
         ADMIN[1],
     ]);
     assert_eq!(metric(&tcplb, FREE), 20.0);
     // Each stalled client ends up holding one to four buffers (its backend's bytes it will
-    // not read; a pipe gathers up to four while the pool has plenty). Add them until none
+    // not read; a direction gathers up to four while the pool has plenty). Add them until none
     // is free. Each worker has its own share of the pool: with several, a client that lands
     // on a worker whose share is used up is shed while others still have buffers.
     const SHED: &str = "tcplb_connections_shed_total{reason=\"pool\"}";

@@ -340,6 +340,32 @@ pub fn render(view: &View, out: &mut String) {
         "Bytes in the buffer pool, allocated at start.",
         total(|w| w.buffer_bytes.get()),
     );
+    e.family(
+        "tcplb_pipe_pool_pipes",
+        "gauge",
+        "Kernel pipes of the splice path by state: used (bytes sit in them) or free (to be taken; made on first use).",
+    );
+    let (free, all) = (
+        total(|w| w.pipes_free.get()),
+        total(|w| w.pipes_total.get()),
+    );
+    e.sample("tcplb_pipe_pool_pipes", &[("state", "free")], free);
+    e.sample("tcplb_pipe_pool_pipes", &[("state", "used")], all - free);
+    e.family(
+        "tcplb_spliced_bytes_total",
+        "counter",
+        "Bytes moved by splice through kernel pipes, without a copy, to the backend (sent) and to the client (received); also counted in tcplb_backend_bytes_total.",
+    );
+    e.sample(
+        "tcplb_spliced_bytes_total",
+        &[("direction", "sent")],
+        total(|w| w.spliced_sent.get()),
+    );
+    e.sample(
+        "tcplb_spliced_bytes_total",
+        &[("direction", "received")],
+        total(|w| w.spliced_received.get()),
+    );
     e.histogram(
         "tcplb_session_duration_seconds",
         "How long sessions lasted, from accept to close.",

@@ -27,6 +27,12 @@ pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 /// Memory the pool gets by default when `--buffers` is not given: a default run fits in
 /// about 64 MiB with the rest of the process.
 pub const DEFAULT_POOL_BYTES: usize = 56 * 1024 * 1024;
+/// Kernel pipes for the splice path when `--pipes` is not given: up to 256 bulk directions
+/// spliced at once, at most 256 MiB held in pipes (1 MiB each, and only while stalled
+/// readers leave bytes in them), 512 descriptors.
+pub const DEFAULT_PIPES: usize = 256;
+/// Most pipes `--pipes` takes.
+pub const MAX_PIPES: u64 = 1 << 20;
 /// Sessions at once when `--max-conns` is not given.
 pub const DEFAULT_MAX_CONNS: u64 = 10_000;
 /// Most worker threads `--workers` takes.
@@ -40,6 +46,10 @@ pub struct Config {
     pub backends: Vec<BackendSpec>,
     pub buffer_size: usize,
     pub buffers: usize,
+    /// Kernel pipes for splicing bulk flows (0 = splice off).
+    pub pipes: usize,
+    /// Whether `--pipes` was given (see `max_conns_given`).
+    pub pipes_given: bool,
     pub connect_timeout: Duration,
     pub retries: u32,
     /// `None` = sessions never time out for idleness.
@@ -196,6 +206,13 @@ fn options() -> getopts::Options {
         "",
         "buffers",
         "buffers in the pool, allocated once at start (default: 56 MiB worth)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "pipes",
+        "kernel pipes for moving bulk flows with splice, without a copy (Linux); each is 2 \
+         descriptors, held only while bytes sit in it; 0 = splice off (default 256)",
         "N",
     );
     o.optopt(
@@ -450,6 +467,8 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
         backends,
         buffer_size,
         buffers,
+        pipes: opt_number(&matches, "pipes", DEFAULT_PIPES as u64, 0, MAX_PIPES)? as usize,
+        pipes_given: matches.opt_present("pipes"),
         connect_timeout: opt_duration(
             &matches,
             "connect-timeout",
@@ -684,6 +703,7 @@ mod tests {
         assert_eq!(c.listen, ("127.0.0.1".to_string(), 8080));
         assert_eq!(c.buffer_size, 16 * 1024);
         assert_eq!(c.buffers, 3584);
+        assert_eq!((c.pipes, c.pipes_given), (256, false));
         assert_eq!(c.connect_timeout, Duration::from_millis(3000));
         assert_eq!(c.retries, 2);
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(300)));
@@ -1025,6 +1045,8 @@ mod tests {
             "64k",
             "--buffers",
             "10",
+            "--pipes",
+            "0",
             "h:1",
         ]);
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
@@ -1034,6 +1056,7 @@ mod tests {
         assert_eq!(c.backlog, 16);
         assert_eq!(c.buffer_size, 65536);
         assert_eq!(c.buffers, 10);
+        assert_eq!((c.pipes, c.pipes_given), (0, true));
         let c = run(&["--buffer-size", "4096", "h:1"]);
         assert_eq!(c.buffers, DEFAULT_POOL_BYTES / 4096);
     }
@@ -1071,6 +1094,11 @@ mod tests {
         assert!(err(&["--rise", "0", "--health-interval", "1", "h:1"]).contains("'0'"));
         assert!(err(&["--admin", "nope", "h:1"]).contains("'nope'"));
         assert!(err(&["--buffer-size", "2m", "h:1"]).contains("from 1k to 1m"));
+        assert_eq!(
+            err(&["--pipes", "-1", "h:1"]),
+            "invalid value '-1' for --pipes: expected a whole number from 0 to 1048576"
+        );
+        assert!(err(&["--pipes", "1048577", "h:1"]).contains("'1048577'"));
     }
 
     #[test]
@@ -1087,6 +1115,7 @@ mod tests {
             "--backlog",
             "--buffer-size",
             "--buffers",
+            "--pipes",
             "--max-fails",
             "--fail-timeout",
             "--health-interval",

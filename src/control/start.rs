@@ -1,10 +1,11 @@
 //! Start-up: everything between a parsed command line and a running process, in order:
-//! fit `--max-conns` in the open-file limit, resolve the backends and build the first fleet
-//! generation, get the listening sockets (bound, or handed over by the tcplb this process
-//! upgrades, or by systemd: [`super::sockets`]), open the access log, allocate each
-//! worker's buffer pool, write the pid file, start the workers and the discovery thread,
-//! hand the rest to the control thread, and say it serves (to the process that started an
-//! upgrade, or to systemd). Blocking is fine here: nothing serves before the workers start.
+//! fit `--max-conns` and `--pipes` in the open-file limit, resolve the backends and build
+//! the first fleet generation, get the listening sockets (bound, or handed over by the
+//! tcplb this process upgrades, or by systemd: [`super::sockets`]), open the access log,
+//! allocate each worker's buffer pool (and size its pipe pool), write the pid file, start
+//! the workers and the discovery thread, hand the rest to the control thread, and say it
+//! serves (to the process that started an upgrade, or to systemd). Blocking is fine here:
+//! nothing serves before the workers start.
 //!
 //! Failures are sorted for the exit status: bad input (exit 2) or an environment that says
 //! no (exit 1).
@@ -20,6 +21,7 @@ use crate::fleet::backend::ResolvedBackend;
 use crate::fleet::builder::Builder;
 use crate::fleet::discovery::{self, Discovery, Plan, Resolver};
 use crate::stats::WorkerStats;
+use crate::worker::pipes::{PIPE_SIZE, PipePool};
 use crate::worker::pool::{Pool, PoolError};
 use crate::worker::{Settings, Shared, Worker, WorkerConfig};
 use crate::{limits, net};
@@ -104,6 +106,8 @@ pub fn start(
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
     let pools = pools(config.buffer_size, config.buffers, workers)?;
+    let pipe_pools =
+        (0..workers).map(|i| PipePool::new(share(config.pipes, workers, i), Some(PIPE_SIZE)));
 
     let policy = Policy {
         breaker: config.breaker,
@@ -148,7 +152,7 @@ pub fn start(
     };
     let mut handles = Vec::with_capacity(workers);
     let mut worker_stats = Vec::with_capacity(workers);
-    for (index, pool) in pools.into_iter().enumerate() {
+    for (index, (pool, pipes)) in pools.into_iter().zip(pipe_pools).enumerate() {
         let stats = Arc::new(WorkerStats::default());
         worker_stats.push(Arc::clone(&stats));
         let listeners = listening
@@ -160,6 +164,7 @@ pub fn start(
             listeners,
             fleet: Arc::clone(&fleet),
             pool,
+            pipes,
             settings: Arc::clone(&settings),
             shared: Arc::clone(&shared),
             stats,
@@ -190,13 +195,14 @@ pub fn start(
     };
     info!(
         "listening on {local}; {workers} worker{}; balance {}; backends: {backend_list}; \
-         max-conns {}, {} buffers of {} bytes ({} MiB){proxy_note}{admin_note}{}",
+         max-conns {}, {} buffers of {} bytes ({} MiB), {}{proxy_note}{admin_note}{}",
         if workers == 1 { "" } else { "s" },
         config.balance.describe(),
         config.max_conns,
         config.buffers,
         config.buffer_size,
         (config.buffers * config.buffer_size) >> 20,
+        describe_pipes(config.pipes),
         listening.note()
     );
     let ready = listening.ready.take();
@@ -233,12 +239,28 @@ pub fn start(
     Ok(control)
 }
 
-/// Each worker's share of `--buffers` (the first ones take the remainder), allocated now:
-/// a pool the machine cannot provide is a start-up failure.
+/// Worker `i`'s share of `total` (the first ones take the remainder).
+fn share(total: usize, workers: usize, i: usize) -> usize {
+    total / workers + usize::from(i < total % workers)
+}
+
+/// The pipes for the start line.
+fn describe_pipes(pipes: usize) -> String {
+    if pipes == 0 {
+        "splice off (--pipes 0)".to_string()
+    } else if cfg!(target_os = "linux") {
+        format!("splice through up to {pipes} pipes")
+    } else {
+        "splice off (not on this platform)".to_string()
+    }
+}
+
+/// Each worker's share of `--buffers`, allocated now: a pool the machine cannot provide is
+/// a start-up failure.
 fn pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>, Failure> {
     (0..workers)
         .map(|i| {
-            let share = buffers / workers + usize::from(i < buffers % workers);
+            let share = share(buffers, workers, i);
             Pool::new(buffer_size, share.max(1)).map_err(|e| match e {
                 PoolError::OutOfMemory { .. } => Failure::Start(format!(
                     "cannot allocate the buffer pool ({} MiB in all, over {workers} worker{}): \
@@ -252,32 +274,58 @@ fn pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>
         .collect()
 }
 
-/// Raises the open-file limit and fits `--max-conns` in it. Lowering the default is routine
-/// (an info line); lowering a value the user gave is worth a warning.
+/// Raises the open-file limit and fits `--max-conns` and `--pipes` in it (see
+/// [`limits::fit`]). Lowering defaults is routine (an info line); lowering a value the user
+/// gave is worth a warning.
 fn fit_max_conns(config: &mut Config, workers: usize) {
     let nofile = match limits::raise_nofile_limit() {
         Ok(nofile) => nofile,
         Err(e) => return warn!("cannot read the open-file limit: {e}"),
     };
     let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64;
-    let Some(fits) = limits::fit_max_conns(config.max_conns, nofile.saturating_sub(spare)) else {
+    let pipes = if cfg!(target_os = "linux") {
+        config.pipes
+    } else {
+        0
+    };
+    let Some((conns, fit_pipes)) =
+        limits::fit(config.max_conns, pipes, nofile.saturating_sub(spare))
+    else {
         return;
     };
-    let needs = config.max_conns as u64 * 2 + limits::FD_HEADROOM + spare;
-    if config.max_conns_given {
+    let needs = limits::descriptors_needed(config.max_conns, pipes) + spare;
+    let asked = if pipes > 0 {
+        format!("--max-conns {} and --pipes {pipes}", config.max_conns)
+    } else {
+        format!("--max-conns {}", config.max_conns)
+    };
+    let mut using = Vec::new();
+    if conns != config.max_conns {
+        using.push(format!("--max-conns {conns}"));
+    }
+    if fit_pipes != pipes {
+        using.push(format!("--pipes {fit_pipes}"));
+    }
+    let using = using.join(" and ");
+    let given = (conns != config.max_conns && config.max_conns_given)
+        || (fit_pipes != pipes && config.pipes_given);
+    if given {
         warn!(
-            "--max-conns {} needs {needs} descriptors but the open-file limit is {nofile}; \
-             using --max-conns {fits}",
-            config.max_conns
+            "{asked} need {needs} descriptors (2 per session, 2 per pipe, {} spare) but the \
+             open-file limit is {nofile}; using {using}",
+            limits::FD_HEADROOM + spare
         );
     } else {
         info!(
-            "the open-file limit is {nofile}: using --max-conns {fits} (the default {} needs \
-             {needs} descriptors)",
-            config.max_conns
+            "the open-file limit is {nofile}: using {using} ({asked} need {needs} \
+             descriptors: 2 per session, 2 per pipe, {} spare)",
+            limits::FD_HEADROOM + spare
         );
     }
-    config.max_conns = fits;
+    config.max_conns = conns;
+    if cfg!(target_os = "linux") {
+        config.pipes = fit_pipes;
+    }
 }
 
 /// Warns once for each address listed more than once (it is used once, with the options it

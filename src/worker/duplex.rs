@@ -5,11 +5,11 @@
 //! either side ends it, and is passed on to the other side as a reset (also a reset that
 //! arrives after that side's FIN, which reading alone would never see).
 //!
-//! Generic over the socket ([`Stream`]), so every case is unit-tested with scripted sockets.
+//! Generic over the socket ([`Stream`]), so every case is unit-tested with scripted sockets
+//! (the buffer path), and again over real loopback sockets for the splice path.
 
 use crate::stats::EndReason;
-use crate::worker::pipe::{Fault, Flow, Pipe, Readiness};
-use crate::worker::pool::Pool;
+use crate::worker::direction::{Direction, Fault, Flow, Pools, Readiness};
 use crate::worker::stream::Stream;
 
 /// Which socket of a session an event is for (the socket number in its token).
@@ -42,6 +42,9 @@ pub struct Pumped {
     /// Bytes written to the backend and to the client by this pump.
     pub sent: u64,
     pub received: u64,
+    /// Of those, bytes moved by splice.
+    pub spliced_sent: u64,
+    pub spliced_received: u64,
     /// The session is over, and why.
     pub closed: Option<EndReason>,
     /// A direction is readable but the pool is empty: run again when a buffer comes back.
@@ -55,9 +58,9 @@ pub struct Duplex {
     pub client_ready: Readiness,
     pub backend_ready: Readiness,
     /// Client to backend.
-    up: Pipe,
+    up: Direction,
     /// Backend to client.
-    down: Pipe,
+    down: Direction,
     /// Which side sent its FIN first.
     first_fin: Option<Side>,
 }
@@ -70,7 +73,7 @@ impl Duplex {
 
     /// Nothing is held in flight in either direction.
     pub fn is_quiet(&self) -> bool {
-        self.up.buffers_held() == 0 && self.down.buffers_held() == 0
+        !self.up.holds_bytes() && !self.down.holds_bytes()
     }
 
     /// Pool buffers held right now.
@@ -78,20 +81,25 @@ impl Duplex {
         self.up.buffers_held() + self.down.buffers_held()
     }
 
+    /// Kernel pipes held right now.
+    pub fn pipes_held(&self) -> usize {
+        usize::from(self.up.pipe_held()) + usize::from(self.down.pipe_held())
+    }
+
     /// Moves bytes both ways until everything blocks, and says whether the session is over.
     pub fn pump<S: Stream + ?Sized>(
         &mut self,
         client: &mut S,
         backend: &mut S,
-        pool: &mut Pool,
+        pools: &mut Pools<'_>,
     ) -> Pumped {
-        let before = self.moved();
+        let before = (self.moved(), self.up.spliced(), self.down.spliced());
         let up = self.up.pump(
             client,
             &mut self.client_ready,
             backend,
             &mut self.backend_ready,
-            pool,
+            pools,
             self.down.is_done(),
         );
         let down = match up {
@@ -100,15 +108,16 @@ impl Duplex {
                 &mut self.backend_ready,
                 client,
                 &mut self.client_ready,
-                pool,
+                pools,
                 self.up.is_done(),
             )),
             Err(_) => None,
         };
-        let (sent, received) = (self.up.moved() - before.0, self.down.moved() - before.1);
         let mut pumped = Pumped {
-            sent,
-            received,
+            sent: self.up.moved() - before.0.0,
+            received: self.down.moved() - before.0.1,
+            spliced_sent: self.up.spliced() - before.1,
+            spliced_received: self.down.spliced() - before.2,
             ..Pumped::default()
         };
         let flows = match (up, down) {
@@ -177,10 +186,11 @@ impl Duplex {
         None
     }
 
-    /// Gives the buffers back, dropping any bytes not yet written (the session is ending).
-    pub fn release(&mut self, pool: &mut Pool) {
-        self.up.release(pool);
-        self.down.release(pool);
+    /// Gives the buffers and pipes back, dropping any bytes not yet written (the session is
+    /// ending).
+    pub fn release(&mut self, pools: &mut Pools<'_>) {
+        self.up.release(pools);
+        self.down.release(pools);
     }
 }
 
@@ -207,6 +217,8 @@ fn fail<S: Stream + ?Sized>(fault: Fault, source: Side, client: &S, backend: &S)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::pipes::PipePool;
+    use crate::worker::pool::Pool;
     use crate::worker::stream::scripted::{Read, Scripted};
     use std::io;
 
@@ -223,20 +235,42 @@ mod tests {
         Pool::new(1024, 32).expect("pool")
     }
 
+    /// A worker's stores, without pipes: scripted sockets take the buffer path.
+    struct Stock {
+        pool: Pool,
+        pipes: PipePool,
+    }
+
+    impl Stock {
+        fn new(pool: Pool) -> Stock {
+            Stock {
+                pool,
+                pipes: PipePool::disabled(),
+            }
+        }
+
+        fn pools(&mut self) -> Pools<'_> {
+            Pools {
+                buffers: &mut self.pool,
+                pipes: &mut self.pipes,
+            }
+        }
+    }
+
     #[test]
     fn a_request_and_its_answer_cross_and_the_close_is_passed_on_both_ways() {
         let mut d = open();
-        let mut pool = pool();
+        let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::Data(b"GET /".to_vec())]);
         let mut backend = Scripted::reading([Read::Data(b"200 OK".to_vec())]);
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!((pumped.sent, pumped.received, pumped.closed), (5, 6, None));
         assert_eq!(backend.written, b"GET /");
         assert_eq!(client.written, b"200 OK");
         // The client half-closes: passed on; the backend answers more, then closes too.
         client.reads.push_back(Read::Eof);
         d.client_ready.readable = true;
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert!(backend.shut && pumped.closed.is_none());
         backend
             .reads
@@ -245,7 +279,7 @@ mod tests {
         d.backend_ready.readable = true;
         d.backend_ready.read_closed = true;
         d.backend_ready.fin = true;
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!(client.written, b"200 OK more");
         assert_eq!(
             pumped.closed,
@@ -253,23 +287,23 @@ mod tests {
             "the client closed first"
         );
         assert!(!client.reset.get() && !backend.reset.get());
-        assert_eq!(pool.free(), 32);
+        assert_eq!(stock.pool.free(), 32);
     }
 
     #[test]
     fn the_backend_closing_first_is_recorded() {
         let mut d = open();
-        let mut pool = pool();
+        let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::WouldBlock]);
         let mut backend = Scripted::reading([Read::Data(b"bye".to_vec()), Read::Eof]);
         d.backend_ready.fin = true;
         d.backend_ready.read_closed = true;
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert!(client.shut, "the backend's FIN reached the client");
         assert_eq!(pumped.closed, None, "the client may still send");
         client.reads.push_back(Read::Eof);
         d.client_ready.readable = true;
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!(pumped.closed, Some(EndReason::BackendClosed));
     }
 
@@ -277,14 +311,14 @@ mod tests {
     fn a_reset_on_one_side_is_passed_on_as_a_reset() {
         for failing in [Side::Client, Side::Backend] {
             let mut d = open();
-            let mut pool = pool();
+            let mut stock = Stock::new(pool());
             let reset = || Scripted::reading([Read::Fail(io::ErrorKind::ConnectionReset)]);
             let quiet = || Scripted::reading([Read::WouldBlock]);
             let (mut client, mut backend) = match failing {
                 Side::Client => (reset(), quiet()),
                 Side::Backend => (quiet(), reset()),
             };
-            let pumped = d.pump(&mut client, &mut backend, &mut pool);
+            let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
             let (expected, other_reset) = match failing {
                 Side::Client => (EndReason::ClientReset, backend.reset.get()),
                 Side::Backend => (EndReason::BackendReset, client.reset.get()),
@@ -297,18 +331,18 @@ mod tests {
     #[test]
     fn a_reset_after_the_peers_fin_is_still_passed_on() {
         let mut d = open();
-        let mut pool = pool();
+        let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::WouldBlock]);
         let mut backend = Scripted::reading([Read::Data(b"last".to_vec()), Read::Eof]);
         d.backend_ready.read_closed = true;
         d.backend_ready.fin = true;
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!(pumped.closed, None);
         assert!(client.shut);
         // Then the backend's socket reports an error: its reset, which no read will return.
         backend.error = Some(io::ErrorKind::ConnectionReset);
         d.backend_ready.error = true;
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!(pumped.closed, Some(EndReason::BackendReset));
         assert!(client.reset.get());
     }
@@ -316,11 +350,11 @@ mod tests {
     #[test]
     fn a_write_that_fails_blames_the_side_written_to() {
         let mut d = open();
-        let mut pool = pool();
+        let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::Data(b"x".to_vec())]);
         let mut backend = Scripted::reading([Read::WouldBlock]);
         backend.write_error = Some(io::ErrorKind::ConnectionReset);
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!(pumped.closed, Some(EndReason::BackendReset));
         assert!(client.reset.get());
     }
@@ -328,29 +362,29 @@ mod tests {
     #[test]
     fn a_stalled_reader_holds_bytes_and_the_session_is_not_quiet() {
         let mut d = open();
-        let mut pool = pool();
+        let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::WouldBlock]);
         client.write_room = Some(0);
         let mut backend = Scripted::reading([Read::Data(vec![7; 5000])]);
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert_eq!(pumped.received, 0);
         assert!(!d.is_quiet(), "bytes wait here for the client");
         assert!(d.buffers_held() > 0);
-        d.release(&mut pool);
-        assert_eq!(pool.free(), 32);
+        d.release(&mut stock.pools());
+        assert_eq!(stock.pool.free(), 32);
     }
 
     #[test]
     fn an_empty_pool_asks_for_a_buffer() {
         let mut d = open();
-        let mut pool = Pool::new(1024, 1).expect("pool");
-        let held = pool.take().expect("the only buffer");
+        let mut stock = Stock::new(Pool::new(1024, 1).expect("pool"));
+        let held = stock.pool.take().expect("the only buffer");
         let mut client = Scripted::reading([Read::Data(b"x".to_vec())]);
         let mut backend = Scripted::reading([Read::WouldBlock]);
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert!(pumped.need_buffer && pumped.closed.is_none());
-        pool.give(held);
-        let pumped = d.pump(&mut client, &mut backend, &mut pool);
+        stock.pool.give(held);
+        let pumped = d.pump(&mut client, &mut backend, &mut stock.pools());
         assert!(!pumped.need_buffer);
         assert_eq!(backend.written, b"x");
     }

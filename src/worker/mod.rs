@@ -13,7 +13,8 @@
 //! A worker owns everything on its data path: its listener (usually one `SO_REUSEPORT`
 //! socket per worker; after an upgrade to fewer workers, or with sockets from systemd, a
 //! worker may accept on several, see [`crate::control::sockets`]), slab, buffer pool (its
-//! share of `--buffers`), timer wheel and run queues. What
+//! share of `--buffers`), kernel pipe pool (its share of `--pipes`, for the splice path),
+//! timer wheel and run queues. What
 //! it shares with the others is the fleet (atomics only) and a process-wide session count
 //! for `--max-conns`. Sockets are registered once, for both directions, edge-triggered;
 //! sessions remember readiness themselves. A session ended by one event is removed at once:
@@ -21,11 +22,13 @@
 //! late event apart.
 
 pub mod accept;
+pub mod direction;
 pub mod duplex;
-pub mod pipe;
+pub mod pipes;
 pub mod pool;
 pub mod proxy_header;
 pub mod session;
+pub mod splice;
 pub mod stream;
 pub mod timer;
 
@@ -38,6 +41,7 @@ use crate::stats::{EndReason, SessionSummary, WorkerStats};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use pipes::PipePool;
 use pool::Pool;
 use session::{Report, Session};
 use slab::Slab;
@@ -118,6 +122,7 @@ pub struct Throttles {
     pub accept: Throttle,
     pub fds: Throttle,
     pub no_backend: Throttle,
+    pub pipes: Throttle,
     pub shed: Throttle,
     pub proxy: Throttle,
 }
@@ -126,6 +131,7 @@ pub struct Throttles {
 pub struct Env<'a> {
     pub registry: &'a Registry,
     pub pool: &'a mut Pool,
+    pub pipes: &'a mut PipePool,
     pub fleet: &'a Fleet,
     pub timers: &'a mut Timers<TimerKey>,
     /// The time at the start of this turn (one clock read per wake-up), and the same in
@@ -146,6 +152,7 @@ macro_rules! lend_env {
         $crate::worker::Env {
             registry: $worker.poll.registry(),
             pool: &mut $worker.pool,
+            pipes: &mut $worker.pipes,
             fleet: &$worker.fleet,
             timers: &mut $worker.timers,
             now: $worker.now,
@@ -199,6 +206,7 @@ pub struct WorkerConfig {
     pub listeners: Vec<TcpListener>,
     pub fleet: Arc<Fleet>,
     pub pool: Pool,
+    pub pipes: PipePool,
     pub settings: Arc<Settings>,
     pub shared: Arc<Shared>,
     pub stats: Arc<WorkerStats>,
@@ -257,6 +265,7 @@ pub struct Worker {
     next_generation: u32,
     fleet: Arc<Fleet>,
     pool: Pool,
+    pipes: PipePool,
     timers: Timers<TimerKey>,
     now: Instant,
     settings: Arc<Settings>,
@@ -328,6 +337,8 @@ impl Worker {
             .buffer_bytes
             .set((config.pool.capacity() * config.pool.buffer_size()) as u64);
         config.stats.buffers_free.set(config.pool.free() as u64);
+        config.stats.pipes_total.set(config.pipes.capacity() as u64);
+        config.stats.pipes_free.set(config.pipes.free() as u64);
         Ok(Worker {
             index: config.index,
             poll,
@@ -341,6 +352,7 @@ impl Worker {
             next_generation: 0,
             fleet: config.fleet,
             pool: config.pool,
+            pipes: config.pipes,
             timers: Timers::with_capacity(now, max_conns + 64),
             now,
             settings: config.settings,
@@ -421,6 +433,16 @@ impl Worker {
             log.flush();
         }
         self.stats.buffers_free.set(self.pool.free() as u64);
+        self.stats.pipes_free.set(self.pipes.free() as u64);
+        if let Some((n, e)) = self.pipes.take_refusals() {
+            if let Some(held_back) = self.throttles.pipes.allow(self.now) {
+                warn!(
+                    "cannot make a pipe for splicing ({n} refused): {e}; those reads go through \
+                     buffers{}",
+                    suppressed_note(held_back)
+                );
+            }
+        }
         Ok(())
     }
 
@@ -484,6 +506,7 @@ impl Worker {
         session.release(&mut lend_env!(self));
         self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
         self.stats.buffers_free.set(self.pool.free() as u64);
+        self.stats.pipes_free.set(self.pipes.free() as u64);
         self.stats.sessions.set(self.sessions.len() as u64);
         self.stats
             .session_duration

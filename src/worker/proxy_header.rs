@@ -15,7 +15,7 @@
 
 use crate::proxy_protocol::{self, Decoded, HeaderError, MAX_ENCODED, MAX_HEADER, Version};
 use crate::stats::ProxyError;
-use crate::worker::pipe::Readiness;
+use crate::worker::direction::Readiness;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;

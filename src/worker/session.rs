@@ -23,6 +23,7 @@ use crate::fleet::lease::Lease;
 use crate::fleet::select::PickRequest;
 use crate::net;
 use crate::stats::{EndReason, ProxyError, SessionSummary};
+use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
 use crate::worker::proxy_header::{self, Received};
 use crate::worker::timer::TimerId;
@@ -367,13 +368,16 @@ impl Session {
         }
     }
 
-    /// Gives back what the session holds: timer cancelled, buffers returned, lease
-    /// released. Dropping it then closes the sockets (with a reset if one was set up).
+    /// Gives back what the session holds: timer cancelled, buffers and pipes returned,
+    /// lease released. Dropping it then closes the sockets (with a reset if one was set up).
     pub fn release(&mut self, env: &mut Env) {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
-        self.duplex.release(env.pool);
+        self.duplex.release(&mut Pools {
+            buffers: env.pool,
+            pipes: env.pipes,
+        });
         if let Some(lease) = self.lease.take() {
             env.fleet.release(lease, env.now_ms);
         }
@@ -444,13 +448,24 @@ impl Session {
         let (Phase::Established, Some(backend)) = (&self.phase, &mut self.backend) else {
             return Report::default();
         };
-        let pumped = self.duplex.pump(&mut self.client, backend, env.pool);
+        let pumped = self.duplex.pump(
+            &mut self.client,
+            backend,
+            &mut Pools {
+                buffers: env.pool,
+                pipes: env.pipes,
+            },
+        );
         if pumped.sent + pumped.received > 0 {
             self.last_active = env.now;
             if let Some(lease) = &self.lease {
                 let stats = &lease.backend().stats;
                 crate::fleet::backend::BackendStats::add(&stats.bytes_sent, pumped.sent);
                 crate::fleet::backend::BackendStats::add(&stats.bytes_received, pumped.received);
+            }
+            if pumped.spliced_sent + pumped.spliced_received > 0 {
+                env.stats.spliced_sent.add(pumped.spliced_sent);
+                env.stats.spliced_received.add(pumped.spliced_received);
             }
         }
         Report {

@@ -1,12 +1,17 @@
-//! The socket seam of the data path: what a pipe needs from a connected socket, as a trait,
-//! so pipes and sessions run against real TCP streams in production and against scripted
-//! ones ([`scripted::Scripted`]) in unit tests (partial writes, EOF, resets, `WouldBlock`,
-//! in any order, in milliseconds).
+//! The socket seam of the data path: what a direction needs from a connected socket, as a
+//! trait, so directions and sessions run against real TCP streams in production and against
+//! scripted ones ([`scripted::Scripted`]) in unit tests (partial writes, EOF, resets,
+//! `WouldBlock`, in any order, in milliseconds).
+//!
+//! The splice path needs the kernel's descriptor itself ([`Stream::splice_fd`]); a scripted
+//! stream has none, so its tests exercise the buffer path, and the splice path is tested
+//! over real loopback sockets (`splice.rs`, `duplex.rs`).
 
 use mio::net::TcpStream;
 use socket2::SockRef;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::RawFd;
 
 /// A connected, non-blocking byte stream.
 pub trait Stream {
@@ -25,6 +30,12 @@ pub trait Stream {
 
     /// Makes closing send a reset instead of a FIN.
     fn reset_on_close(&self);
+
+    /// The descriptor `splice(2)` can move bytes to and from, where the platform has splice
+    /// and this is a real socket; `None` keeps the direction on the buffer path.
+    fn splice_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// `MSG_MORE` where the platform has it: hold this data back for what follows at once.
@@ -61,6 +72,11 @@ impl Stream for TcpStream {
 
     fn reset_on_close(&self) {
         crate::net::reset_on_close(self);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn splice_fd(&self) -> Option<RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
 }
 

@@ -1,18 +1,36 @@
-//! One direction of a session: read from a source socket into a pooled buffer, write it out
-//! to the destination, pass the end of stream on as `shutdown(Write)`.
+//! One direction of a session: read from a source socket, write to the destination, pass
+//! the end of stream on as `shutdown(Write)`. Bytes take one of two paths:
 //!
-//! A pipe holds buffers only while it has bytes in flight: it takes one when the source is
-//! readable (up to [`MAX_GATHER`] while the source keeps filling them) and gives each back
-//! the moment it is written out. With no free buffer it stops
-//! reading (backpressure) and reports [`Flow::NeedBuffer`]; with a full destination it keeps
-//! its buffer and stops reading until the destination drains.
+//! - **Buffer path** (every platform): read into pooled buffers, write them out. A
+//!   direction holds buffers only while it has bytes in flight: it takes one when the source
+//!   is readable (up to [`MAX_GATHER`] while the source keeps filling them) and gives each
+//!   back the moment it is written out. With no free buffer it stops reading
+//!   (backpressure) and reports [`Flow::NeedBuffer`].
+//! - **Splice path** (Linux, [`splice`](crate::worker::splice)): socket → kernel pipe →
+//!   socket, no copy through user space. The pipe comes from the worker's pipe pool while
+//!   bytes sit in it and goes back the moment it is empty; with no pipe to be had, that
+//!   read takes the buffer path instead (never a wait).
 //!
-//! Readiness is edge-triggered and remembered in user space ([`Readiness`]): the pipe reads
-//! and writes until the kernel says `WouldBlock`, with safe shortcuts that each save a
-//! syscall per wake-up:
+//! Which path: small exchanges (request/response, keep-alive) stay on the buffer path, where
+//! a read and a write per message is the least there is, and a short read tells that the
+//! queue is empty (a splice cannot tell that, so it costs one more call per wake-up). A
+//! direction goes to the splice path when two reads in a row fill every buffer they were
+//! given (16 KiB, then the 64 KiB gathered: a bulk flow, as HAProxy's `splice-auto` judges
+//! it), and back when a splice brings less than one buffer's worth (the flow went quiet, or
+//! is trickling). While TCP urgent data is pending it reads with `recv` (a splice stops at
+//! the urgent mark), and splices again once the urgent byte has been read. Bytes in flight are always delivered before the next read, so they
+//! never sit in a pipe and in buffers at once: the order is kept across every switch.
+//!
+//! With a full destination a direction keeps what it holds (at most a pipe's or
+//! [`MAX_GATHER`] buffers' worth) and stops reading until the destination drains.
+//!
+//! Readiness is edge-triggered and remembered in user space ([`Readiness`]): a direction
+//! reads and writes until the kernel says `WouldBlock`, with safe shortcuts that each save
+//! a syscall per wake-up:
 //! - A read that returns less than asked means the receive queue is empty (any byte arriving
 //!   later raises a new edge) — except around TCP urgent data, where a read stops short at
-//!   the urgent mark: while urgent data is reported, the pipe reads until `WouldBlock`.
+//!   the urgent mark: while urgent data is reported, the direction reads until
+//!   `WouldBlock`. (Buffer path only; see above.)
 //! - If the peer's FIN had already been reported when such a short read ran, the FIN is
 //!   next in the stream: the read reached the end, and no extra read is made to hear EOF.
 //!   (Only a clean FIN: after a hang-up or error one more read collects EOF or the error,
@@ -24,15 +42,18 @@
 //! FIN that follows at once rides in the same segment: one packet fewer per closing
 //! direction, and the kernel work that packet costs on both ends.
 
+use crate::worker::pipes::PipePool;
 use crate::worker::pool::{Buf, Pool};
+use crate::worker::splice::{Splice, urgent_pending};
 use crate::worker::stream::Stream;
 use mio::event::Event;
 use std::io::{self, IoSlice};
 
-/// Reads one pipe may make per turn before it lets other sessions run: with gathered reads
-/// at most 128 KiB a turn. Measured with four concurrent 64 MiB downloads: a budget of 8
-/// (512 KiB a turn) let some sessions run far ahead of others (p99 3-7x the median); 1 or 2
-/// keep them even (p99 within ~20% of the median) at no cost in CPU per byte.
+/// Reads one direction may make per turn before it lets other sessions run: with gathered
+/// reads (or splices into a default-sized pipe) at most 128 KiB a turn. Measured with four
+/// concurrent 64 MiB downloads: a budget of 8 (512 KiB a turn) let some sessions run far
+/// ahead of others (p99 3-7x the median); 1 or 2 keep them even (p99 within ~20% of the
+/// median) at no cost in CPU per byte.
 const TURN_BUDGET: u32 = 2;
 
 /// Buffers one read may fill when the source keeps filling whatever it is given: a bulk
@@ -40,7 +61,7 @@ const TURN_BUDGET: u32 = 2;
 /// quarter of the syscalls and segments (each segment costs kernel work on both ends).
 pub const MAX_GATHER: usize = 4;
 
-/// What the reactor has observed about one socket since the pipe last hit `WouldBlock`.
+/// What the reactor has observed about one socket since a direction last hit `WouldBlock`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Readiness {
     pub readable: bool,
@@ -154,23 +175,37 @@ impl Chain {
     }
 }
 
+/// What a direction draws on: the worker's buffer pool and pipe pool.
+pub struct Pools<'a> {
+    pub buffers: &'a mut Pool,
+    pub pipes: &'a mut PipePool,
+}
+
 #[derive(Debug, Default)]
-pub struct Pipe {
+pub struct Direction {
+    /// Bytes in flight on the buffer path.
     chain: Chain,
+    /// The splice path: on or off, and its pipe while bytes sit in it.
+    splice: Splice,
     /// The last read filled every buffer it had: take several next time.
     bulk: bool,
     /// The source has reached end of stream.
     eof: bool,
     /// The destination has been told (or will be, by closing it) that no more bytes come.
     shut: bool,
-    /// Bytes written to the destination so far.
+    /// Bytes written to the destination so far, by either path.
     moved: u64,
 }
 
-impl Pipe {
+impl Direction {
     /// Bytes written to the destination so far.
     pub fn moved(&self) -> u64 {
         self.moved
+    }
+
+    /// Of those, bytes moved by splice.
+    pub fn spliced(&self) -> u64 {
+        self.splice.spliced()
     }
 
     /// The source has reached end of stream.
@@ -180,7 +215,12 @@ impl Pipe {
 
     /// Every byte is delivered and the end of stream passed on.
     pub fn is_done(&self) -> bool {
-        self.shut && self.chain.is_empty()
+        self.shut && !self.holds_bytes()
+    }
+
+    /// Bytes are in flight here (in pool buffers or in a pipe).
+    pub fn holds_bytes(&self) -> bool {
+        !self.chain.is_empty() || self.splice.holds_bytes()
     }
 
     /// Pool buffers held right now.
@@ -188,25 +228,48 @@ impl Pipe {
         usize::from(self.chain.held)
     }
 
+    /// A kernel pipe is held right now (exactly while bytes sit in it).
+    pub fn pipe_held(&self) -> bool {
+        self.splice.holds_pipe()
+    }
+
+    /// Reads go through a pipe now (the splice path).
+    pub fn splicing(&self) -> bool {
+        self.splice.on
+    }
+
+    /// Bytes waiting in the pipe.
+    pub fn pipe_bytes(&self) -> usize {
+        self.splice.held()
+    }
+
     /// Moves bytes from `src` to `dst` until both block. `closing` says the session closes
-    /// as soon as this pipe is done, so the end of stream need not be sent with `shutdown`:
-    /// closing the socket sends it.
+    /// as soon as this direction is done, so the end of stream need not be sent with
+    /// `shutdown`: closing the socket sends it.
     pub fn pump<S: Stream + ?Sized, D: Stream + ?Sized>(
         &mut self,
         src: &mut S,
         src_ready: &mut Readiness,
         dst: &mut D,
         dst_ready: &mut Readiness,
-        pool: &mut Pool,
+        pools: &mut Pools<'_>,
         closing: bool,
     ) -> Result<Flow, Fault> {
+        let can_splice =
+            pools.pipes.capacity() > 0 && src.splice_fd().is_some() && dst.splice_fd().is_some();
         let mut budget = TURN_BUDGET;
         loop {
-            if !self.chain.is_empty() {
+            // What is in flight goes first: bytes leave in the order they came.
+            if self.holds_bytes() {
                 if !dst_ready.writable {
                     return Ok(Flow::Blocked);
                 }
-                match self.write(dst, pool) {
+                let written = if self.splice.holds_bytes() {
+                    self.splice_out(dst, pools.pipes)
+                } else {
+                    self.write(dst, pools.buffers)
+                };
+                match written {
                     Ok(true) => {}
                     Ok(false) => {
                         dst_ready.writable = false;
@@ -243,7 +306,20 @@ impl Pipe {
                 return Ok(Flow::Yielded);
             }
             budget -= 1;
-            match self.read(src, src_ready, pool) {
+            if self.splice.on && src_ready.urgent && !src.splice_fd().is_some_and(urgent_pending) {
+                // The urgent byte has been read past: splicing may go on.
+                src_ready.urgent = false;
+            }
+            let spliced = if self.splice.on && !src_ready.urgent {
+                self.splice_in(src, src_ready, pools)
+            } else {
+                None
+            };
+            let read = match spliced {
+                Some(result) => result,
+                None => self.read(src, src_ready, pools.buffers, can_splice),
+            };
+            match read {
                 Ok(true) => {}
                 Ok(false) => return Ok(Flow::NeedBuffer),
                 Err(e) => match e.kind() {
@@ -273,13 +349,56 @@ impl Pipe {
         Ok(n == offered)
     }
 
+    /// Splices what the pipe holds out to `dst`. Ok(true) when all of it went (and the
+    /// pipe is back in the pool), Ok(false) when the send buffer filled first.
+    fn splice_out<D: Stream + ?Sized>(
+        &mut self,
+        dst: &mut D,
+        pipes: &mut PipePool,
+    ) -> io::Result<bool> {
+        let fd = dst.splice_fd().ok_or(io::ErrorKind::Unsupported)?;
+        let n = self.splice.drain(fd, pipes)?;
+        self.moved += n as u64;
+        Ok(!self.splice.holds_bytes())
+    }
+
+    /// Splices what the source has into a pipe. `None` when no pipe can be had: the caller
+    /// reads into buffers instead. A splice that brings less than a buffer's worth means
+    /// the flow is no longer bulk: the next read takes the buffer path.
+    fn splice_in<S: Stream + ?Sized>(
+        &mut self,
+        src: &mut S,
+        src_ready: &mut Readiness,
+        pools: &mut Pools<'_>,
+    ) -> Option<io::Result<bool>> {
+        let fd = src.splice_fd()?;
+        match self.splice.fill(fd, pools.pipes) {
+            Ok(None) => None,
+            Ok(Some(0)) => {
+                self.eof = true;
+                src_ready.readable = false;
+                Some(Ok(true))
+            }
+            Ok(Some(n)) => {
+                if n < pools.buffers.buffer_size() {
+                    self.splice.on = false;
+                    self.bulk = false;
+                }
+                Some(Ok(true))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Reads into fresh pool buffers: one, or several while the source keeps filling them.
-    /// Ok(false) when the pool has no buffer to give.
+    /// Ok(false) when the pool has no buffer to give. Two full reads in a row turn the
+    /// splice path on, if `can_splice`.
     fn read<S: Stream + ?Sized>(
         &mut self,
         src: &mut S,
         src_ready: &mut Readiness,
         pool: &mut Pool,
+        can_splice: bool,
     ) -> io::Result<bool> {
         // Gather only while the pool has plenty to spare.
         let want = if self.bulk && pool.free() > pool.capacity() / 4 {
@@ -328,7 +447,11 @@ impl Pipe {
             head: 0,
             tail: (n - (used - 1) * pool.buffer_size()) as u32,
         };
-        self.bulk = n == asked;
+        let full = n == asked;
+        if full && self.bulk && can_splice {
+            self.splice.on = true;
+        }
+        self.bulk = full;
         if n < asked && !src_ready.urgent {
             if src_ready.fin {
                 // The receive queue is empty and the FIN was next in line.
@@ -341,9 +464,11 @@ impl Pipe {
         Ok(true)
     }
 
-    /// Gives the buffers back, dropping any bytes not yet written (the session is ending).
-    pub fn release(&mut self, pool: &mut Pool) {
-        self.chain.release(pool);
+    /// Gives the buffers and the pipe back, dropping any bytes not yet written (the session
+    /// is ending).
+    pub fn release(&mut self, pools: &mut Pools<'_>) {
+        self.chain.release(pools.buffers);
+        self.splice.release(pools.pipes);
     }
 }
 
@@ -367,33 +492,38 @@ mod tests {
     }
 
     struct Rig {
-        pipe: Pipe,
+        dir: Direction,
         src: Scripted,
         dst: Scripted,
         src_ready: Readiness,
         dst_ready: Readiness,
         pool: Pool,
+        pipes: PipePool,
     }
 
     impl Rig {
         fn new(reads: impl IntoIterator<Item = Read>) -> Rig {
             Rig {
-                pipe: Pipe::default(),
+                dir: Direction::default(),
                 src: Scripted::reading(reads),
                 dst: Scripted::default(),
                 src_ready: ready(),
                 dst_ready: ready(),
                 pool: Pool::new(1024, 16).expect("pool"),
+                pipes: PipePool::disabled(),
             }
         }
 
         fn pump(&mut self, closing: bool) -> Result<Flow, Fault> {
-            self.pipe.pump(
+            self.dir.pump(
                 &mut self.src,
                 &mut self.src_ready,
                 &mut self.dst,
                 &mut self.dst_ready,
-                &mut self.pool,
+                &mut Pools {
+                    buffers: &mut self.pool,
+                    pipes: &mut self.pipes,
+                },
                 closing,
             )
         }
@@ -404,13 +534,13 @@ mod tests {
         let (a, b) = (bytes(1, 700), bytes(2, 3000));
         let mut rig = Rig::new([Read::Data(a.clone()), Read::Data(b.clone()), Read::Eof]);
         // Short reads mean "empty for now": the test marks the source readable again.
-        while !rig.pipe.is_done() {
+        while !rig.dir.is_done() {
             assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
             rig.src_ready.readable = true;
         }
         assert_eq!(rig.dst.written, [a, b].concat());
         assert!(rig.dst.shut, "EOF passed on as shutdown(Write)");
-        assert_eq!(rig.pipe.moved(), 3700);
+        assert_eq!(rig.dir.moved(), 3700);
         assert_eq!(rig.pool.free(), 16, "every buffer back");
     }
 
@@ -425,7 +555,7 @@ mod tests {
             !rig.dst_ready.writable,
             "a short write means the send buffer is full"
         );
-        assert_eq!(rig.pipe.buffers_held(), 1, "the rest waits in its buffer");
+        assert_eq!(rig.dir.buffers_held(), 1, "the rest waits in its buffer");
         // Still full: nothing is written, nothing more is read.
         assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
         assert_eq!(rig.dst.written.len(), 100);
@@ -435,7 +565,7 @@ mod tests {
         assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
         assert_eq!(rig.dst.written, data);
         assert_eq!(
-            rig.pipe.buffers_held(),
+            rig.dir.buffers_held(),
             0,
             "the buffer went back once written"
         );
@@ -495,7 +625,7 @@ mod tests {
 
     #[test]
     fn a_bulk_source_yields_after_its_turn_budget() {
-        // Each read fills every buffer offered: the pipe gathers, then yields.
+        // Each read fills every buffer offered: the direction gathers, then yields.
         let chunks = (0..10).map(|i| Read::Data(bytes(i, 64 * 1024)));
         let mut rig = Rig::new(chunks);
         assert_eq!(rig.pump(false).expect("no fault"), Flow::Yielded);
@@ -511,7 +641,7 @@ mod tests {
         rig.src_ready.read_closed = true;
         assert_eq!(rig.pump(false).expect("no fault"), Flow::Blocked);
         assert_eq!(rig.src.read_calls, 1, "EOF inferred from the short read");
-        assert!(rig.pipe.eof() && rig.pipe.is_done());
+        assert!(rig.dir.eof() && rig.dir.is_done());
         assert_eq!(rig.dst.written, data);
         assert_eq!(
             rig.dst.written_with_more, 1,
@@ -524,7 +654,7 @@ mod tests {
     fn when_the_session_closes_next_the_end_is_left_to_the_close() {
         let mut rig = Rig::new([Read::Eof]);
         assert_eq!(rig.pump(true).expect("no fault"), Flow::Blocked);
-        assert!(rig.pipe.is_done());
+        assert!(rig.dir.is_done());
         assert!(
             !rig.dst.shut,
             "no shutdown: closing the socket sends the FIN"
