@@ -16,8 +16,8 @@
 //! queue is empty (a splice cannot tell that, so it costs one more call per wake-up). A
 //! direction goes to the splice path when two reads in a row fill every buffer they were
 //! given (16 KiB, then the 64 KiB gathered: a bulk flow, as HAProxy's `splice-auto` judges
-//! it), and back when a splice brings less than one buffer's worth (the flow went quiet, or
-//! is trickling). While TCP urgent data is pending it reads with `recv` (a splice stops at
+//! it), and back when two splices in a row bring less than one buffer's worth each (the
+//! flow went quiet, or is trickling). While TCP urgent data is pending it reads with `recv` (a splice stops at
 //! the urgent mark), and splices again once the urgent byte has been read. Bytes in flight are always delivered before the next read, so they
 //! never sit in a pipe and in buffers at once: the order is kept across every switch.
 //!
@@ -60,6 +60,12 @@ const TURN_BUDGET: u32 = 2;
 /// transfer then moves 4 × 16 KiB per `readv`/`writev` instead of 16 KiB, which means a
 /// quarter of the syscalls and segments (each segment costs kernel work on both ends).
 pub const MAX_GATHER: usize = 4;
+
+/// Splices in a row that bring less than one buffer's worth before a direction goes back to
+/// the buffer path: two, so that a bulk flow that momentarily catches up with its sender
+/// (one short splice) keeps splicing, while request/response traffic after a bulk phase
+/// is back on buffers after its second message.
+const QUIET_SPLICES: u8 = 2;
 
 /// What the reactor has observed about one socket since a direction last hit `WouldBlock`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -363,8 +369,8 @@ impl Direction {
     }
 
     /// Splices what the source has into a pipe. `None` when no pipe can be had: the caller
-    /// reads into buffers instead. A splice that brings less than a buffer's worth means
-    /// the flow is no longer bulk: the next read takes the buffer path.
+    /// reads into buffers instead. [`QUIET_SPLICES`] splices in a row that bring less than a
+    /// buffer's worth mean the flow is no longer bulk: the next read takes the buffer path.
     fn splice_in<S: Stream + ?Sized>(
         &mut self,
         src: &mut S,
@@ -379,11 +385,17 @@ impl Direction {
                 src_ready.readable = false;
                 Some(Ok(true))
             }
-            Ok(Some(n)) => {
-                if n < pools.buffers.buffer_size() {
+            Ok(Some(n)) if n < pools.buffers.buffer_size() => {
+                self.splice.small += 1;
+                if self.splice.small >= QUIET_SPLICES {
                     self.splice.on = false;
+                    self.splice.small = 0;
                     self.bulk = false;
                 }
+                Some(Ok(true))
+            }
+            Ok(Some(_)) => {
+                self.splice.small = 0;
                 Some(Ok(true))
             }
             Err(e) => Some(Err(e)),

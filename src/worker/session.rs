@@ -458,14 +458,15 @@ impl Session {
         );
         if pumped.sent + pumped.received > 0 {
             self.last_active = env.now;
+            // Spliced bytes first: counted no later than the totals they are part of.
+            if pumped.spliced_sent + pumped.spliced_received > 0 {
+                env.stats.spliced_sent.add(pumped.spliced_sent);
+                env.stats.spliced_received.add(pumped.spliced_received);
+            }
             if let Some(lease) = &self.lease {
                 let stats = &lease.backend().stats;
                 crate::fleet::backend::BackendStats::add(&stats.bytes_sent, pumped.sent);
                 crate::fleet::backend::BackendStats::add(&stats.bytes_received, pumped.received);
-            }
-            if pumped.spliced_sent + pumped.spliced_received > 0 {
-                env.stats.spliced_sent.add(pumped.spliced_sent);
-                env.stats.spliced_received.add(pumped.spliced_received);
             }
         }
         Report {
