@@ -509,7 +509,7 @@ fn a_stalled_reader_holds_one_pipe_at_most_and_memory_stays_flat() {
         written < LEN / 4,
         "the backend was not held back: {written} bytes out"
     );
-    // What waits in tcplb is one pipe (at most 1 MiB), or, if the last read found the
+    // What waits in tcplb is one pipe (at most 256 KiB), or, if the last read found the
     // socket nearly empty and went back to buffers, one read's worth of buffers.
     let (pipes, buffers) = held(&tcplb);
     assert!(

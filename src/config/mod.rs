@@ -28,7 +28,7 @@ pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 /// about 64 MiB with the rest of the process.
 pub const DEFAULT_POOL_BYTES: usize = 56 * 1024 * 1024;
 /// Kernel pipes for the splice path when `--pipes` is not given: up to 256 bulk directions
-/// spliced at once, at most 256 MiB held in pipes (1 MiB each, and only while stalled
+/// spliced at once, at most 64 MiB held in pipes (256 KiB each, and only while stalled
 /// readers leave bytes in them), 512 descriptors.
 pub const DEFAULT_PIPES: usize = 256;
 /// Most pipes `--pipes` takes.

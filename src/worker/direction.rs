@@ -50,7 +50,7 @@ use mio::event::Event;
 use std::io::{self, IoSlice};
 
 /// Reads one direction may make per turn before it lets other sessions run: with gathered
-/// reads (or splices into a default-sized pipe) at most 128 KiB a turn. Measured with four
+/// reads at most 128 KiB a turn, with splices at most two pipes' worth (512 KiB). Measured with four
 /// concurrent 64 MiB downloads: a budget of 8 (512 KiB a turn) let some sessions run far
 /// ahead of others (p99 3-7x the median); 1 or 2 keep them even (p99 within ~20% of the
 /// median) at no cost in CPU per byte.

@@ -18,16 +18,19 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-/// The size asked of each pipe (`F_SETPIPE_SZ`; 1 MiB is also the most an unprivileged
-/// process may ask, `/proc/sys/fs/pipe-max-size`). It pays off: measured on loopback with
-/// four concurrent 64 MiB downloads, a direction splicing through 1 MiB pipes used 14-24 ms
-/// of proxy CPU per 64 MiB against 48-62 ms with the kernel's default 64 KiB (256 KiB:
-/// 29-34 ms), and the clients and backends used no more. Each splice then hands the
-/// destination up to 1 MiB at once, so its reader is woken once per megabyte rather than
-/// once per 64 KiB, and a direction makes 16 times fewer calls. A stalled reader pins at
-/// most this much in its direction's pipe (on top of the socket buffers the kernel keeps
-/// for any connection).
-pub const PIPE_SIZE: usize = 1 << 20;
+/// The size asked of each pipe (`F_SETPIPE_SZ`). Measured through `scripts/bench.sh`'s bulk
+/// load (ab, four concurrent 64 MiB downloads from nginx, medians of five interleaved runs
+/// on a busy 2-core machine), CPU per 64 MiB of the proxy / the backend / the client:
+/// 64 KiB (the kernel's default) 28 / 11 / 21 ms; 256 KiB 24 / 12 / 20 ms, with more MB/s;
+/// 1 MiB 16 / 18 / 35 ms, with less MB/s and less even sessions. Bigger pipes hand the
+/// destination more at once, which lowers the proxy's own CPU, but past 256 KiB that
+/// mostly moves work onto the peers (on loopback the sender's socket pays for the receiver;
+/// a large queued burst is sent from the receiver's acknowledgements instead) and the
+/// machine as a whole does more. 256 KiB is also what lets an unprivileged user's pipe
+/// quota (64 MiB, `/proc/sys/fs/pipe-user-pages-soft`) hold the default 256 pipes, and what
+/// a stalled reader pins at most in its direction's pipe (on top of the socket buffers the
+/// kernel keeps for any connection).
+pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// A pipe smaller than this is not worth splicing through (the kernel gives 8 KiB pipes to
 /// a user past its pipe quota, `/proc/sys/fs/pipe-user-pages-soft`): the pool stops making
