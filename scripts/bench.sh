@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark tcplb side by side with HAProxy and nginx stream on loopback.
+# Benchmark tcplb side by side with HAProxy (with and without splice) and nginx stream on
+# loopback.
 # Run `scripts/bench.sh --help` for what it does and needs.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ HELPERS=$SCRIPT_DIR/bench
 COMMAND="$0"
 for arg in "$@"; do COMMAND+=" $(printf '%q' "$arg")"; done
 if [[ -n ${TCPLB_BIN:-} ]]; then COMMAND="TCPLB_BIN=$(printf '%q' "$TCPLB_BIN") $COMMAND"; fi
+if [[ -n ${TCPLB_BASE_BIN:-} ]]; then COMMAND="TCPLB_BASE_BIN=$(printf '%q' "$TCPLB_BASE_BIN") $COMMAND"; fi
 if [[ -n ${TCPLB_ARGS:-} ]]; then COMMAND="TCPLB_ARGS=$(printf '%q' "$TCPLB_ARGS") $COMMAND"; fi
 # Extra tcplb flags (word-split on purpose), e.g. TCPLB_ARGS='--buffer-size 64k'.
 read -r -a TCPLB_EXTRA <<<"${TCPLB_ARGS:-}"
@@ -19,10 +21,15 @@ usage() {
     cat <<EOF
 Usage: $(basename "$0") [--quick] [--rounds N] [--base-port PORT] [--install]
 
-Benchmarks tcplb against HAProxy (mode tcp, leastconn) and nginx stream (least_conn)
-on loopback, all forwarding to the same 4 nginx HTTP backends, plus ab straight to
-one backend ("direct") as the baseline. Prints a Markdown table on stdout and saves
-it with the raw per-round numbers under bench-results/ in the repo.
+Benchmarks tcplb against HAProxy (mode tcp, leastconn), HAProxy with splice forced
+on ("HAProxy splice": option splice-request + option splice-response) and nginx
+stream (least_conn) on loopback, all forwarding to the same 4 nginx HTTP backends,
+plus ab straight to one backend ("direct") as the baseline; with TCPLB_BASE_BIN,
+also a second tcplb build ("tcplb base", say the main branch) in the same run.
+Prints a Markdown table on stdout and saves it with the raw per-round numbers under
+bench-results/ in the repo. After the rounds it checks which proxies spliced: the
+kernel pipes each holds (/proc/PID/fd) and, where strace is installed, the splice
+calls each makes during one more bulk request.
 
 Scenarios (targets interleaved round by round, medians over the rounds):
   startup    proxy RSS right after start, before any traffic
@@ -36,7 +43,7 @@ Options:
   --quick          smoke run: 1 round, a tenth of the requests, bulk -n 8,
                    500 idle connections (well under a minute)
   --rounds N       rounds to run (default 3; 1 with --quick)
-  --base-port P    ports used: P+1..P+4 backends, P+10..P+12 proxies (default 28100)
+  --base-port P    ports used: P+1..P+4 backends, P+10..P+14 proxies (default 28100)
   --install        apt-get install whatever is missing (needs root)
   --multicore [--quick] [--rounds N]
                    instead: tcplb --workers 1 and 2, HAProxy nbthread 2, nginx stream
@@ -48,6 +55,10 @@ Environment:
   TCPLB_ARGS       extra flags for tcplb, e.g. TCPLB_ARGS='--buffer-size 64k'
   TCPLB_BIN        tcplb binary to benchmark; if unset, the script runs
                    'cargo build --release' in the repo and uses target/release/tcplb
+  TCPLB_BASE_BIN   another tcplb binary to run beside it as "tcplb base" (same
+                   TCPLB_ARGS), e.g. a release build of main before a change:
+                     git worktree add /tmp/base main && (cd /tmp/base &&
+                     cargo build --release) && TCPLB_BASE_BIN=/tmp/base/target/release/tcplb
 
 Needs (Debian 12): apache2-utils (ab), nginx-light, libnginx-mod-stream, haproxy,
 util-linux (taskset), procps (pgrep), python3; at least 2 CPUs; an open-files
@@ -122,9 +133,15 @@ declare -A PORT=(
     [haproxy]=$((BASE_PORT + 10))
     [nginx]=$((BASE_PORT + 11))
     [tcplb]=$((BASE_PORT + 12))
+    [haproxy-splice]=$((BASE_PORT + 13))
+    [tcplb-base]=$((BASE_PORT + 14))
 )
-TARGETS=(direct haproxy nginx tcplb)
-PROXIES=(haproxy nginx tcplb)
+TARGETS=(direct haproxy haproxy-splice nginx tcplb)
+PROXIES=(haproxy haproxy-splice nginx tcplb)
+if [[ -n ${TCPLB_BASE_BIN:-} ]]; then
+    TARGETS+=(tcplb-base)
+    PROXIES+=(tcplb-base)
+fi
 
 # ---------------------------------------------------------------------------
 # Dependencies
@@ -214,6 +231,9 @@ else
     TCPLB=$ROOT/target/release/tcplb
     TCPLB_ORIGIN="release build of git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 fi
+if [[ -n ${TCPLB_BASE_BIN:-} ]]; then
+    [[ -x $TCPLB_BASE_BIN ]] || die "TCPLB_BASE_BIN=$TCPLB_BASE_BIN is not an executable file"
+fi
 
 # ---------------------------------------------------------------------------
 # Ports, temp dir, clean-up
@@ -225,7 +245,8 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
-for p in "${BACKEND_PORTS[@]}" "${PORT[haproxy]}" "${PORT[nginx]}" "${PORT[tcplb]}"; do
+for p in "${BACKEND_PORTS[@]}" "${PORT[haproxy]}" "${PORT[haproxy-splice]}" "${PORT[nginx]}" \
+    "${PORT[tcplb]}" "${PORT[tcplb-base]}"; do
     if port_busy "$p"; then
         die "port $p on 127.0.0.1 is busy (pick other ports with --base-port)"
     fi
@@ -279,7 +300,7 @@ run_client() {
 taskset -cp "$CLIENT_CPU" $$ >/dev/null
 
 chmod 755 "$TMP" # nginx workers run as an unprivileged user and read www/
-mkdir -p "$TMP/www" "$TMP/backend" "$TMP/stream" "$TMP/haproxy"
+mkdir -p "$TMP/www" "$TMP/backend" "$TMP/stream" "$TMP/haproxy" "$TMP/haproxy-splice"
 head -c "$BIG_BYTES" /dev/urandom >"$TMP/www/big"
 chmod 644 "$TMP/www/big"
 RAW=$TMP/raw.jsonl
@@ -378,6 +399,19 @@ backend be
 $haproxy_servers
 EOF
 
+# The same with splice forced on for both directions (option splice-auto does not engage
+# in this test). Pipes cost 2 fds each: maxpipes 256 (tcplb's default --pipes) keeps
+# maxconn 9500 within the 20000 open files.
+sed -e '0,/^    maxconn 9500$/s//    maxconn 9500\n    maxpipes 256/' \
+    -e "s|$TMP/haproxy/|$TMP/haproxy-splice/|" \
+    -e "s|127.0.0.1:${PORT[haproxy]}$|127.0.0.1:${PORT[haproxy-splice]}|" \
+    -e 's|^    timeout server 300s$|    timeout server 300s\n    option splice-request\n    option splice-response|' \
+    "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy-splice/haproxy.cfg"
+if ! grep -q 'option splice-response' "$TMP/haproxy-splice/haproxy.cfg" ||
+    ! grep -q 'maxpipes 256' "$TMP/haproxy-splice/haproxy.cfg"; then
+    die "could not write the HAProxy splice configuration"
+fi
+
 # ---------------------------------------------------------------------------
 # Start-up and readiness
 
@@ -473,11 +507,13 @@ wait_ready "backend nginx" "$BACKEND_PID" "${LOGS[backend]}" "${BACKEND_PORTS[@]
 if ! w=$(nginx_worker "$BACKEND_PID"); then die "backend nginx started no worker"; fi
 PIDS+=("$w")
 
-log "starting HAProxy on :${PORT[haproxy]}, nginx stream on :${PORT[nginx]}, tcplb on :${PORT[tcplb]} (CPU $PROXY_CPU)"
-LOGS[haproxy]=$TMP/haproxy/haproxy.log
-taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy/haproxy.cfg" >"${LOGS[haproxy]}" 2>&1 &
-PIDS+=("$!")
-PROXY_PIDS[haproxy]=$!
+log "starting HAProxy on :${PORT[haproxy]} (with splice on :${PORT[haproxy-splice]}), nginx stream on :${PORT[nginx]}, tcplb on :${PORT[tcplb]} (CPU $PROXY_CPU)"
+for h in haproxy haproxy-splice; do
+    LOGS[$h]=$TMP/$h/haproxy.log
+    taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/$h/haproxy.cfg" >"${LOGS[$h]}" 2>&1 &
+    PIDS+=("$!")
+    PROXY_PIDS[$h]=$!
+done
 
 LOGS[nginx]=$TMP/stream/stdout.log
 taskset -c "$PROXY_CPU" nginx -p "$TMP/stream" -c "$TMP/stream/nginx.conf" -e "$TMP/stream/error.log" \
@@ -491,6 +527,16 @@ env RUST_LOG=warn taskset -c "$PROXY_CPU" "$TCPLB" --listen "127.0.0.1:${PORT[tc
     >"${LOGS[tcplb]}" 2>&1 &
 PIDS+=("$!")
 PROXY_PIDS[tcplb]=$!
+
+if [[ -n ${TCPLB_BASE_BIN:-} ]]; then
+    log "starting tcplb base ($TCPLB_BASE_BIN) on :${PORT[tcplb-base]}"
+    LOGS[tcplb-base]=$TMP/tcplb-base.log
+    env RUST_LOG=warn taskset -c "$PROXY_CPU" "$TCPLB_BASE_BIN" --listen "127.0.0.1:${PORT[tcplb-base]}" \
+        ${TCPLB_EXTRA[@]+"${TCPLB_EXTRA[@]}"} "${tcplb_backends[@]}" \
+        >"${LOGS[tcplb-base]}" 2>&1 &
+    PIDS+=("$!")
+    PROXY_PIDS[tcplb-base]=$!
+fi
 
 for t in "${PROXIES[@]}"; do
     wait_ready "$t" "${PROXY_PIDS[$t]}" "${LOGS[$t]}" "${PORT[$t]}"
@@ -596,6 +642,54 @@ check_alive
 ELAPSED=$((SECONDS - START))
 
 # ---------------------------------------------------------------------------
+# Which proxies spliced: the kernel pipes each holds now (/proc/PID/fd; pipes are kept for
+# reuse once made) and, where strace is installed, the splice calls each makes during one
+# more bulk request (after the measured runs: strace slows a process down).
+
+pipe_fds() { # PID...: how many of their descriptors are pipes
+    local p n=0 f
+    for p in "$@"; do
+        for f in /proc/"$p"/fd/*; do
+            [[ $(readlink "$f" 2>/dev/null) == pipe:* ]] && n=$((n + 1))
+        done
+    done
+    echo "$n"
+}
+
+traced() { # PID...: true once every one of them has a tracer
+    local p
+    for p in "$@"; do
+        awk '/^TracerPid:/ { exit ($2 == 0) }' "/proc/$p/status" || return 1
+    done
+}
+
+SPLICE_CHECK_N=2
+for t in "${PROXIES[@]}"; do
+    read -r -a pids <<<"${PROXY_PIDS[$t]}"
+    pipes=$(pipe_fds "${pids[@]}")
+    calls=null
+    if command -v strace >/dev/null; then
+        out=$TMP/strace-$t.out
+        strace_args=()
+        for p in "${pids[@]}"; do strace_args+=(-p "$p"); done
+        strace -f -c -e trace=splice -o "$out" "${strace_args[@]}" 2>/dev/null &
+        tracer=$!
+        for ((i = 0; i < 100; i++)); do
+            traced "${pids[@]}" && break
+            sleep 0.05
+        done
+        taskset -c "$CLIENT_CPU" ab -q -k -n "$SPLICE_CHECK_N" -c 1 "http://127.0.0.1:${PORT[$t]}/big" \
+            >"$TMP/ab-splice-check-$t.out" 2>&1 || true
+        kill -INT "$tracer" 2>/dev/null
+        wait "$tracer" 2>/dev/null || true
+        calls=$(awk '$NF == "splice" { print $4; found = 1 } END { if (!found) print 0 }' "$out" 2>/dev/null || echo null)
+    fi
+    printf '{"scenario": "splice_check", "target": "%s", "round": 0, "pipe_fds": %s, "splice_calls": %s, "requests": %s}\n' \
+        "$t" "$pipes" "$calls" "$SPLICE_CHECK_N" >>"$RAW"
+    log "splice check $t: $pipes pipe fds; splice calls for $SPLICE_CHECK_N x 64 MiB: $calls"
+done
+
+# ---------------------------------------------------------------------------
 # Report
 
 mkdir -p "$ROOT/bench-results"
@@ -613,6 +707,7 @@ python3 "$HELPERS/report.py" table --raw "$RAW" --out "$OUT" \
     --meta "kernel=$(uname -r)" \
     --meta "os=$os" \
     --meta "haproxy=$(haproxy -v | head -n1 | awk '{ print "HAProxy " $3 }')" \
+    --meta "tcplb_base=${TCPLB_BASE_BIN:+$("$TCPLB_BASE_BIN" --version) (TCPLB_BASE_BIN=$TCPLB_BASE_BIN)}" \
     --meta "nginx=$(nginx -v 2>&1 | sed 's|.*nginx/|nginx |')" \
     --meta "tcplb=$("$TCPLB" --version) ($TCPLB_ORIGIN)" \
     --meta "ab=$(ab -V | head -n1 | awk '{ print "ApacheBench " $5 }')" \

@@ -21,10 +21,14 @@ import re
 import statistics
 import sys
 
-TARGETS = ["direct", "haproxy", "nginx", "tcplb"]
-TARGET_TITLES = {"direct": "direct", "haproxy": "HAProxy", "nginx": "nginx stream",
-                 "tcplb": "tcplb"}
-PROXIES = ["haproxy", "nginx", "tcplb"]
+ALL_TARGETS = ["direct", "haproxy", "haproxy-splice", "nginx", "tcplb", "tcplb-base"]
+TARGET_TITLES = {"direct": "direct", "haproxy": "HAProxy", "haproxy-splice": "HAProxy splice",
+                 "nginx": "nginx stream", "tcplb": "tcplb", "tcplb-base": "tcplb base"}
+# Ratio columns: tcplb ÷ each of these (those present in the run).
+RATIO_TO = ["haproxy", "haproxy-splice", "nginx", "tcplb-base"]
+RATIO_TITLES = {"haproxy": "tcplb/HAProxy", "haproxy-splice": "tcplb/HAProxy splice",
+                "nginx": "tcplb/nginx", "tcplb-base": "tcplb/base"}
+TARGETS = list(ALL_TARGETS)  # narrowed to the targets in the raw records by load_raw
 EXIT_FAILURES = 3  # `table` exit status when some requests failed
 
 # ---------------------------------------------------------------------------
@@ -73,6 +77,9 @@ def cmd_ab(args):
         rec["cpu_us_per_req"] = cpu_s * 1e6 / complete if complete else None
         mib = (r["total_bytes"] or 0) / 2**20
         rec["mib_per_cpu_s"] = mib / cpu_s if cpu_s > 0 else None
+        rec["cpu_ms_per_64mib"] = cpu_s * 1000 / (mib / 64) if mib > 0 else None
+    if r["p50_ms"] and r["p99_ms"] is not None:
+        rec["p99_over_p50"] = r["p99_ms"] / r["p50_ms"]
     print(json.dumps(rec))
 
 
@@ -128,8 +135,9 @@ ROWS = [
     ("bulk", "MiB/s ↑", "mibps", "median", False),
     ("bulk", "p50 ms ↓", "p50_ms", "median", False),
     ("bulk", "p99 ms ↓", "p99_ms", "median", False),
+    ("bulk", "p99 / p50 (fairness) ↓", "p99_over_p50", "median", False),
     ("bulk", "failed requests (all rounds)", "failed", "sum", False),
-    ("bulk", "proxy CPU µs/req ↓", "cpu_us_per_req", "median", False),
+    ("bulk", "proxy CPU ms per 64 MiB ↓", "cpu_ms_per_64mib", "median", True),
     ("bulk", "MiB moved per proxy CPU-s ↑", "mib_per_cpu_s", "median", True),
     ("idle", "proxy RSS MiB before ↓", "rss_before_mib", "median", False),
     ("idle", "proxy RSS MiB with conns open ↓", "rss_open_mib", "median", False),
@@ -150,6 +158,8 @@ def load_raw(path):
         for k in ("rss_kib", "rss_before_kib", "rss_open_kib"):
             if r.get(k) is not None:
                 r[k.replace("_kib", "_mib")] = r[k] / 1024
+    present = {r["target"] for r in recs}
+    TARGETS[:] = [t for t in ALL_TARGETS if t in present]
     return recs
 
 
@@ -205,7 +215,8 @@ def spread(vals):
 
 def render(meta, recs, agg):
     L = []
-    L.append(f"## tcplb vs HAProxy vs nginx stream — {meta.get('date', '')}")
+    L.append(f"## tcplb vs HAProxy (with and without splice) vs nginx stream — "
+             f"{meta.get('date', '')}")
     L.append("")
     L.append(f"- Machine: {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, "
              f"{meta.get('mem', '?')} RAM, Linux {meta.get('kernel', '?')}, "
@@ -224,26 +235,24 @@ def render(meta, recs, agg):
              f"(64 MiB file); idle = {meta.get('idle_conns', '?')} idle HTTP/1.1 "
              f"keep-alive connections held open")
     L.append("")
+    ratio_to = [t for t in RATIO_TO if t in TARGETS]
     head = ["scenario", "metric"] + [TARGET_TITLES[t] for t in TARGETS] + \
-        ["tcplb/HAProxy", "tcplb/nginx"]
+        [RATIO_TITLES[t] for t in ratio_to]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|")
     for scenario, title, key, how, headline in ROWS:
         vals = {t: agg.get((scenario, key, how, t), (None, []))[0] for t in TARGETS}
         if all(v is None for v in vals.values()):
             continue
+        cells = [fmt(vals[t]) for t in TARGETS]
         if how == "sum":
-            cells = [fmt(vals[t]) for t in TARGETS]
-            r_h = r_n = ""
+            ratios = ["" for _ in ratio_to]
         else:
-            cells = [fmt(vals[t]) for t in TARGETS]
-            r_h = ratio(vals["tcplb"], vals["haproxy"])
-            r_n = ratio(vals["tcplb"], vals["nginx"])
+            ratios = [ratio(vals.get("tcplb"), vals[t]) for t in ratio_to]
         if headline:
             title = f"**{title}**"
-            r_h = f"**{r_h}**" if r_h not in ("", "-") else r_h
-            r_n = f"**{r_n}**" if r_n not in ("", "-") else r_n
-        L.append("| " + " | ".join([scenario, title] + cells + [r_h, r_n]) + " |")
+            ratios = [f"**{r}**" if r not in ("", "-") else r for r in ratios]
+        L.append("| " + " | ".join([scenario, title] + cells + ratios) + " |")
     L.append("")
 
     # Round-to-round spread of the headline figures.
@@ -262,6 +271,22 @@ def render(meta, recs, agg):
             L.append(f"| {scenario} | {title} | " + " | ".join(cells) + " |")
         L.append("")
 
+    checks = [r for r in recs if r["scenario"] == "splice_check"]
+    if checks:
+        L.append("Splice check, after the rounds: kernel pipes each proxy holds (from "
+                 "/proc/PID/fd), and the `splice` calls it made (strace -f -c) during "
+                 f"{checks[0].get('requests', '?')} more bulk requests:")
+        L.append("")
+        L.append("| proxy | pipe fds | splice calls |")
+        L.append("|---|---:|---:|")
+        for t in TARGETS:
+            for r in checks:
+                if r["target"] == t:
+                    calls = r.get("splice_calls")
+                    L.append(f"| {TARGET_TITLES[t]} | {r.get('pipe_fds')} | "
+                             f"{'-' if calls is None else fmt(calls)} |")
+        L.append("")
+
     ticks = [r["cpu_ticks"] for r in recs if r.get("cpu_ticks") is not None]
     L.append("Notes:")
     L.append("- ↑ higher is better, ↓ lower is better; ratios are tcplb ÷ the other proxy "
@@ -269,8 +294,11 @@ def render(meta, recs, agg):
     L.append(f"- Each proxy runs alone on CPU {meta.get('proxy_cpu', '1')} (`taskset`); "
              f"the nginx backends, ab and the idle client share CPU "
              f"{meta.get('client_cpu', '0')}. HAProxy: `mode tcp`, `balance leastconn`, "
-             "`nbthread 1`; nginx stream: `least_conn`, `worker_processes 1`; tcplb: "
-             "defaults. All forward to the same 4 nginx backends on loopback.")
+             "`nbthread 1`; HAProxy splice: the same plus `option splice-request`, "
+             "`option splice-response` and `maxpipes 256`; nginx stream: `least_conn`, "
+             "`worker_processes 1`; tcplb: defaults"
+             + (f" (tcplb base: {meta['tcplb_base']})" if meta.get("tcplb_base") else "")
+             + ". All forward to the same 4 nginx backends on loopback.")
     L.append("- Proxy CPU = utime + stime from /proc/PID/stat, after − before each ab run "
              f"(CLK_TCK={meta.get('clk_tck', '?')}, i.e. "
              f"{1000 // int(meta.get('clk_tck', '100'))} ms resolution"
