@@ -782,6 +782,10 @@ fn one_session_switches_to_splice_for_bulk_and_back_for_small_exchanges_both_way
         after_small.0 - after_bulk.0 <= 200.0 && after_small.1 - after_bulk.1 <= 200.0,
         "small exchanges after bulk: {after_bulk:?} -> {after_small:?}"
     );
+    wait_until(
+        || held(&tcplb) == (0.0, 0.0),
+        || format!("between small exchanges the session holds {:?}", held(&tcplb)),
+    );
 
     // And bulk again.
     bulk_exchange(&mut stream, 20, 32 * MIB);

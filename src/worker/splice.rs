@@ -396,6 +396,7 @@ mod tests {
         send_and_deliver(&mut rig, bytes(4, 100));
         assert!(!rig.dir.splicing(), "back on the buffer path");
         assert!(rig.dir.spliced() <= bulk_spliced + 200);
+        assert_eq!(rig.pipes.used(), 0, "the last pipe went back once empty");
         let spliced = rig.dir.spliced();
         for seed in 5..20 {
             send_and_deliver(&mut rig, bytes(seed, 100));
