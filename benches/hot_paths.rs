@@ -1,7 +1,7 @@
-//! Micro-benchmarks of the hot paths (divan): the buffer pool, selection with every
-//! `--balance` algorithm over 4 / 64 / 1024 backends (a pick, the lease, its release), the
-//! PROXY protocol decoder and encoder, and a loopback echo round trip through a real
-//! worker.
+//! Micro-benchmarks of the hot paths (divan): the buffer pool, the kernel pipe pool,
+//! selection with every `--balance` algorithm over 4 / 64 / 1024 backends (a pick, the
+//! lease, its release), the PROXY protocol decoder and encoder, and a loopback echo round
+//! trip through a real worker.
 //!
 //! Run with `cargo bench`. These measure our own code in isolation; whole-system figures
 //! against HAProxy and nginx come from `scripts/bench.sh`.
@@ -19,6 +19,7 @@ use tcplb::fleet::lease::Lease;
 use tcplb::fleet::select::maglev::build_table;
 use tcplb::fleet::select::{Balance, HashSettings, PickRequest};
 use tcplb::proxy_protocol::{self, Version};
+use tcplb::worker::pipes::{PIPE_SIZE, PipePool};
 use tcplb::worker::pool::Pool;
 
 fn main() {
@@ -53,6 +54,23 @@ fn pool_take_give(bencher: divan::Bencher) {
         let buf = pool.take();
         if let Some(buf) = divan::black_box(buf) {
             pool.give(buf);
+        }
+    });
+}
+
+/// Taking a pipe and giving it back: what every splice read costs the pipe pool (once made,
+/// a pipe is reused).
+#[divan::bench]
+fn pipe_pool_take_give(bencher: divan::Bencher) {
+    let mut pipes = PipePool::new(256, Some(PIPE_SIZE));
+    // Made once, before timing.
+    if let Some(pipe) = pipes.take() {
+        pipes.give(pipe);
+    }
+    bencher.bench_local(|| {
+        let pipe = pipes.take();
+        if let Some(pipe) = divan::black_box(pipe) {
+            pipes.give(pipe);
         }
     });
 }
