@@ -784,7 +784,12 @@ fn one_session_switches_to_splice_for_bulk_and_back_for_small_exchanges_both_way
     );
     wait_until(
         || held(&tcplb) == (0.0, 0.0),
-        || format!("between small exchanges the session holds {:?}", held(&tcplb)),
+        || {
+            format!(
+                "between small exchanges the session holds {:?}",
+                held(&tcplb)
+            )
+        },
     );
 
     // And bulk again.
