@@ -21,8 +21,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 /// The size asked of each pipe (`F_SETPIPE_SZ`). Measured through `scripts/bench.sh`'s bulk
 /// load (ab, four concurrent 64 MiB downloads from nginx, medians of five interleaved runs
 /// on a busy 2-core machine), CPU per 64 MiB of the proxy / the backend / the client:
-/// 64 KiB (the kernel's default) 28 / 11 / 21 ms; 256 KiB 24 / 12 / 20 ms, with more MB/s;
-/// 1 MiB 16 / 18 / 35 ms, with less MB/s and less even sessions. Bigger pipes hand the
+/// 64 KiB (the kernel's default) 28 / 11 / 21 ms; 256 KiB 24 / 12 / 21 ms, as many MB/s;
+/// 1 MiB 16 / 18 / 35 ms, a quarter fewer MB/s and less even sessions. Bigger pipes hand the
 /// destination more at once, which lowers the proxy's own CPU, but past 256 KiB that
 /// mostly moves work onto the peers (on loopback the sender's socket pays for the receiver;
 /// a large queued burst is sent from the receiver's acknowledgements instead) and the
