@@ -188,30 +188,10 @@ impl Selector for LeastActive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::backend::ResolvedBackend;
     use crate::fleet::health::BreakerPolicy;
-    use std::net::SocketAddr;
     use std::time::Duration;
 
-    fn members(weights: &[u32]) -> Vec<Arc<Backend>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| {
-                let addr = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80));
-                Arc::new(Backend::new(
-                    i as u64,
-                    &ResolvedBackend {
-                        addr,
-                        name: addr.to_string(),
-                        weight,
-                        backup: false,
-                        send_proxy: None,
-                    },
-                ))
-            })
-            .collect()
-    }
+    use crate::fleet::select::testing::members;
 
     fn request(tried: &[u64]) -> PickRequest<'_> {
         PickRequest {
