@@ -1,6 +1,6 @@
 //! The socket seam of the data path: what a direction needs from a connected socket, as a
 //! trait, so directions and sessions run against real TCP streams in production and against
-//! scripted ones (`scripted::Scripted`, in the unit tests) in unit tests (partial writes, EOF, resets,
+//! scripted ones (`scripted::Scripted`) in unit tests (partial writes, EOF, resets,
 //! `WouldBlock`, in any order, in milliseconds).
 //!
 //! The splice path needs the kernel's descriptor itself ([`Stream::splice_fd`]); a scripted
