@@ -145,10 +145,22 @@ impl Install {
 
     /// Puts `content` at `name` with permissions `mode`, the way an operator replaces a
     /// binary in use: written beside it, then renamed over it.
+    ///
+    /// The file that will be executed is written by `cp`, not by this process: a file this
+    /// process had open for writing would be inherited by every child another test forks
+    /// meanwhile, and executing it then fails with "Text file busy" until they exec.
     fn put(&self, name: &str, content: &[u8], mode: u32) -> PathBuf {
         let path = self.path(name);
+        let source = self.path(&format!(".{name}.src"));
         let temp = self.path(&format!(".{name}.new"));
-        std::fs::write(&temp, content).expect("write");
+        std::fs::write(&source, content).expect("write");
+        let copied = std::process::Command::new("cp")
+            .arg(&source)
+            .arg(&temp)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "cp {}", source.display());
+        let _ = std::fs::remove_file(&source);
         std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).expect("chmod");
         std::fs::rename(&temp, &path).expect("rename into place");
         path
