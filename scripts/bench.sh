@@ -47,8 +47,9 @@ Options:
   --install        apt-get install whatever is missing (needs root)
   --multicore [--quick] [--rounds N]
                    instead: tcplb --workers 1 and 2, HAProxy nbthread 2, nginx stream
-                   worker_processes 2 with and without a shared zone, on every CPU: CPU
-                   per request and balance error (scripts/bench/multicore.sh)
+                   worker_processes 2 with and without a shared zone, tcplb and nginx with
+                   8 workers, on every CPU: CPU per request and balance error
+                   (scripts/bench/multicore.sh)
   -h, --help       show this help
 
 Environment:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The multi-core run of scripts/bench.sh (scripts/bench.sh --multicore): tcplb with 1 and 2
 # workers, HAProxy with nbthread 2, nginx stream with worker_processes 2 without and with a
-# shared `zone`, side by side on the same CPUs (all of them), each forwarding to the same 4
-# nginx HTTP backends. Reports per proxy its CPU per request and its balance error: the
+# shared `zone`, and tcplb and nginx (no zone) with 8 workers, side by side on the same CPUs
+# (all of them), each forwarding to the same 4 nginx HTTP backends. Reports per proxy its CPU per request and its balance error: the
 # backends' ESTABLISHED connection counts are sampled every 50 ms during each run
 # (scripts/bench/balance.py) and the mean of max - min over the backends is reported.
 set -euo pipefail
@@ -72,8 +72,11 @@ trap cleanup EXIT
 
 BACKENDS=($((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 3)) $((BASE_PORT + 4)))
 declare -A PORT=([tcplb-1w]=$((BASE_PORT + 10)) [tcplb-2w]=$((BASE_PORT + 11))
-    [haproxy-2t]=$((BASE_PORT + 12)) [nginx-2w]=$((BASE_PORT + 13)) [nginx-2w-zone]=$((BASE_PORT + 14)))
-TARGETS=(tcplb-1w tcplb-2w haproxy-2t nginx-2w nginx-2w-zone)
+    [haproxy-2t]=$((BASE_PORT + 12)) [nginx-2w]=$((BASE_PORT + 13)) [nginx-2w-zone]=$((BASE_PORT + 14))
+    [tcplb-8w]=$((BASE_PORT + 15)) [nginx-8w]=$((BASE_PORT + 16)))
+# The 8-worker pair shows what counting per worker does once each worker holds only a few
+# of the connections (on 2 CPUs, so for balance, not for speed).
+TARGETS=(tcplb-1w tcplb-2w haproxy-2t nginx-2w nginx-2w-zone tcplb-8w nginx-8w)
 declare -A TPIDS
 
 mkdir -p "$TMP/backend" "$TMP/www"
@@ -98,14 +101,15 @@ for i in "${!BACKENDS[@]}"; do
     upstream+="server 127.0.0.1:${BACKENDS[i]}; "
     hservers+="    server b$i 127.0.0.1:${BACKENDS[i]}"$'\n'
 done
-for variant in nginx-2w nginx-2w-zone; do
-    zone=""
+for variant in nginx-2w nginx-2w-zone nginx-8w; do
+    zone="" processes=2
     [[ $variant == nginx-2w-zone ]] && zone="zone backends 64k;"
+    [[ $variant == nginx-8w ]] && processes=8
     mkdir -p "$TMP/$variant"
     {
         [[ -n $STREAM_MODULE ]] && echo "load_module $STREAM_MODULE;"
         cat <<CONF
-worker_processes 2;
+worker_processes $processes;
 worker_rlimit_nofile 20000;
 daemon off;
 pid $TMP/$variant/nginx.pid;
@@ -143,7 +147,7 @@ PIDS+=($!)
 TPIDS[haproxy-2t]=$!
 backends=()
 for p in "${BACKENDS[@]}"; do backends+=("127.0.0.1:$p"); done
-for w in 1 2; do
+for w in 1 2 8; do
     RUST_LOG=warn taskset -c "$ALL_CPUS" "$TCPLB" --listen "127.0.0.1:${PORT[tcplb-${w}w]}" --workers "$w" \
         "${backends[@]}" >"$TMP/tcplb-$w.log" 2>&1 &
     PIDS+=($!)
@@ -151,7 +155,7 @@ for w in 1 2; do
 done
 sleep 1
 # nginx: the workers do the work; count the master and its workers.
-for variant in nginx-2w nginx-2w-zone; do
+for variant in nginx-2w nginx-2w-zone nginx-8w; do
     TPIDS[$variant]+=" $(pgrep -P "${TPIDS[$variant]}" | tr '\n' ' ')"
 done
 
@@ -211,7 +215,7 @@ recs = [json.loads(l) for l in open(raw)]
 med = lambda xs: statistics.median(xs) if xs else None
 def agg(s, t, k):
     return med([r[k] for r in recs if r["scenario"] == s and r["target"] == t and r[k] is not None])
-targets = ["tcplb-1w", "tcplb-2w", "haproxy-2t", "nginx-2w", "nginx-2w-zone"]
+targets = ["tcplb-1w", "tcplb-2w", "haproxy-2t", "nginx-2w", "nginx-2w-zone", "tcplb-8w", "nginx-8w"]
 print(f"Multi-core run: {cpus} CPUs shared by every proxy, the backends and ab; {rounds} round(s), medians.")
 print(f"conn = ab -n {conn_n} -c 50 (a new connection per request); keepalive = ab -k -n {ka_n} -c 50.")
 print("Balance error: the backends' ESTABLISHED connections sampled every 50 ms, mean of max - min.\n")
