@@ -162,7 +162,7 @@ fn notes(spec: &ResolvedBackend) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fleet::health::BreakerPolicy;
     use crate::fleet::select::PickRequest;
@@ -176,7 +176,8 @@ mod tests {
         checks: None,
     };
 
-    fn spec(port: u16, weight: u32, backup: bool) -> ResolvedBackend {
+    /// `127.0.0.1:port` with these options (also the fleet tests' fixture).
+    pub(crate) fn spec(port: u16, weight: u32, backup: bool) -> ResolvedBackend {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         ResolvedBackend {
             addr,

@@ -429,7 +429,6 @@ mod tests {
     use crate::fleet::backend::{ResolvedBackend, State};
     use crate::fleet::builder::Builder;
     use select::Balance;
-    use std::net::SocketAddr;
     use std::time::Duration;
 
     const BREAKER: BreakerPolicy = BreakerPolicy {
@@ -438,16 +437,7 @@ mod tests {
     };
     const S: u64 = 1000;
 
-    fn spec(port: u16, weight: u32, backup: bool) -> ResolvedBackend {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        ResolvedBackend {
-            addr,
-            name: addr.to_string(),
-            weight,
-            backup,
-            send_proxy: None,
-        }
-    }
+    use crate::fleet::builder::tests::spec;
 
     fn fleet_of(specs: &[ResolvedBackend], checks: Option<CheckPolicy>) -> Arc<Fleet> {
         let policy = Policy {
