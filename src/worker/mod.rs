@@ -24,6 +24,8 @@
 pub mod accept;
 pub mod direction;
 pub mod duplex;
+pub mod env;
+pub mod handle;
 pub mod pipes;
 pub mod pool;
 pub mod proxy_header;
@@ -36,23 +38,26 @@ use crate::admin::access_log::AccessLogBatch;
 use crate::clock;
 use crate::fleet::Fleet;
 use crate::fleet::backend::Backend;
-use crate::logging::{Throttle, suppressed_note};
+use crate::logging::suppressed_note;
 use crate::stats::{EndReason, SessionSummary, WorkerStats};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use pipes::PipePool;
 use pool::Pool;
 use session::{Report, Session};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime};
 use timer::{TimerId, Timers};
+
+pub(crate) use env::lend_env;
+pub use env::{ConnId, Env, Settings, Throttles, TimerKey};
+pub use handle::{Command, Handle, Shared, WORKER_GONE, WorkerConfig};
 
 const INBOX: Token = Token(usize::MAX);
 /// Listener `i` has the token `LISTENERS_TOP - i`. Session tokens never come this high:
@@ -63,175 +68,6 @@ pub const MAX_LISTENERS: usize = 1024;
 
 /// Events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 1024;
-
-/// A session's slot in the worker's slab plus a generation, so an event or timer meant
-/// for a session that has ended is never delivered to the next one in the same slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnId {
-    pub slot: u32,
-    pub generation: u32,
-}
-
-// Tokens pack a generation into the upper half of the word.
-const _: () = assert!(usize::BITS >= 64, "tcplb needs a 64-bit target");
-
-impl ConnId {
-    /// The poll token of one of the session's sockets (`socket` is 0 or 1): generation,
-    /// slot and socket packed in one word. Tokens at the very top of the range are left to
-    /// the worker's own sockets.
-    pub fn token(self, socket: usize) -> Token {
-        Token(((self.generation as usize) << 32) | ((self.slot as usize) << 1) | (socket & 1))
-    }
-
-    /// The session and socket (0 or 1) a token names.
-    pub fn from_token(token: Token) -> (ConnId, usize) {
-        let id = ConnId {
-            slot: ((token.0 >> 1) & 0x7fff_ffff) as u32,
-            generation: (token.0 >> 32) as u32,
-        };
-        (id, token.0 & 1)
-    }
-}
-
-/// What a worker's timer is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimerKey {
-    /// A session's connect or idle timeout.
-    Conn(ConnId),
-    /// Accepting was paused for lack of descriptors: try again.
-    ResumeAccept,
-    /// A backend's breaker cool-down is over: let its selector see it again (index into
-    /// the worker's cool-down list).
-    Cooldown(usize),
-}
-
-/// Settings the sessions read.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub connect_timeout: Duration,
-    pub retries: u32,
-    pub idle_timeout: Option<Duration>,
-    pub max_conns: usize,
-    /// `--accept-proxy`: clients start with a PROXY protocol header due within this long.
-    pub accept_proxy: Option<Duration>,
-}
-
-/// Warnings that come in bursts, one throttle each.
-#[derive(Debug, Default)]
-pub struct Throttles {
-    pub accept: Throttle,
-    pub fds: Throttle,
-    pub no_backend: Throttle,
-    pub pipes: Throttle,
-    pub shed: Throttle,
-    pub proxy: Throttle,
-}
-
-/// What a session borrows from its worker while a handler runs.
-pub struct Env<'a> {
-    pub registry: &'a Registry,
-    pub pool: &'a mut Pool,
-    pub pipes: &'a mut PipePool,
-    pub fleet: &'a Fleet,
-    pub timers: &'a mut Timers<TimerKey>,
-    /// The time at the start of this turn (one clock read per wake-up), and the same in
-    /// milliseconds since the clock's epoch (for shared state).
-    pub now: Instant,
-    pub now_ms: u64,
-    pub settings: &'a Settings,
-    pub stats: &'a WorkerStats,
-    pub throttles: &'a Throttles,
-    /// Backends whose breaker opened, with when their cool-down ends.
-    pub cooling: &'a mut Vec<(Arc<Backend>, u64)>,
-}
-
-/// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
-/// fields (a method could not, with the session itself borrowed from the slab).
-macro_rules! lend_env {
-    ($worker:ident) => {
-        $crate::worker::Env {
-            registry: $worker.poll.registry(),
-            pool: &mut $worker.pool,
-            pipes: &mut $worker.pipes,
-            fleet: &$worker.fleet,
-            timers: &mut $worker.timers,
-            now: $worker.now,
-            now_ms: $crate::clock::millis($worker.now),
-            settings: &$worker.settings,
-            stats: &$worker.stats,
-            throttles: &$worker.throttles,
-            cooling: &mut $worker.cooling,
-        }
-    };
-}
-pub(crate) use lend_env;
-
-/// What the control thread tells a worker.
-#[derive(Debug)]
-pub enum Command {
-    /// A new generation of the backend set.
-    Fleet(Arc<Fleet>),
-    /// Stop accepting (close this worker's copies of the listeners: a socket another
-    /// process also holds stays open there, queued clients included); exit once the last
-    /// session has ended.
-    Drain,
-    /// Cut every session with a reset and exit.
-    Stop,
-}
-
-/// What a worker that has exited leaves in [`Shared::adopted`].
-pub const WORKER_GONE: u32 = u32::MAX;
-
-/// What every worker and the control thread share.
-#[derive(Debug)]
-pub struct Shared {
-    /// Sessions open now, over every worker: `--max-conns` is one limit for the process.
-    pub sessions: AtomicUsize,
-    /// The fleet generation each worker has adopted ([`WORKER_GONE`] once it has exited).
-    pub adopted: Box<[AtomicU32]>,
-    /// Workers still running.
-    pub running: AtomicUsize,
-    /// Workers whose listeners are still open.
-    pub accepting: AtomicUsize,
-    /// For each worker, whether its listeners are still open.
-    pub listening: Box<[AtomicBool]>,
-    /// Wakes the control thread (a worker adopted a generation, or exited).
-    pub control: Arc<Waker>,
-}
-
-/// What a worker needs to start.
-pub struct WorkerConfig {
-    pub index: usize,
-    /// The listeners it accepts on (at least one, at most [`MAX_LISTENERS`]).
-    pub listeners: Vec<TcpListener>,
-    pub fleet: Arc<Fleet>,
-    pub pool: Pool,
-    pub pipes: PipePool,
-    pub settings: Arc<Settings>,
-    pub shared: Arc<Shared>,
-    pub stats: Arc<WorkerStats>,
-    pub access_log: Option<AccessLogBatch>,
-}
-
-/// The control thread's handle on a running worker.
-pub struct Handle {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    pub thread: std::thread::JoinHandle<()>,
-    /// The address its (first) listener is bound to.
-    pub local_addr: SocketAddr,
-}
-
-impl Handle {
-    /// Sends a command and wakes the worker.
-    pub fn send(&self, command: Command) {
-        if self.commands.send(command).is_ok() {
-            if let Err(e) = self.waker.wake() {
-                warn!("cannot wake a worker: {e}");
-            }
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lifecycle {
@@ -670,36 +506,5 @@ impl Worker {
             self.timers
                 .insert(clock::instant(until), TimerKey::Cooldown(slot));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip() {
-        for (slot, generation) in [
-            (0, 0),
-            (1, 7),
-            (0x7fff_fffe, u32::MAX - 1),
-            (12345, 1 << 31),
-        ] {
-            let id = ConnId { slot, generation };
-            for socket in [0, 1] {
-                assert_eq!(ConnId::from_token(id.token(socket)), (id, socket));
-            }
-        }
-        let a = ConnId {
-            slot: 3,
-            generation: 1,
-        }
-        .token(0);
-        let b = ConnId {
-            slot: 3,
-            generation: 2,
-        }
-        .token(0);
-        assert_ne!(a, b, "a reused slot gets a different token");
     }
 }

@@ -1,0 +1,84 @@
+//! How the control thread and a worker talk: the commands it sends ([`Command`]), what
+//! every worker and the control thread share ([`Shared`]), what a worker starts with
+//! ([`WorkerConfig`]) and the control thread's [`Handle`] on it.
+
+use crate::admin::access_log::AccessLogBatch;
+use crate::fleet::Fleet;
+use crate::stats::WorkerStats;
+use crate::worker::Settings;
+use crate::worker::pipes::PipePool;
+use crate::worker::pool::Pool;
+use log::warn;
+use mio::Waker;
+use mio::net::TcpListener;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::mpsc::Sender;
+
+/// What the control thread tells a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// A new generation of the backend set.
+    Fleet(Arc<Fleet>),
+    /// Stop accepting (close this worker's copies of the listeners: a socket another
+    /// process also holds stays open there, queued clients included); exit once the last
+    /// session has ended.
+    Drain,
+    /// Cut every session with a reset and exit.
+    Stop,
+}
+
+/// What a worker that has exited leaves in [`Shared::adopted`].
+pub const WORKER_GONE: u32 = u32::MAX;
+
+/// What every worker and the control thread share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Sessions open now, over every worker: `--max-conns` is one limit for the process.
+    pub sessions: AtomicUsize,
+    /// The fleet generation each worker has adopted ([`WORKER_GONE`] once it has exited).
+    pub adopted: Box<[AtomicU32]>,
+    /// Workers still running.
+    pub running: AtomicUsize,
+    /// Workers whose listeners are still open.
+    pub accepting: AtomicUsize,
+    /// For each worker, whether its listeners are still open.
+    pub listening: Box<[AtomicBool]>,
+    /// Wakes the control thread (a worker adopted a generation, or exited).
+    pub control: Arc<Waker>,
+}
+
+/// What a worker needs to start.
+pub struct WorkerConfig {
+    pub index: usize,
+    /// The listeners it accepts on (at least one, at most [`MAX_LISTENERS`](crate::worker::MAX_LISTENERS)).
+    pub listeners: Vec<TcpListener>,
+    pub fleet: Arc<Fleet>,
+    pub pool: Pool,
+    pub pipes: PipePool,
+    pub settings: Arc<Settings>,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<WorkerStats>,
+    pub access_log: Option<AccessLogBatch>,
+}
+
+/// The control thread's handle on a running worker.
+pub struct Handle {
+    pub(super) commands: Sender<Command>,
+    pub(super) waker: Arc<Waker>,
+    pub thread: std::thread::JoinHandle<()>,
+    /// The address its (first) listener is bound to.
+    pub local_addr: SocketAddr,
+}
+
+impl Handle {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                warn!("cannot wake a worker: {e}");
+            }
+        }
+    }
+}
