@@ -7,7 +7,7 @@
 //! | the waker | a new fleet generation from the discovery thread; a worker adopted a generation or exited |
 //! | the admin listener | a new admin connection ([`crate::admin::http`]) |
 //! | the upgrade pipe | the new process an upgrade started says it serves, or is gone ([`upgrade`]) |
-//! | a slab entry | an admin connection or a health probe ([`prober`]) |
+//! | a slab entry | an admin connection or a health probe (`conns.rs`, [`prober`]) |
 //!
 //! It owns the process's [`Lifecycle`]: running, draining (workers stop accepting and
 //! finish their sessions, up to `--drain-timeout`), stopping (workers cut what is left).
@@ -18,6 +18,7 @@
 //! replays the generation's selectors so changes made on the old one meanwhile count. It
 //! exits when the last worker has.
 
+mod conns;
 pub mod pid_file;
 pub mod prober;
 pub mod sockets;
@@ -25,24 +26,21 @@ pub mod start;
 pub mod systemd;
 pub mod upgrade;
 
-use crate::admin::View;
 use crate::admin::access_log::AccessLog;
-use crate::admin::http::{self, AdminConn, Endpoint};
+use crate::admin::http::Endpoint;
 use crate::clock;
 use crate::fleet::Fleet;
 use crate::fleet::discovery::{Cause, Discovery};
 use crate::lifecycle::Lifecycle;
-use crate::logging::{Throttle, suppressed_note};
-use crate::net;
+use crate::logging::Throttle;
 use crate::stats::WorkerStats;
 use crate::worker::timer::{TimerId, Timers};
 use crate::worker::{Command, ConnId, Handle, Shared, WORKER_GONE};
+use conns::Conn;
 use log::{debug, info, warn};
-use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pid_file::PidFile;
-use prober::Probe;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -76,7 +74,7 @@ pub fn poll() -> io::Result<(Poll, Arc<Waker>)> {
 
 /// What a control timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TimerKey {
+pub(super) enum TimerKey {
     /// An admin connection's or a probe's deadline.
     Conn(ConnId),
     /// Time to probe every backend.
@@ -87,21 +85,6 @@ enum TimerKey {
     UpgradeDeadline,
     /// Look again whether the new process of an upgrade has exited.
     UpgradeReap,
-}
-
-/// A connection the control thread serves.
-enum Conn {
-    Admin(AdminConn),
-    Probe(Probe, ConnId, Option<TimerId>),
-}
-
-impl Conn {
-    fn id(&self) -> ConnId {
-        match self {
-            Conn::Admin(admin) => admin.id(),
-            Conn::Probe(_, id, _) => *id,
-        }
-    }
 }
 
 /// Everything the control thread starts with.
@@ -493,189 +476,6 @@ impl Control {
                 lines.iter().for_each(|line| info!("{line}"));
             }
         }
-    }
-
-    fn next_id(&mut self) -> ConnId {
-        self.next_generation = self.next_generation.wrapping_add(1);
-        ConnId {
-            slot: self.conns.vacant_key() as u32,
-            generation: self.next_generation,
-        }
-    }
-
-    /// Accepts admin connections, up to a turn's worth. When every slot is taken, the
-    /// connection doing least makes room ([`AdminConn::eviction_rank`]), so idle or slow
-    /// clients cannot lock a probe out. A new connection is served at once: its request is
-    /// usually there already, and it is then no longer the idlest.
-    fn accept_admin(&mut self) {
-        for _ in 0..http::ACCEPTS_PER_TURN {
-            let Some(endpoint) = &mut self.admin else {
-                return;
-            };
-            let (stream, addr) = match endpoint.accept() {
-                Ok(Some(accepted)) => accepted,
-                Ok(None) => return,
-                Err(e) => {
-                    if let Some(n) = self.accept_throttle.allow(self.now) {
-                        warn!("admin accept failed: {e}{}", suppressed_note(n));
-                    }
-                    return;
-                }
-            };
-            if endpoint.is_full() {
-                let victim = endpoint
-                    .open()
-                    .iter()
-                    .filter_map(|&id| match self.conns.get(id.slot as usize) {
-                        Some(Conn::Admin(conn)) if conn.id() == id => Some(conn),
-                        _ => None,
-                    })
-                    .min_by_key(|conn| conn.eviction_rank())
-                    .map(AdminConn::id);
-                if let Some(victim) = victim {
-                    debug!("admin {addr}: every admin slot taken; closing the idlest");
-                    self.end_conn(victim, None);
-                }
-            }
-            let id = self.next_id();
-            match AdminConn::new(
-                id,
-                stream,
-                self.poll.registry(),
-                &mut self.timers,
-                TimerKey::Conn(id),
-                self.now,
-            ) {
-                Ok(conn) => {
-                    self.conns.insert(Conn::Admin(conn));
-                    if let Some(endpoint) = &mut self.admin {
-                        endpoint.added(id);
-                    }
-                    self.serve_admin(id);
-                }
-                Err(e) => debug!("admin {addr}: {e}"),
-            }
-        }
-    }
-
-    /// Runs an admin connection's handler; removes it once it is done.
-    fn serve_admin(&mut self, id: ConnId) {
-        // The view borrows fields the connection does not live in.
-        let view = View {
-            fleet: &self.fleet,
-            workers: &self.worker_stats,
-            // After a hand-over, a request accepted before it is answered for the service,
-            // which the newer process runs on: "draining" would tell a health checker the
-            // service is going away.
-            lifecycle: if self.successor.is_some() {
-                Lifecycle::Running
-            } else {
-                self.lifecycle
-            },
-            now: self.now,
-            started: self.started,
-            access_log_dropped: self.access_log.as_ref().map(AccessLog::dropped),
-        };
-        let (Some(Conn::Admin(conn)), Some(endpoint)) =
-            (self.conns.get_mut(id.slot as usize), &mut self.admin)
-        else {
-            return;
-        };
-        if conn.id() == id
-            && conn.on_ready(
-                &view,
-                endpoint.shared(),
-                &mut self.timers,
-                TimerKey::Conn(id),
-            )
-        {
-            self.end_conn(id, None);
-        }
-    }
-
-    fn dispatch(&mut self, token: Token, event: &Event) {
-        let (id, _) = ConnId::from_token(token);
-        let finished = match self.conns.get_mut(id.slot as usize) {
-            Some(conn) if conn.id() == id => match conn {
-                Conn::Admin(_) => return self.serve_admin(id),
-                Conn::Probe(probe, ..) => probe.on_ready(event).map(Some),
-            },
-            _ => return, // a late event for a connection that has ended
-        };
-        if let Some(probe_result) = finished {
-            self.end_conn(id, probe_result);
-        }
-    }
-
-    /// Ends a connection: its timer is cancelled; a probe's result goes to the fleet.
-    fn end_conn(&mut self, id: ConnId, probe_result: Option<io::Result<()>>) {
-        match self.conns.remove(id.slot as usize) {
-            Conn::Admin(conn) => {
-                conn.finish(&mut self.timers);
-                if let Some(endpoint) = &mut self.admin {
-                    endpoint.removed(id);
-                }
-            }
-            Conn::Probe(probe, _, timer) => {
-                if let Some(timer) = timer {
-                    self.timers.cancel(timer);
-                }
-                let result = probe_result.unwrap_or_else(|| Err(Probe::timed_out()));
-                self.fleet
-                    .probe_result(probe.backend(), &result, clock::millis(self.now));
-            }
-        }
-    }
-
-    /// A connection's deadline: an admin connection's (it may still answer 408 first) or a
-    /// probe's (it failed).
-    fn on_conn_timer(&mut self, id: ConnId) {
-        let done = match self.conns.get_mut(id.slot as usize) {
-            Some(Conn::Admin(conn)) if conn.id() == id => {
-                conn.on_timer(&mut self.timers, TimerKey::Conn(id))
-            }
-            Some(Conn::Probe(_, probe_id, timer)) if *probe_id == id => {
-                *timer = None;
-                true
-            }
-            _ => false,
-        };
-        if done {
-            self.end_conn(id, None);
-        }
-    }
-
-    /// Probes every backend that has no probe under way.
-    fn health_round(&mut self) {
-        let Some(policy) = self.fleet.policy().checks else {
-            return;
-        };
-        if !self.lifecycle.is_running() {
-            return;
-        }
-        let fleet = Arc::clone(&self.fleet);
-        for backend in fleet.backends().filter(|b| !b.is_probing()) {
-            let id = self.next_id();
-            match Probe::start(Arc::clone(backend), self.poll.registry(), id.token(0)) {
-                Ok(probe) => {
-                    let timer = self
-                        .timers
-                        .insert(self.now + self.probe_timeout, TimerKey::Conn(id));
-                    self.conns.insert(Conn::Probe(probe, id, Some(timer)));
-                }
-                Err(e) if net::is_resource_exhaustion(&e) => {
-                    if let Some(n) = self.fds_throttle.allow(self.now) {
-                        warn!(
-                            "cannot open a health check socket: {e}{}",
-                            suppressed_note(n)
-                        );
-                    }
-                }
-                Err(e) => fleet.probe_result(backend, &Err(e), clock::millis(self.now)),
-            }
-        }
-        self.timers
-            .insert(self.now + policy.interval, TimerKey::HealthRound);
     }
 
     fn fire_timers(&mut self) {
