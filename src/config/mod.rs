@@ -1,6 +1,6 @@
-//! The command line: the option table (flags, defaults and `--help` in one place),
-//! parsing and validation into a [`Config`]. Backend specs and the backends file are in
-//! [`spec`]; numbers, sizes and durations in [`units`].
+//! The command line: parsing and validation into a [`Config`]. The option table (flags,
+//! defaults and `--help` in one place) is in `options.rs`; backend specs and the backends
+//! file in [`spec`]; numbers, sizes and durations in [`units`].
 //!
 //! Pure: no sockets, no name resolution, no files. Every error names the bad value so `main`
 //! can print it on one line and exit with status 2; text from the user reaches a message
