@@ -448,8 +448,11 @@ fn a_backend_reset_while_a_pipe_holds_bytes_is_passed_on() {
     wait_spliced(&tcplb, false);
     // The client stops reading: the path fills up, bytes wait in tcplb.
     backend.wait_stalled();
-    // The backend crashes.
+    // The backend crashes. Its reset goes out when the handler closes the socket, a
+    // moment after kill()'s shutdown queued a FIN behind the stalled bytes; wait for that,
+    // or a client quick to drain those bytes could meet the FIN before the reset.
     backend.kill();
+    backend.wait_active(0);
     let outcome = read_digest(&mut stream);
     assert_eq!(
         outcome.map_err(|e| e.kind()).map(|(len, _)| len),
