@@ -539,3 +539,269 @@ fn dial(
         }
     }
 }
+
+/// The connect phase and the PROXY protocol header, driven through a real `mio::Poll` on
+/// loopback sockets: a refused or timed-out connect moves to the next backend and loses
+/// none of the client's early bytes, and the header decides who the client is.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Fleet;
+    use crate::fleet::backend::{Backend, BackendStats};
+    use crate::fleet::builder::Builder;
+    use crate::fleet::builder::tests::{POLICY, spec};
+    use crate::fleet::select::Balance;
+    use crate::stats::WorkerStats;
+    use crate::worker::env::{Settings, Throttles};
+    use crate::worker::pipes::PipePool;
+    use crate::worker::pool::Pool;
+    use crate::worker::timer::Timers;
+    use mio::{Events, Poll};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::sync::Arc;
+
+    const ID: ConnId = ConnId {
+        slot: 0,
+        generation: 1,
+    };
+
+    /// What a worker lends a session, owned here; the session's sockets are registered
+    /// in `poll`.
+    struct Rig {
+        poll: Poll,
+        pool: Pool,
+        pipes: PipePool,
+        fleet: Arc<Fleet>,
+        timers: Timers<TimerKey>,
+        settings: Settings,
+        stats: WorkerStats,
+        throttles: Throttles,
+        cooling: Vec<(Arc<Backend>, u64)>,
+        now: Instant,
+        /// tcplb's listening socket: the session's client connection is accepted here.
+        front: TcpListener,
+    }
+
+    impl Rig {
+        /// A worker with these backends (`127.0.0.1:port`, equal weights) and settings.
+        fn new(ports: &[u16], retries: u32, accept_proxy: Option<Duration>) -> Rig {
+            let specs: Vec<_> = ports.iter().map(|&p| spec(p, 1, false)).collect();
+            let now = Instant::now();
+            Rig {
+                poll: Poll::new().expect("poll"),
+                pool: Pool::new(16 * 1024, 8).expect("pool"),
+                pipes: PipePool::new(0, None),
+                fleet: Builder::new(POLICY, Balance::LeastActive).build(&specs).0,
+                timers: Timers::new(now),
+                settings: Settings {
+                    connect_timeout: Duration::from_secs(5),
+                    retries,
+                    idle_timeout: None,
+                    max_conns: 16,
+                    accept_proxy,
+                },
+                stats: WorkerStats::default(),
+                throttles: Throttles::default(),
+                cooling: Vec::new(),
+                now,
+                front: TcpListener::bind("127.0.0.1:0").expect("bind"),
+            }
+        }
+
+        fn env(&mut self) -> Env<'_> {
+            Env {
+                registry: self.poll.registry(),
+                pool: &mut self.pool,
+                pipes: &mut self.pipes,
+                fleet: &self.fleet,
+                timers: &mut self.timers,
+                now: self.now,
+                now_ms: crate::clock::millis(self.now),
+                settings: &self.settings,
+                stats: &self.stats,
+                throttles: &self.throttles,
+                cooling: &mut self.cooling,
+            }
+        }
+
+        /// A client that has already sent `early`, and the session started for it.
+        fn client(&mut self, early: &[u8]) -> (StdStream, Result<Session, Rejected>) {
+            let mut client =
+                StdStream::connect(self.front.local_addr().expect("addr")).expect("connect");
+            client.write_all(early).expect("early bytes");
+            let (accepted, peer) = self.front.accept().expect("accept");
+            accepted.set_nonblocking(true).expect("non-blocking");
+            let stream = TcpStream::from_std(accepted);
+            let session = Session::start(ID, stream, peer, &mut self.env());
+            (client, session)
+        }
+
+        /// Hands the session its readiness events until it is established or closed.
+        fn drive(&mut self, session: &mut Session) -> Option<EndReason> {
+            let mut events = Events::with_capacity(16);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while session.phase != Phase::Established {
+                assert!(Instant::now() < deadline, "stuck in {:?}", session.phase);
+                self.poll
+                    .poll(&mut events, Some(Duration::from_millis(100)))
+                    .expect("poll");
+                self.now = Instant::now();
+                for event in events.iter() {
+                    let (id, socket) = ConnId::from_token(event.token());
+                    assert_eq!(id, ID);
+                    let side = if socket == Side::Client as usize {
+                        Side::Client
+                    } else {
+                        Side::Backend
+                    };
+                    if let Some(reason) = session.on_ready(side, event, &mut self.env()).closed {
+                        return Some(reason);
+                    }
+                    if session.phase != Phase::Established {
+                        assert_eq!(
+                            self.pool.free(),
+                            self.pool.capacity(),
+                            "nothing is read from the client before the backend is connected"
+                        );
+                    }
+                }
+            }
+            None
+        }
+
+        fn backend(&self, port: u16) -> &Arc<Backend> {
+            self.fleet
+                .backends()
+                .find(|b| b.addr.port() == port)
+                .expect("a backend on that port")
+        }
+
+        fn connect_failures(&self, port: u16) -> u64 {
+            BackendStats::get(&self.backend(port).stats.connect_failures)
+        }
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn refused_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    fn listening() -> (TcpListener, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        (listener, port)
+    }
+
+    /// Accepts the session's backend connection and reads `n` bytes from it.
+    fn backend_reads(listener: &TcpListener, n: usize) -> Vec<u8> {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = vec![0; n];
+        conn.read_exact(&mut got).expect("the client's bytes");
+        got
+    }
+
+    #[test]
+    fn a_refused_connect_moves_to_the_next_backend_and_keeps_the_clients_first_bytes() {
+        let dead = refused_port();
+        let (live, port) = listening();
+        let mut rig = Rig::new(&[dead, port], 1, None);
+        let (_client, session) = rig.client(b"early bytes");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+
+        assert_eq!(backend_reads(&live, 11), b"early bytes");
+        let summary = session.summary(rig.now);
+        assert_eq!(summary.retries, 1, "the refused backend came first");
+        assert_eq!(summary.backend, Some(rig.backend(port).addr));
+        assert_eq!(
+            (rig.connect_failures(dead), rig.connect_failures(port)),
+            (1, 0)
+        );
+        assert_eq!(session.tried, [rig.backend(dead).id]);
+        session.release(&mut rig.env());
+        assert_eq!(rig.backend(port).active(), 0, "the lease is given back");
+    }
+
+    #[test]
+    fn a_connect_that_times_out_moves_on_and_counts_against_the_slow_backend() {
+        let (slow, slow_port) = listening();
+        let (live, port) = listening();
+        let mut rig = Rig::new(&[slow_port, port], 1, None);
+        let (_client, session) = rig.client(b"hi");
+        let mut session = session.expect("a session");
+        // The connect timer fires before the first backend's connect is seen through.
+        assert_eq!(session.on_timer(&mut rig.env()), Report::default());
+        assert_eq!(rig.drive(&mut session), None);
+
+        assert_eq!(backend_reads(&live, 2), b"hi");
+        assert_eq!(session.summary(rig.now).retries, 1);
+        assert_eq!(rig.connect_failures(slow_port), 1);
+        // The abandoned connect was closed: the slow backend reads EOF on it.
+        let (mut abandoned, _) = slow.accept().expect("the abandoned connect");
+        abandoned
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(abandoned.read(&mut [0; 8]).expect("EOF"), 0);
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn every_backend_refusing_ends_the_session_with_no_backend_after_the_retries() {
+        let ports = [refused_port(), refused_port(), refused_port()];
+        let mut rig = Rig::new(&ports, 1, None);
+        let (_client, session) = rig.client(b"x");
+        let reason = match session {
+            Err(rejected) => Some(rejected.reason),
+            Ok(mut session) => {
+                let reason = rig.drive(&mut session);
+                session.release(&mut rig.env());
+                reason
+            }
+        };
+        assert_eq!(reason, Some(EndReason::NoBackend));
+        let failures: u64 = ports.iter().map(|&p| rig.connect_failures(p)).sum();
+        assert_eq!(failures, 2, "one try and one retry (--retries 1), no more");
+        assert!(rig.fleet.backends().all(|b| b.active() == 0));
+    }
+
+    #[test]
+    fn a_proxy_header_names_the_client_and_is_not_passed_on() {
+        let (live, port) = listening();
+        let mut rig = Rig::new(&[port], 0, Some(Duration::from_secs(5)));
+        let (_client, session) =
+            rig.client(b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 80\r\nafter the header");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+
+        assert_eq!(backend_reads(&live, 16), b"after the header");
+        assert_eq!(
+            session.summary(rig.now).client_addr,
+            SocketAddr::from(([192, 0, 2, 7], 5555))
+        );
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_client_without_a_proxy_header_is_refused_before_any_backend_is_dialled() {
+        let (live, port) = listening();
+        let mut rig = Rig::new(&[port], 0, Some(Duration::from_secs(5)));
+        let (_client, session) = rig.client(b"GET / HTTP/1.0\r\n\r\n");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), Some(EndReason::BadProxyHeader));
+        assert_eq!(
+            rig.stats.proxy_errors[ProxyError::Missing as usize].get(),
+            1
+        );
+        session.release(&mut rig.env());
+        live.set_nonblocking(true).expect("non-blocking");
+        assert_eq!(
+            live.accept().map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "no backend connection was made"
+        );
+    }
+}
