@@ -25,7 +25,8 @@ pub enum Command {
     /// process also holds stays open there, queued clients included); exit once the last
     /// session has ended.
     Drain,
-    /// Cut every session with a reset and exit.
+    /// Close this worker's copies of the listeners (no client is taken after this), cut
+    /// every session with a reset and exit.
     Stop,
 }
 

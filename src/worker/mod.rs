@@ -410,6 +410,8 @@ impl Worker {
                 }
                 Command::Drain => self.drain(),
                 Command::Stop => {
+                    // Listeners first: clients waiting on them are not taken in this turn.
+                    self.close_listeners();
                     self.cut_sessions();
                     self.lifecycle = Lifecycle::Stopped;
                 }
@@ -506,5 +508,101 @@ impl Worker {
             self.timers
                 .insert(clock::instant(until), TimerKey::Cooldown(slot));
         }
+    }
+}
+
+/// A worker built but not spawned, run one turn at a time.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::builder::Builder;
+    use crate::fleet::builder::tests::{POLICY, spec};
+    use crate::fleet::select::Balance;
+    use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+    use std::sync::mpsc::Sender;
+
+    /// A worker whose one backend is `backend`, its command channel and waker, and the
+    /// address it listens on.
+    fn worker(backend: &StdListener) -> (Worker, Sender<Command>, Waker, SocketAddr) {
+        let port = backend.local_addr().expect("addr").port();
+        let fleet = Builder::new(POLICY, Balance::LeastActive)
+            .build(&[spec(port, 1, false)])
+            .0;
+        let listener = TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let poll = Poll::new().expect("poll");
+        let waker = Waker::new(poll.registry(), INBOX).expect("waker");
+        // The control thread's waker (one waker per poll: it gets a poll of its own).
+        let control_poll = Poll::new().expect("poll");
+        let control = Arc::new(Waker::new(control_poll.registry(), Token(0)).expect("waker"));
+        let (commands, inbox) = mpsc::channel();
+        let config = WorkerConfig {
+            index: 0,
+            listeners: vec![listener],
+            fleet,
+            pool: Pool::new(16 * 1024, 8).expect("pool"),
+            pipes: PipePool::new(0, None),
+            settings: Arc::new(Settings {
+                connect_timeout: Duration::from_secs(5),
+                retries: 0,
+                idle_timeout: None,
+                max_conns: 16,
+                accept_proxy: None,
+            }),
+            shared: Arc::new(Shared {
+                sessions: AtomicUsize::new(0),
+                adopted: vec![AtomicU32::new(0)].into_boxed_slice(),
+                running: AtomicUsize::new(1),
+                accepting: AtomicUsize::new(1),
+                listening: vec![AtomicBool::new(true)].into_boxed_slice(),
+                control,
+            }),
+            stats: Arc::new(WorkerStats::default()),
+            access_log: None,
+        };
+        let worker = Worker::new(poll, inbox, config).expect("worker");
+        (worker, commands, waker, addr)
+    }
+
+    /// Runs turns until `done`, for at most five seconds.
+    fn turn_until(worker: &mut Worker, done: impl Fn(&Worker) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(worker) {
+            assert!(Instant::now() < deadline, "the worker did not get there");
+            worker.turn().expect("turn");
+        }
+    }
+
+    #[test]
+    fn a_queued_client_is_accepted_and_connected() {
+        let backend = StdListener::bind("127.0.0.1:0").expect("bind");
+        let (mut worker, _commands, _waker, addr) = worker(&backend);
+        let _client = StdStream::connect(addr).expect("connect");
+        turn_until(&mut worker, |w| !w.sessions.is_empty());
+        assert!(backend.accept().is_ok(), "the backend was dialled");
+    }
+
+    #[test]
+    fn a_stop_in_the_same_turn_as_waiting_clients_accepts_none_of_them() {
+        let backend = StdListener::bind("127.0.0.1:0").expect("bind");
+        let (mut worker, commands, waker, addr) = worker(&backend);
+        let _client = StdStream::connect(addr).expect("connect");
+        commands.send(Command::Stop).expect("send");
+        waker.wake().expect("wake");
+        // One turn sees both: the command, and a listener with a client queued.
+        worker.turn().expect("turn");
+        assert_eq!(worker.lifecycle, Lifecycle::Stopped);
+        assert!(
+            worker.sessions.is_empty(),
+            "a session was opened after Stop"
+        );
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 0);
+        backend.set_nonblocking(true).expect("non-blocking");
+        assert_eq!(
+            backend.accept().map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "no backend was dialled after Stop"
+        );
     }
 }
