@@ -66,6 +66,20 @@ pub struct Settings {
     pub accept_proxy: Option<Duration>,
 }
 
+#[cfg(test)]
+impl Settings {
+    /// The unit tests' settings: a 5 s connect timeout, no idle timeout, 16 sessions.
+    pub fn for_tests(retries: u32, accept_proxy: Option<Duration>) -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            retries,
+            idle_timeout: None,
+            max_conns: 16,
+            accept_proxy,
+        }
+    }
+}
+
 /// Warnings that come in bursts, one throttle each.
 #[derive(Debug, Default)]
 pub struct Throttles {

@@ -543,13 +543,7 @@ mod tests {
             fleet,
             pool: Pool::new(16 * 1024, 8).expect("pool"),
             pipes: PipePool::new(0, None),
-            settings: Arc::new(Settings {
-                connect_timeout: Duration::from_secs(5),
-                retries: 0,
-                idle_timeout: None,
-                max_conns: 16,
-                accept_proxy: None,
-            }),
+            settings: Arc::new(Settings::for_tests(0, None)),
             shared: Arc::new(Shared {
                 sessions: AtomicUsize::new(0),
                 adopted: vec![AtomicU32::new(0)].into_boxed_slice(),
