@@ -361,10 +361,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts a backend whose connections are served by `handler`.
+    /// Starts a backend whose connections are served by `handler`. Its accept queue is
+    /// deep (4096, the kernel's cap here, not std's 128): tests open thousands of sessions
+    /// in a burst, and on a loaded machine an overflowing queue drops handshakes and can
+    /// end a connection tcplb already counts as made in a reset.
     pub fn start(id: u8, handler: Handler) -> Arc<Backend> {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        Self::serve(id, listener, handler)
+        Self::serve(id, ReservedPort::new().listen_backlog(4096), handler)
     }
 
     /// Starts a backend on a given listener.
