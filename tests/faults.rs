@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 #[test]
 fn connects_fail_over_past_refusing_backends_keeping_client_bytes() {
     let good = Backend::start(1, digest_after_eof());
-    let (dead1, dead2) = (refusing_addr(), refusing_addr());
+    let (refusing1, refusing2) = (refusing_port(), refusing_port());
+    let (dead1, dead2) = (refusing1.addr, refusing2.addr);
     let tcplb = Tcplb::start(&[
         &dead1.to_string(),
         &dead2.to_string(),
@@ -43,11 +44,9 @@ fn connects_fail_over_past_refusing_backends_keeping_client_bytes() {
 
 #[test]
 fn with_every_backend_down_clients_are_closed_at_once_and_service_resumes() {
-    let listener_later = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let later_addr = listener_later.local_addr().expect("addr");
-    drop(listener_later); // refused until we listen there again
-    let dead = refusing_addr();
-    let mut tcplb = Tcplb::start(&[&dead.to_string(), &later_addr.to_string()]);
+    let later = refusing_port(); // refused until we listen there
+    let dead = refusing_port();
+    let mut tcplb = Tcplb::start(&[&dead.addr.to_string(), &later.addr.to_string()]);
     for _ in 0..5 {
         let started = Instant::now();
         let mut stream = tcplb.connect();
@@ -67,8 +66,7 @@ fn with_every_backend_down_clients_are_closed_at_once_and_service_resumes() {
     tcplb.wait_for_log("no backend could take client");
 
     // A backend comes (back) up: the next client is served.
-    let revived = TcpListener::bind(later_addr).expect("rebind");
-    let backend = Backend::serve(9, revived, identify_and_hold());
+    let backend = Backend::serve(9, later.listen(), identify_and_hold());
     let (stream, id) = connect_and_identify(&tcplb);
     assert_eq!(id, 9);
     close_and_wait(stream);

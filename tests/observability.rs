@@ -211,7 +211,8 @@ fn counters_move_by_exactly_what_the_sessions_did() {
 #[test]
 fn connect_failures_count_once_per_refused_attempt() {
     let good = Backend::start(1, echo());
-    let dead = refusing_addr().to_string();
+    let refusing = refusing_port();
+    let dead = refusing.addr.to_string();
     let log = Scratch::new("retries.log");
     let log_arg = log.arg();
     let tcplb = start(
@@ -357,40 +358,48 @@ fn clients_shed_when_the_pool_runs_dry_are_counted_and_logged() {
         ],
     );
     // Add stalled clients until every buffer is held for good (a session holds at least one
-    // once stalled, more if its direction gathers several per read): two at most. With
-    // several workers each has its own share of the pool, and a client that lands on a
-    // worker whose share is held is shed at once: it is counted, and the filling goes on.
+    // once stalled, more if its direction gathers several per read): two at most. A client
+    // that finds its worker's buffers all held is shed at once (with several workers each has
+    // its own share of the pool; with one, the first stalled session may come to hold both
+    // buffers): it is counted, and the filling goes on while a buffer is free.
     let shed_count = |m: &Exposition| m.get("tcplb_connections_shed_total", &[("reason", "pool")]);
-    let mut stalled: Vec<TcpStream> = Vec::new();
-    let mut shed_while_filling = 0.0;
-    loop {
-        assert!(
-            stalled.len() < 2 && shed_while_filling < 10.0,
-            "two stalled sessions hold both buffers"
-        );
-        stalled.push(tcplb.connect());
-        let (mut last, mut free, mut shed_now) = (u64::MAX, f64::NAN, 0.0);
-        let sessions = stalled.len() as f64;
+    // Waits until every stalled session is blocked (the backend's writes have stopped and
+    // each session holds a buffer), or a client was shed; returns (free buffers, shed count).
+    let settle = |sessions: usize, shed_before: f64| {
+        let (mut last, mut free, mut shed) = (u64::MAX, f64::NAN, 0.0);
         wait_until(
             || {
                 let streamed = backend.counter.load(Ordering::SeqCst);
                 let m = tcplb.metrics();
                 free = m.get("tcplb_buffer_pool_buffers", &[("state", "free")]);
                 let used = m.get("tcplb_buffer_pool_buffers", &[("state", "used")]);
-                shed_now = shed_count(&m);
-                // The backends' writes have stopped: every stalled session is blocked.
+                shed = shed_count(&m);
                 let still = std::mem::replace(&mut last, streamed) == streamed;
-                shed_now > shed_while_filling
+                shed > shed_before
                     || (still
-                        && m.get("tcplb_sessions_active", &[]) == sessions
-                        && used >= sessions)
+                        && m.get("tcplb_sessions_active", &[]) == sessions as f64
+                        && used >= sessions as f64)
             },
             || format!("waiting for {sessions} stalled sessions"),
         );
+        (free, shed)
+    };
+    let mut stalled: Vec<TcpStream> = Vec::new();
+    let mut shed_while_filling = 0.0;
+    loop {
+        assert!(
+            stalled.len() < 2 && shed_while_filling < 10.0,
+            "two stalled sessions hold both buffers ({} stalled, {shed_while_filling} shed)",
+            stalled.len()
+        );
+        stalled.push(tcplb.connect());
+        let (mut free, shed_now) = settle(stalled.len(), shed_while_filling);
         if shed_now > shed_while_filling {
             shed_while_filling = shed_now;
             stalled.pop();
-            continue;
+            // Shed for want of a buffer: see whether the pool is dry, once the stalled
+            // sessions are blocked for good.
+            free = settle(stalled.len(), f64::INFINITY).0;
         }
         if free == 0.0 {
             break;
@@ -578,8 +587,8 @@ fn a_passing_health_check_brings_healthz_back_without_any_client() {
 
 #[test]
 fn healthz_and_states_follow_the_circuit_breaker_down_and_back_up() {
-    let (a, b) = (refusing_addr(), refusing_addr());
-    let (la, lb) = (a.to_string(), b.to_string());
+    let (a, b) = (refusing_port(), refusing_port());
+    let (la, lb) = (a.addr.to_string(), b.addr.to_string());
     let tcplb = start(
         &[la.clone(), lb.clone()],
         &["--max-fails", "1", "--fail-timeout", "1"],
@@ -623,11 +632,7 @@ fn healthz_and_states_follow_the_circuit_breaker_down_and_back_up() {
     );
 
     // A comes back on the same port; the next client's trial connect there succeeds.
-    let revived = Backend::serve(
-        7,
-        TcpListener::bind(a).expect("rebind"),
-        identify_and_hold(),
-    );
+    let revived = Backend::serve(7, a.listen(), identify_and_hold());
     let (stream, id) = connect_and_identify(&tcplb);
     assert_eq!(id, 7);
     assert_eq!(tcplb.admin_get("/healthz"), (200, "ok\n".to_string()));
@@ -647,8 +652,8 @@ fn healthz_and_states_follow_the_circuit_breaker_down_and_back_up() {
 
 #[test]
 fn healthz_and_states_follow_active_health_checks_down_and_back_up() {
-    let addr = refusing_addr();
-    let label = addr.to_string();
+    let refusing = refusing_port();
+    let label = refusing.addr.to_string();
     let tcplb = start(
         std::slice::from_ref(&label),
         &["--health-interval", "0.2", "--fall", "1", "--rise", "1"],
@@ -675,11 +680,7 @@ fn healthz_and_states_follow_active_health_checks_down_and_back_up() {
         0.0
     );
 
-    let revived = Backend::serve(
-        5,
-        TcpListener::bind(addr).expect("rebind"),
-        identify_and_hold(),
-    );
+    let revived = Backend::serve(5, refusing.listen(), identify_and_hold());
     wait_until(
         || tcplb.admin_get("/healthz").0 == 200,
         || format!("healthz never came back: {:?}", backends_json(&tcplb)),
@@ -1353,7 +1354,8 @@ fn scripted() -> Handler {
 fn access_log_has_one_exact_line_per_session() {
     let server = Backend::start(1, scripted());
     // A backup that refuses: used only once the primary is gone, for a retry.
-    let dead_backup = refusing_addr().to_string();
+    let refusing = refusing_port();
+    let dead_backup = refusing.addr.to_string();
     let log = Scratch::new("access.log");
     let log_arg = log.arg();
     let tcplb = start(

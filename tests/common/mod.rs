@@ -84,7 +84,15 @@ pub fn stream_digest(seed: u64, len: u64) -> (u64, u64) {
 pub struct Tcplb {
     child: Child,
     pub addr: SocketAddr,
-    logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+    logs: Arc<(Mutex<Logs>, Condvar)>,
+}
+
+/// The log lines read from a tcplb's stderr so far, and whether it has closed (every
+/// process holding it has exited: no line will come any more).
+#[derive(Default)]
+struct Logs {
+    lines: Vec<String>,
+    closed: bool,
 }
 
 impl Tcplb {
@@ -126,15 +134,17 @@ impl Tcplb {
         command.stdin(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn tcplb");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let logs = Arc::new((Mutex::new(Vec::<String>::new()), Condvar::new()));
+        let logs = Arc::new((Mutex::new(Logs::default()), Condvar::new()));
         let sink = Arc::clone(&logs);
         thread::spawn(move || {
+            let (logs, changed) = &*sink;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let (lines, changed) = &*sink;
-                lines.lock().expect("log lock").push(line);
+                logs.lock().expect("log lock").lines.push(line);
                 changed.notify_all();
             }
+            logs.lock().expect("log lock").closed = true;
+            changed.notify_all();
         });
         Tcplb {
             child,
@@ -161,7 +171,7 @@ impl Tcplb {
 
     /// Every log line so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.0.lock().expect("log lock").clone()
+        self.logs.0.lock().expect("log lock").lines.clone()
     }
 
     /// Waits for a log line containing `needle` and returns it.
@@ -534,10 +544,11 @@ pub fn streamer(seed: u64, len: u64) -> Handler {
     })
 }
 
-/// An address where nothing listens: connects to it are refused.
-pub fn refusing_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+/// A port where nothing listens: connects to its `addr` are refused for as long as it is
+/// held, and no other socket (tcplb's own listener included) can be given the port meanwhile.
+/// `listen()` brings a backend up there later.
+pub fn refusing_port() -> ReservedPort {
+    ReservedPort::new()
 }
 
 /// Connects through tcplb, reads the backend's id byte.
@@ -1127,18 +1138,23 @@ pub fn parse_debug_duration(text: &str) -> Duration {
 impl Tcplb {
     /// Waits until `n` log lines contain `needle`; returns the n-th.
     pub fn wait_for_nth_log(&self, needle: &str, n: usize) -> String {
-        let (lines, changed) = &*self.logs;
+        let (logs, changed) = &*self.logs;
         let deadline = Instant::now() + PATIENCE;
-        let mut guard = lines.lock().expect("log lock");
+        let mut guard = logs.lock().expect("log lock");
         loop {
-            if let Some(line) = guard.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+            if let Some(line) = guard.lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
                 return line.clone();
             }
+            assert!(
+                !guard.closed,
+                "not {n} log line(s) with {needle:?} before tcplb closed its stderr; logs:\n{}",
+                guard.lines.join("\n")
+            );
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
                 "not {n} log line(s) with {needle:?} within {PATIENCE:?}; logs:\n{}",
-                guard.join("\n")
+                guard.lines.join("\n")
             );
             guard = changed.wait_timeout(guard, left).expect("log lock").0;
         }
