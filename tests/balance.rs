@@ -351,7 +351,7 @@ fn a_down_backends_clients_go_to_their_own_next_choice_and_come_back() {
 fn bounded_loads_cap_one_busy_client() {
     let backends = start_backends(4);
     let args = args_of(&backends);
-    let hold = |extra: &[&str]| -> Vec<u64> {
+    let hold = |extra: &[&str]| -> (Vec<u64>, String) {
         let mut all = vec!["--admin", "127.0.0.1:0"];
         all.extend_from_slice(extra);
         let tcplb = source_hash(&all, &args);
@@ -361,14 +361,18 @@ fn bounded_loads_cap_one_busy_client() {
         for stream in held {
             close_and_wait(stream);
         }
-        active
+        (active, tcplb.logs().join("\n"))
     };
-    let unbounded = hold(&[]);
-    assert_eq!(unbounded.iter().max(), Some(&200), "{unbounded:?}");
-    let bounded = hold(&["--hash-balance-factor", "1.25"]);
+    let (unbounded, logs) = hold(&[]);
+    assert_eq!(
+        unbounded.iter().max(),
+        Some(&200),
+        "{unbounded:?}; logs:\n{logs}"
+    );
+    let (bounded, logs) = hold(&["--hash-balance-factor", "1.25"]);
     assert_eq!(bounded.iter().sum::<u64>(), 200);
     assert!(
         bounded.iter().all(|&a| a <= 63),
-        "no backend over ⌈1.25 × 200 / 4⌉ = 63: {bounded:?}"
+        "no backend over ⌈1.25 × 200 / 4⌉ = 63: {bounded:?}; logs:\n{logs}"
     );
 }
