@@ -243,12 +243,19 @@ fn two_processes_map_10000_clients_the_same_way_and_evenly() {
     assert_eq!(differ, 0, "{differ} of 10,000 clients mapped differently");
     // The same client again: the same backend.
     assert_eq!(map_clients(&one, 0, 500), first[..500]);
+    // Evenly: the table gives each backend an equal share of slots, and each client lands
+    // on a slot by a hash of its address, so a backend's count of the 10,000 clients is
+    // Binomial(10,000, 1/4): σ = 43. The ports, and so the table, are new at every run, and
+    // ±5% (±125, 2.9σ) is missed by about 2% of port sets by chance alone; the unit test
+    // `equal_backends_get_an_equal_share_of_clients` pins ±5% on fixed addresses. Here
+    // ±200 (4.6σ: a false alarm about once in 50,000 runs) still catches any skew of the
+    // table or the hash.
     let counts = counts(&first);
     assert_eq!(counts.len(), 4);
     for (id, n) in &counts {
         assert!(
-            (*n as f64 - 2500.0).abs() <= 125.0,
-            "backend {id} has {n} of 10,000 clients (an equal share ±5% is 2375..2625): \
+            (*n as f64 - 2500.0).abs() <= 200.0,
+            "backend {id} has {n} of 10,000 clients (an equal share ±4.6σ is 2300..2700): \
              {counts:?}"
         );
     }

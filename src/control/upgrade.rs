@@ -401,7 +401,15 @@ impl Upgrade {
         } else {
             // SAFETY: kill has no memory effects; the pid is our own unreaped child's.
             unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let _ = self.child.try_wait();
+            // Reaped here only if it has already ended (then nobody else can learn how);
+            // otherwise it is re-parented when this process exits.
+            if let Ok(Some(status)) = self.child.try_wait() {
+                info!(
+                    "the abandoned new process (pid {}) {}",
+                    self.child.id(),
+                    describe_exit(status)
+                );
+            }
         }
     }
 
