@@ -66,6 +66,19 @@ impl Descendants {
     /// Waits for `pid` to end and returns its wait status. It becomes this process's child
     /// (to wait for) once its parent has exited.
     fn wait_status(&mut self, pid: u32) -> i32 {
+        self.wait(pid, false)
+            .expect("ECHILD is waited through unless asked otherwise")
+    }
+
+    /// Once `pid`'s parent has exited: `pid`'s wait status, waiting for it to end, or
+    /// `None` if the parent had already reaped it (it is nobody's child then).
+    fn wait_status_unless_reaped(&mut self, pid: u32) -> Option<i32> {
+        self.wait(pid, true)
+    }
+
+    /// Reaps `pid` once it ends. ECHILD means "not ours yet" (its parent still runs), or,
+    /// with `echild_means_reaped`, that its parent has reaped it: `None`.
+    fn wait(&mut self, pid: u32, echild_means_reaped: bool) -> Option<i32> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let mut status = 0;
@@ -73,41 +86,19 @@ impl Descendants {
             let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             if rc == pid as libc::pid_t {
                 self.0.retain(|&p| p != pid);
-                return status;
-            }
-            let running = rc == 0;
-            let not_ours_yet =
-                rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
-            assert!(
-                running || not_ours_yet,
-                "waitpid({pid}): {}",
-                io::Error::last_os_error()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "pid {pid} did not exit within {PATIENCE:?}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Once `pid`'s parent has exited: `pid`'s wait status, waiting for it to end, or
-    /// `None` if the parent had already reaped it (it is nobody's child then).
-    fn wait_status_unless_reaped(&mut self, pid: u32) -> Option<i32> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let mut status = 0;
-            // SAFETY: as in `wait_status`.
-            let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-            if rc == pid as libc::pid_t {
-                self.0.retain(|&p| p != pid);
                 return Some(status);
             }
-            if rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            let echild =
+                rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+            if echild && echild_means_reaped {
                 self.0.retain(|&p| p != pid);
                 return None;
             }
-            assert_eq!(rc, 0, "waitpid({pid}): {}", io::Error::last_os_error());
+            assert!(
+                rc == 0 || echild,
+                "waitpid({pid}): {}",
+                io::Error::last_os_error()
+            );
             assert!(
                 Instant::now() < deadline,
                 "pid {pid} did not exit within {PATIENCE:?}"

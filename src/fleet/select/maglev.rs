@@ -525,6 +525,26 @@ mod tests {
         assert_eq!(mapping(&maglev, &m, &clients()), before);
     }
 
+    /// Picks a backend for `sessions` sessions of `client`, each held; the active counts.
+    fn hold_sessions(
+        maglev: &Maglev,
+        m: &[Arc<Backend>],
+        client: Option<IpAddr>,
+        sessions: usize,
+    ) -> Vec<u32> {
+        for _ in 0..sessions {
+            let req = PickRequest {
+                client,
+                now: 0,
+                tried: &[],
+            };
+            let i = maglev.pick(m, &req).expect("a backend");
+            m[i].acquire();
+            maglev.refresh(m, i, 0);
+        }
+        m.iter().map(|b| b.active()).collect()
+    }
+
     /// Four backends on ports picked as the black-box tests' are: for some port sets the
     /// client's first [`PROBES`] slots never name one of them (the table repeats backends in
     /// runs along a client's order). The bound must hold there too: found by the end-to-end
@@ -557,17 +577,7 @@ mod tests {
                 continue;
             }
             fleets_missed += 1;
-            for _ in 0..200 {
-                let req = PickRequest {
-                    client: one,
-                    now: 0,
-                    tried: &[],
-                };
-                let i = maglev.pick(&m, &req).expect("a backend");
-                m[i].acquire();
-                maglev.refresh(&m, i, 0);
-            }
-            let active: Vec<u32> = m.iter().map(|b| b.active()).collect();
+            let active = hold_sessions(&maglev, &m, one, 200);
             assert!(
                 active.iter().all(|&a| a <= 63),
                 "F = 1.25: no backend over 63 though the probes miss one: {active:?}"
@@ -585,17 +595,7 @@ mod tests {
         let hold = |factor: Option<u32>| {
             let m = fleet(4);
             let maglev = Maglev::new(&m, settings(factor), 0);
-            for _ in 0..200 {
-                let req = PickRequest {
-                    client: one,
-                    now: 0,
-                    tried: &[],
-                };
-                let i = maglev.pick(&m, &req).expect("a backend");
-                m[i].acquire();
-                maglev.refresh(&m, i, 0);
-            }
-            m.iter().map(|b| b.active()).collect::<Vec<u32>>()
+            hold_sessions(&maglev, &m, one, 200)
         };
         assert_eq!(
             hold(None).iter().max(),
