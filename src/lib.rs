@@ -57,5 +57,6 @@ pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod proxy_protocol;
+pub mod service;
 pub mod stats;
 pub mod worker;

@@ -1,14 +1,14 @@
-//! Process entry: catch signals, parse the command line, set up logging, start everything
-//! (`control::start`) and run the control thread until the process is done. Maps errors to
-//! exit codes: 2 for bad input (one line on stderr naming the bad value), 1 for start-up
-//! failures (the address and the OS error).
+//! Process entry: catch signals, parse the command line (or check a config file), set up
+//! logging, start everything (`control::start`) and run the control thread until the
+//! process is done. Maps errors to exit codes: 2 for bad input (one line on stderr naming
+//! the bad value), 1 for start-up failures (the address and the OS error).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tcplb::config::{self, Action};
 use tcplb::control::upgrade::Invocation;
-use tcplb::control::{self, start::Failure};
+use tcplb::control::{self, failure::Failure};
 use tcplb::{clock, logging};
 
 fn main() -> ExitCode {
@@ -26,6 +26,19 @@ fn main() -> ExitCode {
     let invocation = Invocation::current();
     let config = match config::parse_args(&invocation.args) {
         Ok(Action::Run(config)) => *config,
+        Ok(Action::Check(config)) => {
+            let mut summary = config.summary().join("\n");
+            summary.push_str(&format!(
+                "\n{}: ok ({} services, {} pools)\n",
+                config
+                    .file
+                    .as_ref()
+                    .map_or_else(|| "config".to_string(), |f| f.display().to_string()),
+                config.services.len(),
+                config.pools.len()
+            ));
+            return print_stdout(&summary);
+        }
         Ok(Action::Help) => return print_stdout(&config::usage()),
         Ok(Action::Version) => {
             return print_stdout(&format!("tcplb {}\n", env!("CARGO_PKG_VERSION")));

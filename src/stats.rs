@@ -229,6 +229,8 @@ impl EndReason {
 /// What is left of a session once it has ended: for the access log and the counters.
 #[derive(Clone, Debug)]
 pub struct SessionSummary {
+    /// The service the client came to.
+    pub service: std::sync::Arc<str>,
     pub client_addr: SocketAddr,
     /// The backend it ended on (`None` if it never got one).
     pub backend: Option<SocketAddr>,

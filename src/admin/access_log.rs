@@ -2,7 +2,7 @@
 //! as `key=value` pairs:
 //!
 //! ```text
-//! 2026-11-23T03:24:31.123Z client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
+//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
 //! ```
 //!
 //! Each worker formats its lines into its own batch during a turn of its loop and hands the
@@ -168,7 +168,11 @@ impl AccessLogBatch {
     pub fn record(&mut self, session: &SessionSummary, ended: EndReason, now: SystemTime) {
         let b = &mut self.batch;
         write_rfc3339_millis(b, now);
-        let _ = write!(b, " client={}", session.client_addr);
+        let _ = write!(
+            b,
+            " service={} client={}",
+            session.service, session.client_addr
+        );
         match session.backend {
             Some(addr) => {
                 let _ = write!(b, " backend={addr}");
@@ -355,6 +359,7 @@ mod tests {
         let mut log = batches.pop().expect("one batch");
         log.record(
             &SessionSummary {
+                service: std::sync::Arc::from("web"),
                 client_addr: "10.1.2.3:51234".parse().expect("addr"),
                 backend: Some("10.0.0.11:80".parse().expect("addr")),
                 connect_time: Some(Duration::from_micros(214)),
@@ -368,6 +373,7 @@ mod tests {
         );
         log.record(
             &SessionSummary {
+                service: std::sync::Arc::from("web"),
                 client_addr: "[::1]:9".parse().expect("addr"),
                 backend: None,
                 connect_time: None,
@@ -386,11 +392,11 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         assert_eq!(
             text,
-            "2026-11-23T03:24:31.123Z client=10.1.2.3:51234 backend=10.0.0.11:80 \
+            "2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 \
              connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 \
              end=backend_fin\n\
-             1970-01-01T00:00:00.000Z client=[::1]:9 backend=- connect_ms=- duration_ms=0.000 \
-             bytes_up=0 bytes_down=0 retries=2 end=no_backend\n"
+             1970-01-01T00:00:00.000Z service=web client=[::1]:9 backend=- connect_ms=- \
+             duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n"
         );
     }
 }

@@ -22,8 +22,6 @@
 //! blocks.
 
 use crate::admin::View;
-use crate::clock;
-use crate::fleet::backend::BackendStats as Stat;
 use crate::worker::ConnId;
 use crate::worker::timer::{TimerId, Timers};
 use log::debug;
@@ -403,22 +401,30 @@ impl AdminConn {
                 "text/plain; version=0.0.4; charset=utf-8",
                 Body::Shared(shared.metrics.get("/metrics", view, super::metrics::render)),
             ),
-            "/healthz" if !view.lifecycle.is_running() => {
-                (503, "text/plain", Body::Static(b"draining\n"))
+            "/healthz" if !view.running => (503, "text/plain", Body::Static(b"draining\n")),
+            "/healthz" => match view.healthy(None) {
+                Some(true) => (200, "text/plain", Body::Static(b"ok\n")),
+                _ => (503, "text/plain", Body::Static(b"no backend is up\n")),
+            },
+            p if p.starts_with("/healthz/") => {
+                match (view.running, view.healthy(Some(&p["/healthz/".len()..]))) {
+                    (_, None) => (404, "text/plain", Body::Static(b"no such service\n")),
+                    (false, _) => (503, "text/plain", Body::Static(b"draining\n")),
+                    (true, Some(true)) => (200, "text/plain", Body::Static(b"ok\n")),
+                    (true, Some(false)) => {
+                        (503, "text/plain", Body::Static(b"no backend is up\n"))
+                    }
+                }
             }
-            "/healthz" if view.fleet.any_taking_sessions(clock::millis(view.now)) => {
-                (200, "text/plain", Body::Static(b"ok\n"))
-            }
-            "/healthz" => (503, "text/plain", Body::Static(b"no backend is up\n")),
             "/backends" => (
                 200,
                 "application/json",
-                Body::Shared(shared.backends.get("/backends", view, backends_json)),
+                Body::Shared(shared.backends.get("/backends", view, super::backends::render)),
             ),
             _ => (
                 404,
                 "text/plain",
-                Body::Static(b"not found: try /metrics, /healthz, /backends\n"),
+                Body::Static(b"not found: try /metrics, /healthz, /healthz/SERVICE, /backends\n"),
             ),
         };
         match body {
@@ -524,57 +530,8 @@ fn target_path(target: &str) -> &str {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
-/// `/backends`: every backend (draining ones too) with its state, weight and counters.
-fn backends_json(view: &View, out: &mut String) {
-    let now = clock::millis(view.now);
-    let checks_on = view.fleet.policy().checks.is_some();
-    let balance = view.fleet.balance_name();
-    out.push('[');
-    for (i, b) in view
-        .fleet
-        .backends()
-        .chain(view.fleet.draining())
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(',');
-        }
-        let checks = match (checks_on, b.checks_up()) {
-            (false, _) => "off",
-            (true, true) => "up",
-            (true, false) => "down",
-        };
-        let _ = write!(
-            out,
-            "\n  {{\"address\": {}, \"name\": {}, \"weight\": {}, \"backup\": {}, \
-             \"send_proxy\": {}, \"balance\": \"{balance}\", \
-             \"state\": \"{}\", \"health_checks\": \"{checks}\", \"active\": {}, \
-             \"connections_total\": {}, \"connect_failures_total\": {}, \
-             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}}}",
-            json_string(&b.addr.to_string()),
-            json_string(&b.name),
-            b.weight(),
-            b.is_backup(),
-            b.send_proxy()
-                .map_or("null", |v| if v == crate::proxy_protocol::Version::V1 {
-                    "\"v1\""
-                } else {
-                    "\"v2\""
-                }),
-            b.state(now).as_str(),
-            b.active(),
-            Stat::get(&b.stats.sessions),
-            Stat::get(&b.stats.connect_failures),
-            b.breaker().consecutive_failures(),
-            Stat::get(&b.stats.bytes_sent),
-            Stat::get(&b.stats.bytes_received),
-        );
-    }
-    out.push_str("\n]\n");
-}
-
 /// A JSON string literal.
-fn json_string(s: &str) -> String {
+pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

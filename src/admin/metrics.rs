@@ -9,8 +9,10 @@
 use crate::admin::View;
 use crate::clock;
 use crate::fleet::backend::{Backend, BackendStats, State};
+use crate::service::ServiceStats;
 use crate::stats::{Histogram, ProxyError, WorkerStats};
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 /// Writes the text exposition format into a string.
@@ -180,16 +182,29 @@ type PerBackend = (
 pub fn render(view: &View, out: &mut String) {
     let mut e = Exposition::new(out);
     let now = clock::millis(view.now);
-    let backends = || view.fleet.backends().chain(view.fleet.draining());
-    // Every backend's `{backend="ADDR"}`, end to end in one string.
-    let mut blocks = String::with_capacity(backends().count() * 32);
+    let backends = || {
+        view.topology
+            .pools()
+            .flat_map(|f| f.backends().chain(f.draining()))
+    };
+    // Every backend's `{pool="NAME",backend="ADDR"}`, end to end in one string.
+    let mut blocks = String::with_capacity(backends().count() * 48);
     let mut ends = Vec::with_capacity(backends().count());
     let mut addr = String::new();
-    for b in backends() {
-        addr.clear();
-        let _ = write!(addr, "{}", b.addr);
-        label_block(&mut blocks, "backend", &addr);
-        ends.push(blocks.len());
+    for fleet in view.topology.pools() {
+        let mut pool = String::new();
+        label_block(&mut pool, "pool", fleet.name());
+        let pool = pool.strip_suffix('}').unwrap_or(&pool).to_string();
+        for b in fleet.backends().chain(fleet.draining()) {
+            addr.clear();
+            let _ = write!(addr, "{}", b.addr);
+            blocks.push_str(&pool);
+            let start = blocks.len();
+            label_block(&mut blocks, "backend", &addr);
+            // `,backend="..."}` after the pool's `{pool="..."`.
+            blocks.replace_range(start..start + 1, ",");
+            ends.push(blocks.len());
+        }
     }
     let labelled = || {
         backends().zip(&ends).scan(0, |start, (b, &end)| {
@@ -248,14 +263,9 @@ pub fn render(view: &View, out: &mut String) {
         );
     }
 
+    services(view, &mut e);
     let workers = view.workers;
     let total = |get: fn(&WorkerStats) -> u64| workers.iter().map(|w| get(w)).sum::<u64>() as f64;
-    e.single(
-        "tcplb_connections_accepted_total",
-        "counter",
-        "Client connections accepted.",
-        total(|w| w.accepted.get()),
-    );
     e.family(
         "tcplb_worker_connections_accepted_total",
         "counter",
@@ -268,21 +278,7 @@ pub fn render(view: &View, out: &mut String) {
             w.accepted.get() as f64,
         );
     }
-    e.family(
-        "tcplb_connections_shed_total",
-        "counter",
-        "Clients accepted and closed at once: too many sessions, or the buffer pool nearly empty.",
-    );
-    e.sample(
-        "tcplb_connections_shed_total",
-        &[("reason", "max_conns")],
-        total(|w| w.shed_max_conns.get()),
-    );
-    e.sample(
-        "tcplb_connections_shed_total",
-        &[("reason", "pool")],
-        total(|w| w.shed_pool.get()),
-    );
+
     e.family(
         "tcplb_proxy_protocol_errors_total",
         "counter",
@@ -295,24 +291,14 @@ pub fn render(view: &View, out: &mut String) {
             workers.iter().map(|w| w.proxy_errors[i].get()).sum::<u64>() as f64,
         );
     }
-    e.single(
-        "tcplb_connections_no_backend_total",
-        "counter",
-        "Clients closed because no backend could be reached.",
-        total(|w| w.no_backend.get()),
-    );
+
     e.single(
         "tcplb_accept_errors_total",
         "counter",
         "accept() failures (out of descriptors, out of memory, ...).",
         total(|w| w.accept_errors.get()),
     );
-    e.single(
-        "tcplb_sessions_active",
-        "gauge",
-        "Client sessions open now.",
-        total(|w| w.sessions.get()),
-    );
+
     e.single(
         "tcplb_workers",
         "gauge",
@@ -426,6 +412,86 @@ pub fn render(view: &View, out: &mut String) {
         "gauge",
         "Start time of the process since unix epoch in seconds.",
         start,
+    );
+}
+
+/// The per-service families, and how reloads went.
+fn services(view: &View, e: &mut Exposition) {
+    let services: Vec<_> = view.topology.services().collect();
+    let counters: [(&str, &str, fn(&ServiceStats) -> u64); 2] = [
+        (
+            "tcplb_connections_accepted_total",
+            "Client connections accepted, by service.",
+            |s| ServiceStats::get(&s.accepted),
+        ),
+        (
+            "tcplb_connections_no_backend_total",
+            "Clients closed because no backend could be reached, by service.",
+            |s| ServiceStats::get(&s.no_backend),
+        ),
+    ];
+    for (name, help, get) in counters {
+        e.family(name, "counter", help);
+        for s in &services {
+            e.sample(name, &[("service", &s.name)], get(&s.stats) as f64);
+        }
+    }
+    let name = "tcplb_connections_shed_total";
+    e.family(
+        name,
+        "counter",
+        "Clients accepted and closed at once, by service and reason: max_conns (the process's or the service's own limit), or pool (the buffer pool nearly empty).",
+    );
+    for s in &services {
+        let st = &s.stats;
+        let max_conns =
+            ServiceStats::get(&st.shed_max_conns) + ServiceStats::get(&st.shed_service_max_conns);
+        e.sample(name, &[("service", &s.name), ("reason", "max_conns")], max_conns as f64);
+        e.sample(
+            name,
+            &[("service", &s.name), ("reason", "pool")],
+            ServiceStats::get(&st.shed_pool) as f64,
+        );
+    }
+    let name = "tcplb_sessions_active";
+    e.family(name, "gauge", "Client sessions open now, by service.");
+    for s in &services {
+        e.sample(
+            name,
+            &[("service", &s.name)],
+            s.stats.active.load(Ordering::Relaxed) as f64,
+        );
+    }
+    let name = "tcplb_service_max_connections";
+    e.family(name, "gauge", "A service's own limit of sessions at once (0: only the process's).");
+    for s in &services {
+        e.sample(name, &[("service", &s.name)], s.max_conns.unwrap_or(0) as f64);
+    }
+    e.single(
+        "tcplb_max_connections",
+        "gauge",
+        "Sessions at once for the whole process (max-conns).",
+        view.topology.max_conns() as f64,
+    );
+    let name = "tcplb_config_reloads_total";
+    e.family(name, "counter", "Reloads (SIGHUP), by outcome: ok, or error (the file did not parse or validate, a backends file failed; nothing changed).");
+    e.sample(name, &[("result", "ok")], view.reloads.ok as f64);
+    e.sample(name, &[("result", "error")], view.reloads.errors as f64);
+    e.single(
+        "tcplb_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the last reload that succeeded did (the start, before any), since the epoch.",
+        view.reloads
+            .last_success
+            .unwrap_or(view.started)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    e.single(
+        "tcplb_listener_bind_failures_total",
+        "counter",
+        "Listeners a reload could not bind; their service was left out (or kept its old addresses).",
+        view.reloads.bind_failures as f64,
     );
 }
 

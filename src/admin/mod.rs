@@ -1,30 +1,62 @@
 //! The admin surface: the HTTP endpoint (`--admin`: `/metrics`, `/healthz`, `/backends`)
 //! served by the control thread, never by a worker, so a scrape of a large fleet cannot
-//! stall traffic; the Prometheus rendering, which adds up every worker's figures; and the
-//! access log, written by one thread for every worker.
+//! stall traffic; the Prometheus rendering, which adds up every worker's figures; the
+//! `/backends` document; and the access log, written by one thread for every worker.
 //!
-//! Everything here reads the process through a [`View`]: the fleet, the workers' stats,
-//! the lifecycle. Nothing here changes any of it.
+//! Everything here reads the process through a [`View`]: the services and pools, the
+//! workers' stats, the lifecycle. Nothing here changes any of it.
 
 pub mod access_log;
+pub mod backends;
 pub mod http;
 pub mod metrics;
 
-use crate::fleet::Fleet;
-use crate::lifecycle::Lifecycle;
+use crate::control::ReloadStats;
+use crate::control::sockets::Sockets;
+use crate::service::Topology;
 use crate::stats::WorkerStats;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// What the admin endpoint shows, borrowed from the control thread for one request.
 pub struct View<'a> {
-    pub fleet: &'a Fleet,
+    /// Every service and every pool's current generation.
+    pub topology: &'a Topology,
+    /// Where each service listens.
+    pub listeners: &'a Sockets,
     /// Every worker's figures, in worker order.
     pub workers: &'a [Arc<WorkerStats>],
-    pub lifecycle: Lifecycle,
+    /// Whether the process serves (`/healthz` says so).
+    pub running: bool,
+    /// The lifecycle's name.
+    pub lifecycle: &'static str,
     pub now: Instant,
     /// When the process started, by the wall clock.
     pub started: SystemTime,
     /// Access log lines dropped so far (`None`: the log is off).
     pub access_log_dropped: Option<u64>,
+    pub reloads: ReloadStats,
+}
+
+impl View<'_> {
+    /// Whether the service called `name` (every service, for `None`) would take a new
+    /// client now: the process serves and its pool has a backend that takes sessions.
+    /// Without a name: whether any service would (the process is worth sending clients
+    /// to; a pool whose backends are all down is the backends' fault, and another
+    /// balancer would find them down too).
+    pub fn healthy(&self, name: Option<&str>) -> Option<bool> {
+        let now = crate::clock::millis(self.now);
+        let up = |pool| {
+            self.topology
+                .pool(pool)
+                .is_some_and(|f| f.any_taking_sessions(now))
+        };
+        match name {
+            Some(name) => {
+                let service = self.topology.services().find(|s| &*s.name == name)?;
+                Some(self.running && up(service.pool))
+            }
+            None => Some(self.running && self.topology.services().any(|s| up(s.pool))),
+        }
+    }
 }

@@ -1,26 +1,35 @@
 //! The control thread: everything that is not moving a client's bytes, on one event loop
 //! of its own, so none of it can stall a worker.
 //!
+//! [`Control`] is a dispatcher over small owners, each with its own state:
+//!
+//! | owner | owns |
+//! |---|---|
+//! | [`Lifecycle`] | running, draining (why, to whom, what was announced), stopping |
+//! | [`sockets::Sockets`] | every service's listening sockets (the control thread's copies) |
+//! | [`registry::Registry`] | the services by name: ids, counters, what the workers use |
+//! | [`rollout::Rollout`] | the current [`Topology`] and handing new ones to the workers |
+//! | [`prober::Prober`] | health probes in flight and each pool's round |
+//! | `admin` | the admin endpoint's connections |
+//! | [`upgrade`] | a binary upgrade under way |
+//!
 //! | token | handler |
 //! |---|---|
 //! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR2: upgrade |
-//! | the waker | a new fleet generation from the discovery thread; a worker adopted a generation or exited |
-//! | the admin listener | a new admin connection ([`crate::admin::http`]) |
-//! | the upgrade pipe | the new process an upgrade started says it serves, or is gone ([`upgrade`]) |
-//! | a slab entry | an admin connection or a health probe (`conns.rs`, [`prober`]) |
+//! | the waker | the discovery thread has news (a reload, a re-resolve); a worker adopted a generation or exited |
+//! | the admin listener | a new admin connection |
+//! | the upgrade pipe | the new process an upgrade started says it serves, or is gone |
+//! | `ConnId` tokens | an admin connection (socket 0) or a health probe (socket 1) |
 //!
-//! It owns the process's [`Lifecycle`]: running, draining (workers stop accepting and
-//! finish their sessions, up to `--drain-timeout`), stopping (workers cut what is left).
-//! It keeps a descriptor of every client listening socket ([`sockets`]) for an upgrade to
-//! hand over, and lets go of them when a drain begins (or when every worker accepting on
-//! one has died), so that a socket nobody serves does not stay open.
-//! It hands each new fleet generation to every worker, and once all have adopted it,
-//! replays the generation's selectors so changes made on the old one meanwhile count. It
-//! exits when the last worker has.
+//! It exits when the last worker has.
 
-mod conns;
+mod admin;
+pub mod failure;
 pub mod pid_file;
 pub mod prober;
+pub mod registry;
+mod reload;
+pub mod rollout;
 pub mod sockets;
 pub mod start;
 pub mod systemd;
@@ -29,21 +38,24 @@ pub mod upgrade;
 use crate::admin::access_log::AccessLog;
 use crate::admin::http::Endpoint;
 use crate::clock;
-use crate::fleet::Fleet;
-use crate::fleet::discovery::{Cause, Discovery};
-use crate::lifecycle::Lifecycle;
-use crate::logging::Throttle;
+use crate::fleet::PoolId;
+use crate::fleet::discovery::{Discovery, Update};
+use crate::lifecycle::{Drain, Lifecycle};
+use crate::logging::{Throttle, suppressed_note};
 use crate::stats::WorkerStats;
 use crate::worker::timer::{TimerId, Timers};
-use crate::worker::{Command, ConnId, Handle, Shared, WORKER_GONE};
-use conns::Conn;
+use crate::worker::{Command, ConnId, Handle, Shared};
+use admin::AdminConns;
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pid_file::PidFile;
+use prober::Prober;
+use registry::Registry;
+use rollout::Rollout;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
-use slab::Slab;
+use sockets::Sockets;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -74,11 +86,13 @@ pub fn poll() -> io::Result<(Poll, Arc<Waker>)> {
 
 /// What a control timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum TimerKey {
-    /// An admin connection's or a probe's deadline.
-    Conn(ConnId),
-    /// Time to probe every backend.
-    HealthRound,
+pub enum TimerKey {
+    /// An admin connection's deadline.
+    Admin(ConnId),
+    /// A probe's deadline.
+    Probe(ConnId),
+    /// Time to probe every backend of a pool.
+    HealthRound(PoolId),
     /// Draining has run out of time.
     DrainDeadline,
     /// The new process of an upgrade has run out of time to say it serves.
@@ -87,29 +101,33 @@ pub(super) enum TimerKey {
     UpgradeReap,
 }
 
+/// How reloads have gone, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReloadStats {
+    pub ok: u64,
+    pub errors: u64,
+    /// When the last one that succeeded did.
+    pub last_success: Option<SystemTime>,
+    /// Listeners a reload could not bind (their service was left out).
+    pub bind_failures: u64,
+}
+
 /// Everything the control thread starts with.
 pub struct ControlConfig {
     pub poll: Poll,
     pub signals: Signals,
-    pub fleet: Arc<Fleet>,
+    pub rollout: Rollout,
+    pub registry: Registry,
+    pub sockets: Sockets,
     pub discovery: Discovery,
     pub admin: Option<TcpListener>,
     pub access_log: Option<AccessLog>,
-    pub drain_timeout: Duration,
-    /// How long a health probe may take to connect.
-    pub probe_timeout: Duration,
+    pub global: crate::config::Global,
     pub workers: Vec<Handle>,
     pub worker_stats: Vec<Arc<WorkerStats>>,
     pub shared: Arc<Shared>,
-    /// Where clients connect (every worker's listener is bound to it).
-    pub local_addr: std::net::SocketAddr,
-    /// Every client listening socket, for an upgrade to hand over.
-    pub sockets: Vec<std::net::TcpListener>,
-    /// For each worker, the sockets it accepts on (indexes into `sockets`).
-    pub plan: Vec<Vec<usize>>,
     /// What an upgrade runs.
     pub invocation: Invocation,
-    pub upgrade_timeout: Duration,
     pub pid_file: Option<PidFile>,
 }
 
@@ -117,134 +135,103 @@ pub struct Control {
     poll: Poll,
     events: Events,
     signals: Signals,
-    discovery: Discovery,
-    admin: Option<Endpoint>,
-    conns: Slab<Conn>,
-    next_generation: u32,
     timers: Timers<TimerKey>,
     fired: Vec<TimerKey>,
     now: Instant,
     started: SystemTime,
-    fleet: Arc<Fleet>,
-    /// A generation handed to the workers and not yet adopted by all, with the lines to
-    /// log once it is.
-    adopting: Option<(u32, Vec<String>)>,
-    /// Generations replaced while workers may still use them: held until every worker has
-    /// moved on, so that the last reference goes here and not on a worker's loop (freeing a
-    /// generation, and the backends only it still lists, is O(n)).
-    retired: Vec<Arc<Fleet>>,
+    lifecycle: Lifecycle,
+    sockets: Sockets,
+    registry: Registry,
+    rollout: Rollout,
+    discovery: Discovery,
+    prober: Prober,
+    admin: AdminConns,
+    access_log: Option<AccessLog>,
+    /// The process-wide settings in effect (`workers`, `admin` and the pools of buffers
+    /// and pipes stay as they started until an upgrade).
+    global: crate::config::Global,
+    reloads: ReloadStats,
     workers: Vec<Handle>,
     worker_stats: Vec<Arc<WorkerStats>>,
     shared: Arc<Shared>,
-    access_log: Option<AccessLog>,
-    lifecycle: Lifecycle,
-    drain_timeout: Duration,
-    probe_timeout: Duration,
-    /// Sessions open when the drain began (0: nothing to say when it ends).
-    draining_sessions: usize,
-    /// What started the drain, until every listener is closed and that is announced.
-    drain_unannounced: Option<String>,
-    accept_throttle: Throttle,
-    fds_throttle: Throttle,
-    local_addr: std::net::SocketAddr,
-    /// This process's copies of the client listening sockets (`None` once let go of).
-    sockets: Vec<Option<std::net::TcpListener>>,
-    plan: Vec<Vec<usize>>,
     invocation: Invocation,
-    upgrade_timeout: Duration,
     /// An upgrade under way, with its deadline.
     upgrade: Option<(Upgrade, TimerId)>,
-    /// The process this one handed over to, once it has.
-    successor: Option<u32>,
-    /// SIGTERMs and SIGINTs so far (the second one cuts the sessions left).
-    stop_signals: u32,
     pid_file: Option<PidFile>,
+    fds_throttle: Throttle,
 }
 
 impl Control {
-    /// Where clients connect.
-    pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.local_addr
-    }
-
     /// Where the admin endpoint listens, if it is on.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
-        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+        self.admin.local_addr()
     }
 
     pub fn new(config: ControlConfig) -> io::Result<Control> {
         let ControlConfig {
             poll,
             mut signals,
-            fleet,
+            rollout,
+            registry,
+            sockets,
             discovery,
             admin,
             access_log,
-            drain_timeout,
-            probe_timeout,
+            global,
             workers,
             worker_stats,
             shared,
-            local_addr,
-            sockets,
-            plan,
             invocation,
-            upgrade_timeout,
             pid_file,
         } = config;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let admin = match admin {
-            Some(listener) => Some(Endpoint::new(listener, poll.registry(), ADMIN_LISTENER)?),
-            None => None,
+            Some(listener) => AdminConns::new(Some(Endpoint::new(
+                listener,
+                poll.registry(),
+                ADMIN_LISTENER,
+            )?)),
+            None => AdminConns::new(None),
         };
         let now = Instant::now();
         let mut timers = Timers::new(now);
-        if fleet.policy().checks.is_some() {
-            timers.insert(now, TimerKey::HealthRound);
+        let mut prober = Prober::default();
+        for fleet in rollout.current().pools() {
+            prober.schedule(fleet, &mut timers, now);
         }
         Ok(Control {
             poll,
             events: Events::with_capacity(256),
             signals,
-            discovery,
-            admin,
-            conns: Slab::new(),
-            next_generation: 0,
             timers,
             fired: Vec::new(),
             now,
             started: SystemTime::now(),
-            fleet,
-            adopting: None,
-            retired: Vec::new(),
+            lifecycle: Lifecycle::Running,
+            sockets,
+            registry,
+            rollout,
+            discovery,
+            prober,
+            admin,
+            access_log,
+            global,
+            reloads: ReloadStats::default(),
             workers,
             worker_stats,
             shared,
-            access_log,
-            lifecycle: Lifecycle::Running,
-            drain_timeout,
-            probe_timeout,
-            draining_sessions: 0,
-            drain_unannounced: None,
-            accept_throttle: Throttle::default(),
-            fds_throttle: Throttle::default(),
-            local_addr,
-            sockets: sockets.into_iter().map(Some).collect(),
-            plan,
             invocation,
-            upgrade_timeout,
             upgrade: None,
-            successor: None,
-            stop_signals: 0,
             pid_file,
+            fds_throttle: Throttle::default(),
         })
     }
 
     /// Runs until every worker has exited; then waits for the threads and the access log.
     pub fn run(mut self) -> io::Result<()> {
         while self.shared.running.load(Ordering::Acquire) > 0 {
-            let timeout = if self.admin.as_ref().is_some_and(Endpoint::is_ready) {
+            let timeout = if self.admin.is_ready() {
                 Some(Duration::ZERO)
             } else {
                 self.timers.next_timeout(Instant::now())
@@ -265,25 +252,30 @@ impl Control {
                     SIGNALS => self.on_signals(),
                     WAKER => self.on_wake(),
                     UPGRADE => self.on_upgrade_pipe(),
-                    ADMIN_LISTENER => {
-                        if let Some(admin) = &mut self.admin {
-                            admin.set_ready();
+                    ADMIN_LISTENER => self.admin.set_ready(),
+                    token if Prober::owns(token) => {
+                        if let Some(outcome) = self.prober.on_ready(token, event, &mut self.timers)
+                        {
+                            self.fold_probe(outcome);
                         }
                     }
-                    token => self.dispatch(token, event),
+                    token => self.serve_admin(ConnId::from_token(token).0),
                 }
             }
             self.events = events;
-            if self.admin.as_ref().is_some_and(Endpoint::is_ready) {
+            if self.admin.is_ready() {
                 self.accept_admin();
             }
             self.fire_timers();
         }
         self.announce_drain();
-        if self.lifecycle == Lifecycle::Running {
-            warn!("every worker has stopped; exiting");
-        } else if self.lifecycle == Lifecycle::Draining && self.draining_sessions > 0 {
-            info!("drained: every session has finished; exiting");
+        match &self.lifecycle {
+            Lifecycle::Running => warn!("every worker has stopped; exiting"),
+            Lifecycle::Draining(Drain {
+                announced: Some(sessions),
+                ..
+            }) if *sessions > 0 => info!("drained: every session has finished; exiting"),
+            _ => {}
         }
         self.join_workers();
         // Writes out the last access log lines (every worker has handed over its last).
@@ -313,8 +305,8 @@ impl Control {
             match signal {
                 SIGUSR2 => self.begin_upgrade(),
                 SIGHUP if self.lifecycle.is_running() => {
-                    info!("SIGHUP: reloading the backend set");
-                    self.discovery.reload();
+                    info!("SIGHUP: reloading");
+                    self.discovery.reload(0);
                 }
                 SIGHUP => {}
                 _ => {
@@ -323,71 +315,61 @@ impl Control {
                     } else {
                         "SIGTERM"
                     };
-                    self.stop_signals += 1;
-                    match (
-                        self.lifecycle.is_running(),
-                        self.stop_signals,
-                        self.successor,
-                    ) {
-                        (true, ..) => self.begin_drain(name.to_string()),
-                        // Draining since an upgrade handed over: this is the first request
-                        // to stop (systemd's stop sends it to every process of the service).
-                        (false, 1, Some(pid)) => info!(
-                            "{name}: draining already (since the upgrade to pid {pid}); a \
-                             second signal cuts the sessions left"
-                        ),
-                        _ => {
-                            warn!("second signal: exiting now");
-                            self.stop_workers();
-                        }
-                    }
+                    self.on_stop_signal(name);
                 }
             }
         }
     }
 
+    /// SIGTERM or SIGINT: the first drains, the next stops (after an upgrade handed over,
+    /// the process is draining already, and the first one is the service manager's request
+    /// to stop, sent to every process of the service).
+    fn on_stop_signal(&mut self, name: &str) {
+        match &mut self.lifecycle {
+            Lifecycle::Running => self.begin_drain(name.to_string(), None),
+            Lifecycle::Draining(drain) if drain.stop_signals == 0 && drain.successor.is_some() => {
+                drain.stop_signals += 1;
+                info!(
+                    "{name}: draining already (since the upgrade to pid {}); a second signal \
+                     cuts the sessions left",
+                    drain.successor.unwrap_or_default()
+                );
+            }
+            _ => {
+                warn!("second signal: exiting now");
+                self.stop_workers();
+            }
+        }
+    }
+
     /// Every worker stops accepting and lets its sessions finish for up to
-    /// `--drain-timeout`. `/healthz` answers 503 from now. This process lets go of its
+    /// `drain-timeout`. `/healthz` answers 503 from now. This process lets go of its
     /// listening sockets: one nobody else holds closes, so new clients are refused; one a
     /// newer tcplb (after an upgrade) or systemd holds stays open there, queue and all.
-    fn begin_drain(&mut self, why: String) {
-        self.lifecycle = Lifecycle::Draining;
+    fn begin_drain(&mut self, why: String, successor: Option<u32>) {
         if let Some((upgrade, timer)) = self.upgrade.take() {
             info!("{why}: giving up the upgrade to pid {}", upgrade.pid());
             self.timers.cancel(timer);
             upgrade.abandon(self.poll.registry(), false);
         }
-        self.sockets.iter_mut().for_each(|s| *s = None);
+        self.lifecycle = Lifecycle::Draining(Drain {
+            why,
+            successor,
+            announced: None,
+            stop_signals: 0,
+        });
+        self.sockets.release_all();
         for w in &self.workers {
             w.send(Command::Drain);
         }
-        if self.successor.is_none() {
+        if successor.is_none() {
             if let Err(e) = systemd::notify("STOPPING=1") {
                 debug!("cannot tell systemd that tcplb is stopping: {e}");
             }
         }
-        self.drain_unannounced = Some(why);
         self.timers
-            .insert(self.now + self.drain_timeout, TimerKey::DrainDeadline);
+            .insert(self.now + self.global.drain_timeout, TimerKey::DrainDeadline);
         self.announce_drain();
-    }
-
-    /// Lets go of the sockets no running worker accepts on any more (its worker's loop
-    /// failed), so that they close instead of queueing clients nobody serves.
-    fn release_orphaned_sockets(&mut self) {
-        if !self.lifecycle.is_running()
-            || self.shared.accepting.load(Ordering::Acquire) == self.workers.len()
-        {
-            return;
-        }
-        for (j, socket) in self.sockets.iter_mut().enumerate() {
-            let served = self.plan.iter().enumerate().any(|(w, sockets)| {
-                sockets.contains(&j) && self.shared.listening[w].load(Ordering::Acquire)
-            });
-            if !served {
-                *socket = None;
-            }
-        }
     }
 
     /// Once every listener is closed (so the line is true when it is read), says how many
@@ -396,84 +378,73 @@ impl Control {
         if self.shared.accepting.load(Ordering::Acquire) > 0 {
             return;
         }
-        let Some(why) = self.drain_unannounced.take() else {
+        let Lifecycle::Draining(drain) = &mut self.lifecycle else {
             return;
         };
+        if drain.announced.is_some() {
+            return;
+        }
         let sessions = self.shared.sessions.load(Ordering::Acquire);
-        self.draining_sessions = sessions;
+        drain.announced = Some(sessions);
         if sessions == 0 {
-            info!("{why}: no sessions open; exiting");
+            info!("{}: no sessions open; exiting", drain.why);
         } else {
             info!(
-                "{why}: stopped accepting; draining {sessions} sessions for up to {:?}",
-                self.drain_timeout
+                "{}: stopped accepting; draining {sessions} sessions for up to {:?}",
+                drain.why, self.global.drain_timeout
             );
         }
     }
 
-    /// Something woke us: a new fleet generation, or news from a worker.
+    /// Something woke us: news from the discovery thread, or from a worker.
     fn on_wake(&mut self) {
         while let Some(update) = self.discovery.next_update() {
-            let what = match update.cause {
-                Cause::Reload => "reload",
-                Cause::Resolve => "re-resolve",
-            };
-            match update.result {
-                Ok((fleet, changes)) => {
-                    let mut lines = vec![format!(
-                        "{what}: {}; {} backends",
-                        changes.counts(),
-                        fleet.len()
-                    )];
-                    lines.extend(changes.lines().into_iter().map(|l| format!("{what}: {l}")));
-                    if fleet.is_empty() {
-                        lines.push(format!(
-                            "{what}: the backend set is empty; new clients will be closed"
-                        ));
+            match update {
+                Update::Reloaded { result, .. } => match result {
+                    Ok(reloaded) => self.apply_reload(*reloaded),
+                    Err(message) => {
+                        self.reloads.errors += 1;
+                        warn!("reload failed, keeping the running set: {message}");
                     }
-                    self.adopt(fleet, lines);
-                }
-                Err(message) => warn!("{what} failed, keeping the running set: {message}"),
+                },
+                Update::Resolved(change) => self.apply_resolved(change),
             }
         }
-        self.check_adopted();
-        self.release_orphaned_sockets();
+        self.rollout.check_adopted(&self.shared);
+        if self.lifecycle.is_running()
+            && self.shared.accepting.load(Ordering::Acquire) < self.workers.len()
+        {
+            let shared = Arc::clone(&self.shared);
+            self.sockets
+                .release_unserved(|w| shared.listening[w].load(Ordering::Acquire));
+        }
         self.announce_drain();
     }
 
-    /// Makes `fleet` the current generation, here and on every worker; `lines` are logged
-    /// once every worker uses it (so what they say is in effect when they are read).
-    fn adopt(&mut self, fleet: Arc<Fleet>, lines: Vec<String>) {
-        if let Some((_, pending)) = self.adopting.take() {
-            // Superseded before every worker took it: say what it was anyway.
-            pending.iter().for_each(|line| info!("{line}"));
+    /// Folds a probe's outcome into its pool's current generation.
+    fn fold_probe(&mut self, (backend, result): prober::Outcome) {
+        if let Some(fleet) = self.rollout.current().pool(backend.pool) {
+            fleet.probe_result(&backend, &result, clock::millis(self.now));
         }
-        self.adopting = Some((fleet.generation(), lines));
-        for w in &self.workers {
-            w.send(Command::Fleet(Arc::clone(&fleet)));
-        }
-        let old = std::mem::replace(&mut self.fleet, fleet);
-        self.retired.push(old);
-        self.check_adopted();
     }
 
-    /// Once every running worker uses the newest generation, replays its selectors (the
-    /// sessions that started or ended on the old one meanwhile are then counted in it) and
-    /// logs what changed.
-    fn check_adopted(&mut self) {
-        let Some((generation, _)) = &self.adopting else {
+    /// A pool's round of probes is due.
+    fn health_round(&mut self, pool: PoolId) {
+        if !self.lifecycle.is_running() {
+            return;
+        }
+        let Some(fleet) = self.rollout.current().pool(pool).map(Arc::clone) else {
             return;
         };
-        // A worker that has exited adopts nothing any more: it is not waited for.
-        let all = self.shared.adopted.iter().all(|g| {
-            let adopted = g.load(Ordering::Acquire);
-            adopted == *generation || adopted == WORKER_GONE
-        });
-        if all {
-            self.fleet.refresh_all(clock::millis(Instant::now()));
-            self.retired.clear();
-            if let Some((_, lines)) = self.adopting.take() {
-                lines.iter().for_each(|line| info!("{line}"));
+        let (failed, exhausted) =
+            self.prober
+                .round(&fleet, self.poll.registry(), &mut self.timers, self.now);
+        for outcome in failed {
+            self.fold_probe(outcome);
+        }
+        if let Some(e) = exhausted {
+            if let Some(n) = self.fds_throttle.allow(self.now) {
+                warn!("cannot open a health check socket: {e}{}", suppressed_note(n));
             }
         }
     }
@@ -483,11 +454,16 @@ impl Control {
         let mut fired = std::mem::take(&mut self.fired);
         for key in fired.drain(..) {
             match key {
-                TimerKey::Conn(id) => self.on_conn_timer(id),
-                TimerKey::HealthRound => self.health_round(),
+                TimerKey::Admin(id) => self.on_admin_timer(id),
+                TimerKey::Probe(id) => {
+                    if let Some(outcome) = self.prober.on_timer(id, &mut self.timers) {
+                        self.fold_probe(outcome);
+                    }
+                }
+                TimerKey::HealthRound(pool) => self.health_round(pool),
                 TimerKey::DrainDeadline => {
-                    if self.lifecycle == Lifecycle::Draining {
-                        warn!("drain timeout ({:?}) reached", self.drain_timeout);
+                    if matches!(self.lifecycle, Lifecycle::Draining(_)) {
+                        warn!("drain timeout ({:?}) reached", self.global.drain_timeout);
                         self.stop_workers();
                     }
                 }
@@ -498,3 +474,29 @@ impl Control {
         self.fired = fired;
     }
 }
+
+/// What the admin endpoint shows now: a [`View`] of disjoint borrows of the control
+/// thread's fields (a method could not lend them beside a mutable borrow of its
+/// connections).
+macro_rules! view {
+    ($control:ident) => {
+        $crate::admin::View {
+            topology: $control.rollout.current(),
+            listeners: &$control.sockets,
+            workers: &$control.worker_stats,
+            // After a hand-over, a request accepted before it is answered for the service,
+            // which the newer process runs on: "draining" would tell a health checker the
+            // service is going away.
+            running: $control.lifecycle.is_running() || $control.lifecycle.successor().is_some(),
+            lifecycle: $control.lifecycle.as_str(),
+            now: $control.now,
+            started: $control.started,
+            access_log_dropped: $control
+                .access_log
+                .as_ref()
+                .map($crate::admin::access_log::AccessLog::dropped),
+            reloads: $control.reloads,
+        }
+    };
+}
+use view;

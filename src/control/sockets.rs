@@ -1,44 +1,38 @@
-//! The listening sockets: where they come from, and which worker accepts on which.
+//! The listening sockets, by service: where they come from, which worker accepts on which,
+//! and the control thread's own copy of each (for the next upgrade to hand over).
 //!
-//! They come from the first of these that has them:
-//! 1. the tcplb this process upgrades (`TCPLB_UPGRADE_FDS`, see [`super::upgrade`]): every
-//!    client socket and the admin socket, adopted as they are;
-//! 2. systemd (socket activation, see [`super::systemd`]): the socket at the `--admin`
-//!    address, if one is, serves the admin endpoint; every other one serves clients;
-//! 3. binding here: `--listen` (on Linux one socket per worker, in one `SO_REUSEPORT` group)
-//!    and `--admin`.
+//! At start a service's address gets its sockets from the first of these that has them:
+//! 1. the tcplb this process upgrades (`TCPLB_UPGRADE_FDS`, see [`super::upgrade`]): each
+//!    socket comes named with its service; it is adopted where the service (by name) still
+//!    listens on its address (or on port 0 of its host);
+//! 2. systemd (socket activation, see [`super::systemd`]): a socket at a service's address
+//!    is that service's (with one service, every socket but the admin one is its);
+//! 3. binding here: on Linux one socket per worker, in one `SO_REUSEPORT` group.
 //!
-//! An admin socket that was not handed over is bound here.
+//! A reload binds the addresses of the services it adds ([`Sockets::bind_service`]) and lets
+//! go of those of the services it removes ([`Sockets::remove`]): the sockets of a service
+//! that did not change are never touched.
 //!
-//! Which worker accepts where ([`assign`]):
+//! Which worker accepts where ([`assign`]), per address:
 //! - a `SO_REUSEPORT` group (two or more sockets on one address, as tcplb binds them): one
-//!   socket per worker. After an upgrade to more workers than the group has sockets
-//!   (`--workers auto` on a machine that gained CPUs), the new process binds more into the
-//!   group, and the kernel spreads new clients over all of them. With fewer workers than
-//!   sockets, some workers take two or more, round-robin: a socket of the group cannot leave
-//!   it without being closed, and closing it resets every client queued on it (unless
-//!   `net.ipv4.tcp_migrate_req` is on), so none is closed before the process exits.
-//! - anything else (a single socket, systemd's sockets, sockets on different addresses):
-//!   every worker accepts on every socket, each through its own descriptor; the kernel wakes
-//!   every worker for a new client and one of them gets it. A process never adds sockets of
-//!   its own beside systemd's: they would close, with the clients queued on them, when it
-//!   stops, and the point of systemd's sockets is that a restart refuses nothing.
-//!
-//! The control thread keeps one descriptor of every client socket (for the next upgrade);
-//! each worker gets copies of its own.
+//!   socket per worker. After an upgrade to more workers than the group has sockets, the new
+//!   process binds more into the group. With fewer workers than sockets, some workers take
+//!   two or more, round-robin: a socket of the group cannot leave it without being closed,
+//!   and closing it resets every client queued on it.
+//! - anything else (a single socket, systemd's): every worker accepts on it through its own
+//!   descriptor; the kernel wakes every worker for a new client and one of them gets it.
 
-use super::start::Failure;
+use super::failure::Failure;
 use super::systemd;
 use super::upgrade::Inherited;
-use crate::config::Config;
+use crate::config::{Config, ServiceSpec, authority};
 use crate::net;
-use crate::worker::MAX_LISTENERS;
-use log::warn;
+use log::{info, warn};
 use socket2::Socket;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Where the listening sockets came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,111 +45,286 @@ pub enum Origin {
     Systemd,
 }
 
-/// The listening sockets and who accepts on which.
-pub struct Listening {
-    /// Every client socket, once each.
-    pub sockets: Vec<TcpListener>,
-    /// Their addresses, in the same order.
-    pub addrs: Vec<SocketAddr>,
+/// The sockets of one address of a service, and who accepts on which.
+#[derive(Debug)]
+pub struct Group {
+    /// The address as configured (`None`: handed over with no configured one to match).
+    configured: Option<(String, u16)>,
+    pub addr: SocketAddr,
+    /// The control thread's copies (`None` once let go of).
+    sockets: Vec<Option<TcpListener>>,
     /// For each worker, the sockets it accepts on (indexes into `sockets`).
-    pub plan: Vec<Vec<usize>>,
+    plan: Vec<Vec<usize>>,
+}
+
+impl Group {
+    fn new(
+        configured: Option<(String, u16)>,
+        addr: SocketAddr,
+        sockets: Vec<TcpListener>,
+        workers: usize,
+    ) -> Group {
+        let group = is_group(&sockets);
+        let plan = assign(sockets.len(), workers, group);
+        Group {
+            configured,
+            addr,
+            sockets: sockets.into_iter().map(Some).collect(),
+            plan,
+        }
+    }
+
+    /// Worker `w`'s own copies of its sockets.
+    fn for_worker(&self, w: usize) -> io::Result<Vec<TcpListener>> {
+        self.plan[w]
+            .iter()
+            .filter_map(|&j| self.sockets[j].as_ref())
+            .map(TcpListener::try_clone)
+            .collect()
+    }
+}
+
+/// Every service's listening sockets, and the admin one.
+pub struct Sockets {
+    services: Vec<(String, Vec<Group>)>,
+    workers: usize,
     pub admin: Option<TcpListener>,
     pub origin: Origin,
     /// After an upgrade: where to say this process serves.
     pub ready: Option<File>,
 }
 
-impl Listening {
-    /// Gets the sockets for `workers` workers: handed over, from systemd, or bound.
-    pub fn acquire(config: &Config, workers: usize) -> Result<Listening, Failure> {
-        let (sockets, admin, origin, ready) = match Inherited::from_env().map_err(Failure::Start)? {
-            Some(inherited) => {
-                let sockets = inherited
-                    .listen
-                    .into_iter()
-                    .map(adopt)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let admin = inherited.admin.map(adopt).transpose()?;
-                let origin = Origin::Upgrade {
-                    from: inherited.from,
-                };
-                (sockets, admin, origin, Some(inherited.ready))
-            }
-            None => {
-                let fds = systemd::listen_fds().map_err(Failure::Start)?;
-                if fds.is_empty() {
-                    (
-                        bind(&config.listen, config.backlog, workers)?,
-                        None,
-                        Origin::Bound,
-                        None,
-                    )
-                } else {
-                    let (sockets, admin) = split_systemd(fds, config)?;
-                    (sockets, admin, Origin::Systemd, None)
+/// A socket handed to this process, not yet given to a service.
+struct Adopted {
+    socket: TcpListener,
+    addr: SocketAddr,
+    /// The service it was named for (an upgrade names them; systemd does not).
+    service: Option<String>,
+}
+
+impl Sockets {
+    /// Gets every service's sockets for `workers` workers: handed over, from systemd, or
+    /// bound.
+    pub fn acquire(config: &Config, workers: usize) -> Result<Sockets, Failure> {
+        let (mut inherited, admin, origin, ready) =
+            match Inherited::from_env().map_err(Failure::Start)? {
+                Some(inherited) => {
+                    let mut sockets = Vec::with_capacity(inherited.listen.len());
+                    for (fd, service) in inherited.listen {
+                        let (socket, addr) = adopt(fd)?;
+                        sockets.push(Adopted {
+                            socket,
+                            addr,
+                            service,
+                        });
+                    }
+                    let admin = inherited.admin.map(adopt).transpose()?;
+                    let origin = Origin::Upgrade {
+                        from: inherited.from,
+                    };
+                    (sockets, admin, origin, Some(inherited.ready))
                 }
-            }
-        };
-        if sockets.is_empty() {
-            return Err(Failure::Start(
-                "no listening socket was handed over".to_string(),
-            ));
-        }
-        let admin = match (admin, &config.admin) {
+                None => {
+                    let fds = systemd::listen_fds().map_err(Failure::Start)?;
+                    if fds.is_empty() {
+                        (Vec::new(), None, Origin::Bound, None)
+                    } else {
+                        let (sockets, admin) = split_systemd(fds, config)?;
+                        (sockets, admin, Origin::Systemd, None)
+                    }
+                }
+            };
+        let admin = match (admin, &config.global.admin) {
             (Some((socket, _)), Some(_)) => Some(socket),
-            (None, Some(addr)) => Some(bind(addr, 64, 1)?.remove(0).0),
+            (None, Some(addr)) => Some(
+                bind(addr, 64, 1)
+                    .map_err(|e| Failure::Start(format!("{e} (--admin)")))?
+                    .remove(0)
+                    .0,
+            ),
             (_, None) => None,
         };
-        let (mut sockets, mut addrs): (Vec<TcpListener>, Vec<SocketAddr>) =
-            sockets.into_iter().unzip();
-        let group = is_group(&sockets, &addrs);
-        // Sockets bound here are as many as could be (`net::bind_group`); systemd's are
-        // never added to.
-        if group && sockets.len() < workers && matches!(origin, Origin::Upgrade { .. }) {
-            for _ in sockets.len()..workers {
-                match net::join_group(addrs[0], config.backlog) {
-                    Ok(socket) => {
-                        sockets.push(socket);
-                        addrs.push(addrs[0]);
-                    }
-                    Err(e) => {
-                        warn!(
-                            "cannot add a socket to the group listening on {}: {e}; some \
-                             workers share one",
-                            addrs[0]
-                        );
-                        break;
-                    }
-                }
-            }
-        }
-        let plan = assign(sockets.len(), workers, group);
-        if plan.iter().any(|p| p.len() > MAX_LISTENERS) {
-            return Err(Failure::Start(format!(
-                "{} listening sockets: more than {MAX_LISTENERS} per worker",
-                sockets.len()
-            )));
-        }
-        Ok(Listening {
-            sockets,
-            addrs,
-            plan,
+        let mut sockets = Sockets {
+            services: Vec::with_capacity(config.services.len()),
+            workers,
             admin,
             origin,
             ready,
-        })
+        };
+        let only_one = config.services.len() == 1;
+        for service in &config.services {
+            let mut groups = Vec::with_capacity(service.listen.len());
+            let taken = take_inherited(&mut inherited, service, only_one, origin);
+            for source in taken {
+                groups.push(match source {
+                    Source::Adopt(configured, found) => {
+                        grow(configured, found, service.backlog, workers, origin)
+                    }
+                    Source::Bind(addr) => bind_group(&addr, service.backlog, workers)
+                        .map_err(|e| Failure::Start(format!("service {}: {e}", service.name)))?,
+                });
+            }
+            sockets.services.push((service.name.clone(), groups));
+        }
+        for left in inherited {
+            info!(
+                "closing the handed-over socket on {}{}: no service listens there now",
+                left.addr,
+                left.service
+                    .map(|s| format!(" (service {s})"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(sockets)
     }
 
-    /// Worker `index`'s own copies of its sockets.
-    pub fn for_worker(&self, index: usize) -> io::Result<Vec<mio::net::TcpListener>> {
-        self.plan[index]
+    /// Binds `service`'s addresses (a reload added it). Nothing is kept if one fails.
+    pub fn bind_service(&mut self, service: &ServiceSpec) -> Result<(), String> {
+        let mut groups = Vec::with_capacity(service.listen.len());
+        for addr in &service.listen {
+            groups.push(bind_group(addr, service.backlog, self.workers)?);
+        }
+        self.remove(&service.name);
+        self.services.push((service.name.clone(), groups));
+        Ok(())
+    }
+
+    /// A reload changed `old`'s addresses (or backlog) to `new`'s: binds the addresses it
+    /// gained, lets go of those it lost, keeps the rest (with the new backlog). Returns the
+    /// addresses lost and the addresses gained; on an error nothing has changed.
+    #[allow(clippy::type_complexity)]
+    pub fn rebind_service(
+        &mut self,
+        old: &ServiceSpec,
+        new: &ServiceSpec,
+    ) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), String> {
+        let Some(i) = self.services.iter().position(|(name, _)| *name == old.name) else {
+            return Err(format!("service {} has no sockets", old.name));
+        };
+        let configured = |g: &Group| g.configured.clone();
+        let have: Vec<Option<(String, u16)>> = self.services[i].1.iter().map(configured).collect();
+        let mut fresh = Vec::new();
+        for addr in &new.listen {
+            if !have.contains(&Some(addr.clone())) {
+                fresh.push(bind_group(addr, new.backlog, self.workers)?);
+            }
+        }
+        let groups = std::mem::take(&mut self.services[i].1);
+        let mut kept = Vec::with_capacity(groups.len() + fresh.len());
+        let mut lost = Vec::new();
+        for group in groups {
+            match &group.configured {
+                Some(addr) if !new.listen.contains(addr) => lost.push(group.addr),
+                _ => {
+                    if new.backlog != old.backlog {
+                        for socket in group.sockets.iter().flatten() {
+                            if let Err(e) = socket2::SockRef::from(socket).listen(new.backlog) {
+                                warn!("cannot change the backlog on {}: {e}", group.addr);
+                            }
+                        }
+                    }
+                    kept.push(group);
+                }
+            }
+        }
+        let gained: Vec<SocketAddr> = fresh.iter().map(|g| g.addr).collect();
+        kept.extend(fresh);
+        self.services[i].1 = kept;
+        Ok((lost, gained))
+    }
+
+    /// Lets go of `service`'s sockets (a reload removed it): one nobody else holds closes.
+    pub fn remove(&mut self, service: &str) -> bool {
+        let before = self.services.len();
+        self.services.retain(|(name, _)| name != service);
+        self.services.len() != before
+    }
+
+    /// Worker `w`'s copies of `service`'s sockets (those on `only`'s addresses, if given).
+    pub fn for_worker(
+        &self,
+        service: &str,
+        w: usize,
+        only: Option<&[SocketAddr]>,
+    ) -> io::Result<Vec<TcpListener>> {
+        let mut out = Vec::new();
+        for group in self.groups(service) {
+            if only.is_none_or(|addrs| addrs.contains(&group.addr)) {
+                out.extend(group.for_worker(w)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn groups(&self, service: &str) -> &[Group] {
+        self.services
             .iter()
-            .map(|&j| {
-                Ok(mio::net::TcpListener::from_std(
-                    self.sockets[j].try_clone()?,
-                ))
+            .find(|(name, _)| name == service)
+            .map_or(&[], |(_, groups)| groups.as_slice())
+    }
+
+    /// The addresses `service` listens on.
+    pub fn addrs(&self, service: &str) -> Vec<SocketAddr> {
+        self.groups(service).iter().map(|g| g.addr).collect()
+    }
+
+    /// Whether the socket on `addr` takes IPv6 only (a `[::]` one without it reaches IPv4
+    /// clients too).
+    pub fn v6_only(&self, addr: SocketAddr) -> bool {
+        self.services
+            .iter()
+            .flat_map(|(_, groups)| groups)
+            .filter(|g| g.addr == addr)
+            .flat_map(|g| g.sockets.iter().flatten())
+            .next()
+            .is_some_and(|s| socket2::SockRef::from(s).only_v6().unwrap_or(false))
+    }
+
+    /// Every address of every service, for the start line.
+    pub fn all_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.services
+            .iter()
+            .flat_map(|(name, groups)| groups.iter().map(move |g| (name.clone(), g.addr)))
+            .collect()
+    }
+
+    /// Every socket still held, with its service, for an upgrade to hand over.
+    pub fn handoff(&self) -> Vec<(RawFd, String)> {
+        self.services
+            .iter()
+            .flat_map(|(name, groups)| {
+                groups.iter().flat_map(move |g| {
+                    g.sockets
+                        .iter()
+                        .flatten()
+                        .map(move |s| (s.as_raw_fd(), name.clone()))
+                })
             })
             .collect()
+    }
+
+    /// Lets go of every client socket (a drain began): one nobody else holds closes.
+    pub fn release_all(&mut self) {
+        self.services.clear();
+    }
+
+    /// Lets go of the sockets no running worker accepts on any more (its worker's loop
+    /// failed), so that they close instead of queueing clients nobody serves.
+    pub fn release_unserved(&mut self, listening: impl Fn(usize) -> bool) {
+        for (_, groups) in &mut self.services {
+            for group in groups {
+                for (j, socket) in group.sockets.iter_mut().enumerate() {
+                    let served = group
+                        .plan
+                        .iter()
+                        .enumerate()
+                        .any(|(w, sockets)| sockets.contains(&j) && listening(w));
+                    if !served {
+                        *socket = None;
+                    }
+                }
+            }
+        }
     }
 
     /// For the start line: where the sockets came from and how the workers share them
@@ -169,29 +338,140 @@ impl Listening {
             }
             Origin::Systemd => notes.push("listening sockets from systemd".to_string()),
         }
-        let workers = self.plan.len();
-        let sockets = self.sockets.len();
-        if workers > 1 && self.plan.iter().all(|p| p.len() == sockets) {
-            notes.push(format!(
-                "the workers share {}",
-                if sockets == 1 {
-                    "the listening socket".to_string()
-                } else {
-                    format!("{sockets} listening sockets")
-                }
-            ));
-        } else if sockets > workers {
-            notes.push(format!(
-                "{sockets} listening sockets over {workers} worker{}",
-                if workers == 1 { "" } else { "s" }
-            ));
-        }
-        if self.addrs.iter().any(|a| *a != self.addrs[0]) {
-            let others: Vec<String> = self.addrs[1..].iter().map(|a| a.to_string()).collect();
-            notes.push(format!("also listening on {}", others.join(", ")));
+        let shared = self
+            .services
+            .iter()
+            .flat_map(|(_, g)| g)
+            .any(|g| g.sockets.len() == 1 && self.workers > 1);
+        if shared {
+            notes.push("the workers share some listening sockets".to_string());
         }
         notes.iter().map(|n| format!("; {n}")).collect()
     }
+}
+
+/// Where an address of a service gets its sockets.
+enum Source {
+    /// Handed over (every socket on one address), for this configured address if known.
+    Adopt(Option<(String, u16)>, Vec<(TcpListener, SocketAddr)>),
+    /// Nothing was: bind it.
+    Bind((String, u16)),
+}
+
+/// What was handed over for `service`'s addresses, taken out of `inherited`.
+fn take_inherited(
+    inherited: &mut Vec<Adopted>,
+    service: &ServiceSpec,
+    only_one: bool,
+    origin: Origin,
+) -> Vec<Source> {
+    // One service and sockets from systemd (or from an older tcplb, which names none):
+    // every socket is the service's, as with one --listen.
+    if only_one && !inherited.is_empty() && inherited.iter().all(|a| a.service.is_none()) {
+        if origin == Origin::Systemd {
+            let configured: Vec<SocketAddr> = service
+                .listen
+                .iter()
+                .flat_map(|(h, p)| net::resolve(h, *p).unwrap_or_default())
+                .collect();
+            if !inherited.iter().any(|a| configured.contains(&a.addr)) {
+                let passed: Vec<String> = inherited.iter().map(|a| a.addr.to_string()).collect();
+                let listen: Vec<String> = service.listen.iter().map(authority).collect();
+                warn!(
+                    "--listen {} is not among the sockets systemd passed ({}); serving on those",
+                    listen.join(", "),
+                    passed.join(", ")
+                );
+            }
+        }
+        let mut by_addr: Vec<Vec<(TcpListener, SocketAddr)>> = Vec::new();
+        for a in inherited.drain(..) {
+            match by_addr.iter_mut().find(|list| list[0].1 == a.addr) {
+                Some(list) => list.push((a.socket, a.addr)),
+                None => by_addr.push(vec![(a.socket, a.addr)]),
+            }
+        }
+        return by_addr
+            .into_iter()
+            .map(|list| {
+                let configured = service.listen.iter().find(|(h, p)| {
+                    net::resolve(h, *p)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|a| *a == list[0].1 || (*p == 0 && a.ip() == list[0].1.ip()))
+                });
+                Source::Adopt(configured.cloned(), list)
+            })
+            .collect();
+    }
+    let mut out = Vec::with_capacity(service.listen.len());
+    for (host, port) in &service.listen {
+        let wanted = net::resolve(host, *port).unwrap_or_default();
+        let fits = |a: &Adopted| {
+            a.service.as_deref().is_none_or(|s| s == service.name)
+                && wanted
+                    .iter()
+                    .any(|w| *w == a.addr || (*port == 0 && w.ip() == a.addr.ip()))
+        };
+        let mut found: Vec<(TcpListener, SocketAddr)> = Vec::new();
+        let mut i = 0;
+        while i < inherited.len() {
+            let same_addr = found.first().is_none_or(|(_, at)| *at == inherited[i].addr);
+            if fits(&inherited[i]) && same_addr {
+                let a = inherited.swap_remove(i);
+                found.push((a.socket, a.addr));
+            } else {
+                i += 1;
+            }
+        }
+        out.push(if found.is_empty() {
+            Source::Bind((host.clone(), *port))
+        } else {
+            Source::Adopt(Some((host.clone(), *port)), found)
+        });
+    }
+    out
+}
+
+/// A handed-over address's group; an upgrade to more workers than it has sockets binds
+/// more into the `SO_REUSEPORT` group (systemd's are never added to).
+fn grow(
+    configured: Option<(String, u16)>,
+    found: Vec<(TcpListener, SocketAddr)>,
+    backlog: i32,
+    workers: usize,
+    origin: Origin,
+) -> Group {
+    let addr = found[0].1;
+    let mut sockets: Vec<TcpListener> = found.into_iter().map(|(s, _)| s).collect();
+    let upgrade = matches!(origin, Origin::Upgrade { .. });
+    if is_group(&sockets) && sockets.len() < workers && upgrade {
+        for _ in sockets.len()..workers {
+            match net::join_group(addr, backlog) {
+                Ok(socket) => sockets.push(socket),
+                Err(e) => {
+                    warn!(
+                        "cannot add a socket to the group listening on {addr}: {e}; some \
+                         workers share one"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    Group::new(configured, addr, sockets, workers)
+}
+
+/// Binds `addr` for `workers` workers, as one group.
+fn bind_group(addr: &(String, u16), backlog: i32, workers: usize) -> Result<Group, String> {
+    let bound = bind(addr, backlog, workers)?;
+    let at = bound[0].1;
+    Ok(Group::new(
+        Some(addr.clone()),
+        at,
+        bound.into_iter().map(|(s, _)| s).collect(),
+        workers,
+    ))
 }
 
 /// Which sockets each of `workers` workers accepts on (see the module's doc).
@@ -211,11 +491,8 @@ pub fn assign(sockets: usize, workers: usize, group: bool) -> Vec<Vec<usize>> {
 
 /// Two or more sockets on one address, each with `SO_REUSEPORT`: the kernel spreads new
 /// clients over them (Linux).
-fn is_group(sockets: &[TcpListener], addrs: &[SocketAddr]) -> bool {
-    cfg!(target_os = "linux")
-        && sockets.len() >= 2
-        && addrs.iter().all(|a| *a == addrs[0])
-        && sockets.iter().all(net::is_reuse_port)
+fn is_group(sockets: &[TcpListener]) -> bool {
+    cfg!(target_os = "linux") && sockets.len() >= 2 && sockets.iter().all(net::is_reuse_port)
 }
 
 /// Takes over a listening socket that was handed to this process.
@@ -230,16 +507,15 @@ fn adopt(fd: OwnedFd) -> Result<(TcpListener, SocketAddr), Failure> {
     Ok((socket.into(), addr))
 }
 
-type Adopted = (TcpListener, SocketAddr);
-
 /// systemd's sockets: the one at the `--admin` address (if any) is the admin socket; every
-/// other one is a client socket.
+/// other one is for the services.
+#[allow(clippy::type_complexity)]
 fn split_systemd(
     fds: Vec<OwnedFd>,
     config: &Config,
-) -> Result<(Vec<Adopted>, Option<Adopted>), Failure> {
+) -> Result<(Vec<Adopted>, Option<(TcpListener, SocketAddr)>), Failure> {
     let mut sockets = fds.into_iter().map(adopt).collect::<Result<Vec<_>, _>>()?;
-    let admin_addrs = match &config.admin {
+    let admin_addrs = match &config.global.admin {
         Some((host, port)) => net::resolve(host, *port).unwrap_or_default(),
         None => Vec::new(),
     };
@@ -252,36 +528,35 @@ fn split_systemd(
             "systemd passed only the --admin socket; tcplb needs one for clients too".to_string(),
         ));
     }
-    let (host, port) = &config.listen;
-    let listen_addrs = net::resolve(host, *port).unwrap_or_default();
-    if !sockets.iter().any(|(_, addr)| listen_addrs.contains(addr)) {
-        let passed: Vec<String> = sockets.iter().map(|(_, a)| a.to_string()).collect();
-        warn!(
-            "--listen {}:{port} is not among the sockets systemd passed ({}); serving on those",
-            host,
-            passed.join(", ")
-        );
-    }
-    Ok((sockets, admin))
+    let adopted = sockets
+        .into_iter()
+        .map(|(socket, addr)| Adopted {
+            socket,
+            addr,
+            service: None,
+        })
+        .collect();
+    Ok((adopted, admin))
 }
 
-/// Resolves and binds `--listen` or `--admin`; failures name the address and the OS error.
+/// Resolves and binds a listen address: on Linux one socket per worker in a `SO_REUSEPORT`
+/// group. Failures name the address and the OS error (with a hint for a privileged port).
 fn bind(
     (host, port): &(String, u16),
     backlog: i32,
     workers: usize,
-) -> Result<Vec<Adopted>, Failure> {
+) -> Result<Vec<(TcpListener, SocketAddr)>, String> {
     let addrs = net::resolve(host, *port)
-        .map_err(|e| Failure::Start(format!("cannot resolve listen address {host}:{port}: {e}")))?;
+        .map_err(|e| format!("cannot resolve listen address {host}:{port}: {e}"))?;
     let addr = addrs[0];
     let sockets = net::bind_group(addr, backlog, workers)
-        .map_err(|e| Failure::Start(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     sockets
         .into_iter()
         .map(|s| {
             let bound = s
                 .local_addr()
-                .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
+                .map_err(|e| format!("cannot read the listen address: {e}"))?;
             Ok((s, bound))
         })
         .collect()
@@ -317,18 +592,9 @@ mod tests {
             .collect();
         assert_eq!(addrs.len(), 3);
         assert!(addrs.iter().all(|a| *a == addrs[0] && a.port() != 0));
-        assert!(is_group(&bound, &addrs));
+        assert!(is_group(&bound));
         let one = net::bind_group(addr, 8, 1).expect("bind");
-        let one_addr = [one[0].local_addr().expect("addr")];
-        assert!(!is_group(&one, &one_addr));
-        // Two sockets on different addresses are not a group either.
-        let other = net::bind_group(addr, 8, 2).expect("bind");
-        let mixed = [
-            bound[0].try_clone().expect("dup"),
-            other[0].try_clone().expect("dup"),
-        ];
-        let mixed_addrs = [addrs[0], other[0].local_addr().expect("addr")];
-        assert!(!is_group(&mixed, &mixed_addrs));
+        assert!(!is_group(&one));
     }
 
     #[test]

@@ -1,29 +1,32 @@
-//! Start-up: everything between a parsed command line and a running process, in order:
-//! fit `--max-conns` and `--pipes` in the open-file limit, resolve the backends and build
-//! the first fleet generation, get the listening sockets (bound, or handed over by the
-//! tcplb this process upgrades, or by systemd: [`super::sockets`]), open the access log,
-//! allocate each worker's buffer pool (and size its pipe pool), write the pid file, start
-//! the workers and the discovery thread, hand the rest to the control thread, and say it
-//! serves (to the process that started an upgrade, or to systemd). Blocking is fine here:
-//! nothing serves before the workers start.
+//! Start-up: everything between a parsed configuration and a running process, in order:
+//! fit `max-conns` and `pipes` in the open-file limit, resolve every pool's backends and
+//! build their first generations, get every service's listening sockets (bound, or handed
+//! over by the tcplb this process upgrades, or by systemd: [`super::sockets`]), open the
+//! access log, allocate each worker's buffer pool (and size its pipe pool), write the pid
+//! file, start the workers and the discovery thread, hand the rest to the control thread,
+//! and say it serves (to the process that started an upgrade, or to systemd). Blocking is
+//! fine here: nothing serves before the workers start.
 //!
 //! Failures are sorted for the exit status: bad input (exit 2) or an environment that says
 //! no (exit 1).
 
+use super::failure::Failure;
 use crate::admin::access_log::AccessLog;
-use crate::config::{BackendSpec, Config};
+use crate::config::{Config, DEFAULT_NAME};
 use crate::control::pid_file::PidFile;
-use crate::control::sockets::{Listening, Origin};
+use crate::control::registry::Registry;
+use crate::control::rollout::Rollout;
+use crate::control::sockets::{Origin, Sockets};
 use crate::control::upgrade::{self, Invocation};
 use crate::control::{self, Control, ControlConfig, systemd};
-use crate::fleet::Policy;
-use crate::fleet::backend::ResolvedBackend;
-use crate::fleet::builder::Builder;
-use crate::fleet::discovery::{self, Discovery, Plan, Resolver};
+use crate::fleet::Fleet;
+use crate::fleet::backend::Backend;
+use crate::fleet::discovery::{Discovery, Pools, StartError};
+use crate::service::Topology;
 use crate::stats::WorkerStats;
 use crate::worker::pipes::{PIPE_SIZE, PipePool};
 use crate::worker::pool::{Pool, PoolError};
-use crate::worker::{Settings, Shared, Worker, WorkerConfig};
+use crate::worker::{Shared, Worker, WorkerConfig};
 use crate::{limits, net};
 use log::{info, warn};
 use signal_hook_mio::v1_0::Signals;
@@ -32,71 +35,41 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 
-/// Why tcplb could not start.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad input: exit 2.
-    Input(String),
-    /// The environment said no (port in use, permission, memory): exit 1.
-    Start(String),
-}
-
 /// Descriptors each worker holds besides its sessions: its poll, its waker, its listener.
 /// The first few workers' fit in the spare descriptors `limits::FD_HEADROOM` keeps anyway.
 const FDS_PER_WORKER: u64 = 4;
 const WORKERS_IN_HEADROOM: usize = 8;
 
 /// Starts everything and returns the control thread's loop, ready to run. `invocation` is
-/// what an upgrade (`SIGUSR2`) runs again.
+/// what an upgrade (`SIGUSR2`) runs again, and what a reload parses again.
 pub fn start(
     mut config: Config,
     signals: Signals,
     invocation: Invocation,
 ) -> Result<Control, Failure> {
     let workers = config
+        .global
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    fit_max_conns(&mut config, workers);
+    let listeners: usize = config.services.iter().map(|s| s.listen.len()).sum();
+    fit_max_conns(&mut config, workers, listeners);
 
-    // The backend set: positional specs plus the backends file, every name resolved.
-    let file_specs = match &config.backends_file {
-        Some(path) => discovery::read_backends_file(path).map_err(Failure::Input)?,
-        None => Vec::new(),
-    };
-    let specs: Vec<BackendSpec> = config.backends.iter().chain(&file_specs).cloned().collect();
-    let mut resolver = Resolver::default();
-    let (initial, failures) = resolver.resolve(&specs);
-    if let Some(first) = failures.first() {
-        if config.resolve_interval.is_none() {
-            return Err(Failure::Start(first.clone()));
-        }
-        for failure in &failures {
-            warn!(
-                "{failure}; trying again every {:?}",
-                config.resolve_interval
-            );
-        }
-    }
-    if initial.is_empty() {
-        warn!("no backends yet: clients will be closed until some are added");
-    }
-    warn_duplicates(&initial);
+    // Every pool's first generation: its backends and backends file, every name resolved.
+    let (pools, fleets) = Pools::start(&config).map_err(|e| match e {
+        StartError::Input(message) => Failure::Input(message),
+        StartError::Start(message) => Failure::Start(message),
+    })?;
 
-    let mut listening = Listening::acquire(&config, workers)?;
-    for (i, socket) in listening.sockets.iter().enumerate() {
-        // Once per address (a group has one socket per worker on the same).
-        if !listening.addrs[..i].contains(&listening.addrs[i]) {
-            refuse_loops(socket, &initial)?;
-        }
-    }
-    let local = listening.addrs[0];
-    let admin = listening.admin.take().map(mio::net::TcpListener::from_std);
+    let mut sockets = Sockets::acquire(&config, workers)?;
+    refuse_loops(&config, &sockets, &fleets)?;
+    let admin = sockets.admin.take().map(mio::net::TcpListener::from_std);
     let admin_note = admin
         .as_ref()
         .and_then(|a| a.local_addr().ok())
         .map(|a| format!("; admin on http://{a}/"))
         .unwrap_or_default();
-    let (access_log, mut batches) = match &config.access_log {
+    let global = &config.global;
+    let (access_log, mut batches) = match &global.access_log {
         Some(path) => {
             let (log, batches) = AccessLog::open(path, workers).map_err(|e| {
                 Failure::Start(format!("cannot open access log {}: {e}", path.display()))
@@ -105,40 +78,45 @@ pub fn start(
         }
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
-    let pools = pools(config.buffer_size, config.buffers, workers)?;
+    let buffer_pools = buffer_pools(global.buffer_size, global.buffers, workers)?;
     let pipe_pools =
-        (0..workers).map(|i| PipePool::new(share(config.pipes, workers, i), Some(PIPE_SIZE)));
+        (0..workers).map(|i| PipePool::new(share(global.pipes, workers, i), Some(PIPE_SIZE)));
 
-    let policy = Policy {
-        breaker: config.breaker,
-        checks: config.checks,
-    };
-    let mut builder = Builder::new(policy, config.balance);
-    let (fleet, _) = builder.build(&initial);
-    let backend_list = describe(&initial);
+    // The services, each with its pool.
+    let mut registry = Registry::default();
+    for spec in &config.services {
+        let (Some(pool), Some(pool_id)) = (config.pool(&spec.pool), pools.id_of(&spec.pool)) else {
+            return Err(Failure::Input(format!(
+                "service {} names pool {}, which is not defined",
+                spec.name, spec.pool
+            )));
+        };
+        registry.add(spec, (pool_id, pool));
+    }
+    let topology = Arc::new(Topology::new(
+        0,
+        global.max_conns,
+        registry.services(),
+        fleets.iter().cloned(),
+    ));
+    let names: HashMap<&str, crate::service::ServiceId> = registry
+        .entries()
+        .map(|e| (e.spec.name.as_str(), e.service.id))
+        .collect();
 
     let (poll, waker) =
         control::poll().map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))?;
     let shared = Arc::new(Shared {
         sessions: AtomicUsize::new(0),
-        adopted: (0..workers)
-            .map(|_| AtomicU32::new(fleet.generation()))
-            .collect(),
+        adopted: (0..workers).map(|_| AtomicU32::new(0)).collect(),
         running: AtomicUsize::new(workers),
         accepting: AtomicUsize::new(workers),
         listening: (0..workers).map(|_| AtomicBool::new(true)).collect(),
         control: Arc::clone(&waker),
     });
-    let settings = Arc::new(Settings {
-        connect_timeout: config.connect_timeout,
-        retries: config.retries,
-        idle_timeout: config.idle_timeout,
-        max_conns: config.max_conns,
-        accept_proxy: config.accept_proxy,
-    });
     // Written before any worker accepts: once one has, a failure to start would cut the
     // clients it took, and after an upgrade those were the old process's to serve.
-    let pid_file = match &config.pid_file {
+    let pid_file = match &global.pid_file {
         Some(path) => Some(PidFile::create(path).map_err(|e| {
             Failure::Start(format!("cannot write pid file {}: {e}", path.display()))
         })?),
@@ -152,20 +130,28 @@ pub fn start(
     };
     let mut handles = Vec::with_capacity(workers);
     let mut worker_stats = Vec::with_capacity(workers);
-    for (index, (pool, pipes)) in pools.into_iter().zip(pipe_pools).enumerate() {
+    for (index, (pool, pipes)) in buffer_pools.into_iter().zip(pipe_pools).enumerate() {
         let stats = Arc::new(WorkerStats::default());
         worker_stats.push(Arc::clone(&stats));
-        let listeners = listening
-            .for_worker(index)
-            .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
-            .map_err(remove_pid_file)?;
+        let mut listeners = Vec::new();
+        for spec in &config.services {
+            let copies = sockets
+                .for_worker(&spec.name, index, None)
+                .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
+                .map_err(remove_pid_file)?;
+            let id = names[spec.name.as_str()];
+            listeners.extend(
+                copies
+                    .into_iter()
+                    .map(|s| (id, mio::net::TcpListener::from_std(s))),
+            );
+        }
         let handle = Worker::spawn(WorkerConfig {
             index,
             listeners,
-            fleet: Arc::clone(&fleet),
+            topology: Arc::clone(&topology),
             pool,
             pipes,
-            settings: Arc::clone(&settings),
             shared: Arc::clone(&shared),
             stats,
             access_log: batches[index].take(),
@@ -174,56 +160,41 @@ pub fn start(
         .map_err(remove_pid_file)?;
         handles.push(handle);
     }
-    let discovery = Discovery::spawn(
-        Plan {
-            positional: config.backends.clone(),
-            file: config.backends_file.clone(),
-            file_specs,
-            resolver,
-            current: initial,
-            builder,
-            resolve_interval: config.resolve_interval,
-        },
-        waker,
-    )
-    .map_err(|e| Failure::Start(format!("cannot start the discovery thread: {e}")))
-    .map_err(remove_pid_file)?;
+    let discovery = Discovery::spawn(invocation.args.clone(), pools, waker)
+        .map_err(|e| Failure::Start(format!("cannot start the discovery thread: {e}")))
+        .map_err(remove_pid_file)?;
 
-    let proxy_note = match config.accept_proxy {
-        Some(timeout) => format!("; accepting PROXY protocol headers (timeout {timeout:?})"),
-        None => String::new(),
-    };
+    let (head, tail) = describe_services(&config, &sockets, &fleets);
+    for line in service_lines(&config, &sockets, &fleets) {
+        info!("{line}");
+    }
     info!(
-        "listening on {local}; {workers} worker{}; balance {}; backends: {backend_list}; \
-         max-conns {}, {} buffers of {} bytes ({} MiB), {}{proxy_note}{admin_note}{}",
+        "{head}; {workers} worker{}{tail}; max-conns {}, {} buffers of {} bytes ({} MiB), \
+         {}{admin_note}{}",
         if workers == 1 { "" } else { "s" },
-        config.balance.describe(),
-        config.max_conns,
-        config.buffers,
-        config.buffer_size,
-        (config.buffers * config.buffer_size) >> 20,
-        describe_pipes(config.pipes),
-        listening.note()
+        global.max_conns,
+        global.buffers,
+        global.buffer_size,
+        (global.buffers * global.buffer_size) >> 20,
+        describe_pipes(global.pipes),
+        sockets.note()
     );
-    let ready = listening.ready.take();
-    let origin = listening.origin;
+    let ready = sockets.ready.take();
+    let origin = sockets.origin;
     let control = Control::new(ControlConfig {
         poll,
         signals,
-        fleet,
+        rollout: Rollout::new(topology),
+        registry,
+        sockets,
         discovery,
         admin,
         access_log,
-        drain_timeout: config.drain_timeout,
-        probe_timeout: config.connect_timeout,
+        global: config.global.clone(),
         workers: handles,
         worker_stats,
         shared,
-        local_addr: local,
-        sockets: listening.sockets,
-        plan: listening.plan,
         invocation,
-        upgrade_timeout: config.upgrade_timeout,
         pid_file,
     })
     .map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))?;
@@ -237,6 +208,94 @@ pub fn start(
         }
     }
     Ok(control)
+}
+
+/// The start line's parts around the worker count. The command line's one service keeps
+/// the line it always had (`listening on ADDR; N workers; balance B; backends: ...`); with a
+/// config file the line counts services and pools, and each service gets a line of its own
+/// ([`service_lines`]).
+fn describe_services(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> (String, String) {
+    if config.file.is_none() && config.services.len() == 1 && config.services[0].name == DEFAULT_NAME {
+        let addrs: Vec<String> = sockets
+            .addrs(DEFAULT_NAME)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let pool = &config.pools[0];
+        let proxy = match config.services[0].accept_proxy {
+            Some(timeout) => format!("; accepting PROXY protocol headers (timeout {timeout:?})"),
+            None => String::new(),
+        };
+        let also = if addrs.len() > 1 {
+            format!("; also listening on {}", addrs[1..].join(", "))
+        } else {
+            String::new()
+        };
+        return (
+            format!("listening on {}", addrs.first().map_or("-", String::as_str)),
+            format!(
+                "; balance {}; backends: {}{proxy}{also}",
+                pool.balance.describe(),
+                describe(fleets.first().map(|f| f.as_ref()))
+            ),
+        );
+    }
+    let backends: usize = fleets.iter().map(|f| f.len()).sum();
+    (
+        format!(
+            "serving {} service{} from {}",
+            config.services.len(),
+            if config.services.len() == 1 { "" } else { "s" },
+            config
+                .file
+                .as_ref()
+                .map_or_else(String::new, |f| f.display().to_string())
+        ),
+        format!(
+            "; {} pool{}, {backends} backends",
+            config.pools.len(),
+            if config.pools.len() == 1 { "" } else { "s" },
+        ),
+    )
+}
+
+/// One line per service of a config file (`service web: listening on ADDR, ADDR; pool web,
+/// least-active, 3 backends`); the first [`SERVICE_LINES`] services, then how many more.
+fn service_lines(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> Vec<String> {
+    if config.file.is_none() {
+        return Vec::new();
+    }
+    const SERVICE_LINES: usize = 32;
+    let mut lines: Vec<String> = config
+        .services
+        .iter()
+        .take(SERVICE_LINES)
+        .map(|s| {
+            let addrs: Vec<String> = sockets.addrs(&s.name).iter().map(|a| a.to_string()).collect();
+            let pool = match (config.pool(&s.pool), fleets.iter().find(|f| **f.name() == *s.pool)) {
+                (Some(spec), Some(fleet)) => format!(
+                    "pool {}, {}, {} backends",
+                    s.pool,
+                    spec.balance.describe(),
+                    fleet.len()
+                ),
+                _ => format!("pool {}", s.pool),
+            };
+            let proxy = if s.accept_proxy.is_some() {
+                "; accepting PROXY protocol headers"
+            } else {
+                ""
+            };
+            format!("service {}: listening on {}; {pool}{proxy}", s.name, addrs.join(", "))
+        })
+        .collect();
+    if config.services.len() > SERVICE_LINES {
+        lines.push(format!(
+            "and {} more services",
+            config.services.len() - SERVICE_LINES
+        ));
+    }
+    lines
 }
 
 /// Worker `i`'s share of `total` (the first ones take the remainder).
@@ -255,9 +314,9 @@ fn describe_pipes(pipes: usize) -> String {
     }
 }
 
-/// Each worker's share of `--buffers`, allocated now: a pool the machine cannot provide is
+/// Each worker's share of `buffers`, allocated now: a pool the machine cannot provide is
 /// a start-up failure.
-fn pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>, Failure> {
+fn buffer_pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>, Failure> {
     (0..workers)
         .map(|i| {
             let share = share(buffers, workers, i);
@@ -274,41 +333,44 @@ fn pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>
         .collect()
 }
 
-/// Raises the open-file limit and fits `--max-conns` and `--pipes` in it (see
+/// Raises the open-file limit and fits `max-conns` and `pipes` in it (see
 /// [`limits::fit`]). Lowering defaults is routine (an info line); lowering a value the user
 /// gave is worth a warning.
-fn fit_max_conns(config: &mut Config, workers: usize) {
+fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) {
     let nofile = match limits::raise_nofile_limit() {
         Ok(nofile) => nofile,
         Err(e) => return warn!("cannot read the open-file limit: {e}"),
     };
-    let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64;
+    // Each worker holds a copy of each listener, and so does the control thread.
+    let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64
+        + (listeners.saturating_sub(1) * (workers + 1)) as u64;
+    let global = &mut config.global;
     let pipes = if cfg!(target_os = "linux") {
-        config.pipes
+        global.pipes
     } else {
         0
     };
     let Some((conns, fit_pipes)) =
-        limits::fit(config.max_conns, pipes, nofile.saturating_sub(spare))
+        limits::fit(global.max_conns, pipes, nofile.saturating_sub(spare))
     else {
         return;
     };
-    let needs = limits::descriptors_needed(config.max_conns, pipes) + spare;
+    let needs = limits::descriptors_needed(global.max_conns, pipes) + spare;
     let asked = if pipes > 0 {
-        format!("--max-conns {} and --pipes {pipes}", config.max_conns)
+        format!("--max-conns {} and --pipes {pipes}", global.max_conns)
     } else {
-        format!("--max-conns {}", config.max_conns)
+        format!("--max-conns {}", global.max_conns)
     };
     let mut using = Vec::new();
-    if conns != config.max_conns {
+    if conns != global.max_conns {
         using.push(format!("--max-conns {conns}"));
     }
     if fit_pipes != pipes {
         using.push(format!("--pipes {fit_pipes}"));
     }
     let using = using.join(" and ");
-    let given = (conns != config.max_conns && config.max_conns_given)
-        || (fit_pipes != pipes && config.pipes_given);
+    let given = (conns != global.max_conns && global.max_conns_given)
+        || (fit_pipes != pipes && global.pipes_given);
     if given {
         warn!(
             "{asked} need {needs} descriptors (2 per session, 2 per pipe, {} spare) but the \
@@ -322,110 +384,89 @@ fn fit_max_conns(config: &mut Config, workers: usize) {
             limits::FD_HEADROOM + spare
         );
     }
-    config.max_conns = conns;
+    global.max_conns = conns;
     if cfg!(target_os = "linux") {
-        config.pipes = fit_pipes;
+        global.pipes = fit_pipes;
     }
 }
 
-/// Warns once for each address listed more than once (it is used once, with the options it
-/// was first listed with): the same spec twice, or a name and an address that resolve alike.
-fn warn_duplicates(backends: &[ResolvedBackend]) {
-    const SHOWN: usize = 8;
-    let mut seen: HashMap<SocketAddr, Vec<&str>> = HashMap::with_capacity(backends.len());
-    let mut repeated = Vec::new();
-    for backend in backends {
-        let names = seen.entry(backend.addr).or_default();
-        if names.len() == 1 {
-            repeated.push(backend.addr);
-        }
-        names.push(&backend.name);
-    }
-    for addr in repeated.iter().take(SHOWN) {
-        let times = seen[addr].len();
-        let mut names: Vec<&str> = Vec::new();
-        for name in &seen[addr] {
-            if !names.contains(name) {
-                names.push(name);
-            }
-        }
-        let written = if names == [addr.to_string()] {
-            String::new()
-        } else {
-            format!(" (as {})", names.join(", "))
+/// Refuses a service whose pool has a backend at one of the service's own listening
+/// addresses: each session would connect to tcplb again, without end.
+fn refuse_loops(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> Result<(), Failure> {
+    let mut host = None;
+    for spec in &config.services {
+        let Some(fleet) = fleets.iter().find(|f| **f.name() == *spec.pool) else {
+            continue;
         };
-        warn!(
-            "backend {addr} is listed {times} times{written}; it is used once, with the \
-             options first given"
-        );
+        for local in sockets.addrs(&spec.name) {
+            // Only a wildcard listener needs this host's addresses.
+            if local.ip().is_unspecified() && host.is_none() {
+                host = Some(net::local_addresses().unwrap_or_else(|e| {
+                    warn!(
+                        "cannot list this host's addresses ({e}); checking backends against \
+                         loopback"
+                    );
+                    Default::default()
+                }));
+            }
+            let addresses = host.clone().unwrap_or_default();
+            let v6_only = sockets.v6_only(local);
+            if let Some(b) = fleet
+                .backends()
+                .find(|b| net::reaches_listener(local, v6_only, b.addr, |ip| addresses.contains(&ip)))
+            {
+                return Err(Failure::Input(loop_message(spec.name.as_str(), b, local)));
+            }
+        }
     }
-    if repeated.len() > SHOWN {
-        warn!(
-            "and {} more backends are listed more than once",
-            repeated.len() - SHOWN
-        );
-    }
+    Ok(())
 }
 
-/// Refuses a backend that is tcplb's own listener: each session would connect to tcplb
-/// again, without end.
-fn refuse_loops(
-    listener: &std::net::TcpListener,
-    backends: &[ResolvedBackend],
-) -> Result<(), Failure> {
-    let local = listener
-        .local_addr()
-        .map_err(|e| Failure::Start(format!("cannot read the listen address: {e}")))?;
-    let v6_only = socket2::SockRef::from(listener).only_v6().unwrap_or(false);
-    // Only a wildcard listener needs this host's addresses.
-    let host = if local.ip().is_unspecified() {
-        net::local_addresses().unwrap_or_else(|e| {
-            warn!("cannot list this host's addresses ({e}); checking backends against loopback");
-            Default::default()
-        })
+fn loop_message(service: &str, b: &Backend, local: SocketAddr) -> String {
+    let what = if b.name == b.addr.to_string() {
+        b.name.clone()
     } else {
-        Default::default()
+        format!("{} ({})", b.name, b.addr)
     };
-    match backends
-        .iter()
-        .find(|b| net::reaches_listener(local, v6_only, b.addr, |ip| host.contains(&ip)))
-    {
-        Some(b) => Err(Failure::Input(format!(
-            "backend {} is tcplb's own listen address {local}: sessions would loop back into \
-             tcplb",
-            if b.name == b.addr.to_string() {
-                b.name.clone()
-            } else {
-                format!("{} ({})", b.name, b.addr)
-            }
-        ))),
-        None => Ok(()),
+    if service == DEFAULT_NAME {
+        format!(
+            "backend {what} is tcplb's own listen address {local}: sessions would loop back into \
+             tcplb"
+        )
+    } else {
+        format!(
+            "backend {what} of service {service} is its own listen address {local}: sessions \
+             would loop back into tcplb"
+        )
     }
 }
 
 /// The backends for the start line: the first few, then how many more.
-fn describe(backends: &[ResolvedBackend]) -> String {
+fn describe(fleet: Option<&Fleet>) -> String {
     const SHOWN: usize = 8;
-    let mut parts: Vec<String> = backends
-        .iter()
+    let Some(fleet) = fleet else {
+        return "none".to_string();
+    };
+    let mut parts: Vec<String> = fleet
+        .backends()
         .take(SHOWN)
         .map(|b| {
             let mut s = b.addr.to_string();
-            if b.weight != 1 {
-                s.push_str(&format!(" weight {}", b.weight));
+            if b.weight() != 1 {
+                s.push_str(&format!(" weight {}", b.weight()));
             }
-            if b.backup {
+            if b.is_backup() {
                 s.push_str(" backup");
             }
-            if let Some(version) = b.send_proxy {
+            if let Some(version) = b.send_proxy() {
                 s.push(' ');
                 s.push_str(version.option());
             }
             s
         })
         .collect();
-    if backends.len() > SHOWN {
-        parts.push(format!("and {} more", backends.len() - SHOWN));
+    if fleet.len() > SHOWN {
+        parts.push(format!("and {} more", fleet.len() - SHOWN));
     }
     if parts.is_empty() {
         "none".to_string()

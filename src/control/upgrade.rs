@@ -21,7 +21,6 @@
 //! and goes on serving as if nothing had happened.
 
 use super::{Control, REAP_INTERVAL, TimerKey, UPGRADE, systemd};
-use crate::admin::http::Endpoint;
 use log::{info, warn};
 use mio::unix::pipe;
 use mio::{Interest, Registry, Token};
@@ -37,7 +36,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// Names the descriptors a new process inherits from the one it upgrades:
-/// `listen=FD,FD...;admin=FD;ready=FD;from=PID` (`admin` only with `--admin`).
+/// `listen=FD@SERVICE,FD@SERVICE...;admin=FD;ready=FD;from=PID` (`admin` only with
+/// `--admin`; an older tcplb names no service: `listen=FD,FD`).
 pub const ENV: &str = "TCPLB_UPGRADE_FDS";
 /// What the new process writes to the pipe once it serves.
 pub const READY: &[u8] = b"READY\n";
@@ -97,7 +97,8 @@ pub fn resolve_exe(argv0: &OsStr, cwd: Option<&Path>, path: Option<&OsStr>) -> O
 /// The descriptors a process was handed by the one it upgrades (parsed from [`ENV`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Handoff {
-    pub listen: Vec<RawFd>,
+    /// Client sockets, each with the service it listens for.
+    pub listen: Vec<(RawFd, Option<String>)>,
     pub admin: Option<RawFd>,
     pub ready: RawFd,
     /// The process that handed them over.
@@ -107,7 +108,14 @@ pub struct Handoff {
 impl Handoff {
     /// The [`ENV`] value naming these descriptors.
     pub fn encode(&self) -> String {
-        let listen: Vec<String> = self.listen.iter().map(|fd| fd.to_string()).collect();
+        let listen: Vec<String> = self
+            .listen
+            .iter()
+            .map(|(fd, service)| match service {
+                Some(name) => format!("{fd}@{name}"),
+                None => fd.to_string(),
+            })
+            .collect();
         let mut text = format!("listen={}", listen.join(","));
         if let Some(admin) = self.admin {
             text.push_str(&format!(";admin={admin}"));
@@ -133,7 +141,18 @@ impl Handoff {
             };
             let slot_taken = match key {
                 "listen" => listen
-                    .replace(value.split(',').map(fd).collect::<Result<Vec<_>, _>>()?)
+                    .replace(
+                        value
+                            .split(',')
+                            .map(|item| match item.split_once('@') {
+                                Some((number, service)) if service_name(service) => {
+                                    Ok((fd(number)?, Some(service.to_string())))
+                                }
+                                Some(_) => Err(bad(&format!("'{item}' names no service"))),
+                                None => Ok((fd(item)?, None)),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )
                     .is_some(),
                 "admin" => admin.replace(fd(value)?).is_some(),
                 "ready" => ready.replace(fd(value)?).is_some(),
@@ -170,7 +189,7 @@ impl Handoff {
     fn all(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.listen
             .iter()
-            .copied()
+            .map(|(fd, _)| *fd)
             .chain(self.admin)
             .chain(Some(self.ready))
     }
@@ -178,7 +197,8 @@ impl Handoff {
 
 /// What a process started by an upgrade was handed, each descriptor owned once.
 pub struct Inherited {
-    pub listen: Vec<OwnedFd>,
+    /// Client sockets, each with the service it listens for (if named).
+    pub listen: Vec<(OwnedFd, Option<String>)>,
     pub admin: Option<OwnedFd>,
     /// Where to say ready ([`report_ready`]).
     pub ready: File,
@@ -211,7 +231,11 @@ impl Inherited {
         let ready = File::from(own(handoff.ready));
         set_cloexec(&ready);
         Ok(Some(Inherited {
-            listen: handoff.listen.iter().map(|&fd| own(fd)).collect(),
+            listen: handoff
+                .listen
+                .iter()
+                .map(|(fd, service)| (own(*fd), service.clone()))
+                .collect(),
             admin: handoff.admin.map(own),
             ready,
             from: handoff.from,
@@ -260,14 +284,17 @@ impl Upgrade {
     /// registers the readiness pipe under `token`.
     pub fn start(
         invocation: &Invocation,
-        listen: &[RawFd],
+        listen: &[(RawFd, String)],
         admin: Option<RawFd>,
         registry: &Registry,
         token: Token,
     ) -> io::Result<Upgrade> {
         let (sender, mut receiver) = pipe::new()?;
         let handoff = Handoff {
-            listen: listen.to_vec(),
+            listen: listen
+                .iter()
+                .map(|(fd, name)| (*fd, Some(name.clone())))
+                .collect(),
             admin,
             ready: sender.as_raw_fd(),
             from: std::process::id(),
@@ -422,6 +449,14 @@ impl Upgrade {
     }
 }
 
+/// A service name as a hand-over may carry it (as the config file allows them).
+fn service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// "exited with status 1", "was killed by signal 9".
 fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -448,17 +483,12 @@ impl Control {
             );
             return;
         }
-        let listen: Vec<RawFd> = self
-            .sockets
-            .iter()
-            .flatten()
-            .map(AsRawFd::as_raw_fd)
-            .collect();
+        let listen = self.sockets.handoff();
         if listen.is_empty() {
             warn!("SIGUSR2: not upgrading: no worker is accepting, no socket is left to hand over");
             return;
         }
-        let admin = self.admin.as_ref().and_then(Endpoint::listener_fd);
+        let admin = self.admin.listener_fd();
         match Upgrade::start(
             &self.invocation,
             &listen,
@@ -472,11 +502,12 @@ impl Control {
                      (up to {:?})",
                     upgrade.exe().display(),
                     upgrade.pid(),
-                    self.upgrade_timeout
+                    self.global.upgrade_timeout
                 );
-                let deadline = self
-                    .timers
-                    .insert(self.now + self.upgrade_timeout, TimerKey::UpgradeDeadline);
+                let deadline = self.timers.insert(
+                    self.now + self.global.upgrade_timeout,
+                    TimerKey::UpgradeDeadline,
+                );
                 self.upgrade = Some((upgrade, deadline));
             }
             Err(e) => {
@@ -513,7 +544,7 @@ impl Control {
             _ => format!(
                 "the new process (pid {}) did not say it serves within {:?}; killed it",
                 upgrade.pid(),
-                self.upgrade_timeout
+                self.global.upgrade_timeout
             ),
         };
         upgrade.abandon(self.poll.registry(), true);
@@ -552,14 +583,11 @@ impl Control {
             upgrade.elapsed()
         );
         upgrade.finish(self.poll.registry());
-        self.successor = Some(pid);
         if let Err(e) = systemd::notify(&format!("MAINPID={pid}")) {
             warn!("cannot tell systemd that pid {pid} is the service now: {e}");
         }
-        if let Some(admin) = &mut self.admin {
-            admin.stop_listening(self.poll.registry());
-        }
-        self.begin_drain(format!("upgrade to pid {pid}"));
+        self.admin.stop_listening(self.poll.registry());
+        self.begin_drain(format!("upgrade to pid {pid}"), Some(pid));
     }
 
     fn upgrade_failed(&mut self, why: String) {
@@ -583,17 +611,22 @@ mod tests {
 
     #[test]
     fn handoff_round_trips_and_rejects_nonsense() {
+        let named = |fd: RawFd, service: &str| (fd, Some(service.to_string()));
         let handoff = Handoff {
-            listen: vec![5, 6, 7],
+            listen: vec![named(5, "web"), named(6, "web"), named(7, "cache.v2")],
             admin: Some(9),
             ready: 11,
             from: 4242,
         };
-        assert_eq!(handoff.encode(), "listen=5,6,7;admin=9;ready=11;from=4242");
+        assert_eq!(
+            handoff.encode(),
+            "listen=5@web,6@web,7@cache.v2;admin=9;ready=11;from=4242"
+        );
         assert_eq!(Handoff::parse(&handoff.encode()), Ok(handoff));
+        // From an older tcplb: no service names.
         let without_admin = Handoff::parse("listen=3;ready=4;from=1").expect("parses");
         assert_eq!(without_admin.admin, None);
-        assert_eq!(without_admin.listen, vec![3]);
+        assert_eq!(without_admin.listen, vec![(3, None)]);
         for (bad, why) in [
             ("listen=3;ready=3;from=1", "named twice"),
             ("listen=3,3;ready=4;from=1", "named twice"),
@@ -607,6 +640,9 @@ mod tests {
             ("listen=3;ready=4;ready=5;from=1", "'ready' given twice"),
             ("listen=3;ready=4;from=-1", "not a process id"),
             ("listen=3;ready", "is not KEY=VALUE"),
+            ("listen=3@;ready=4;from=1", "names no service"),
+            ("listen=3@a b;ready=4;from=1", "names no service"),
+            ("listen=3@web,3@db;ready=4;from=1", "named twice"),
         ] {
             let err = Handoff::parse(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");

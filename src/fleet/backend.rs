@@ -96,6 +96,8 @@ pub struct Backend {
     load: Load,
     /// Stable for the life of the process; never reused.
     pub id: u64,
+    /// The pool it belongs to ([`crate::fleet::PoolId`]).
+    pub pool: u32,
     pub addr: SocketAddr,
     pub name: String,
     weight: AtomicU32,
@@ -140,9 +142,15 @@ impl Seat {
 
 impl Backend {
     pub fn new(id: u64, spec: &ResolvedBackend) -> Backend {
+        Backend::in_pool(id, 0, spec)
+    }
+
+    /// A backend of pool `pool`.
+    pub fn in_pool(id: u64, pool: u32, spec: &ResolvedBackend) -> Backend {
         Backend {
             load: Load::default(),
             id,
+            pool,
             addr: spec.addr,
             name: spec.name.clone(),
             weight: AtomicU32::new(spec.weight.max(1)),
@@ -352,6 +360,7 @@ mod tests {
             interval: Duration::from_secs(1),
             rise: 1,
             fall: 1,
+            timeout: Duration::from_secs(3),
         };
         b.checks().record(false, checks);
         assert_eq!(b.state(0), State::Down);

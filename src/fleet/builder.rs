@@ -10,7 +10,7 @@
 use crate::clock;
 use crate::fleet::backend::{Backend, ResolvedBackend};
 use crate::fleet::select::Balance;
-use crate::fleet::{Fleet, Policy, assemble};
+use crate::fleet::{Fleet, Policy, PoolId, assemble};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,20 +65,41 @@ pub struct Builder {
     draining: HashMap<SocketAddr, Arc<Backend>>,
     next_id: u64,
     generation: u32,
+    pool: PoolId,
+    name: Arc<str>,
     policy: Policy,
     balance: Balance,
 }
 
 impl Builder {
+    /// A builder of a pool called `default` (id 0).
     pub fn new(policy: Policy, balance: Balance) -> Builder {
+        Builder::for_pool(0, Arc::from(crate::config::DEFAULT_NAME), policy, balance)
+    }
+
+    /// A builder of pool `pool`, called `name`. Backend ids are unique across pools: the
+    /// pool's id is in their upper bits.
+    pub fn for_pool(pool: PoolId, name: Arc<str>, policy: Policy, balance: Balance) -> Builder {
         Builder {
             current: HashMap::new(),
             draining: HashMap::new(),
-            next_id: 0,
+            next_id: u64::from(pool) << 40,
             generation: 0,
+            pool,
+            name,
             policy,
             balance,
         }
+    }
+
+    /// The pool's settings changed: the next generation is built with these.
+    pub fn set_policy(&mut self, policy: Policy, balance: Balance) {
+        self.policy = policy;
+        self.balance = balance;
+    }
+
+    pub fn pool(&self) -> PoolId {
+        self.pool
     }
 
     /// The next generation: exactly `wanted` (in order, duplicates taken once).
@@ -107,7 +128,7 @@ impl Builder {
                 rejoined.push(Arc::clone(&b));
                 b
             } else {
-                let b = Arc::new(Backend::new(self.next_id, spec));
+                let b = Arc::new(Backend::in_pool(self.next_id, self.pool, spec));
                 self.next_id += 1;
                 changes.added += 1;
                 changes.note(|| format!("added {b} (weight {}{})", spec.weight, notes(spec)));
@@ -130,6 +151,7 @@ impl Builder {
         self.draining.retain(|_, b| b.active() > 0);
         self.generation = self.generation.wrapping_add(1);
         let fleet = assemble(
+            (self.pool, Arc::clone(&self.name)),
             self.generation,
             primaries,
             backups,

@@ -1,146 +1,390 @@
-//! Where the backend set comes from: the positional specs and the `--backends-file`, with
-//! every host name resolved to all of its addresses.
+//! Where every pool's backends come from, and the configuration with them: the discovery
+//! thread. No event loop ever reads a file or waits for DNS; this thread does, and builds
+//! each new fleet generation itself (`builder.rs`, O(n)), handing it to the control thread
+//! through a channel plus a `mio::Waker`.
 //!
-//! At start this runs on the main thread (blocking is fine there). Afterwards it runs on a
-//! helper thread — no event loop ever reads a file or waits for DNS — which
-//! - re-reads the backends file and re-resolves every name when asked (SIGHUP), and
-//! - re-resolves the names every `--resolve-interval`, reporting only when the set changed,
+//! - At start ([`Pools::start`], on the main thread, where blocking is fine) every pool's
+//!   backends (its `backends`, plus its `backends-file`) are resolved and its first
+//!   generation built.
+//! - On a reload (SIGHUP) the command line is parsed again, which re-reads the config file
+//!   if there is one; every pool's backends file is re-read and its names re-resolved; a
+//!   pool whose settings or backends changed gets a new generation, a new pool its first,
+//!   and a pool no longer configured is dropped. All of it or nothing: a file that does not
+//!   parse, a backends file that fails to read or lists no backend, changes nothing.
+//! - Every `resolve-interval` a pool's names are re-resolved, and a new generation is built
+//!   only if its addresses changed.
 //!
-//! and builds each new fleet generation itself (`builder.rs`, O(n)), handing it to the
-//! control thread through a channel plus a `mio::Waker`.
-//!
-//! A backends file that fails to read or parse changes nothing (the error names the line),
-//! and neither does one that yields no backend at all (an empty or half-written file would
-//! otherwise turn every client away). A name that fails to resolve keeps the addresses it
-//! resolved to last time, so a DNS blip does not empty the fleet.
+//! A pool keeps its [`Builder`] across generations, so a backend that stays keeps its
+//! counters, breaker and check state.
 
-use crate::config::{self, BackendSpec};
-use crate::fleet::Fleet;
+use crate::config::{self, BackendSpec, Config, PoolSpec};
 use crate::fleet::backend::ResolvedBackend;
+use crate::fleet::backends_file::read_backends_file;
 use crate::fleet::builder::{Builder, Changes};
-use crate::net;
+use crate::fleet::resolver::Resolver;
+use crate::fleet::{Fleet, Policy, PoolId};
 use log::warn;
 use mio::Waker;
 use std::collections::HashMap;
-use std::io;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Reads and parses a backends file; the error names the file and, for a bad spec, the line.
-/// Bytes that are not UTF-8 are read as U+FFFD: harmless in a comment, and a bad spec's error
-/// then names its line.
-pub fn read_backends_file(path: &Path) -> Result<Vec<BackendSpec>, String> {
-    let shown = path.display().to_string();
-    let shown = config::printable(&shown);
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read backends file {shown}: {e}"))?;
-    config::parse_backends_file(&String::from_utf8_lossy(&bytes), path)
-        .map_err(|e| format!("{shown}: {e}"))
+/// A pool's new generation, or `None` where nothing changed.
+#[derive(Debug)]
+pub struct PoolChange {
+    pub id: PoolId,
+    pub name: Arc<str>,
+    pub built: Option<(Arc<Fleet>, Changes)>,
 }
 
-/// Resolves specs, remembering each name's last good addresses.
-#[derive(Debug, Default)]
-pub struct Resolver {
-    last: HashMap<(String, u16), Vec<SocketAddr>>,
+/// A reload's outcome: the configuration it read, every pool it configures (changed or
+/// not), and the pools it no longer has.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub config: Config,
+    pub pools: Vec<PoolChange>,
+    pub removed: Vec<PoolId>,
 }
 
-impl Resolver {
-    /// Every address of every spec, in order. A name that does not resolve keeps its last
-    /// addresses; one that never resolved is left out. Returns the failures too.
-    pub fn resolve(&mut self, specs: &[BackendSpec]) -> (Vec<ResolvedBackend>, Vec<String>) {
-        let mut set = Vec::new();
-        let mut failures = Vec::new();
-        for spec in specs {
-            let key = (spec.host.clone(), spec.port);
-            let addrs = match net::resolve(&spec.host, spec.port) {
-                Ok(addrs) => {
-                    self.last.insert(key, addrs.clone());
-                    addrs
-                }
-                Err(e) => {
-                    let kept = self.last.get(&key).cloned().unwrap_or_default();
-                    failures.push(format!(
-                        "{}cannot resolve backend {}: {e}{}",
-                        spec.origin
-                            .as_ref()
-                            .map(|origin| format!("{origin}: "))
-                            .unwrap_or_default(),
-                        spec.authority(),
-                        if kept.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; keeping its {} last known addresses", kept.len())
-                        }
-                    ));
-                    kept
-                }
-            };
-            set.extend(addrs.into_iter().map(|addr| ResolvedBackend {
-                addr,
-                name: spec.authority(),
-                weight: spec.weight,
-                backup: spec.backup,
-                send_proxy: spec.send_proxy,
-            }));
-        }
-        (set, failures)
+/// What the discovery thread tells the control thread.
+#[derive(Debug)]
+pub enum Update {
+    /// A reload ran (for these requests: see [`Discovery::reload`]).
+    Reloaded {
+        tickets: Vec<u64>,
+        result: Result<Box<Reloaded>, String>,
+    },
+    /// A pool's names were re-resolved to a different set.
+    Resolved(PoolChange),
+}
+
+/// Why start-up failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// Bad input (a backends file that does not parse): exit 2.
+    Input(String),
+    /// The environment said no (a name that does not resolve): exit 1.
+    Start(String),
+}
+
+/// One pool's sources and builder.
+struct Plan {
+    id: PoolId,
+    spec: PoolSpec,
+    builder: Builder,
+    /// The backends file's specs as last read.
+    file_specs: Vec<BackendSpec>,
+    /// The set the newest generation was built from.
+    current: Vec<ResolvedBackend>,
+    next_resolve: Option<Instant>,
+}
+
+/// Every pool's plan, and the name cache they share.
+pub struct Pools {
+    plans: Vec<Plan>,
+    resolver: Resolver,
+    /// Ids of removed pools, given to pools added later.
+    free_ids: Vec<PoolId>,
+    next_id: PoolId,
+}
+
+/// `pool NAME: ` before a line about a pool; nothing for the command line's one pool, whose
+/// lines read as they always have.
+pub fn prefix(pool: &str) -> String {
+    if pool == config::DEFAULT_NAME {
+        String::new()
+    } else {
+        format!("pool {pool}: ")
     }
 }
 
-/// Why a new set was produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cause {
-    /// SIGHUP: the file was re-read and every name re-resolved.
-    Reload,
-    /// `--resolve-interval` came round and the addresses changed.
-    Resolve,
+fn policy(spec: &PoolSpec) -> Policy {
+    Policy {
+        breaker: spec.breaker,
+        checks: spec.checks,
+    }
 }
 
-/// A new fleet generation, or why there is none.
-#[derive(Debug)]
-pub struct Update {
-    pub cause: Cause,
-    pub result: Result<(Arc<Fleet>, Changes), String>,
+/// What a pool's next set is made of, read and resolved but not built.
+struct Prepared {
+    file_specs: Option<Vec<BackendSpec>>,
+    set: Vec<ResolvedBackend>,
 }
 
-/// What the helper thread starts from.
-pub struct Plan {
-    pub positional: Vec<BackendSpec>,
-    pub file: Option<PathBuf>,
-    /// The file's specs as read at start.
-    pub file_specs: Vec<BackendSpec>,
-    pub resolver: Resolver,
-    /// The set the fleet started with.
-    pub current: Vec<ResolvedBackend>,
-    /// Built the first generation; builds the next ones.
-    pub builder: Builder,
-    pub resolve_interval: Option<Duration>,
+impl Pools {
+    /// Every pool's first generation, in the config's order.
+    pub fn start(config: &Config) -> Result<(Pools, Vec<Arc<Fleet>>), StartError> {
+        let mut pools = Pools {
+            plans: Vec::with_capacity(config.pools.len()),
+            resolver: Resolver::default(),
+            free_ids: Vec::new(),
+            next_id: 0,
+        };
+        let mut fleets = Vec::with_capacity(config.pools.len());
+        for spec in &config.pools {
+            let file_specs = match &spec.backends_file {
+                Some(path) => read_backends_file(path).map_err(StartError::Input)?,
+                None => Vec::new(),
+            };
+            let all: Vec<BackendSpec> = spec.backends.iter().chain(&file_specs).cloned().collect();
+            let (set, failures) = pools.resolver.resolve(&all);
+            if let Some(first) = failures.first() {
+                let Some(interval) = spec.resolve_interval else {
+                    return Err(StartError::Start(first.clone()));
+                };
+                for failure in &failures {
+                    warn!("{}{failure}; trying again every {interval:?}", prefix(&spec.name));
+                }
+            }
+            if set.is_empty() {
+                warn!(
+                    "{}no backends yet: clients will be closed until some are added",
+                    prefix(&spec.name)
+                );
+            }
+            warn_duplicates(&spec.name, &set);
+            let id = pools.allocate_id();
+            let mut builder =
+                Builder::for_pool(id, Arc::from(spec.name.as_str()), policy(spec), spec.balance);
+            let (fleet, _) = builder.build(&set);
+            fleets.push(fleet);
+            pools.plans.push(Plan {
+                id,
+                spec: spec.clone(),
+                builder,
+                file_specs,
+                current: set,
+                next_resolve: spec.resolve_interval.map(|i| Instant::now() + i),
+            });
+        }
+        Ok((pools, fleets))
+    }
+
+    /// The id of the pool called `name`.
+    pub fn id_of(&self, name: &str) -> Option<PoolId> {
+        self.plans.iter().find(|p| p.spec.name == name).map(|p| p.id)
+    }
+
+    fn allocate_id(&mut self) -> PoolId {
+        self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        })
+    }
+
+    /// Applies a re-read configuration: all of it, or (on any error) nothing.
+    fn reload(&mut self, config: Config) -> Result<Reloaded, String> {
+        // First read and resolve everything, changing nothing.
+        let mut prepared = Vec::with_capacity(config.pools.len());
+        for spec in &config.pools {
+            let old = self.plans.iter().find(|p| p.spec.name == spec.name);
+            let file_specs = match &spec.backends_file {
+                Some(path) => Some(read_backends_file(path)?),
+                None => None,
+            };
+            let listed: Vec<BackendSpec> = spec
+                .backends
+                .iter()
+                .chain(file_specs.as_deref().unwrap_or(&[]))
+                .cloned()
+                .collect();
+            let (set, failures) = self.resolver.resolve(&listed);
+            for failure in failures {
+                warn!("{}{failure}", prefix(&spec.name));
+            }
+            if set.is_empty() {
+                let source = match &spec.backends_file {
+                    Some(path) if spec.backends.is_empty() => {
+                        format!("{} lists", config::printable(&path.display().to_string()))
+                    }
+                    _ => "the backend names resolve to".to_string(),
+                };
+                return Err(match old {
+                    Some(old) => format!(
+                        "pool {}: {source} no backend (it has {} now; to take every backend \
+                         out, remove the pool and its services)",
+                        spec.name,
+                        old.current.len()
+                    ),
+                    None => format!("new pool {}: {source} no backend", spec.name),
+                });
+            }
+            prepared.push(Prepared { file_specs, set });
+        }
+        // Then build what changed.
+        let mut changes = Vec::with_capacity(config.pools.len());
+        let mut kept = Vec::with_capacity(config.pools.len());
+        let mut old_plans = std::mem::take(&mut self.plans);
+        for (spec, ready) in config.pools.iter().zip(prepared) {
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            let (mut plan, fresh) = match old_plans.iter().position(|p| p.spec.name == spec.name) {
+                Some(i) => (old_plans.swap_remove(i), false),
+                None => {
+                    let id = self.allocate_id();
+                    let builder =
+                        Builder::for_pool(id, Arc::clone(&name), policy(spec), spec.balance);
+                    let plan = Plan {
+                        id,
+                        spec: spec.clone(),
+                        builder,
+                        file_specs: Vec::new(),
+                        current: Vec::new(),
+                        next_resolve: None,
+                    };
+                    (plan, true)
+                }
+            };
+            let settings_changed = plan.spec != *spec;
+            if settings_changed {
+                plan.builder.set_policy(policy(spec), spec.balance);
+                plan.next_resolve = spec.resolve_interval.map(|i| Instant::now() + i);
+                plan.spec = spec.clone();
+            }
+            plan.file_specs = ready.file_specs.unwrap_or_default();
+            let built = if fresh || settings_changed || ready.set != plan.current {
+                let built = plan.builder.build(&ready.set);
+                plan.current = ready.set;
+                Some(built)
+            } else {
+                None
+            };
+            changes.push(PoolChange {
+                id: plan.id,
+                name,
+                built,
+            });
+            kept.push(plan);
+        }
+        let removed: Vec<PoolId> = old_plans.iter().map(|p| p.id).collect();
+        self.free_ids.extend(&removed);
+        self.plans = kept;
+        Ok(Reloaded {
+            config,
+            pools: changes,
+            removed,
+        })
+    }
+
+    /// Re-resolves the pools whose interval has come round; a pool whose addresses
+    /// changed gets a new generation.
+    fn resolve_due(&mut self, now: Instant) -> Vec<PoolChange> {
+        let mut changes = Vec::new();
+        for plan in &mut self.plans {
+            let (Some(due), Some(interval)) = (plan.next_resolve, plan.spec.resolve_interval)
+            else {
+                continue;
+            };
+            if due > now {
+                continue;
+            }
+            plan.next_resolve = Some(now + interval);
+            let listed: Vec<BackendSpec> = plan
+                .spec
+                .backends
+                .iter()
+                .chain(&plan.file_specs)
+                .cloned()
+                .collect();
+            let (set, failures) = self.resolver.resolve(&listed);
+            for failure in failures {
+                warn!("{}{failure}", prefix(&plan.spec.name));
+            }
+            if set == plan.current || (set.is_empty() && !plan.current.is_empty()) {
+                if set.is_empty() {
+                    warn!(
+                        "pool {}: the backend names resolve to no backend; keeping the \
+                         running set of {}",
+                        plan.spec.name,
+                        plan.current.len()
+                    );
+                }
+                continue;
+            }
+            let built = plan.builder.build(&set);
+            plan.current = set;
+            changes.push(PoolChange {
+                id: plan.id,
+                name: Arc::from(plan.spec.name.as_str()),
+                built: Some(built),
+            });
+        }
+        changes
+    }
+
+    /// When the next re-resolve is due, if any pool has one.
+    fn next_due(&self) -> Option<Instant> {
+        self.plans.iter().filter_map(|p| p.next_resolve).min()
+    }
 }
 
-/// The control thread's end of the helper thread.
+/// Warns once for each address listed more than once (it is used once, with the options it
+/// was first listed with): the same spec twice, or a name and an address that resolve alike.
+fn warn_duplicates(pool: &str, backends: &[ResolvedBackend]) {
+    const SHOWN: usize = 8;
+    let mut seen: HashMap<SocketAddr, Vec<&str>> = HashMap::with_capacity(backends.len());
+    let mut repeated = Vec::new();
+    for backend in backends {
+        let names = seen.entry(backend.addr).or_default();
+        if names.len() == 1 {
+            repeated.push(backend.addr);
+        }
+        names.push(&backend.name);
+    }
+    for addr in repeated.iter().take(SHOWN) {
+        let times = seen[addr].len();
+        let mut names: Vec<&str> = Vec::new();
+        for name in &seen[addr] {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        let written = if names == [addr.to_string()] {
+            String::new()
+        } else {
+            format!(" (as {})", names.join(", "))
+        };
+        warn!(
+            "{}backend {addr} is listed {times} times{written}; it is used once, with \
+             the options first given",
+            prefix(pool)
+        );
+    }
+    if repeated.len() > SHOWN {
+        warn!(
+            "{}and {} more backends are listed more than once",
+            prefix(pool),
+            repeated.len() - SHOWN
+        );
+    }
+}
+
+/// The control thread's end of the discovery thread.
 pub struct Discovery {
-    requests: Sender<()>,
+    requests: Sender<u64>,
     updates: Receiver<Update>,
 }
 
 impl Discovery {
-    /// Starts the helper thread; it wakes the control thread through `waker` for each
-    /// update.
-    pub fn spawn(plan: Plan, waker: Arc<Waker>) -> io::Result<Discovery> {
+    /// Starts the discovery thread with `pools` as [`Pools::start`] made them; a reload
+    /// parses `args` (the command line) again. It wakes the control thread through `waker`
+    /// for each update.
+    pub fn spawn(args: Vec<OsString>, pools: Pools, waker: Arc<Waker>) -> io::Result<Discovery> {
         let (requests, requested) = mpsc::channel();
         let (report, updates) = mpsc::channel();
         std::thread::Builder::new()
             .name("discovery".to_string())
-            .spawn(move || run(plan, &requested, &report, &waker))?;
+            .spawn(move || run(&args, pools, &requested, &report, &waker))?;
         Ok(Discovery { requests, updates })
     }
 
-    /// Asks for the file to be re-read and every name re-resolved.
-    pub fn reload(&self) {
-        let _ = self.requests.send(());
+    /// Asks for a reload; its outcome names `ticket` (with every other request that came in
+    /// the same burst: they are one reload).
+    pub fn reload(&self, ticket: u64) {
+        let _ = self.requests.send(ticket);
     }
 
     /// The next update, if one is waiting.
@@ -149,74 +393,53 @@ impl Discovery {
     }
 }
 
-fn run(mut plan: Plan, requested: &Receiver<()>, report: &Sender<Update>, waker: &Waker) {
+fn run(
+    args: &[OsString],
+    mut pools: Pools,
+    requested: &Receiver<u64>,
+    report: &Sender<Update>,
+    waker: &Waker,
+) {
     loop {
-        let cause = match plan.resolve_interval {
-            Some(interval) => match requested.recv_timeout(interval) {
-                Ok(()) => Cause::Reload,
-                Err(RecvTimeoutError::Timeout) => Cause::Resolve,
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
+        let request = match pools.next_due() {
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                match requested.recv_timeout(wait.max(Duration::from_millis(1))) {
+                    Ok(ticket) => Some(ticket),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
             None => match requested.recv() {
-                Ok(()) => Cause::Reload,
+                Ok(ticket) => Some(ticket),
                 Err(_) => return,
             },
         };
-        // SIGHUPs that came in a burst are one reload.
-        while requested.try_recv().is_ok() {}
-        let result = next_set(&mut plan, cause);
-        let result = match result {
-            Ok(None) => continue,
-            Ok(Some(set)) => {
-                let built = plan.builder.build(&set);
-                plan.current = set;
-                Ok(built)
+        match request {
+            Some(first) => {
+                // Requests that came in a burst are one reload.
+                let mut tickets = vec![first];
+                tickets.extend(requested.try_iter());
+                let result = reload(args, &mut pools).map(Box::new);
+                send(report, waker, Update::Reloaded { tickets, result });
             }
-            Err(message) => Err(message),
-        };
-        send(report, waker, Update { cause, result });
+            None => {
+                for change in pools.resolve_due(Instant::now()) {
+                    send(report, waker, Update::Resolved(change));
+                }
+            }
+        }
     }
 }
 
-/// The set to build next: `Ok(None)` when a periodic re-resolve found nothing new.
-fn next_set(plan: &mut Plan, cause: Cause) -> Result<Option<Vec<ResolvedBackend>>, String> {
-    let mut file_specs = None;
-    if cause == Cause::Reload {
-        if let Some(path) = &plan.file {
-            file_specs = Some(read_backends_file(path)?);
-        }
-    }
-    let specs: Vec<BackendSpec> = plan
-        .positional
-        .iter()
-        .chain(file_specs.as_ref().unwrap_or(&plan.file_specs))
-        .cloned()
-        .collect();
-    let (set, failures) = plan.resolver.resolve(&specs);
-    for failure in failures {
-        warn!("{failure}");
-    }
-    if set.is_empty() && cause == Cause::Resolve && plan.current.is_empty() {
-        return Ok(None); // still nothing: the failures above say why
-    }
-    if set.is_empty() {
-        let source = match &plan.file {
-            Some(path) if cause == Cause::Reload => format!("{} lists", path.display()),
-            _ => "the backend names resolve to".to_string(),
-        };
-        return Err(format!(
-            "{source} no backend; keeping the running set of {} (to take every backend \
-             out, stop tcplb)",
-            plan.current.len()
-        ));
-    }
-    if let Some(specs) = file_specs {
-        plan.file_specs = specs;
-    }
-    if cause == Cause::Resolve && set == plan.current {
-        return Ok(None);
-    }
-    Ok(Some(set))
+/// Parses the command line again (re-reading the config file) and applies it.
+fn reload(args: &[OsString], pools: &mut Pools) -> Result<Reloaded, String> {
+    let config = match config::parse_args(args) {
+        Ok(config::Action::Run(config)) => *config,
+        Ok(_) => return Err("the command line no longer describes a run".to_string()),
+        Err(e) => return Err(e.to_string()),
+    };
+    pools.reload(config)
 }
 
 fn send(report: &Sender<Update>, waker: &Waker, update: Update) {
@@ -224,75 +447,5 @@ fn send(report: &Sender<Update>, waker: &Waker, update: Update) {
         if let Err(e) = waker.wake() {
             warn!("cannot wake the event loop: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(text: &str) -> BackendSpec {
-        BackendSpec::parse(text).expect("spec")
-    }
-
-    #[test]
-    fn every_address_of_a_name_is_a_backend_with_its_options() {
-        let mut resolver = Resolver::default();
-        let (set, failures) = resolver.resolve(&[
-            spec("127.0.0.1:80,weight=3"),
-            spec("[::1]:81,backup,send-proxy-v2"),
-        ]);
-        assert!(failures.is_empty());
-        assert_eq!(
-            set,
-            vec![
-                ResolvedBackend {
-                    addr: "127.0.0.1:80".parse().expect("addr"),
-                    name: "127.0.0.1:80".to_string(),
-                    weight: 3,
-                    backup: false,
-                    send_proxy: None,
-                },
-                ResolvedBackend {
-                    addr: "[::1]:81".parse().expect("addr"),
-                    name: "[::1]:81".to_string(),
-                    weight: 1,
-                    backup: true,
-                    send_proxy: Some(crate::proxy_protocol::Version::V2),
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn a_name_that_stops_resolving_keeps_its_last_addresses() {
-        let mut resolver = Resolver::default();
-        let name = spec("no-such-host.invalid:80");
-        let (set, failures) = resolver.resolve(std::slice::from_ref(&name));
-        assert!(set.is_empty());
-        assert_eq!(failures.len(), 1);
-        assert!(failures[0].contains("no-such-host.invalid:80"));
-        // Pretend it resolved once.
-        resolver.last.insert(
-            ("no-such-host.invalid".to_string(), 80),
-            vec!["10.9.9.9:80".parse().expect("addr")],
-        );
-        let (set, failures) = resolver.resolve(&[name]);
-        assert_eq!(set.len(), 1);
-        assert!(failures[0].contains("keeping its 1 last known"));
-    }
-
-    #[test]
-    fn file_errors_name_the_file_and_line() {
-        let path = std::env::temp_dir().join(format!("tcplb-backends-{}", std::process::id()));
-        std::fs::write(&path, "127.0.0.1:80\n# comment\n127.0.0.1:x\n").expect("write");
-        let err = read_backends_file(&path).expect_err("bad line");
-        let _ = std::fs::remove_file(&path);
-        assert!(
-            err.contains(&path.display().to_string()) && err.contains("line 3"),
-            "{err}"
-        );
-        let err = read_backends_file(Path::new("/no/such/file")).expect_err("missing");
-        assert!(err.contains("/no/such/file"), "{err}");
     }
 }

@@ -29,22 +29,13 @@ use std::time::Duration;
 /// The longest a cool-down grows to by doubling.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
-/// Breaker settings, from `--max-fails` and `--fail-timeout`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BreakerPolicy {
-    /// Failed connects in a row that open the breaker; 0 = never.
-    pub max_fails: u32,
-    /// First cool-down.
-    pub fail_timeout: Duration,
-}
+pub use crate::config::policy::{BreakerPolicy, CheckPolicy};
 
-impl BreakerPolicy {
-    /// The cool-down after `doublings` failed trials, in milliseconds.
-    fn cooldown_ms(&self, doublings: u32) -> u64 {
-        let base = self.fail_timeout.as_millis() as u64;
-        let cap = (MAX_COOLDOWN.as_millis() as u64).max(base);
-        base.saturating_mul(1u64 << doublings.min(40)).min(cap)
-    }
+/// The cool-down after `doublings` failed trials, in milliseconds.
+fn cooldown_ms(policy: &BreakerPolicy, doublings: u32) -> u64 {
+    let base = policy.fail_timeout.as_millis() as u64;
+    let cap = (MAX_COOLDOWN.as_millis() as u64).max(base);
+    base.saturating_mul(1u64 << doublings.min(40)).min(cap)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +106,7 @@ impl Breaker {
         match self.state {
             BreakerState::Down { until } => until.max(now),
             // A trial under way: after the cool-down it would get if that trial fails.
-            BreakerState::HalfOpen { trial: true } => now + policy.cooldown_ms(self.doublings),
+            BreakerState::HalfOpen { trial: true } => now + cooldown_ms(&policy, self.doublings),
             _ => now,
         }
     }
@@ -180,7 +171,7 @@ impl Breaker {
     }
 
     fn open(&mut self, now: u64, policy: BreakerPolicy) -> Transition {
-        let cooldown = policy.cooldown_ms(self.doublings);
+        let cooldown = cooldown_ms(&policy, self.doublings);
         let until = (now + cooldown).min(MAX_UNTIL);
         self.state = BreakerState::Down { until };
         Transition::WentDown {
@@ -271,14 +262,6 @@ impl SharedBreaker {
             }
         }
     }
-}
-
-/// Active check settings, from `--health-interval`, `--rise` and `--fall`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CheckPolicy {
-    pub interval: Duration,
-    pub rise: u32,
-    pub fall: u32,
 }
 
 /// What the active checks say.
@@ -558,6 +541,7 @@ mod tests {
             interval: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            timeout: Duration::from_secs(3),
         };
         let c = SharedChecks::default();
         assert!(c.get().is_up());

@@ -13,10 +13,12 @@
 //! the checks ([`Fleet::probe_result`]); each change is replayed into the selector.
 
 pub mod backend;
+pub mod backends_file;
 pub mod builder;
 pub mod discovery;
 pub mod health;
 pub mod lease;
+pub mod resolver;
 pub mod select;
 
 use crate::clock;
@@ -51,8 +53,15 @@ impl Group {
     }
 }
 
+/// A pool's number, stable while the pool (by name) is configured; a removed pool's may be
+/// given to a pool added later.
+pub type PoolId = u32;
+
+/// One generation of one pool's backends.
 #[derive(Debug)]
 pub struct Fleet {
+    pool: PoolId,
+    name: Arc<str>,
     generation: u32,
     primaries: Group,
     backups: Group,
@@ -80,6 +89,16 @@ pub enum Verdict {
 }
 
 impl Fleet {
+    /// The pool this is a generation of.
+    pub fn pool(&self) -> PoolId {
+        self.pool
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// Which generation this is (counts reloads).
     pub fn generation(&self) -> u32 {
         self.generation
@@ -388,6 +407,7 @@ impl Fleet {
 /// Puts a generation together (the builder's last step): seats every backend and builds
 /// the selectors.
 pub(crate) fn assemble(
+    (pool, name): (PoolId, Arc<str>),
     generation: u32,
     primaries: Vec<Arc<Backend>>,
     backups: Vec<Arc<Backend>>,
@@ -406,13 +426,15 @@ pub(crate) fn assemble(
         }
     }
     Fleet {
+        pool,
+        name,
         generation,
         primaries: Group {
-            selector: balance.build(&primaries, now),
+            selector: select::build(balance, &primaries, now),
             members: primaries,
         },
         backups: Group {
-            selector: balance.build(&backups, now),
+            selector: select::build(balance, &backups, now),
             members: backups,
         },
         draining,
@@ -610,6 +632,7 @@ mod tests {
             interval: Duration::from_secs(1),
             rise: 1,
             fall: 1,
+            timeout: Duration::from_secs(3),
         };
         let f = fleet_of(&[spec(1, 1, false), spec(2, 1, false)], Some(checks));
         // Backend 0: breaker open (cooling down), checks up. Backend 1: checks down.
@@ -626,6 +649,7 @@ mod tests {
             interval: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            timeout: Duration::from_secs(3),
         };
         let f = fleet_of(&[spec(1, 1, false)], Some(checks));
         fail(&f, 0, 2, 0);

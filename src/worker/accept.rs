@@ -1,8 +1,10 @@
 //! Accepting clients on a worker: up to a turn's worth per turn, each admitted as a session
-//! or shed at once (past `--max-conns` for the whole process, or when this worker's buffer
-//! pool is nearly empty); out of descriptors, accepting pauses without spinning.
+//! of its listener's service or shed at once (past `max-conns` for the whole process or for
+//! the service, or when this worker's buffer pool is nearly empty); out of descriptors,
+//! accepting pauses without spinning.
 
 use crate::logging::suppressed_note;
+use crate::service::{Service, ServiceId, ServiceStats};
 use crate::net;
 use crate::stats::{EndReason, SessionSummary};
 use crate::worker::session::{Rejected, Session};
@@ -11,6 +13,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -25,16 +28,20 @@ impl Worker {
     /// Accepts waiting clients on every listener with some, up to a turn's worth each.
     pub(super) fn accept_clients(&mut self) {
         let mut still_ready = false;
-        for i in 0..self.listeners.len() {
-            if self.listeners[i].ready {
-                self.accept_on(i);
-            }
-            if self.accept_paused || self.listeners.is_empty() {
+        let ready: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.ready)
+            .map(|(key, _)| key)
+            .collect();
+        for i in ready {
+            self.accept_on(i);
+            if self.accept_paused || self.closed {
                 // Stopped for lack of descriptors (or the listeners closed): the flags left
                 // set say where to go on.
                 return;
             }
-            still_ready |= self.listeners[i].ready;
+            still_ready |= self.listeners.get(i).is_some_and(|l| l.ready);
         }
         self.listener_ready = still_ready;
     }
@@ -46,9 +53,10 @@ impl Worker {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
+            let service = listener.service;
             match listener.socket.accept() {
                 Ok((stream, addr)) => {
-                    if self.admit(stream, addr) == Some(EndReason::NoResources) {
+                    if self.admit(stream, addr, service) == Some(EndReason::NoResources) {
                         self.pause_accepting();
                         return;
                     }
@@ -90,23 +98,45 @@ impl Worker {
         }
     }
 
-    /// Turns a new client into a session, or sheds it: past `--max-conns`, or when the
-    /// buffer pool is nearly empty (a session admitted then could not move bytes). Returns
-    /// why the client was turned away, if it was.
-    fn admit(&mut self, client: TcpStream, addr: SocketAddr) -> Option<EndReason> {
+    /// Turns a new client of `service` into a session, or sheds it: past the process's or
+    /// the service's `max-conns`, or when the buffer pool is nearly empty (a session
+    /// admitted then could not move bytes). Returns why the client was turned away, if it
+    /// was.
+    fn admit(
+        &mut self,
+        client: TcpStream,
+        addr: SocketAddr,
+        service: ServiceId,
+    ) -> Option<EndReason> {
         self.stats.accepted.add(1);
+        let Some(service) = self.topology.service(service).map(Arc::clone) else {
+            // A listener whose service this worker's view no longer has (a removal racing
+            // this accept): nobody serves it.
+            net::reset_on_close(&client);
+            return Some(EndReason::Shutdown);
+        };
+        let stats = &service.stats;
+        ServiceStats::add(&stats.accepted, 1);
         let open = self.shared.sessions.fetch_add(1, Ordering::AcqRel);
-        let shed = if open >= self.settings.max_conns {
+        let service_open = stats.active.fetch_add(1, Ordering::AcqRel);
+        let shed = if open >= self.topology.max_conns() {
             self.stats.shed_max_conns.add(1);
+            ServiceStats::add(&stats.shed_max_conns, 1);
+            Some(EndReason::ShedMaxConns)
+        } else if service.max_conns.is_some_and(|max| service_open >= max) {
+            self.stats.shed_max_conns.add(1);
+            ServiceStats::add(&stats.shed_service_max_conns, 1);
             Some(EndReason::ShedMaxConns)
         } else if self.pool.free() * SHED_POOL_FRACTION < self.pool.capacity() {
             self.stats.shed_pool.add(1);
+            ServiceStats::add(&stats.shed_pool, 1);
             Some(EndReason::ShedPool)
         } else {
             None
         };
         if let Some(reason) = shed {
             self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+            stats.active.fetch_sub(1, Ordering::AcqRel);
             debug!("{addr}: {}, {open} sessions open", reason.as_str());
             if let Some(n) = self.throttles.shed.allow(self.now) {
                 warn!(
@@ -120,11 +150,11 @@ impl Worker {
                 );
             }
             net::reset_on_close(&client);
-            self.record_refused(addr, reason, 0);
+            self.record_refused(addr, &service, reason, 0);
             return Some(reason);
         }
         let id = self.next_id();
-        match Session::start(id, client, addr, &mut lend_env!(self)) {
+        match Session::start(id, client, addr, Arc::clone(&service), &mut lend_env!(self)) {
             Ok(session) => {
                 self.sessions.insert(session);
                 self.stats.sessions.set(self.sessions.len() as u64);
@@ -136,16 +166,24 @@ impl Worker {
                 attempts,
             }) => {
                 self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+                service.stats.active.fetch_sub(1, Ordering::AcqRel);
                 drop(client);
-                self.record_refused(addr, reason, attempts);
+                self.record_refused(addr, &service, reason, attempts);
                 Some(reason)
             }
         }
     }
 
     /// A client closed before it became a session (shed, or no backend).
-    fn record_refused(&mut self, client: SocketAddr, reason: EndReason, attempts: u32) {
+    fn record_refused(
+        &mut self,
+        client: SocketAddr,
+        service: &Service,
+        reason: EndReason,
+        attempts: u32,
+    ) {
         let summary = SessionSummary {
+            service: Arc::clone(&service.name),
             client_addr: client,
             backend: None,
             connect_time: None,
@@ -154,6 +192,6 @@ impl Worker {
             bytes_down: 0,
             retries: attempts.saturating_sub(1),
         };
-        self.record(&summary, reason);
+        self.record(&summary, Some(service), reason);
     }
 }

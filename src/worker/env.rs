@@ -1,10 +1,10 @@
 //! What a session borrows from its worker while a handler runs ([`Env`], lent by
 //! `lend_env!`), and the small types around it: session ids and their poll tokens
-//! ([`ConnId`]), what a worker's timers are for ([`TimerKey`]), the settings sessions read,
+//! ([`ConnId`]), what a worker's timers are for ([`TimerKey`]),
 //! and the throttles of bursty warnings.
 
-use crate::fleet::Fleet;
 use crate::fleet::backend::Backend;
+use crate::service::Topology;
 use crate::logging::Throttle;
 use crate::stats::WorkerStats;
 use crate::worker::pipes::PipePool;
@@ -12,7 +12,7 @@ use crate::worker::pool::Pool;
 use crate::worker::timer::Timers;
 use mio::{Registry, Token};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A session's slot in the worker's slab plus a generation, so an event or timer meant
 /// for a session that has ended is never delivered to the next one in the same slot.
@@ -53,31 +53,9 @@ pub enum TimerKey {
     /// A backend's breaker cool-down is over: let its selector see it again (index into
     /// the worker's cool-down list).
     Cooldown(usize),
-}
-
-/// Settings the sessions read.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub connect_timeout: Duration,
-    pub retries: u32,
-    pub idle_timeout: Option<Duration>,
-    pub max_conns: usize,
-    /// `--accept-proxy`: clients start with a PROXY protocol header due within this long.
-    pub accept_proxy: Option<Duration>,
-}
-
-#[cfg(test)]
-impl Settings {
-    /// The unit tests' settings: a 5 s connect timeout, no idle timeout, 16 sessions.
-    pub fn for_tests(retries: u32, accept_proxy: Option<Duration>) -> Settings {
-        Settings {
-            connect_timeout: Duration::from_secs(5),
-            retries,
-            idle_timeout: None,
-            max_conns: 16,
-            accept_proxy,
-        }
-    }
+    /// A removed service's drain time is over: cut its sessions left (index into the
+    /// worker's retired services).
+    Retire(usize),
 }
 
 /// Warnings that come in bursts, one throttle each.
@@ -96,13 +74,13 @@ pub struct Env<'a> {
     pub registry: &'a Registry,
     pub pool: &'a mut Pool,
     pub pipes: &'a mut PipePool,
-    pub fleet: &'a Fleet,
+    /// Every service and every pool's current generation.
+    pub topology: &'a Topology,
     pub timers: &'a mut Timers<TimerKey>,
     /// The time at the start of this turn (one clock read per wake-up), and the same in
     /// milliseconds since the clock's epoch (for shared state).
     pub now: Instant,
     pub now_ms: u64,
-    pub settings: &'a Settings,
     pub stats: &'a WorkerStats,
     pub throttles: &'a Throttles,
     /// Backends whose breaker opened, with when their cool-down ends.
@@ -117,11 +95,10 @@ macro_rules! lend_env {
             registry: $worker.poll.registry(),
             pool: &mut $worker.pool,
             pipes: &mut $worker.pipes,
-            fleet: &$worker.fleet,
+            topology: &$worker.topology,
             timers: &mut $worker.timers,
             now: $worker.now,
             now_ms: $crate::clock::millis($worker.now),
-            settings: &$worker.settings,
             stats: &$worker.stats,
             throttles: &$worker.throttles,
             cooling: &mut $worker.cooling,

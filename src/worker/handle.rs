@@ -3,9 +3,8 @@
 //! ([`WorkerConfig`]) and the control thread's [`Handle`] on it.
 
 use crate::admin::access_log::AccessLogBatch;
-use crate::fleet::Fleet;
+use crate::service::{Service, ServiceId, Topology};
 use crate::stats::WorkerStats;
-use crate::worker::Settings;
 use crate::worker::pipes::PipePool;
 use crate::worker::pool::Pool;
 use log::warn;
@@ -19,8 +18,21 @@ use std::sync::mpsc::Sender;
 /// What the control thread tells a worker.
 #[derive(Debug)]
 pub enum Command {
-    /// A new generation of the backend set.
-    Fleet(Arc<Fleet>),
+    /// A new view of the services and pools.
+    Topology(Arc<Topology>),
+    /// Accept on these sockets too, for `service` (added, or given more addresses).
+    Listen {
+        service: ServiceId,
+        sockets: Vec<TcpListener>,
+    },
+    /// Close this worker's copies of `service`'s listeners (every one, or only those on
+    /// `only`'s addresses). A removed service's live sessions are `retire`d: they may finish
+    /// until the deadline, then they are cut.
+    Unlisten {
+        service: ServiceId,
+        only: Option<Vec<SocketAddr>>,
+        retire: Option<(Arc<Service>, std::time::Instant)>,
+    },
     /// Stop accepting (close this worker's copies of the listeners: a socket another
     /// process also holds stays open there, queued clients included); exit once the last
     /// session has ended.
@@ -38,7 +50,7 @@ pub const WORKER_GONE: u32 = u32::MAX;
 pub struct Shared {
     /// Sessions open now, over every worker: `--max-conns` is one limit for the process.
     pub sessions: AtomicUsize,
-    /// The fleet generation each worker has adopted ([`WORKER_GONE`] once it has exited).
+    /// The topology generation each worker has adopted ([`WORKER_GONE`] once it has exited).
     pub adopted: Box<[AtomicU32]>,
     /// Workers still running.
     pub running: AtomicUsize,
@@ -53,12 +65,12 @@ pub struct Shared {
 /// What a worker needs to start.
 pub struct WorkerConfig {
     pub index: usize,
-    /// The listeners it accepts on (at least one, at most [`MAX_LISTENERS`](crate::worker::MAX_LISTENERS)).
-    pub listeners: Vec<TcpListener>,
-    pub fleet: Arc<Fleet>,
+    /// The listeners it accepts on, each for its service (at most
+    /// [`MAX_LISTENERS`](crate::worker::MAX_LISTENERS)).
+    pub listeners: Vec<(ServiceId, TcpListener)>,
+    pub topology: Arc<Topology>,
     pub pool: Pool,
     pub pipes: PipePool,
-    pub settings: Arc<Settings>,
     pub shared: Arc<Shared>,
     pub stats: Arc<WorkerStats>,
     pub access_log: Option<AccessLogBatch>,
@@ -69,8 +81,6 @@ pub struct Handle {
     pub(super) commands: Sender<Command>,
     pub(super) waker: Arc<Waker>,
     pub thread: std::thread::JoinHandle<()>,
-    /// The address its (first) listener is bound to.
-    pub local_addr: SocketAddr,
 }
 
 impl Handle {

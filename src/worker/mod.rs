@@ -36,8 +36,8 @@ pub mod timer;
 
 use crate::admin::access_log::AccessLogBatch;
 use crate::clock;
-use crate::fleet::Fleet;
 use crate::fleet::backend::Backend;
+use crate::service::{Service, ServiceId, ServiceStats, Topology};
 use crate::logging::suppressed_note;
 use crate::stats::{EndReason, SessionSummary, WorkerStats};
 use log::{debug, info, warn};
@@ -56,15 +56,16 @@ use std::time::{Duration, Instant, SystemTime};
 use timer::{TimerId, Timers};
 
 pub(crate) use env::lend_env;
-pub use env::{ConnId, Env, Settings, Throttles, TimerKey};
+pub use env::{ConnId, Env, Throttles, TimerKey};
 pub use handle::{Command, Handle, Shared, WORKER_GONE, WorkerConfig};
 
 const INBOX: Token = Token(usize::MAX);
-/// Listener `i` has the token `LISTENERS_TOP - i`. Session tokens never come this high:
-/// that would take a slot near 2^31, far past the most sessions a worker can hold.
+/// Listener `i` (its slot) has the token `LISTENERS_TOP - i`. Session tokens never come
+/// this high: that would take a session slot near 2^31 - 2^20, far past the most sessions a
+/// worker can hold.
 const LISTENERS_TOP: usize = usize::MAX - 1;
 /// Most listeners one worker accepts on.
-pub const MAX_LISTENERS: usize = 1024;
+pub const MAX_LISTENERS: usize = 1 << 20;
 
 /// Events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 1024;
@@ -78,10 +79,11 @@ enum Lifecycle {
     Stopped,
 }
 
-/// A listening socket and whether clients may be waiting on it (its edge has not been
-/// drained).
+/// A listening socket, the service its clients are for, and whether clients may be
+/// waiting on it (its edge has not been drained).
 struct Listener {
     socket: TcpListener,
+    service: ServiceId,
     ready: bool,
 }
 
@@ -90,7 +92,9 @@ pub struct Worker {
     poll: Poll,
     events: Events,
     /// Empty once draining.
-    listeners: Vec<Listener>,
+    listeners: Slab<Listener>,
+    /// Whether the listeners were closed for good (drain or stop).
+    closed: bool,
     /// Some listener may have clients waiting.
     listener_ready: bool,
     /// Accepting is paused for lack of descriptors; a timer (or a session ending) resumes it.
@@ -99,12 +103,11 @@ pub struct Worker {
     inbox: Receiver<Command>,
     sessions: Slab<Session>,
     next_generation: u32,
-    fleet: Arc<Fleet>,
+    topology: Arc<Topology>,
     pool: Pool,
     pipes: PipePool,
     timers: Timers<TimerKey>,
     now: Instant,
-    settings: Arc<Settings>,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     throttles: Throttles,
@@ -117,6 +120,8 @@ pub struct Worker {
     /// Backends whose cool-down ends at a timer of ours (slots reused once fired).
     cooldowns: Slab<Arc<Backend>>,
     cooling: Vec<(Arc<Backend>, u64)>,
+    /// Removed services whose sessions are cut at a timer of ours.
+    retired: Slab<Arc<Service>>,
     access_log: Option<AccessLogBatch>,
     lifecycle: Lifecycle,
 }
@@ -129,10 +134,6 @@ impl Worker {
         let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
         let index = config.index;
         let worker = Worker::new(poll, inbox, config)?;
-        let local_addr = worker.listeners.first().map_or_else(
-            || Err(io::ErrorKind::NotConnected.into()),
-            |l| l.socket.local_addr(),
-        )?;
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || worker.run())?;
@@ -140,30 +141,18 @@ impl Worker {
             commands,
             waker,
             thread,
-            local_addr,
         })
     }
 
     fn new(poll: Poll, inbox: Receiver<Command>, config: WorkerConfig) -> io::Result<Worker> {
-        if config.listeners.is_empty() || config.listeners.len() > MAX_LISTENERS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} listeners for one worker", config.listeners.len()),
-            ));
-        }
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for (i, mut socket) in config.listeners.into_iter().enumerate() {
-            poll.registry()
-                .register(&mut socket, Token(LISTENERS_TOP - i), Interest::READABLE)?;
-            listeners.push(Listener {
-                socket,
-                ready: true,
-            });
+        let mut listeners = Slab::with_capacity(config.listeners.len());
+        for (service, socket) in config.listeners {
+            add_listener(&poll, &mut listeners, service, socket)?;
         }
         let now = Instant::now();
         // Room for every session up front: address space only (pages are touched as sessions
         // fill them), and the slab never has to move its entries to grow.
-        let max_conns = config.settings.max_conns;
+        let max_conns = config.topology.max_conns();
         config
             .stats
             .buffers_total
@@ -180,18 +169,18 @@ impl Worker {
             poll,
             events: Events::with_capacity(EVENTS_PER_WAIT),
             listeners,
+            closed: false,
             listener_ready: true,
             accept_paused: false,
             resume_accept_timer: None,
             inbox,
             sessions: Slab::with_capacity(max_conns),
             next_generation: 0,
-            fleet: config.fleet,
+            topology: config.topology,
             pool: config.pool,
             pipes: config.pipes,
             timers: Timers::with_capacity(now, max_conns + 64),
             now,
-            settings: config.settings,
             shared: config.shared,
             stats: config.stats,
             throttles: Throttles::default(),
@@ -201,6 +190,7 @@ impl Worker {
             fired: Vec::new(),
             cooldowns: Slab::new(),
             cooling: Vec::new(),
+            retired: Slab::new(),
             access_log: config.access_log,
             lifecycle: Lifecycle::Running,
         })
@@ -286,7 +276,7 @@ impl Worker {
     fn listener_index(&self, token: Token) -> Option<usize> {
         LISTENERS_TOP
             .checked_sub(token.0)
-            .filter(|&i| i < self.listeners.len())
+            .filter(|&i| i < MAX_LISTENERS && self.listeners.contains(i))
     }
 
     fn has_pending_work(&self) -> bool {
@@ -341,13 +331,15 @@ impl Worker {
         let summary = session.summary(self.now);
         session.release(&mut lend_env!(self));
         self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
+        let service = Arc::clone(session.service());
+        service.stats.active.fetch_sub(1, Ordering::AcqRel);
         self.stats.buffers_free.set(self.pool.free() as u64);
         self.stats.pipes_free.set(self.pipes.free() as u64);
         self.stats.sessions.set(self.sessions.len() as u64);
         self.stats
             .session_duration
             .observe(summary.duration.as_secs_f64());
-        self.record(&summary, reason);
+        self.record(&summary, Some(&service), reason);
         drop(session);
         // Descriptors were freed: a paused listener may go on.
         if self.accept_paused {
@@ -363,7 +355,7 @@ impl Worker {
     }
 
     /// Counts, logs and writes the access log line for a finished (or refused) client.
-    fn record(&mut self, summary: &SessionSummary, reason: EndReason) {
+    fn record(&mut self, summary: &SessionSummary, service: Option<&Service>, reason: EndReason) {
         debug!(
             "{} via {}: {} after {:?}, {} bytes up, {} down",
             summary.client_addr,
@@ -377,6 +369,9 @@ impl Worker {
         );
         if reason == EndReason::NoBackend {
             self.stats.no_backend.add(1);
+            if let Some(service) = service {
+                ServiceStats::add(&service.stats.no_backend, 1);
+            }
             if let Some(n) = self.throttles.no_backend.allow(self.now) {
                 warn!(
                     "no backend could take client {}{}",
@@ -402,11 +397,39 @@ impl Worker {
     fn on_commands(&mut self) {
         while let Ok(command) = self.inbox.try_recv() {
             match command {
-                Command::Fleet(fleet) => {
-                    let generation = fleet.generation();
-                    self.fleet = fleet;
+                Command::Topology(topology) => {
+                    let generation = topology.generation();
+                    // The old view is dropped here: the control thread holds every retired
+                    // generation until all workers have moved on, so this is never the last
+                    // reference (freeing a pool's backends is O(n), not for a worker's loop).
+                    self.topology = topology;
                     self.shared.adopted[self.index].store(generation, Ordering::Release);
                     let _ = self.shared.control.wake();
+                }
+                Command::Listen { service, sockets } => {
+                    if self.closed {
+                        continue; // draining or stopped: no new listener
+                    }
+                    for socket in sockets {
+                        if let Err(e) =
+                            add_listener(&self.poll, &mut self.listeners, service, socket)
+                        {
+                            warn!("worker {}: cannot accept on a new listener: {e}", self.index);
+                        }
+                    }
+                    // Clients may already be queued on them.
+                    self.listener_ready = true;
+                }
+                Command::Unlisten {
+                    service,
+                    only,
+                    retire,
+                } => {
+                    self.unlisten(service, only.as_deref());
+                    if let Some((service, deadline)) = retire {
+                        let slot = self.retired.insert(service);
+                        self.timers.insert(deadline, TimerKey::Retire(slot));
+                    }
                 }
                 Command::Drain => self.drain(),
                 Command::Stop => {
@@ -434,16 +457,60 @@ impl Worker {
     /// another worker, a newer tcplb or systemd also holds stays open there, and clients
     /// queued on it wait for whoever accepts next.
     fn close_listeners(&mut self) {
-        if self.listeners.is_empty() {
+        if self.closed {
             return;
         }
-        for mut listener in self.listeners.drain(..) {
+        self.closed = true;
+        for mut listener in self.listeners.drain() {
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         self.listener_ready = false;
         self.shared.listening[self.index].store(false, Ordering::Release);
         self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
         let _ = self.shared.control.wake();
+    }
+
+    /// Closes this worker's copies of `service`'s listeners (those on `only`'s addresses,
+    /// if given). A socket another worker or the control thread still holds stays open
+    /// there.
+    fn unlisten(&mut self, service: ServiceId, only: Option<&[std::net::SocketAddr]>) {
+        let doomed: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.service == service)
+            .filter(|(_, l)| {
+                only.is_none_or(|addrs| l.socket.local_addr().is_ok_and(|a| addrs.contains(&a)))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in doomed {
+            let mut listener = self.listeners.remove(key);
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+    }
+
+    /// Cuts the sessions of a removed service whose drain time is over.
+    fn cut_service(&mut self, service: &Arc<Service>) {
+        let ids: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| Arc::ptr_eq(s.service(), service))
+            .map(|(_, s)| s.id())
+            .collect();
+        if !ids.is_empty() {
+            info!(
+                "worker {}: service {} was removed: cutting its {} sessions left after the \
+                 drain timeout",
+                self.index,
+                service.name,
+                ids.len()
+            );
+        }
+        for id in ids {
+            let session = self.sessions.remove(id.slot as usize);
+            session.abort();
+            self.end_session(session, EndReason::Shutdown);
+        }
     }
 
     /// Resets every open session (at exit: a cut transfer must not look complete).
@@ -492,7 +559,12 @@ impl Worker {
                 }
                 TimerKey::Cooldown(slot) => {
                     if let Some(backend) = self.cooldowns.try_remove(slot) {
-                        self.fleet.refresh(&backend, clock::millis(self.now));
+                        self.topology.refresh(&backend, clock::millis(self.now));
+                    }
+                }
+                TimerKey::Retire(slot) => {
+                    if let Some(service) = self.retired.try_remove(slot) {
+                        self.cut_service(&service);
                     }
                 }
             }
@@ -509,6 +581,30 @@ impl Worker {
                 .insert(clock::instant(until), TimerKey::Cooldown(slot));
         }
     }
+}
+
+/// Registers `socket` for `service` in a free listener slot.
+fn add_listener(
+    poll: &Poll,
+    listeners: &mut Slab<Listener>,
+    service: ServiceId,
+    mut socket: TcpListener,
+) -> io::Result<()> {
+    if listeners.len() >= MAX_LISTENERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("more than {MAX_LISTENERS} listeners for one worker"),
+        ));
+    }
+    let entry = listeners.vacant_entry();
+    poll.registry()
+        .register(&mut socket, Token(LISTENERS_TOP - entry.key()), Interest::READABLE)?;
+    entry.insert(Listener {
+        socket,
+        service,
+        ready: true,
+    });
+    Ok(())
 }
 
 /// A worker built but not spawned, run one turn at a time.
@@ -539,11 +635,15 @@ mod tests {
         let (commands, inbox) = mpsc::channel();
         let config = WorkerConfig {
             index: 0,
-            listeners: vec![listener],
-            fleet,
+            listeners: vec![(0, listener)],
+            topology: Arc::new(Topology::new(
+                0,
+                16,
+                [crate::service::for_tests(0, None)],
+                [fleet],
+            )),
             pool: Pool::new(16 * 1024, 8).expect("pool"),
             pipes: PipePool::new(0, None),
-            settings: Arc::new(Settings::for_tests(0, None)),
             shared: Arc::new(Shared {
                 sessions: AtomicUsize::new(0),
                 adopted: vec![AtomicU32::new(0)].into_boxed_slice(),

@@ -22,6 +22,7 @@ use crate::fleet::Verdict;
 use crate::fleet::lease::Lease;
 use crate::fleet::select::PickRequest;
 use crate::net;
+use crate::service::Service;
 use crate::stats::{EndReason, ProxyError, SessionSummary};
 use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
@@ -33,6 +34,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a handler did to the session, for the worker to act on.
@@ -71,6 +73,8 @@ enum Phase {
 
 pub struct Session {
     id: ConnId,
+    /// The service whose listener the client came to.
+    service: Arc<Service>,
     client: TcpStream,
     /// `None` until the first backend is dialled.
     backend: Option<TcpStream>,
@@ -112,6 +116,7 @@ impl Session {
         id: ConnId,
         mut client: TcpStream,
         client_addr: SocketAddr,
+        service: Arc<Service>,
         env: &mut Env,
     ) -> Result<Session, Rejected> {
         if let Err(e) = net::prepare_client(&client).and_then(|()| {
@@ -130,6 +135,7 @@ impl Session {
         }
         let mut session = Session {
             id,
+            service,
             client,
             backend: None,
             duplex: Duplex::default(),
@@ -145,7 +151,7 @@ impl Session {
             waiting_for_buffer: false,
             queued: false,
         };
-        if let Some(timeout) = env.settings.accept_proxy {
+        if let Some(timeout) = session.service.accept_proxy {
             // The header's readable edge comes with the next poll (registering a socket
             // that has bytes waiting raises one).
             session.timer = Some(env.timers.insert(env.now + timeout, TimerKey::Conn(id)));
@@ -166,6 +172,7 @@ impl Session {
         let mut attempts = 0;
         let dialled = dial(
             self.id,
+            &self.service,
             self.client_addr,
             &mut self.tried,
             &mut attempts,
@@ -179,7 +186,7 @@ impl Session {
         self.lease = Some(lease);
         self.backend = Some(backend);
         self.timer = Some(env.timers.insert(
-            env.now + env.settings.connect_timeout,
+            env.now + self.service.connect_timeout,
             TimerKey::Conn(self.id),
         ));
         Ok(())
@@ -196,6 +203,11 @@ impl Session {
 
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// The service whose listener the client came to.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
     }
 
     /// Makes closing this session reset both connections: it is being cut short, and a cut
@@ -313,7 +325,7 @@ impl Session {
             let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
             return self.connect_failed(error, env);
         }
-        if let Some(idle) = env.settings.idle_timeout {
+        if let Some(idle) = self.service.idle_timeout {
             let due = self.last_active + idle;
             if due <= env.now {
                 if !self.is_quiet() {
@@ -353,6 +365,7 @@ impl Session {
         let attempts = self.attempts();
         let (bytes_up, bytes_down) = self.duplex.moved();
         SessionSummary {
+            service: Arc::clone(&self.service.name),
             client_addr: self.client_addr,
             // Only a connected backend is the session's: one whose connect failed is not.
             backend: self
@@ -379,14 +392,14 @@ impl Session {
             pipes: env.pipes,
         });
         if let Some(lease) = self.lease.take() {
-            env.fleet.release(lease, env.now_ms);
+            env.topology.release(lease, env.now_ms);
         }
     }
 
     fn established(&mut self, env: &mut Env) {
         self.phase = Phase::Established;
         if let Some(lease) = &mut self.lease {
-            env.fleet.connect_succeeded(lease, env.now_ms);
+            env.topology.connect_succeeded(lease, env.now_ms);
             debug!("{} connected to {}", self.client_addr, lease.backend().addr);
         }
         let took = env.now.saturating_duration_since(self.started);
@@ -395,7 +408,7 @@ impl Session {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
-        if let Some(idle) = env.settings.idle_timeout {
+        if let Some(idle) = self.service.idle_timeout {
             self.timer = Some(env.timers.insert(env.now + idle, TimerKey::Conn(self.id)));
         }
     }
@@ -412,10 +425,11 @@ impl Session {
         if let Some(mut lease) = self.lease.take() {
             note_failure(&mut lease, &error, env);
             self.tried.push(lease.backend().id);
-            env.fleet.release(lease, env.now_ms);
+            env.topology.release(lease, env.now_ms);
         }
         match dial(
             self.id,
+            &self.service,
             self.client_addr,
             &mut self.tried,
             &mut attempts,
@@ -431,7 +445,7 @@ impl Session {
                     header_sent: 0,
                 };
                 self.timer = Some(env.timers.insert(
-                    env.now + env.settings.connect_timeout,
+                    env.now + self.service.connect_timeout,
                     TimerKey::Conn(self.id),
                 ));
                 Report::default()
@@ -480,7 +494,8 @@ impl Session {
 /// Counts a failed connect against the lease's backend; a breaker that opened gets a timer
 /// so its trial comes when the cool-down ends.
 fn note_failure(lease: &mut Lease, error: &io::Error, env: &mut Env) {
-    if let Verdict::CoolingDown { until } = env.fleet.connect_failed(lease, env.now_ms, error) {
+    if let Verdict::CoolingDown { until } = env.topology.connect_failed(lease, env.now_ms, error)
+    {
         env.cooling
             .push((std::sync::Arc::clone(lease.backend()), until));
     }
@@ -491,13 +506,17 @@ fn note_failure(lease: &mut Lease, error: &io::Error, env: &mut Env) {
 /// tried, up to `--retries` retries in all.
 fn dial(
     id: ConnId,
+    service: &Service,
     client: SocketAddr,
     tried: &mut Vec<u64>,
     attempts: &mut u32,
     env: &mut Env,
 ) -> Result<(Lease, TcpStream), EndReason> {
+    let Some(fleet) = env.topology.pool(service.pool) else {
+        return Err(EndReason::NoBackend);
+    };
     loop {
-        if *attempts > env.settings.retries {
+        if *attempts > service.retries {
             return Err(EndReason::NoBackend);
         }
         let request = PickRequest {
@@ -505,7 +524,7 @@ fn dial(
             now: env.now_ms,
             tried,
         };
-        let Some(mut lease) = env.fleet.pick(&request) else {
+        let Some(mut lease) = fleet.pick(&request) else {
             return Err(EndReason::NoBackend);
         };
         *attempts += 1;
@@ -528,13 +547,13 @@ fn dial(
                         crate::logging::suppressed_note(n)
                     );
                 }
-                env.fleet.release(lease, env.now_ms);
+                fleet.release(lease, env.now_ms);
                 return Err(EndReason::NoResources);
             }
             Err(e) => {
                 note_failure(&mut lease, &e, env);
                 tried.push(lease.backend().id);
-                env.fleet.release(lease, env.now_ms);
+                fleet.release(lease, env.now_ms);
             }
         }
     }
@@ -552,7 +571,8 @@ mod tests {
     use crate::fleet::builder::tests::{POLICY, spec};
     use crate::fleet::select::Balance;
     use crate::stats::WorkerStats;
-    use crate::worker::env::{Settings, Throttles};
+    use crate::service::{self, Topology};
+    use crate::worker::env::Throttles;
     use crate::worker::pipes::PipePool;
     use crate::worker::pool::Pool;
     use crate::worker::timer::Timers;
@@ -573,8 +593,9 @@ mod tests {
         pool: Pool,
         pipes: PipePool,
         fleet: Arc<Fleet>,
+        topology: Topology,
+        service: Arc<Service>,
         timers: Timers<TimerKey>,
-        settings: Settings,
         stats: WorkerStats,
         throttles: Throttles,
         cooling: Vec<(Arc<Backend>, u64)>,
@@ -588,13 +609,16 @@ mod tests {
         fn new(ports: &[u16], retries: u32, accept_proxy: Option<Duration>) -> Rig {
             let specs: Vec<_> = ports.iter().map(|&p| spec(p, 1, false)).collect();
             let now = Instant::now();
+            let fleet = Builder::new(POLICY, Balance::LeastActive).build(&specs).0;
+            let service = service::for_tests(retries, accept_proxy);
             Rig {
                 poll: Poll::new().expect("poll"),
                 pool: Pool::new(16 * 1024, 8).expect("pool"),
                 pipes: PipePool::new(0, None),
-                fleet: Builder::new(POLICY, Balance::LeastActive).build(&specs).0,
+                topology: Topology::new(1, 16, [Arc::clone(&service)], [Arc::clone(&fleet)]),
+                fleet,
+                service,
                 timers: Timers::new(now),
-                settings: Settings::for_tests(retries, accept_proxy),
                 stats: WorkerStats::default(),
                 throttles: Throttles::default(),
                 cooling: Vec::new(),
@@ -608,11 +632,10 @@ mod tests {
                 registry: self.poll.registry(),
                 pool: &mut self.pool,
                 pipes: &mut self.pipes,
-                fleet: &self.fleet,
+                topology: &self.topology,
                 timers: &mut self.timers,
                 now: self.now,
                 now_ms: crate::clock::millis(self.now),
-                settings: &self.settings,
                 stats: &self.stats,
                 throttles: &self.throttles,
                 cooling: &mut self.cooling,
@@ -627,7 +650,8 @@ mod tests {
             let (accepted, peer) = self.front.accept().expect("accept");
             accepted.set_nonblocking(true).expect("non-blocking");
             let stream = TcpStream::from_std(accepted);
-            let session = Session::start(ID, stream, peer, &mut self.env());
+            let service = Arc::clone(&self.service);
+            let session = Session::start(ID, stream, peer, service, &mut self.env());
             (client, session)
         }
 

@@ -290,20 +290,7 @@ pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Whether `n` is prime (trial division: `n` is at most a table size).
-pub fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
+pub use crate::config::policy::is_prime;
 
 #[cfg(test)]
 mod tests {

@@ -60,89 +60,17 @@ pub trait Selector: Send + Sync + fmt::Debug {
     fn refresh_all(&self, _members: &[Arc<Backend>], _now: u64) {}
 }
 
-/// Settings of `--balance source-hash`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HashSettings {
-    /// Slots in the Maglev table (`--hash-table-size`): a prime.
-    pub table_size: u32,
-    /// Bounded loads (`--hash-balance-factor`), in hundredths (125 = 1.25); `None` = off.
-    pub balance_factor: Option<u32>,
-}
+pub use crate::config::policy::{
+    Balance, DEFAULT_TABLE_SIZE, HashSettings, MAX_TABLE_SIZE, NAMES,
+};
 
-/// The default `--hash-table-size`: the Maglev paper's own example size.
-pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
-/// The largest `--hash-table-size` (the largest prime below 2^24): 64 MiB of table.
-pub const MAX_TABLE_SIZE: u32 = 16_777_213;
-
-impl Default for HashSettings {
-    fn default() -> HashSettings {
-        HashSettings {
-            table_size: DEFAULT_TABLE_SIZE,
-            balance_factor: None,
-        }
-    }
-}
-
-/// The algorithm `--balance` names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Balance {
-    #[default]
-    LeastActive,
-    RoundRobin,
-    RandomTwo,
-    SourceHash(HashSettings),
-}
-
-/// The names `--balance` takes, in the order `--help` lists them.
-pub const NAMES: [&str; 4] = ["least-active", "round-robin", "random-two", "source-hash"];
-
-impl Balance {
-    /// The algorithm called `name` (source-hash with its default settings).
-    pub fn from_name(name: &str) -> Option<Balance> {
-        Some(match name {
-            "least-active" => Balance::LeastActive,
-            "round-robin" => Balance::RoundRobin,
-            "random-two" => Balance::RandomTwo,
-            "source-hash" => Balance::SourceHash(HashSettings::default()),
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Balance::LeastActive => NAMES[0],
-            Balance::RoundRobin => NAMES[1],
-            Balance::RandomTwo => NAMES[2],
-            Balance::SourceHash(_) => NAMES[3],
-        }
-    }
-
-    /// The name with its settings, for the start line: `source-hash (table 65537, balance
-    /// factor 1.25)`.
-    pub fn describe(self) -> String {
-        match self {
-            Balance::SourceHash(s) => match s.balance_factor {
-                Some(f) => format!(
-                    "{} (table {}, balance factor {}.{:02})",
-                    self.name(),
-                    s.table_size,
-                    f / 100,
-                    f % 100
-                ),
-                None => format!("{} (table {})", self.name(), s.table_size),
-            },
-            _ => self.name().to_string(),
-        }
-    }
-
-    /// A selector of this kind over `members`.
-    pub fn build(self, members: &[Arc<Backend>], now: u64) -> Box<dyn Selector> {
-        match self {
-            Balance::LeastActive => Box::new(least_active::LeastActive::new(members, now)),
-            Balance::RoundRobin => Box::new(round_robin::RoundRobin::new(members)),
-            Balance::RandomTwo => Box::new(random_two::RandomTwo::new(members)),
-            Balance::SourceHash(settings) => Box::new(maglev::Maglev::new(members, settings, now)),
-        }
+/// A selector of `balance`'s kind over `members`.
+pub fn build(balance: Balance, members: &[Arc<Backend>], now: u64) -> Box<dyn Selector> {
+    match balance {
+        Balance::LeastActive => Box::new(least_active::LeastActive::new(members, now)),
+        Balance::RoundRobin => Box::new(round_robin::RoundRobin::new(members)),
+        Balance::RandomTwo => Box::new(random_two::RandomTwo::new(members)),
+        Balance::SourceHash(settings) => Box::new(maglev::Maglev::new(members, settings, now)),
     }
 }
 

@@ -1,0 +1,111 @@
+//! `/backends`: every pool with the services that use it and every backend (draining ones
+//! too) with its state, weight and counters, as JSON:
+//!
+//! ```json
+//! {"services": [{"name": "web", "pool": "web", "listen": ["0.0.0.0:80"], "active": 3, ...}],
+//!  "pools": [{"name": "web", "balance": "least-active", "services": ["web"],
+//!             "backends": [{"address": "10.0.0.11:80", "state": "up", ...}]}]}
+//! ```
+
+use crate::admin::View;
+use crate::admin::http::json_string;
+use crate::clock;
+use crate::fleet::Fleet;
+use crate::fleet::backend::BackendStats as Stat;
+use crate::service::ServiceStats;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+/// Renders the whole document.
+pub fn render(view: &View, out: &mut String) {
+    out.push_str("{\"services\": [");
+    for (i, service) in view.topology.services().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let listen: Vec<String> = view
+            .listeners
+            .addrs(&service.name)
+            .iter()
+            .map(|a| json_string(&a.to_string()))
+            .collect();
+        let pool = view
+            .topology
+            .pool(service.pool)
+            .map_or_else(|| "null".to_string(), |f| json_string(f.name()));
+        let stats = &service.stats;
+        let _ = write!(
+            out,
+            "\n  {{\"name\": {}, \"pool\": {pool}, \"listen\": [{}], \"active\": {}, \
+             \"accepted_total\": {}, \"no_backend_total\": {}}}",
+            json_string(&service.name),
+            listen.join(", "),
+            stats.active.load(Ordering::Relaxed),
+            ServiceStats::get(&stats.accepted),
+            ServiceStats::get(&stats.no_backend),
+        );
+    }
+    out.push_str("\n],\n\"pools\": [");
+    for (i, fleet) in view.topology.pools().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        pool(view, fleet, out);
+    }
+    out.push_str("\n]}\n");
+}
+
+/// One pool: its settings, the services that use it, its backends.
+fn pool(view: &View, fleet: &Fleet, out: &mut String) {
+    let now = clock::millis(view.now);
+    let checks_on = fleet.policy().checks.is_some();
+    let balance = fleet.balance_name();
+    let services: Vec<String> = view
+        .topology
+        .services_of(fleet.pool())
+        .map(|s| json_string(&s.name))
+        .collect();
+    let pool_name = json_string(fleet.name());
+    let _ = write!(
+        out,
+        "\n {{\"name\": {pool_name}, \"balance\": \"{balance}\", \"services\": [{}], \
+         \"backends\": [",
+        services.join(", ")
+    );
+    for (i, b) in fleet.backends().chain(fleet.draining()).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let checks = match (checks_on, b.checks_up()) {
+            (false, _) => "off",
+            (true, true) => "up",
+            (true, false) => "down",
+        };
+        let _ = write!(
+            out,
+            "\n  {{\"pool\": {pool_name}, \"address\": {}, \"name\": {}, \"weight\": {}, \
+             \"backup\": {}, \"send_proxy\": {}, \"balance\": \"{balance}\", \
+             \"state\": \"{}\", \"health_checks\": \"{checks}\", \"active\": {}, \
+             \"connections_total\": {}, \"connect_failures_total\": {}, \
+             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}}}",
+            json_string(&b.addr.to_string()),
+            json_string(&b.name),
+            b.weight(),
+            b.is_backup(),
+            b.send_proxy()
+                .map_or("null", |v| if v == crate::proxy_protocol::Version::V1 {
+                    "\"v1\""
+                } else {
+                    "\"v2\""
+                }),
+            b.state(now).as_str(),
+            b.active(),
+            Stat::get(&b.stats.sessions),
+            Stat::get(&b.stats.connect_failures),
+            b.breaker().consecutive_failures(),
+            Stat::get(&b.stats.bytes_sent),
+            Stat::get(&b.stats.bytes_received),
+        );
+    }
+    out.push_str("\n ]}");
+}

@@ -1,0 +1,267 @@
+//! The config file (`--config FILE`): TOML with four kinds of table.
+//!
+//! ```toml
+//! [global]           # process-wide: workers, admin, access-log, max-conns, ...
+//! [defaults]         # what every service and pool inherits unless it says otherwise
+//! [services.NAME]    # listen = [...], pool = "NAME", and service settings
+//! [pools.NAME]       # backends = [...] or backends-file, balance, checks, ...
+//! ```
+//!
+//! Every key is a setting of the option table ([`super::table`]) whose scope allows it
+//! there; a key that is not is an error naming the file, line and column, with the key meant
+//! where one is close. Reading the file is the caller's to do off any event loop.
+
+use super::lower::{self, Layers, Location, Written};
+use super::spec::printable;
+use super::table::{self, Opt};
+use super::values::Raw;
+use super::{Config, ConfigError};
+use std::path::Path;
+use std::sync::Arc;
+use toml::de::{DeTable, DeValue};
+
+/// The tables a file may have at its top.
+const SECTIONS: [&str; 4] = ["global", "defaults", "services", "pools"];
+/// The longest config file read (a file of 1,000 services is about 100 KiB).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads and checks the config file at `path`; `flags` are the process-wide flags given
+/// beside it (they win over `[global]`).
+pub fn load(path: &Path, flags: &Written) -> Result<Config, ConfigError> {
+    let shown = printable(&path.display().to_string()).into_owned();
+    let fail = |why: String| ConfigError::Usage(format!("cannot read config file {shown}: {why}"));
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(fail("it is a directory".to_string()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "it is {} bytes, more than the {MAX_FILE_BYTES} a config file may have",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let before = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+            let (line, column) = line_and_column(&before, before.len());
+            return Err(ConfigError::At {
+                file: shown,
+                line,
+                column,
+                error: Box::new(ConfigError::Usage(
+                    "the file is not UTF-8 text".to_string(),
+                )),
+            });
+        }
+    };
+    let mut config = parse(&text, &shown, flags)?;
+    config.file = Some(path.to_path_buf());
+    Ok(config)
+}
+
+/// Parses and checks a config file's `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigError> {
+    let file: Arc<str> = Arc::from(file);
+    let at = |offset: usize| {
+        let (line, column) = line_and_column(text, offset);
+        Location::File {
+            file: Arc::clone(&file),
+            line,
+            column,
+        }
+    };
+    let document = DeTable::parse(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        at(offset).wrap(ConfigError::Usage(format!(
+            "not valid TOML: {}",
+            e.message().trim_end()
+        )))
+    })?;
+    let document = document.get_ref();
+    let mut global = Written::at(at(0));
+    let mut defaults = Written::at(at(0));
+    let mut services: Vec<(String, Written)> = Vec::new();
+    let mut pools: Vec<(String, Written)> = Vec::new();
+    for (key, value) in document.iter() {
+        let name = key.get_ref().as_ref();
+        let key_at = at(key.span().start);
+        match name {
+            "global" => global = settings(value, "[global]", Section::Global, &at)?,
+            "defaults" => defaults = settings(value, "[defaults]", Section::Defaults, &at)?,
+            "services" | "pools" => {
+                let DeValue::Table(named) = value.get_ref() else {
+                    return Err(key_at.wrap(ConfigError::Usage(format!(
+                        "{name} must be tables: [{name}.NAME]"
+                    ))));
+                };
+                for (child, body) in named.iter() {
+                    let child_name = child.get_ref().as_ref();
+                    check_name(child_name).map_err(|e| at(child.span().start).wrap(e))?;
+                    let title = format!("[{name}.{child_name}]");
+                    let (section, list) = if name == "services" {
+                        (Section::Service, &mut services)
+                    } else {
+                        (Section::Pool, &mut pools)
+                    };
+                    let mut written = settings(body, &title, section, &at)?;
+                    written.at = Some(at(child.span().start));
+                    list.push((child_name.to_string(), written));
+                }
+            }
+            other => {
+                let hint = match table::closest(other, SECTIONS) {
+                    Some(meant) => format!(" (did you mean [{meant}]?)"),
+                    None if table::find(other).is_some() => {
+                        format!(" (settings go in a table: [global], [defaults], [services.NAME] or [pools.NAME])")
+                    }
+                    None => String::new(),
+                };
+                return Err(key_at.wrap(ConfigError::Usage(format!(
+                    "unknown table or key '{}' at the top of the file{hint}",
+                    printable(other)
+                ))));
+            }
+        }
+    }
+
+    let global = lower::global(&Layers::new(vec![flags, &global]))?;
+    let mut service_specs = Vec::with_capacity(services.len());
+    for (name, written) in &services {
+        service_specs.push(lower::service(
+            name,
+            &Layers::new(vec![written, &defaults]),
+            true,
+        )?);
+    }
+    let mut pool_specs = Vec::with_capacity(pools.len());
+    for (name, written) in &pools {
+        pool_specs.push(lower::pool(name, &Layers::new(vec![written, &defaults]), &[])?);
+    }
+    let config = Config {
+        global,
+        services: service_specs,
+        pools: pool_specs,
+        file: None,
+    };
+    let locations: Vec<Location> = services
+        .iter()
+        .map(|(_, w)| w.at.clone().unwrap_or_else(|| at(0)))
+        .collect();
+    config
+        .validate()
+        .map_err(|(index, error)| match index {
+            Some(i) => locations[i].wrap(error),
+            None => at(0).wrap(error),
+        })?;
+    Ok(config)
+}
+
+/// Which kind of table settings are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Global,
+    Defaults,
+    Service,
+    Pool,
+}
+
+impl Section {
+    fn allows(self, opt: &Opt) -> bool {
+        match self {
+            Section::Global => opt.scope.in_global(),
+            Section::Defaults => opt.scope.in_service() || opt.scope.in_pool(),
+            Section::Service => opt.scope.in_service(),
+            Section::Pool => opt.scope.in_pool(),
+        }
+    }
+
+    /// Where a setting that is not allowed here goes instead.
+    fn elsewhere(opt: &Opt) -> &'static str {
+        use table::Scope;
+        match opt.scope {
+            Scope::Global => "[global]",
+            Scope::Service | Scope::GlobalAndService => "[services.NAME] (or [defaults])",
+            Scope::Pool => "[pools.NAME] (or [defaults])",
+            Scope::ServiceAndPool => "[services.NAME], [pools.NAME] or [defaults]",
+            Scope::Command => "the command line",
+        }
+    }
+}
+
+/// The settings of one table, each checked to be a known key allowed in it.
+fn settings<'a>(
+    value: &'a toml::Spanned<DeValue<'a>>,
+    title: &str,
+    section: Section,
+    at: &impl Fn(usize) -> Location,
+) -> Result<Written<'a>, ConfigError> {
+    let DeValue::Table(table) = value.get_ref() else {
+        return Err(at(value.span().start).wrap(ConfigError::Usage(format!(
+            "{title} must be a table"
+        ))));
+    };
+    let mut written = Written::at(at(value.span().start));
+    for (key, value) in table.iter() {
+        let name = key.get_ref().as_ref();
+        let key_at = at(key.span().start);
+        let opt = match table::find(name) {
+            Some(opt) if section.allows(opt) => opt,
+            Some(opt) if opt.scope != table::Scope::Command => {
+                return Err(key_at.wrap(ConfigError::Usage(format!(
+                    "'{name}' is not a setting of {title}: it goes in {}",
+                    Section::elsewhere(opt)
+                ))));
+            }
+            _ => {
+                let allowed = table::OPTIONS
+                    .iter()
+                    .filter(|o| section.allows(o))
+                    .map(|o| o.name);
+                let hint = match table::closest(name, allowed) {
+                    Some(meant) => format!(" (did you mean '{meant}'?)"),
+                    None => String::new(),
+                };
+                return Err(key_at.wrap(ConfigError::Usage(format!(
+                    "unknown key '{}' in {title}{hint}",
+                    printable(name)
+                ))));
+            }
+        };
+        written.push(opt, Raw::Toml(value.get_ref()), at(value.span().start));
+    }
+    Ok(written)
+}
+
+/// Names of services and pools: letters, digits, `-`, `_` and `.`, as metric labels and log
+/// lines can show them plainly.
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Usage(format!(
+            "'{}' is not a name: use up to 64 letters, digits, '-', '_' and '.'",
+            printable(name)
+        )))
+    }
+}
+
+/// The line and column (both from 1, the column in characters) of byte `offset` of `text`.
+pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let mut start = offset;
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

@@ -1,0 +1,405 @@
+//! From settings as written to the typed [`Global`], [`ServiceSpec`] and [`PoolSpec`]:
+//! each setting is looked up through layers (a service's own table, then `[defaults]`, then
+//! the option table's default), parsed by its kind, and checked against the settings it
+//! depends on. The command line and a config file both end here, so they mean the same.
+
+use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings};
+use super::table::{self, DefaultValue, Opt};
+use super::values::{self, Raw, Value};
+use super::{
+    ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, ServiceSpec, spec::BackendSpec,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a value was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// On the command line.
+    Flag,
+    /// In a config file.
+    File {
+        file: Arc<str>,
+        line: usize,
+        column: usize,
+    },
+}
+
+impl Location {
+    /// `error`, said where it was written.
+    pub fn wrap(&self, error: ConfigError) -> ConfigError {
+        match self {
+            Location::Flag => error,
+            Location::File { file, line, column } => ConfigError::At {
+                file: file.to_string(),
+                line: *line,
+                column: *column,
+                error: Box::new(error),
+            },
+        }
+    }
+}
+
+/// Settings of one table as written: the command line, `[global]`, `[defaults]`, or one
+/// service's or pool's table.
+#[derive(Debug, Default)]
+pub struct Written<'a> {
+    entries: Vec<(&'static Opt, Raw<'a>, Location)>,
+    /// Where the table itself is (for an error about a key it lacks).
+    pub at: Option<Location>,
+}
+
+impl<'a> Written<'a> {
+    pub fn at(at: Location) -> Written<'a> {
+        Written {
+            entries: Vec::new(),
+            at: Some(at),
+        }
+    }
+
+    pub fn push(&mut self, opt: &'static Opt, raw: Raw<'a>, at: Location) {
+        self.entries.push((opt, raw, at));
+    }
+
+    fn get(&self, name: &str) -> Option<&(&'static Opt, Raw<'a>, Location)> {
+        self.entries.iter().find(|(o, ..)| o.name == name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Where `name` was written here, if it was.
+    pub fn location(&self, name: &str) -> Option<&Location> {
+        self.get(name).map(|(_, _, at)| at)
+    }
+}
+
+/// Looks settings up through layers, the first that has one winning.
+pub struct Layers<'w, 'a> {
+    layers: Vec<&'w Written<'a>>,
+}
+
+impl<'w, 'a> Layers<'w, 'a> {
+    pub fn new(layers: Vec<&'w Written<'a>>) -> Layers<'w, 'a> {
+        Layers { layers }
+    }
+
+    fn find(&self, name: &str) -> Option<&'w (&'static Opt, Raw<'a>, Location)> {
+        self.layers.iter().find_map(|w| w.get(name))
+    }
+
+    /// Whether the first layer (a table's own, or the command line) has `name`.
+    pub fn own(&self, name: &str) -> bool {
+        self.layers.first().is_some_and(|w| w.contains(name))
+    }
+
+    pub fn given(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    /// Where `name` was written, if it was.
+    pub fn location(&self, name: &str) -> Option<&'w Location> {
+        self.find(name).map(|(_, _, at)| at)
+    }
+
+    /// Where an error about the whole table goes: its own location.
+    pub fn table_location(&self) -> Option<&'w Location> {
+        self.layers.first().and_then(|w| w.at.as_ref())
+    }
+
+    /// `name`'s value: as written in the first layer that has it, else its default (`None`
+    /// when the default is off, computed or required).
+    pub fn value(&self, name: &str) -> Result<Option<Value>, ConfigError> {
+        if let Some((opt, raw, at)) = self.find(name) {
+            return values::parse(opt, *raw).map(Some).map_err(|e| at.wrap(e));
+        }
+        let opt = table::find(name).ok_or_else(|| internal(name))?;
+        match opt.default {
+            DefaultValue::Value(text) => values::parse(opt, Raw::Text(text)).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<Value, ConfigError> {
+        self.value(name)?.ok_or_else(|| internal(name))
+    }
+
+    pub fn whole(&self, name: &str) -> Result<u64, ConfigError> {
+        match self.required(name)? {
+            Value::Whole(n) | Value::Size(n) => Ok(n),
+            _ => Err(internal(name)),
+        }
+    }
+
+    pub fn opt_whole(&self, name: &str) -> Result<Option<u64>, ConfigError> {
+        match self.value(name)? {
+            None => Ok(None),
+            Some(Value::Whole(n)) => Ok(Some(n)),
+            Some(_) => Err(internal(name)),
+        }
+    }
+
+    pub fn duration(&self, name: &str) -> Result<Duration, ConfigError> {
+        match self.required(name)? {
+            Value::Duration(d) => Ok(d),
+            _ => Err(internal(name)),
+        }
+    }
+
+    /// A duration where 0 means off.
+    pub fn nonzero_duration(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        let d = self.duration(name)?;
+        Ok((!d.is_zero()).then_some(d))
+    }
+
+    pub fn switch(&self, name: &str) -> Result<bool, ConfigError> {
+        match self.value(name)? {
+            None => Ok(false),
+            Some(Value::Switch(b)) => Ok(b),
+            Some(_) => Err(internal(name)),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> Result<Option<PathBuf>, ConfigError> {
+        match self.value(name)? {
+            None => Ok(None),
+            Some(Value::Path(p)) => Ok(Some(p)),
+            Some(_) => Err(internal(name)),
+        }
+    }
+
+    pub fn address(&self, name: &str) -> Result<Option<(String, u16)>, ConfigError> {
+        match self.value(name)? {
+            None => Ok(None),
+            Some(Value::Address(a)) => Ok(Some(a)),
+            Some(_) => Err(internal(name)),
+        }
+    }
+
+    /// `what`, said where `name` was written (or where the table is).
+    pub fn at(&self, name: &str, what: ConfigError) -> ConfigError {
+        match self.location(name).or(self.table_location()) {
+            Some(at) => at.wrap(what),
+            None => what,
+        }
+    }
+}
+
+/// A lookup of a setting the option table does not have: a mistake in this crate, said as
+/// an error rather than a panic.
+fn internal(name: &str) -> ConfigError {
+    ConfigError::Usage(format!("internal error: setting '{name}' is not in the option table"))
+}
+
+/// The process-wide settings.
+pub fn global(l: &Layers) -> Result<Global, ConfigError> {
+    let buffer_size = l.whole("buffer-size")? as usize;
+    let buffers = match l.opt_whole("buffers")? {
+        None => (DEFAULT_POOL_BYTES / buffer_size).max(2),
+        Some(n) => n as usize,
+    };
+    if buffers.saturating_mul(buffer_size) > 64 << 30 {
+        return Err(l.at(
+            "buffers",
+            ConfigError::BadValue {
+                option: shown("buffers", l),
+                value: buffers.to_string(),
+                expected: format!(
+                    "at most 64 GiB of buffers in all ({buffer_size}-byte buffers)"
+                ),
+            },
+        ));
+    }
+    let workers = match l.value("workers")? {
+        Some(Value::Workers(w)) => w,
+        _ => None,
+    };
+    Ok(Global {
+        workers,
+        admin: l.address("admin")?,
+        access_log: l.path("access-log")?,
+        pid_file: l.path("pid-file")?,
+        max_conns: l.whole("max-conns")? as usize,
+        max_conns_given: l.given("max-conns"),
+        buffer_size,
+        buffers,
+        pipes: l.whole("pipes")? as usize,
+        pipes_given: l.given("pipes"),
+        drain_timeout: l.duration("drain-timeout")?,
+        upgrade_timeout: l.duration("upgrade-timeout")?,
+    })
+}
+
+/// How an option is named in a message: `--name` from the command line, `name` in a file.
+fn shown(name: &str, l: &Layers) -> String {
+    match l.location(name).or(l.table_location()) {
+        Some(Location::File { .. }) => name.to_string(),
+        _ => format!("--{name}"),
+    }
+}
+
+/// A service called `name`. `listen` falls back to its default only on the command line
+/// (`listen_required` is set for a file's services).
+pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceSpec, ConfigError> {
+    if listen_required && !l.own("listen") {
+        return Err(table_error(
+            l,
+            format!("service '{name}' has no listen: give it listen = [\"HOST:PORT\"]"),
+        ));
+    }
+    let listen = match l.value("listen")? {
+        Some(Value::Addresses(a)) => a,
+        _ => return Err(internal("listen")),
+    };
+    let pool = match l.value("pool")? {
+        Some(Value::Name(p)) => p,
+        None if !listen_required => String::new(),
+        _ => {
+            return Err(table_error(
+                l,
+                format!("service '{name}' has no pool: give it pool = \"NAME\""),
+            ));
+        }
+    };
+    let accept_proxy = if l.switch("accept-proxy")? {
+        Some(l.duration("proxy-timeout")?)
+    } else {
+        if l.own("proxy-timeout") {
+            return Err(l.at(
+                "proxy-timeout",
+                ConfigError::Usage(format!(
+                    "{} applies to {} only",
+                    shown("proxy-timeout", l),
+                    shown("accept-proxy", l)
+                )),
+            ));
+        }
+        None
+    };
+    // A service's own connect-timeout and retries win over its pool's; from [defaults]
+    // they are the pool's to take.
+    let own_duration = |key: &str| -> Result<Option<Duration>, ConfigError> {
+        if l.own(key) {
+            Ok(Some(l.duration(key)?))
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(ServiceSpec {
+        name: name.to_string(),
+        listen,
+        pool,
+        max_conns: if l.own("max-conns") {
+            Some(l.whole("max-conns")? as usize)
+        } else {
+            None
+        },
+        backlog: l.whole("backlog")? as i32,
+        accept_proxy,
+        idle_timeout: l.nonzero_duration("idle-timeout")?,
+        connect_timeout: own_duration("connect-timeout")?,
+        retries: if l.own("retries") {
+            Some(l.whole("retries")? as u32)
+        } else {
+            None
+        },
+    })
+}
+
+fn table_error(l: &Layers, message: String) -> ConfigError {
+    let error = ConfigError::Usage(message);
+    match l.table_location() {
+        Some(at) => at.wrap(error),
+        None => error,
+    }
+}
+
+/// A pool called `name`; `positional` are the command line's backends (empty for a file).
+pub fn pool(name: &str, l: &Layers, positional: &[String]) -> Result<PoolSpec, ConfigError> {
+    let mut backends: Vec<BackendSpec> = Vec::new();
+    if !positional.is_empty() {
+        let opt = table::find("backends").ok_or_else(|| internal("backends"))?;
+        if let Value::Backends(b) = values::parse(opt, Raw::Texts(positional))? {
+            backends = b;
+        }
+    } else if let Some(Value::Backends(b)) = l.value("backends")? {
+        backends = b;
+    }
+    let backends_file = l.path("backends-file")?;
+    if backends.is_empty() && backends_file.is_none() {
+        return Err(if positional.is_empty() && l.table_location().is_some() {
+            table_error(
+                l,
+                format!(
+                    "pool '{name}' has no backend: give it backends = [\"HOST:PORT\", ...] or \
+                     backends-file = \"PATH\""
+                ),
+            )
+        } else {
+            ConfigError::Usage("no backend given".to_string())
+        });
+    }
+    let health_interval = l.duration("health-interval")?;
+    Ok(PoolSpec {
+        name: name.to_string(),
+        backends,
+        backends_file,
+        balance: balance(l)?,
+        breaker: BreakerPolicy {
+            max_fails: l.whole("max-fails")? as u32,
+            fail_timeout: l.duration("fail-timeout")?,
+        },
+        checks: if health_interval.is_zero() {
+            None
+        } else {
+            Some(CheckPolicy {
+                interval: health_interval,
+                rise: l.whole("rise")? as u32,
+                fall: l.whole("fall")? as u32,
+                timeout: l.duration("connect-timeout")?,
+            })
+        },
+        resolve_interval: l.nonzero_duration("resolve-interval")?,
+        connect_timeout: l.duration("connect-timeout")?,
+        retries: l.whole("retries")? as u32,
+    })
+}
+
+/// `balance` and the `hash-*` settings that go with source-hash.
+fn balance(l: &Layers) -> Result<Balance, ConfigError> {
+    let balance = match l.value("balance")? {
+        Some(Value::Choice(name)) => Balance::from_name(name).ok_or_else(|| internal("balance"))?,
+        _ => return Err(internal("balance")),
+    };
+    let Balance::SourceHash(_) = balance else {
+        for option in ["hash-table-size", "hash-balance-factor"] {
+            if l.own(option) {
+                return Err(l.at(
+                    option,
+                    ConfigError::Usage(format!(
+                        "{} applies to {} source-hash only (the balance is {})",
+                        shown(option, l),
+                        if shown(option, l).starts_with("--") {
+                            "--balance"
+                        } else {
+                            "balance ="
+                        },
+                        balance.name()
+                    )),
+                ));
+            }
+        }
+        return Ok(balance);
+    };
+    let table_size = l.whole("hash-table-size")?;
+    let balance_factor = match l.value("hash-balance-factor")? {
+        Some(Value::Factor(f)) => Some(f),
+        _ => None,
+    };
+    Ok(Balance::SourceHash(HashSettings {
+        table_size: table_size as u32,
+        balance_factor,
+    }))
+}

@@ -1,0 +1,340 @@
+//! A reload, applied in place: the difference between the running services and pools and
+//! the ones the discovery thread read, and nothing else.
+//!
+//! - an added service binds its listeners and starts serving (one that cannot bind is left
+//!   out alone, logged and counted; the rest of the change applies);
+//! - a removed service's listeners close at once and its live sessions drain for up to
+//!   `drain-timeout`, then are cut;
+//! - a service whose addresses changed binds the new ones and closes the old ones; one whose
+//!   settings changed gets a new [`Service`](crate::service::Service) for new sessions;
+//! - a pool with a new generation (settings or backends changed) replaces its old one;
+//!   backends that stay keep their state (the builder's work, on the discovery thread);
+//! - what did not change is not touched: no listener closed, no session cut.
+//!
+//! The workers hear of it in an order that never leaves a listener without its service:
+//! listeners closed first, then the new topology, then new listeners.
+
+use super::Control;
+use crate::config::{Global, authority};
+use crate::fleet::discovery::{PoolChange, Reloaded};
+use crate::fleet::{Fleet, PoolId};
+use crate::service::Topology;
+use crate::worker::Command;
+use log::{info, warn};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Settings of `[global]` a running process cannot change: they wait for an upgrade.
+fn fixed_changes(running: &Global, new: &Global) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if running.workers != new.workers {
+        fixed.push("workers");
+    }
+    if running.admin != new.admin {
+        fixed.push("admin");
+    }
+    if running.access_log != new.access_log {
+        fixed.push("access-log");
+    }
+    if running.pid_file != new.pid_file {
+        fixed.push("pid-file");
+    }
+    if running.buffer_size != new.buffer_size || running.buffers != new.buffers {
+        fixed.push("buffer-size/buffers");
+    }
+    if running.pipes != new.pipes {
+        fixed.push("pipes");
+    }
+    fixed
+}
+
+impl Control {
+    /// A reload's outcome, applied.
+    pub(super) fn apply_reload(&mut self, reloaded: Reloaded) {
+        let Reloaded {
+            config,
+            pools,
+            removed,
+        } = reloaded;
+        let mut lines = Vec::new();
+
+        // [global]: what can change in place does; the rest waits for an upgrade.
+        let fixed = fixed_changes(&self.global, &config.global);
+        if !fixed.is_empty() {
+            warn!(
+                "reload: {} changed in the file; kept as they are until an upgrade (SIGUSR2)",
+                fixed.join(", ")
+            );
+        }
+        self.global.drain_timeout = config.global.drain_timeout;
+        self.global.upgrade_timeout = config.global.upgrade_timeout;
+        self.global.max_conns = config.global.max_conns;
+
+        // Pools: the new generations, the kept ones, without the removed ones.
+        let current = Arc::clone(self.rollout.current());
+        let ids: HashMap<&str, PoolId> = pools.iter().map(|p| (&*p.name, p.id)).collect();
+        let mut fleets: Vec<Arc<Fleet>> = Vec::with_capacity(pools.len());
+        let mut changed: Vec<Arc<Fleet>> = Vec::new();
+        for change in &pools {
+            let fleet = match &change.built {
+                Some((fleet, changes)) => {
+                    changed.push(Arc::clone(fleet));
+                    describe_pool(change, fleet, changes, &mut lines);
+                    Arc::clone(fleet)
+                }
+                None => match current.pool(change.id) {
+                    Some(fleet) => Arc::clone(fleet),
+                    None => continue, // cannot be: an unchanged pool is a running one
+                },
+            };
+            fleets.push(fleet);
+        }
+        for id in &removed {
+            if let Some(fleet) = current.pool(*id) {
+                lines.push(format!("reload: pool {} removed", fleet.name()));
+            }
+            self.prober.unschedule(*id, &mut self.timers);
+        }
+
+        // Services.
+        let mut unlisten = Vec::new();
+        let mut listen = Vec::new();
+        let gone: Vec<String> = self
+            .registry
+            .entries()
+            .filter(|e| config.service(&e.spec.name).is_none())
+            .map(|e| e.spec.name.clone())
+            .collect();
+        let deadline = self.now + self.global.drain_timeout;
+        for name in gone {
+            self.sockets.remove(&name);
+            if let Some(service) = self.registry.remove(&name) {
+                lines.push(format!(
+                    "reload: service {name} removed; its live sessions may finish for up to \
+                     {:?}",
+                    self.global.drain_timeout
+                ));
+                unlisten.push(Command::Unlisten {
+                    service: service.id,
+                    only: None,
+                    retire: Some((service, deadline)),
+                });
+            }
+        }
+        let (mut added, mut updated) = (0, 0);
+        for spec in &config.services {
+            let (Some(&pool_id), Some(pool)) = (ids.get(spec.pool.as_str()), config.pool(&spec.pool))
+            else {
+                continue; // validated: every service's pool exists
+            };
+            match self.registry.get(&spec.name) {
+                None => {
+                    if let Err(e) = self.sockets.bind_service(spec) {
+                        self.reloads.bind_failures += 1;
+                        warn!("reload: service {} not added: {e}", spec.name);
+                        continue;
+                    }
+                    let service = self.registry.add(spec, (pool_id, pool));
+                    let addrs: Vec<String> = self
+                        .sockets
+                        .addrs(&spec.name)
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect();
+                    lines.push(format!(
+                        "reload: service {} added, listening on {} for pool {}",
+                        spec.name,
+                        addrs.join(", "),
+                        spec.pool
+                    ));
+                    listen.push((service.id, spec.name.clone(), None));
+                    added += 1;
+                }
+                Some(entry) => {
+                    let old_spec = entry.spec.clone();
+                    let id = entry.service.id;
+                    if old_spec.listen != spec.listen || old_spec.backlog != spec.backlog {
+                        match self.sockets.rebind_service(&old_spec, spec) {
+                            Ok((gone, new)) => {
+                                if !gone.is_empty() {
+                                    unlisten.push(Command::Unlisten {
+                                        service: id,
+                                        only: Some(gone),
+                                        retire: None,
+                                    });
+                                }
+                                if !new.is_empty() {
+                                    listen.push((id, spec.name.clone(), Some(new)));
+                                }
+                                let shown: Vec<String> =
+                                    spec.listen.iter().map(authority).collect();
+                                lines.push(format!(
+                                    "reload: service {} now listens on {}",
+                                    spec.name,
+                                    shown.join(", ")
+                                ));
+                            }
+                            Err(e) => {
+                                self.reloads.bind_failures += 1;
+                                warn!(
+                                    "reload: service {} keeps its listeners: {e}",
+                                    spec.name
+                                );
+                                // Its other settings still apply; its addresses stay.
+                                let mut kept = spec.clone();
+                                kept.listen = old_spec.listen.clone();
+                                kept.backlog = old_spec.backlog;
+                                if self.registry.update(&kept, (pool_id, pool)).is_some() {
+                                    updated += 1;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if self.registry.update(spec, (pool_id, pool)).is_some() {
+                        lines.push(format!("reload: service {} settings changed", spec.name));
+                        updated += 1;
+                    }
+                }
+            }
+        }
+
+        // The workers: listeners closed, the new view, new listeners.
+        for command in unlisten {
+            for w in &self.workers {
+                w.send(clone_command(&command));
+            }
+        }
+        let topology = Topology::new(
+            self.rollout.next_generation(),
+            config.global.max_conns,
+            self.registry.services(),
+            fleets,
+        );
+        for fleet in &changed {
+            self.prober.schedule(fleet, &mut self.timers, self.now);
+        }
+        self.rollout
+            .publish(topology, changed, lines, &self.workers);
+        for (id, name, only) in listen {
+            self.listen_on(id, &name, only.as_deref());
+        }
+        self.reloads.ok += 1;
+        self.reloads.last_success = Some(SystemTime::now());
+        if config.file.is_some() {
+            info!(
+                "reload: {} services ({added} added, {updated} changed), {} pools",
+                config.services.len(),
+                config.pools.len()
+            );
+        }
+    }
+
+    /// Hands every worker its copies of `service`'s sockets (those on `only`'s addresses,
+    /// if given).
+    fn listen_on(
+        &mut self,
+        id: crate::service::ServiceId,
+        name: &str,
+        only: Option<&[std::net::SocketAddr]>,
+    ) {
+        for (w, handle) in self.workers.iter().enumerate() {
+            match self.sockets.for_worker(name, w, only) {
+                Ok(sockets) => handle.send(Command::Listen {
+                    service: id,
+                    sockets: sockets
+                        .into_iter()
+                        .map(mio::net::TcpListener::from_std)
+                        .collect(),
+                }),
+                Err(e) => warn!("service {name}: cannot give worker {w} its listeners: {e}"),
+            }
+        }
+    }
+
+    /// A pool's names re-resolved to a different set: its new generation goes out.
+    pub(super) fn apply_resolved(&mut self, change: PoolChange) {
+        let Some((fleet, changes)) = change.built else {
+            return;
+        };
+        let current = Arc::clone(self.rollout.current());
+        if current.pool(change.id).is_none() {
+            return; // removed by a reload since
+        }
+        let mut lines = Vec::new();
+        describe_pool_named("re-resolve", &change.name, &fleet, &changes, &mut lines);
+        let fleets = current
+            .pools()
+            .map(|f| {
+                if f.pool() == change.id {
+                    Arc::clone(&fleet)
+                } else {
+                    Arc::clone(f)
+                }
+            })
+            .collect::<Vec<_>>();
+        let topology = Topology::new(
+            self.rollout.next_generation(),
+            current.max_conns(),
+            current.services().cloned(),
+            fleets,
+        );
+        self.rollout
+            .publish(topology, vec![fleet], lines, &self.workers);
+    }
+
+}
+
+/// The lines that say what changed in a pool.
+fn describe_pool(
+    change: &PoolChange,
+    fleet: &Fleet,
+    changes: &crate::fleet::builder::Changes,
+    lines: &mut Vec<String>,
+) {
+    describe_pool_named("reload", &change.name, fleet, changes, lines);
+}
+
+fn describe_pool_named(
+    what: &str,
+    name: &str,
+    fleet: &Fleet,
+    changes: &crate::fleet::builder::Changes,
+    lines: &mut Vec<String>,
+) {
+    // The one pool of the command line keeps the lines it always had.
+    let prefix = if name == crate::config::DEFAULT_NAME {
+        what.to_string()
+    } else {
+        format!("{what}: pool {name}")
+    };
+    lines.push(format!("{prefix}: {}; {} backends", changes.counts(), fleet.len()));
+    lines.extend(changes.lines().into_iter().map(|l| format!("{prefix}: {l}")));
+    if fleet.is_empty() {
+        lines.push(format!("{prefix}: the backend set is empty; new clients will be closed"));
+    }
+}
+
+/// The same command again, for the next worker (sockets are per worker and never cloned
+/// here: only the commands without any are sent to every worker).
+fn clone_command(command: &Command) -> Command {
+    match command {
+        Command::Unlisten {
+            service,
+            only,
+            retire,
+        } => Command::Unlisten {
+            service: *service,
+            only: only.clone(),
+            retire: retire.clone(),
+        },
+        Command::Drain => Command::Drain,
+        Command::Stop => Command::Stop,
+        Command::Topology(t) => Command::Topology(Arc::clone(t)),
+        Command::Listen { service, .. } => Command::Listen {
+            service: *service,
+            sockets: Vec::new(),
+        },
+    }
+}
