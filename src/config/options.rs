@@ -113,7 +113,8 @@ pub(super) fn options() -> getopts::Options {
     o.optopt(
         "",
         "health-interval",
-        "probe every backend with a TCP connect this often; 0 = off (default 0)",
+        "probe every backend with a TCP connect this often, at most 64 at once; 0 = off \
+         (default 0)",
         "DURATION",
     );
     o.optopt(

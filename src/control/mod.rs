@@ -120,6 +120,8 @@ pub struct Control {
     discovery: Discovery,
     admin: Option<Endpoint>,
     conns: Slab<Conn>,
+    /// Which backend to probe next, and how many probes are open.
+    probes: prober::Schedule,
     next_generation: u32,
     timers: Timers<TimerKey>,
     fired: Vec<TimerKey>,
@@ -210,6 +212,7 @@ impl Control {
             discovery,
             admin,
             conns: Slab::new(),
+            probes: prober::Schedule::default(),
             next_generation: 0,
             timers,
             fired: Vec::new(),

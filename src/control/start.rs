@@ -274,26 +274,26 @@ fn pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Vec<Pool>
         .collect()
 }
 
-/// Raises the open-file limit and fits `--max-conns` and `--pipes` in it (see
-/// [`limits::fit`]). Lowering defaults is routine (an info line); lowering a value the user
-/// gave is worth a warning.
+/// Raises the open-file limit and fits `--max-conns` and `--pipes` in it beside the
+/// reserve (see [`limits::fit`], [`limits::reserve`]). Lowering defaults is routine (an
+/// info line); lowering a value the user gave is worth a warning.
 fn fit_max_conns(config: &mut Config, workers: usize) {
     let nofile = match limits::raise_nofile_limit() {
         Ok(nofile) => nofile,
         Err(e) => return warn!("cannot read the open-file limit: {e}"),
     };
     let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64;
+    let (admin, checks) = (config.admin.is_some(), config.checks.is_some());
+    let reserve = limits::reserve(admin, checks) + spare;
     let pipes = if cfg!(target_os = "linux") {
         config.pipes
     } else {
         0
     };
-    let Some((conns, fit_pipes)) =
-        limits::fit(config.max_conns, pipes, nofile.saturating_sub(spare))
-    else {
+    let Some((conns, fit_pipes)) = limits::fit(config.max_conns, pipes, nofile, reserve) else {
         return;
     };
-    let needs = limits::descriptors_needed(config.max_conns, pipes) + spare;
+    let needs = limits::descriptors_needed(config.max_conns, pipes, reserve);
     let asked = if pipes > 0 {
         format!("--max-conns {} and --pipes {pipes}", config.max_conns)
     } else {
@@ -307,19 +307,27 @@ fn fit_max_conns(config: &mut Config, workers: usize) {
         using.push(format!("--pipes {fit_pipes}"));
     }
     let using = using.join(" and ");
+    let mut kept = format!("{} spare", limits::FD_HEADROOM + spare);
+    if admin {
+        kept.push_str(&format!(", {} for the admin endpoint", limits::ADMIN_FDS));
+    }
+    if checks {
+        kept.push_str(&format!(
+            ", {} for health probes",
+            limits::MAX_PROBES_IN_FLIGHT
+        ));
+    }
     let given = (conns != config.max_conns && config.max_conns_given)
         || (fit_pipes != pipes && config.pipes_given);
     if given {
         warn!(
-            "{asked} need {needs} descriptors (2 per session, 2 per pipe, {} spare) but the \
-             open-file limit is {nofile}; using {using}",
-            limits::FD_HEADROOM + spare
+            "{asked} need {needs} descriptors (2 per session, 2 per pipe, {kept}) but the \
+             open-file limit is {nofile}; using {using}"
         );
     } else {
         info!(
             "the open-file limit is {nofile}: using {using} ({asked} need {needs} \
-             descriptors: 2 per session, 2 per pipe, {} spare)",
-            limits::FD_HEADROOM + spare
+             descriptors: 2 per session, 2 per pipe, {kept})"
         );
     }
     config.max_conns = conns;
