@@ -74,7 +74,8 @@ pub(super) fn options() -> getopts::Options {
     o.optopt(
         "",
         "hash-table-size",
-        "source-hash: slots in the Maglev table, a prime (default 65537)",
+        "source-hash: slots in the Maglev table, a prime, at least the backends and best \
+         100 times as many (default 65537)",
         "PRIME",
     );
     o.optopt(

@@ -81,6 +81,14 @@ pub fn start(
         warn!("no backends yet: clients will be closed until some are added");
     }
     warn_duplicates(&initial);
+    let policy = Policy {
+        breaker: config.breaker,
+        checks: config.checks,
+    };
+    let mut builder = Builder::new(policy, config.balance);
+    if let Some(warning) = builder.check(&initial).map_err(Failure::Input)? {
+        warn!("{warning}");
+    }
 
     let mut listening = Listening::acquire(&config, workers)?;
     for (i, socket) in listening.sockets.iter().enumerate() {
@@ -109,11 +117,6 @@ pub fn start(
     let pipe_pools =
         (0..workers).map(|i| PipePool::new(share(config.pipes, workers, i), Some(PIPE_SIZE)));
 
-    let policy = Policy {
-        breaker: config.breaker,
-        checks: config.checks,
-    };
-    let mut builder = Builder::new(policy, config.balance);
     let (fleet, _) = builder.build(&initial);
     let backend_list = describe(&initial);
 

@@ -11,7 +11,7 @@ use crate::clock;
 use crate::fleet::backend::{Backend, ResolvedBackend};
 use crate::fleet::select::Balance;
 use crate::fleet::{Fleet, Policy, assemble};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -79,6 +79,21 @@ impl Builder {
             policy,
             balance,
         }
+    }
+
+    /// Whether `wanted` suits the balance (see [`Balance::check_fleet`]): `Err(why)` when
+    /// some backend would never be chosen, `Ok(Some(warning))` when the spread is uneven.
+    pub fn check(&self, wanted: &[ResolvedBackend]) -> Result<Option<String>, String> {
+        let mut seen = HashSet::with_capacity(wanted.len());
+        let (mut primaries, mut backups) = (0, 0);
+        for spec in wanted.iter().filter(|s| seen.insert(s.addr)) {
+            if spec.backup {
+                backups += 1;
+            } else {
+                primaries += 1;
+            }
+        }
+        self.balance.check_fleet(primaries, backups)
     }
 
     /// The next generation: exactly `wanted` (in order, duplicates taken once).

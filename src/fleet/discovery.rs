@@ -11,8 +11,9 @@
 //!
 //! A backends file that fails to read or parse changes nothing (the error names the line),
 //! and neither does one that yields no backend at all (an empty or half-written file would
-//! otherwise turn every client away). A name that fails to resolve keeps the addresses it
-//! resolved to last time, so a DNS blip does not empty the fleet.
+//! otherwise turn every client away), nor a set the balance cannot serve whole (more
+//! backends than `--hash-table-size` has slots). A name that fails to resolve keeps the
+//! addresses it resolved to last time, so a DNS blip does not empty the fleet.
 
 use crate::config::{self, BackendSpec};
 use crate::fleet::Fleet;
@@ -210,11 +211,16 @@ fn next_set(plan: &mut Plan, cause: Cause) -> Result<Option<Vec<ResolvedBackend>
             plan.current.len()
         ));
     }
-    if let Some(specs) = file_specs {
-        plan.file_specs = specs;
-    }
     if cause == Cause::Resolve && set == plan.current {
         return Ok(None);
+    }
+    // A set the balance cannot serve whole (a backend that would never be chosen) is
+    // refused like one that does not parse.
+    if let Some(warning) = plan.builder.check(&set)? {
+        warn!("{warning}");
+    }
+    if let Some(specs) = file_specs {
+        plan.file_specs = specs;
     }
     Ok(Some(set))
 }

@@ -135,6 +135,18 @@ impl Balance {
         }
     }
 
+    /// Whether groups of `primaries` and `backups` backends suit this balance: `Err(why)`
+    /// when some backend would never be chosen, `Ok(Some(warning))` when the spread would be
+    /// uneven (see [`maglev::check_size`]).
+    pub fn check_fleet(self, primaries: usize, backups: usize) -> Result<Option<String>, String> {
+        let Balance::SourceHash(settings) = self else {
+            return Ok(None);
+        };
+        let primary = maglev::check_size(settings.table_size, primaries, "backends")?;
+        let backup = maglev::check_size(settings.table_size, backups, "backup backends")?;
+        Ok(primary.or(backup))
+    }
+
     /// A selector of this kind over `members`.
     pub fn build(self, members: &[Arc<Backend>], now: u64) -> Box<dyn Selector> {
         match self {
