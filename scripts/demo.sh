@@ -2,29 +2,37 @@
 # See tcplb work: build it, start two small HTTP backends on loopback, put tcplb in front,
 # run ApacheBench through it and show how the requests spread.
 #
-#   scripts/demo.sh [--install] [REQUESTS [CONCURRENCY]]
+#   scripts/demo.sh [REQUESTS [CONCURRENCY]]
 #
-# --install  install ApacheBench (apache2-utils) with apt-get if it is missing.
+# What it needs and does not find it installs first (ApacheBench from apache2-utils,
+# python3; with apt-get, as root or through sudo); where it cannot, it says the one
+# command to run. (--install, which used to ask for that, is still accepted.)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-install=no
+say() { echo "demo: $*"; }
+# shellcheck source=scripts/lib/install.sh
+. "$root/scripts/lib/install.sh"
+
 if [[ ${1:-} == --install ]]; then
-    install=yes
     shift
 fi
 requests=${1:-2000}
 concurrency=${2:-20}
 
-if ! command -v ab >/dev/null; then
-    if [[ $install == yes ]]; then
-        apt-get update -qq && apt-get install -y -qq apache2-utils >/dev/null
-    else
-        echo "demo: ApacheBench (ab) is missing: apt-get install apache2-utils, or run $0 --install" >&2
-        exit 1
-    fi
+need_rust
+need=()
+command -v ab >/dev/null || need+=(apache2-utils)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+    apt_install "${need[@]}"
+    for command in ab python3; do
+        if ! command -v "$command" >/dev/null; then
+            say "$command is still not on the PATH after installing ${need[*]}" >&2
+            exit 1
+        fi
+    done
 fi
-command -v python3 >/dev/null || { echo "demo: python3 is needed for the demo backends" >&2; exit 1; }
 
 echo "== building tcplb (release)"
 (cd "$root" && cargo build --release --quiet)

@@ -1,12 +1,46 @@
 //! The open-file limit: raise the soft `RLIMIT_NOFILE` to the hard limit at start, and fit
 //! `--max-conns` and `--pipes` inside it (each session holds two descriptors, and so does
-//! each kernel pipe of the splice path).
+//! each kernel pipe of the splice path) beside a reserve for everything else.
+//!
+//! The reserve has shares, each bounded where its descriptors are opened, so that clients
+//! can never take the descriptors the admin endpoint or the health checks need (nor the
+//! other way round): [`FD_HEADROOM`] for the process itself, [`ADMIN_FDS`] for the admin
+//! endpoint (at most `MAX_ADMIN_CONNS` connections, see `admin::http`), and
+//! [`MAX_PROBES_IN_FLIGHT`] for health probes (probes past it wait for a slot: see
+//! `control::prober`). A new kind of control connection (a control socket, agent checks)
+//! takes its descriptors from one of these shares, or adds its own here.
 
 use std::io;
 
-/// Descriptors kept free for everything that is not a session: the listener, the poller,
-/// signal and wake-up pipes, admin and health-check sockets, a shed client being turned away.
+/// Admin connections open at once (`admin::http`): a new one past that closes the idlest.
+pub const MAX_ADMIN_CONNS: usize = 32;
+
+/// Health probes open at once, for the whole process: one descriptor each
+/// (`control::prober`). Probes to backends that answer take a round trip; to ones whose
+/// connects hang, up to the connect timeout, so a round over `n` such backends takes about
+/// `n / 64` connect timeouts.
+pub const MAX_PROBES_IN_FLIGHT: usize = 64;
+
+/// Descriptors kept free for the process itself: standard streams, listeners, pollers,
+/// wakers, the signal pipe, the access log, files and DNS look-ups of a reload, the pipe of
+/// an upgrade, and a client being turned away past `--max-conns` on each worker.
 pub const FD_HEADROOM: u64 = 64;
+
+/// Descriptors the admin endpoint may hold at once: its connections, and one accepted while
+/// every slot is taken, just before the idlest one is closed.
+pub const ADMIN_FDS: u64 = MAX_ADMIN_CONNS as u64 + 1;
+
+/// The descriptors kept out of the sessions' and pipes' reach: the process's own headroom,
+/// plus the admin endpoint's share if it is on and the health probes' if checks are on.
+pub fn reserve(admin: bool, checks: bool) -> u64 {
+    FD_HEADROOM
+        + if admin { ADMIN_FDS } else { 0 }
+        + if checks {
+            MAX_PROBES_IN_FLIGHT as u64
+        } else {
+            0
+        }
+}
 
 /// Raises the soft open-file limit to the hard limit and returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
@@ -31,19 +65,21 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// Descriptors `conns` sessions and `pipes` pipes need, headroom included.
-pub fn descriptors_needed(conns: usize, pipes: usize) -> u64 {
-    2 * conns as u64 + 2 * pipes as u64 + FD_HEADROOM
+/// Descriptors `conns` sessions and `pipes` pipes need, with `reserve` ([`reserve`]) kept
+/// beside them.
+pub fn descriptors_needed(conns: usize, pipes: usize, reserve: u64) -> u64 {
+    2 * conns as u64 + 2 * pipes as u64 + reserve
 }
 
-/// What fits in `nofile` descriptors when `conns` sessions and `pipes` pipes do not:
-/// (sessions, pipes). Pipes keep their number unless they would take more than a quarter
-/// of the descriptors (they only save CPU; sessions are the service); sessions get the rest.
-pub fn fit(conns: usize, pipes: usize, nofile: u64) -> Option<(usize, usize)> {
-    if descriptors_needed(conns, pipes) <= nofile {
+/// What fits in `nofile` descriptors, `reserve` kept aside, when `conns` sessions and
+/// `pipes` pipes do not: (sessions, pipes). Pipes keep their number unless they would take
+/// more than a quarter of the room (they only save CPU; sessions are the service); sessions
+/// get the rest.
+pub fn fit(conns: usize, pipes: usize, nofile: u64, reserve: u64) -> Option<(usize, usize)> {
+    if descriptors_needed(conns, pipes, reserve) <= nofile {
         return None;
     }
-    let room = nofile.saturating_sub(FD_HEADROOM);
+    let room = nofile.saturating_sub(reserve);
     let pipes = (pipes as u64).min(room / 8);
     let conns = ((room - 2 * pipes) / 2).clamp(1, conns as u64);
     Some((conns as usize, pipes as usize))
@@ -55,17 +91,29 @@ mod tests {
 
     #[test]
     fn sessions_and_pipes_fit_in_the_limit() {
-        assert_eq!(fit(10_000, 1024, 1_048_576), None);
-        assert_eq!(descriptors_needed(10_000, 1024), 22_112);
-        assert_eq!(fit(10_000, 1024, 22_112), None);
+        let r = FD_HEADROOM;
+        assert_eq!(fit(10_000, 1024, 1_048_576, r), None);
+        assert_eq!(descriptors_needed(10_000, 1024, r), 22_112);
+        assert_eq!(fit(10_000, 1024, 22_112, r), None);
         // Pipes keep their number; sessions take what is left.
-        assert_eq!(fit(10_000, 1024, 20_000), Some((8_944, 1024)));
-        assert_eq!(fit(10_000, 0, 20_000), Some((9_968, 0)));
+        assert_eq!(fit(10_000, 1024, 20_000, r), Some((8_944, 1024)));
+        assert_eq!(fit(10_000, 0, 20_000, r), Some((9_968, 0)));
         // Pipes take at most a quarter of the descriptors.
-        assert_eq!(fit(10_000, 1024, 1024), Some((360, 120)));
-        assert_eq!(fit(100, 1024, 64), Some((1, 0)));
+        assert_eq!(fit(10_000, 1024, 1024, r), Some((360, 120)));
+        assert_eq!(fit(100, 1024, 64, r), Some((1, 0)));
         // Fewer sessions wanted than fit: only the pipes are cut.
-        assert_eq!(fit(100, 1024, 1024), Some((100, 120)));
+        assert_eq!(fit(100, 1024, 1024, r), Some((100, 120)));
+    }
+
+    #[test]
+    fn the_admin_endpoint_and_health_probes_have_their_own_share() {
+        assert_eq!(reserve(false, false), 64);
+        assert_eq!(reserve(true, false), 64 + 33);
+        assert_eq!(reserve(false, true), 64 + 64);
+        assert_eq!(reserve(true, true), 161);
+        // 400 descriptors with both on: 239 left, a quarter of them (29) for pipes.
+        assert_eq!(fit(160, 256, 400, reserve(true, true)), Some((90, 29)));
+        assert_eq!(fit(160, 0, 400, reserve(true, true)), Some((119, 0)));
     }
 
     #[test]

@@ -383,3 +383,95 @@ fn bounded_loads_cap_one_busy_client() {
         "no backend over ⌈1.25 × 200 / 4⌉ = 63: {bounded:?}; logs:\n{logs}"
     );
 }
+
+/// A Maglev table with fewer slots than backends leaves some backend without a slot: it
+/// would never get a client while `/backends` says it is up. Such a table is refused at
+/// start (exit 2, naming both numbers); one under 100 slots per backend (the Maglev paper's
+/// bound for an even spread) is taken with a warning.
+#[test]
+fn a_hash_table_smaller_than_the_backends_is_refused_at_start() {
+    let backends = start_backends(3);
+    let args = args_of(&backends);
+    let backups: Vec<String> = (0..4)
+        .map(|_| format!("{},backup", refusing_port().addr))
+        .collect();
+    for (size, listed, says) in [
+        (
+            "2",
+            args.clone(),
+            "--hash-table-size 2 is smaller than the 3 backends",
+        ),
+        (
+            "3",
+            args.iter().chain(&backups).cloned().collect(),
+            "--hash-table-size 3 is smaller than the 4 backup backends",
+        ),
+    ] {
+        let mut command = vec!["--balance", "source-hash", "--hash-table-size", size];
+        command.extend(listed.iter().map(String::as_str));
+        let mut tcplb = Tcplb::spawn_with(&command, |_| {});
+        assert_eq!(tcplb.wait_exit(PATIENCE), Some(2), "{:?}", tcplb.logs());
+        let line = tcplb.wait_for_log(says);
+        assert!(line.starts_with("tcplb: "), "{line}");
+        assert_eq!(tcplb.count_logs("tcplb: "), 1, "{:?}", tcplb.logs());
+    }
+
+    // As many slots as backends: every backend has one, unevenly; a warning says so.
+    let tcplb = source_hash(&["--hash-table-size", "3"], &args);
+    let warning = tcplb.wait_for_log("--hash-table-size 3");
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("under 100 slots per backend for the 3 backends")
+            && warning.contains("such as 307"),
+        "{warning}"
+    );
+    let served = counts(&map_clients(&tcplb, 0, 300));
+    assert_eq!(served.len(), 3, "{served:?}");
+    // The default table is plenty for three.
+    let tcplb = source_hash(&[], &args);
+    assert_eq!(
+        tcplb.count_logs("--hash-table-size"),
+        0,
+        "{:?}",
+        tcplb.logs()
+    );
+}
+
+/// A reload that would leave some backend without a slot in the table is refused: the
+/// running set keeps serving, every backend of it, and the log says why.
+#[test]
+fn a_reload_past_the_hash_table_size_is_refused_and_the_running_set_kept() {
+    let backends = start_backends(4);
+    let all = args_of(&backends);
+    let file = Scratch::new("small-table-backends");
+    write_backends_file(&file, &all);
+    let tcplb = source_hash(
+        &["--hash-table-size", "5", "--backends-file", &file.arg()],
+        &[],
+    );
+    let more: Vec<String> = all
+        .iter()
+        .cloned()
+        .chain((0..2).map(|_| refusing_port().addr.to_string()))
+        .collect();
+    write_backends_file(&file, &more);
+    tcplb.signal(libc::SIGHUP);
+    let line = tcplb.wait_for_log("reload failed");
+    assert!(
+        line.contains(
+            "reload failed, keeping the running set: --hash-table-size 5 is smaller than \
+             the 6 backends"
+        ),
+        "{line}"
+    );
+    let served = counts(&map_clients(&tcplb, 0, 400));
+    assert_eq!(
+        served.len(),
+        4,
+        "every backend of the running set: {served:?}"
+    );
+    // A set that fits is taken.
+    write_backends_file(&file, &all[..3]);
+    tcplb.signal(libc::SIGHUP);
+    tcplb.wait_for_log("reload: 0 added, 1 removed, 0 changed; 3 backends");
+}

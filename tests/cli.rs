@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -384,33 +383,12 @@ fn host_address() -> Option<std::net::IpAddr> {
     Some(ip)
 }
 
-/// Starts tcplb with its open-file limit (soft and hard) set to `nofile`.
-fn start_with_nofile(args: &[&str], nofile: u64) -> Tcplb {
-    Tcplb::start_with(args, |command| {
-        // SAFETY: setrlimit is async-signal-safe and touches only the struct passed, which
-        // the closure owns; nothing else runs between fork and exec here.
-        unsafe {
-            command.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    })
-}
-
 #[test]
 fn max_conns_is_fitted_quietly_unless_the_user_gave_it() {
     let backend = Backend::start(1, echo());
     // 10000 sessions and the default 256 pipes need 20576 descriptors (2 each, 64 spare);
     // 20000 fit 9712 sessions beside the pipes.
-    let tcplb = start_with_nofile(&[&backend.arg()], 20_000);
+    let tcplb = Tcplb::start_with_nofile(&[&backend.arg()], 20_000);
     let fitted = tcplb.wait_for_log("using --max-conns 9712");
     assert!(fitted.contains("INFO"), "not an info line: {fitted}");
     assert!(
@@ -424,7 +402,7 @@ fn max_conns_is_fitted_quietly_unless_the_user_gave_it() {
         "{start_line}"
     );
 
-    let tcplb = start_with_nofile(&[&backend.arg(), "--max-conns", "10000"], 20_000);
+    let tcplb = Tcplb::start_with_nofile(&[&backend.arg(), "--max-conns", "10000"], 20_000);
     let warning = tcplb.wait_for_log("using --max-conns 9712");
     assert!(
         warning.contains("WARN")
@@ -444,7 +422,7 @@ fn max_conns_is_fitted_quietly_unless_the_user_gave_it() {
         let mut args = args.clone();
         let arg = backend.arg();
         args.push(&arg);
-        let tcplb = start_with_nofile(&args, 20_000);
+        let tcplb = Tcplb::start_with_nofile(&args, 20_000);
         assert_eq!(tcplb.count_logs("using --"), 0, "{:?}", tcplb.logs());
         assert!(tcplb.wait_for_log("listening on ").contains(fits));
     }
@@ -455,7 +433,7 @@ fn pipes_take_at_most_a_quarter_of_the_descriptors() {
     let backend = Backend::start(1, echo());
     // 1024 descriptors, 64 spare: pipes get a quarter of the other 960 (120 pipes, 240
     // descriptors), sessions the rest (360).
-    let tcplb = start_with_nofile(&[&backend.arg(), "--pipes", "1024"], 1024);
+    let tcplb = Tcplb::start_with_nofile(&[&backend.arg(), "--pipes", "1024"], 1024);
     let warning = tcplb.wait_for_log("using --max-conns 360 and --pipes 120");
     assert!(
         warning.contains("WARN") && warning.contains("--max-conns 10000 and --pipes 1024"),

@@ -377,3 +377,105 @@ fn a_stderr_nobody_reads_never_stalls_the_event_loop() {
     assert!(dropped > 0.0, "no line was dropped, yet nobody read stderr");
     drop(stderr);
 }
+
+/// Health probes to backends whose connects hang each hold a descriptor for the whole
+/// connect timeout. With 300 such backends and 400 descriptors, the probes must not take
+/// the clients' or the admin endpoint's share: the clients admitted up to the fitted
+/// `--max-conns` are all served, every byte checked, the ones past it are shed at once and
+/// counted, and `/healthz` answers.
+#[test]
+fn probes_to_hanging_backends_leave_clients_and_the_admin_their_descriptors() {
+    const HANGING: usize = 300;
+    const CLIENTS: usize = 200;
+    let good = [Backend::start(1, echo()), Backend::start(2, echo())];
+    let hanging = HangingPort::new();
+    let file = Scratch::new("hanging-backends");
+    let lines: String = (0..HANGING)
+        .map(|i| {
+            format!(
+                "127.1.{}.{}:{},backup\n",
+                i / 200,
+                i % 200 + 1,
+                hanging.port
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines).expect("write the backends file");
+    let tcplb = Tcplb::start_with_nofile(
+        &[
+            &good[0].arg(),
+            &good[1].arg(),
+            "--backends-file",
+            &file.arg(),
+            "--max-conns",
+            "160",
+            "--health-interval",
+            "100ms",
+            "--connect-timeout",
+            "10s",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        400,
+    );
+    let fitted: usize = tcplb
+        .wait_for_log("using --max-conns ")
+        .split("using --max-conns ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("the fitted --max-conns");
+    assert!(fitted < CLIENTS, "{fitted}");
+    wait_until(
+        || hanging.connects_hanging() >= 32,
+        || format!("{} probes hang", hanging.connects_hanging()),
+    );
+
+    // One client after another, each held open: each is served (its byte comes back) or
+    // shed (closed) at once.
+    let mut admitted = Vec::new();
+    let mut shed = 0;
+    for i in 0..CLIENTS {
+        let mut stream = tcplb.connect();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut b = [0u8; 1];
+        let outcome = stream
+            .write_all(&[i as u8])
+            .and_then(|()| stream.read(&mut b));
+        match outcome {
+            Ok(1) => {
+                assert_eq!(b[0], i as u8);
+                admitted.push(stream);
+            }
+            Ok(_) => shed += 1,
+            Err(e) if is_peer_end(&e) => shed += 1,
+            Err(e) => panic!("client {i} was neither served nor shed: {e}"),
+        }
+    }
+    assert_eq!(
+        (admitted.len(), shed),
+        (fitted, CLIENTS - fitted),
+        "(served, closed) of {CLIENTS} clients with --max-conns {fitted}"
+    );
+    assert_eq!(tcplb.admin_get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(
+        metric(&tcplb, "tcplb_connections_shed_total{reason=\"max_conns\"}"),
+        (CLIENTS - fitted) as f64
+    );
+    for (i, stream) in admitted.into_iter().enumerate() {
+        let data = pattern(i as u64, 50_000);
+        assert_eq!(
+            hash(&echo_through(stream, &data)),
+            hash(&data),
+            "client {i}"
+        );
+    }
+    assert_eq!(
+        tcplb.count_logs("Too many open files"),
+        0,
+        "{:?}",
+        tcplb.logs()
+    );
+}

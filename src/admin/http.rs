@@ -39,8 +39,7 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an admin connection may live in all: request, answer and close.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Admin connections open at once; a new one past this closes the one doing least.
-pub const MAX_ADMIN_CONNS: usize = 32;
+pub use crate::limits::MAX_ADMIN_CONNS;
 /// Admin connections accepted per turn of the loop, so a flood of them cannot hold it up.
 pub const ACCEPTS_PER_TURN: usize = 8;
 /// How long one rendering of a big answer may be shared by requests that overlap it.

@@ -239,7 +239,7 @@ pub const OPTIONS: &[Opt] = &[
         .help("how a backend is chosen: least-active, round-robin, random-two or source-hash"),
     opt("hash-table-size", Pool, Kind::Prime { max: super::policy::MAX_TABLE_SIZE as u64 }, Value("65537"))
         .hint("PRIME")
-        .help("source-hash: slots in the Maglev table, a prime"),
+        .help("source-hash: slots in the Maglev table, a prime, at least the backends and best 100 times as many"),
     opt("hash-balance-factor", Pool, Kind::Factor, Off)
         .hint("F")
         .help("source-hash: bounded loads; no backend takes more than F times the mean active sessions per unit of weight, such as 1.25"),
@@ -256,7 +256,7 @@ pub const OPTIONS: &[Opt] = &[
         .help("how long a failing backend stays out before one trial session; doubles while trials fail, up to 300s"),
     opt("health-interval", Pool, duration(Seconds, 0, DAY), Value("0"))
         .hint("DURATION")
-        .help("probe every backend with a TCP connect this often; 0 = off"),
+        .help("probe every backend with a TCP connect this often, at most 64 at once; 0 = off"),
     opt("rise", Pool, whole(1, 1000), Value("2"))
         .hint("N")
         .help("passed probes in a row that bring a backend up"),

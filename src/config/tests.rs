@@ -22,6 +22,7 @@ struct Flat {
     max_conns: usize,
     max_conns_given: bool,
     backlog: i32,
+    #[allow(dead_code)]
     workers: Option<usize>,
     breaker: BreakerPolicy,
     checks: Option<CheckPolicy>,

@@ -1,7 +1,8 @@
 //! The control thread's own connections, in its slab: admin clients (accepted with
 //! eviction when every slot is taken, so idle or slow clients cannot lock a probe out) and
-//! health probes (one per backend per `--health-interval`, for the whole process), with
-//! their deadlines.
+//! health probes (one per backend per `--health-interval`, for the whole process, at most
+//! `MAX_PROBES_IN_FLIGHT` open at once: [`crate::control::prober::Schedule`]), with their
+//! deadlines.
 
 use crate::admin::View;
 use crate::admin::access_log::AccessLog;
@@ -164,6 +165,9 @@ impl Control {
                 let result = probe_result.unwrap_or_else(|| Err(Probe::timed_out()));
                 self.fleet
                     .probe_result(probe.backend(), &result, clock::millis(self.now));
+                drop(probe);
+                self.probes.ended();
+                self.start_probes();
             }
         }
     }
@@ -186,7 +190,8 @@ impl Control {
         }
     }
 
-    /// Probes every backend that has no probe under way.
+    /// A round of probes is due: every backend that has no probe under way gets one, as
+    /// slots free up.
     pub(super) fn health_round(&mut self) {
         let Some(policy) = self.fleet.policy().checks else {
             return;
@@ -194,28 +199,41 @@ impl Control {
         if !self.lifecycle.is_running() {
             return;
         }
+        self.probes.round_due(&self.fleet);
+        self.start_probes();
+        self.timers
+            .insert(self.now + policy.interval, TimerKey::HealthRound);
+    }
+
+    /// Starts the probes the schedule has room for. Out of descriptors, the backend waits
+    /// for the next slot or round: that is not its failure.
+    fn start_probes(&mut self) {
+        if !self.lifecycle.is_running() {
+            return;
+        }
         let fleet = Arc::clone(&self.fleet);
-        for backend in fleet.backends().filter(|b| !b.is_probing()) {
+        while let Some(backend) = self.probes.next(&fleet) {
             let id = self.next_id();
-            match Probe::start(Arc::clone(backend), self.poll.registry(), id.token(0)) {
+            match Probe::start(Arc::clone(&backend), self.poll.registry(), id.token(0)) {
                 Ok(probe) => {
                     let timer = self
                         .timers
                         .insert(self.now + self.probe_timeout, TimerKey::Conn(id));
                     self.conns.insert(Conn::Probe(probe, id, Some(timer)));
+                    self.probes.started();
                 }
                 Err(e) if net::is_resource_exhaustion(&e) => {
+                    self.probes.put_back();
                     if let Some(n) = self.fds_throttle.allow(self.now) {
                         warn!(
                             "cannot open a health check socket: {e}{}",
                             suppressed_note(n)
                         );
                     }
+                    return;
                 }
-                Err(e) => fleet.probe_result(backend, &Err(e), clock::millis(self.now)),
+                Err(e) => fleet.probe_result(&backend, &Err(e), clock::millis(self.now)),
             }
         }
-        self.timers
-            .insert(self.now + policy.interval, TimerKey::HealthRound);
     }
 }

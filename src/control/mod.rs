@@ -421,11 +421,13 @@ impl Control {
         self.announce_drain();
     }
 
-    /// Folds a probe's outcome into its pool's current generation.
+    /// Folds a probe's outcome into its pool's current generation; its slot goes to the
+    /// next probe due.
     fn fold_probe(&mut self, (backend, result): prober::Outcome) {
         if let Some(fleet) = self.rollout.current().pool(backend.pool) {
             fleet.probe_result(&backend, &result, clock::millis(self.now));
         }
+        self.start_probes();
     }
 
     /// A pool's round of probes is due.
@@ -436,11 +438,26 @@ impl Control {
         let Some(fleet) = self.rollout.current().pool(pool).map(Arc::clone) else {
             return;
         };
-        let (failed, exhausted) =
-            self.prober
-                .round(&fleet, self.poll.registry(), &mut self.timers, self.now);
-        for outcome in failed {
-            self.fold_probe(outcome);
+        self.prober.round_due(&fleet, &mut self.timers, self.now);
+        self.start_probes();
+    }
+
+    /// Starts the probes the schedule has room for.
+    fn start_probes(&mut self) {
+        if !self.lifecycle.is_running() {
+            return;
+        }
+        let topology = Arc::clone(self.rollout.current());
+        let (failed, exhausted) = self.prober.start_probes(
+            |pool| topology.pool(pool).map(Arc::clone),
+            self.poll.registry(),
+            &mut self.timers,
+            self.now,
+        );
+        for (backend, result) in failed {
+            if let Some(fleet) = topology.pool(backend.pool) {
+                fleet.probe_result(&backend, &result, clock::millis(self.now));
+            }
         }
         if let Some(e) = exhausted {
             if let Some(n) = self.fds_throttle.allow(self.now) {

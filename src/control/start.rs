@@ -333,29 +333,31 @@ fn buffer_pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Ve
         .collect()
 }
 
-/// Raises the open-file limit and fits `max-conns` and `pipes` in it (see
-/// [`limits::fit`]). Lowering defaults is routine (an info line); lowering a value the user
-/// gave is worth a warning.
+/// Raises the open-file limit and fits `max-conns` and `pipes` in it beside the reserve
+/// (see [`limits::fit`], [`limits::reserve`]). Lowering defaults is routine (an info
+/// line); lowering a value the user gave is worth a warning.
 fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) {
     let nofile = match limits::raise_nofile_limit() {
         Ok(nofile) => nofile,
         Err(e) => return warn!("cannot read the open-file limit: {e}"),
     };
-    // Each worker holds a copy of each listener, and so does the control thread.
+    // Each worker holds a copy of each listener beyond the first, and so does the control
+    // thread.
     let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64
         + (listeners.saturating_sub(1) * (workers + 1)) as u64;
+    let admin = config.global.admin.is_some();
+    let checks = config.pools.iter().any(|p| p.checks.is_some());
+    let reserve = limits::reserve(admin, checks) + spare;
     let global = &mut config.global;
     let pipes = if cfg!(target_os = "linux") {
         global.pipes
     } else {
         0
     };
-    let Some((conns, fit_pipes)) =
-        limits::fit(global.max_conns, pipes, nofile.saturating_sub(spare))
-    else {
+    let Some((conns, fit_pipes)) = limits::fit(global.max_conns, pipes, nofile, reserve) else {
         return;
     };
-    let needs = limits::descriptors_needed(global.max_conns, pipes) + spare;
+    let needs = limits::descriptors_needed(global.max_conns, pipes, reserve);
     let asked = if pipes > 0 {
         format!("--max-conns {} and --pipes {pipes}", global.max_conns)
     } else {
@@ -369,19 +371,27 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) {
         using.push(format!("--pipes {fit_pipes}"));
     }
     let using = using.join(" and ");
+    let mut kept = format!("{} spare", limits::FD_HEADROOM + spare);
+    if admin {
+        kept.push_str(&format!(", {} for the admin endpoint", limits::ADMIN_FDS));
+    }
+    if checks {
+        kept.push_str(&format!(
+            ", {} for health probes",
+            limits::MAX_PROBES_IN_FLIGHT
+        ));
+    }
     let given = (conns != global.max_conns && global.max_conns_given)
         || (fit_pipes != pipes && global.pipes_given);
     if given {
         warn!(
-            "{asked} need {needs} descriptors (2 per session, 2 per pipe, {} spare) but the \
-             open-file limit is {nofile}; using {using}",
-            limits::FD_HEADROOM + spare
+            "{asked} need {needs} descriptors (2 per session, 2 per pipe, {kept}) but the \
+             open-file limit is {nofile}; using {using}"
         );
     } else {
         info!(
             "the open-file limit is {nofile}: using {using} ({asked} need {needs} \
-             descriptors: 2 per session, 2 per pipe, {} spare)",
-            limits::FD_HEADROOM + spare
+             descriptors: 2 per session, 2 per pipe, {kept})"
         );
     }
     global.max_conns = conns;

@@ -9,9 +9,9 @@
 
 use crate::clock;
 use crate::fleet::backend::{Backend, ResolvedBackend};
-use crate::fleet::select::Balance;
+use crate::fleet::select::{self, Balance};
 use crate::fleet::{Fleet, Policy, PoolId, assemble};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -100,6 +100,21 @@ impl Builder {
 
     pub fn pool(&self) -> PoolId {
         self.pool
+    }
+
+    /// Whether `wanted` suits `balance` (see [`select::check_fleet`]): `Err(why)` when some
+    /// backend would never be chosen, `Ok(Some(warning))` when the spread is uneven.
+    pub fn check(balance: Balance, wanted: &[ResolvedBackend]) -> Result<Option<String>, String> {
+        let mut seen = HashSet::with_capacity(wanted.len());
+        let (mut primaries, mut backups) = (0, 0);
+        for spec in wanted.iter().filter(|s| seen.insert(s.addr)) {
+            if spec.backup {
+                backups += 1;
+            } else {
+                primaries += 1;
+            }
+        }
+        select::check_fleet(balance, primaries, backups)
     }
 
     /// The next generation: exactly `wanted` (in order, duplicates taken once).

@@ -10,7 +10,8 @@
 //!   if there is one; every pool's backends file is re-read and its names re-resolved; a
 //!   pool whose settings or backends changed gets a new generation, a new pool its first,
 //!   and a pool no longer configured is dropped. All of it or nothing: a file that does not
-//!   parse, a backends file that fails to read or lists no backend, changes nothing.
+//!   parse, a backends file that fails to read or lists no backend, a set the balance cannot
+//!   serve whole (more backends than `hash-table-size` has slots), changes nothing.
 //! - Every `resolve-interval` a pool's names are re-resolved, and a new generation is built
 //!   only if its addresses changed.
 //!
@@ -147,6 +148,13 @@ impl Pools {
                 );
             }
             warn_duplicates(&spec.name, &set);
+            // A set the balance cannot serve whole (a backend that would never be chosen)
+            // is refused like one that does not parse.
+            let fits = Builder::check(spec.balance, &set)
+                .map_err(|e| StartError::Input(format!("{}{e}", prefix(&spec.name))))?;
+            if let Some(warning) = fits {
+                warn!("{}{warning}", prefix(&spec.name));
+            }
             let id = pools.allocate_id();
             let mut builder =
                 Builder::for_pool(id, Arc::from(spec.name.as_str()), policy(spec), spec.balance);
@@ -212,6 +220,11 @@ impl Pools {
                     ),
                     None => format!("new pool {}: {source} no backend", spec.name),
                 });
+            }
+            if let Some(warning) =
+                Builder::check(spec.balance, &set).map_err(|e| format!("{}{e}", prefix(&spec.name)))?
+            {
+                warn!("{}{warning}", prefix(&spec.name));
             }
             prepared.push(Prepared { file_specs, set });
         }
@@ -303,6 +316,17 @@ impl Pools {
                     );
                 }
                 continue;
+            }
+            match Builder::check(plan.spec.balance, &set) {
+                Err(e) => {
+                    warn!(
+                        "{}re-resolve refused, keeping the running set: {e}",
+                        prefix(&plan.spec.name)
+                    );
+                    continue;
+                }
+                Ok(Some(warning)) => warn!("{}{warning}", prefix(&plan.spec.name)),
+                Ok(None) => {}
             }
             let built = plan.builder.build(&set);
             plan.current = set;

@@ -118,6 +118,15 @@ impl Fleet {
         self.primaries.members.iter().chain(&self.backups.members)
     }
 
+    /// The `i`-th backend of [`Fleet::backends`].
+    pub fn backend_at(&self, i: usize) -> Option<&Arc<Backend>> {
+        let primaries = &self.primaries.members;
+        match i.checked_sub(primaries.len()) {
+            None => primaries.get(i),
+            Some(j) => self.backups.members.get(j),
+        }
+    }
+
     /// Backends in the set.
     pub fn len(&self) -> usize {
         self.primaries.members.len() + self.backups.members.len()

@@ -255,6 +255,30 @@ impl Tcplb {
     }
 }
 
+impl Tcplb {
+    /// Starts tcplb with its open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Tcplb {
+        use std::os::unix::process::CommandExt;
+        Tcplb::start_with(args, |command| {
+            // SAFETY: setrlimit is async-signal-safe and touches only the struct passed,
+            // which the closure owns; nothing else runs between fork and exec here.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+    }
+}
+
 impl Drop for Tcplb {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1193,4 +1217,50 @@ pub fn wait_refused(addr: SocketAddr) {
         },
         || format!("{addr} still accepts connects"),
     );
+}
+
+/// A port where a connect to any loopback address (127.x.y.z) hangs: a listener on every
+/// address, never accepted, whose queue (backlog 0: one connection) is full, so the kernel
+/// drops every further SYN. Connects hang for as long as this lives.
+pub struct HangingPort {
+    _listener: socket2::Socket,
+    _filler: TcpStream,
+    pub port: u16,
+}
+
+impl HangingPort {
+    pub fn new() -> HangingPort {
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        listener
+            .bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())
+            .expect("bind");
+        listener.listen(0).expect("listen");
+        let port = listener
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("inet addr")
+            .port();
+        let filler = TcpStream::connect(("127.0.0.1", port)).expect("fill the accept queue");
+        HangingPort {
+            _listener: listener,
+            _filler: filler,
+            port,
+        }
+    }
+
+    /// TCP connects under way to this port (SYN sent, no answer), from any process.
+    pub fn connects_hanging(&self) -> usize {
+        let port = format!(":{:04X}", self.port);
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[2].ends_with(&port) && fields[3] == "02"
+            })
+            .count()
+    }
 }

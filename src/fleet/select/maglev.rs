@@ -292,8 +292,71 @@ pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
 
 pub use crate::config::policy::is_prime;
 
+/// Slots per backend the Maglev paper asks for (M ≥ 100 × N): then backends' shares of
+/// the slots differ by at most 1%, and a change of backends moves few clients it need not.
+pub const SLOTS_PER_BACKEND: u64 = 100;
+
+/// Whether a table of `size` slots suits a group of `backends` (named `group` in the
+/// messages: "backends", "backup backends"). Refused (`Err`) with fewer slots than
+/// backends: some backend would have no slot and never get a client. A warning
+/// (`Ok(Some)`) under [`SLOTS_PER_BACKEND`] slots per backend.
+pub fn check_size(size: u32, backends: usize, group: &str) -> Result<Option<String>, String> {
+    let (m, n) = (u64::from(size), backends as u64);
+    if n == 0 || m >= SLOTS_PER_BACKEND * n {
+        return Ok(None);
+    }
+    let suggested = next_prime(SLOTS_PER_BACKEND * n);
+    if m < n {
+        return Err(format!(
+            "--hash-table-size {size} is smaller than the {n} {group}: some would have no \
+             slot and never get a client; use a prime of at least {n}, best about 100 times \
+             as many, such as {suggested}"
+        ));
+    }
+    // Each backend has ⌊M/N⌋ or ⌈M/N⌉ slots: shares differ by up to one slot in ⌊M/N⌋.
+    let apart = 100 / (m / n);
+    Ok(Some(format!(
+        "--hash-table-size {size} is under {SLOTS_PER_BACKEND} slots per backend for the \
+         {n} {group} (the Maglev paper's bound for an even spread): their shares of the \
+         clients can differ by {apart}%; a prime such as {suggested} spreads them evenly"
+    )))
+}
+
+/// The smallest prime from `n` on, at most [`super::MAX_TABLE_SIZE`].
+fn next_prime(n: u64) -> u64 {
+    let max = u64::from(super::MAX_TABLE_SIZE);
+    (n.min(max)..=max).find(|&p| is_prime(p)).unwrap_or(max)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_table_needs_a_slot_per_backend_and_wants_a_hundred() {
+        assert_eq!(check_size(65_537, 3, "backends"), Ok(None));
+        assert_eq!(check_size(307, 3, "backends"), Ok(None));
+        assert_eq!(check_size(2, 0, "backends"), Ok(None));
+        let refused = check_size(2, 3, "backends").unwrap_err();
+        assert!(
+            refused.starts_with("--hash-table-size 2 is smaller than the 3 backends")
+                && refused.ends_with("such as 307"),
+            "{refused}"
+        );
+        let warned = check_size(3, 3, "backends").unwrap().expect("a warning");
+        assert!(warned.contains("differ by 100%"), "{warned}");
+        let warned = check_size(101, 3, "backup backends")
+            .unwrap()
+            .expect("a warning");
+        assert!(
+            warned.contains("for the 3 backup backends") && warned.contains("differ by 3%"),
+            "{warned}"
+        );
+        assert_eq!(
+            next_prime(100_000_000),
+            u64::from(super::super::MAX_TABLE_SIZE)
+        );
+        assert_eq!(next_prime(65_536), 65_537);
+    }
+
     use super::*;
     use crate::fleet::select::testing::{backend, break_down, bring_up, request};
     use std::net::Ipv4Addr;

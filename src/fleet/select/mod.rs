@@ -64,6 +64,22 @@ pub use crate::config::policy::{
     Balance, DEFAULT_TABLE_SIZE, HashSettings, MAX_TABLE_SIZE, NAMES,
 };
 
+/// Whether groups of `primaries` and `backups` backends suit `balance`: `Err(why)` when
+/// some backend would never be chosen, `Ok(Some(warning))` when the spread would be uneven
+/// (see [`maglev::check_size`]).
+pub fn check_fleet(
+    balance: Balance,
+    primaries: usize,
+    backups: usize,
+) -> Result<Option<String>, String> {
+    let Balance::SourceHash(settings) = balance else {
+        return Ok(None);
+    };
+    let primary = maglev::check_size(settings.table_size, primaries, "backends")?;
+    let backup = maglev::check_size(settings.table_size, backups, "backup backends")?;
+    Ok(primary.or(backup))
+}
+
 /// A selector of `balance`'s kind over `members`.
 pub fn build(balance: Balance, members: &[Arc<Backend>], now: u64) -> Box<dyn Selector> {
     match balance {
