@@ -1,11 +1,17 @@
-//! Where the process is in its life, as one value: serving, draining after SIGTERM (or an
-//! upgrade), or stopping. The control thread moves it forward; `/healthz` reports it.
+//! Where the process is in its life, as one value: serving, standing by while the new
+//! process of an upgrade is on probation, draining after SIGTERM (or an upgrade), or
+//! stopping. The control thread moves it forward (from standing by, back to serving too);
+//! `/healthz` reports it.
 
 /// The process's stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lifecycle {
     /// Accepting and serving.
     Running,
+    /// Not accepting: the new process of an upgrade serves on the same sockets, on
+    /// probation (`--upgrade-probation`). Live sessions go on; this process takes over
+    /// again if the new one dies, and drains once the probation has passed.
+    Standby,
     /// Not accepting; live sessions may finish for up to `--drain-timeout`.
     Draining,
     /// Sessions are being cut; the process exits as soon as every worker has stopped.
@@ -16,6 +22,7 @@ impl Lifecycle {
     pub fn as_str(self) -> &'static str {
         match self {
             Lifecycle::Running => "running",
+            Lifecycle::Standby => "standing by",
             Lifecycle::Draining => "draining",
             Lifecycle::Stopping => "stopping",
         }
@@ -24,5 +31,11 @@ impl Lifecycle {
     /// Accepting new clients.
     pub fn is_running(self) -> bool {
         self == Lifecycle::Running
+    }
+
+    /// Serving, or ready to serve again: it keeps its view of the backends current
+    /// (reloads, health checks).
+    pub fn may_serve(self) -> bool {
+        matches!(self, Lifecycle::Running | Lifecycle::Standby)
     }
 }

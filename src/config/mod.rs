@@ -83,6 +83,9 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// How long the process an upgrade (`SIGUSR2`) starts may take to serve.
     pub upgrade_timeout: Duration,
+    /// How long the old process of an upgrade stands by once the new one serves, to take
+    /// over again if it dies (zero: it hands over at once).
+    pub upgrade_probation: Duration,
     /// How a backend is chosen (`--balance`, with `--hash-*` for source-hash).
     pub balance: Balance,
     /// Every client starts with a PROXY protocol header, due within this long
@@ -313,6 +316,13 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             SECONDS,
             (100 * MILLISECONDS, HOUR),
         )?,
+        upgrade_probation: opt_duration(
+            &matches,
+            "upgrade-probation",
+            5 * SECONDS,
+            SECONDS,
+            (0, HOUR),
+        )?,
         balance: parse_balance(&matches)?,
         accept_proxy: parse_accept_proxy(&matches)?,
     })))
@@ -508,6 +518,7 @@ mod tests {
         assert_eq!(c.access_log, None);
         assert_eq!(c.pid_file, None);
         assert_eq!(c.upgrade_timeout, Duration::from_secs(30));
+        assert_eq!(c.upgrade_probation, Duration::from_secs(5));
     }
 
     #[test]
@@ -527,6 +538,16 @@ mod tests {
         );
         assert!(err(&["--upgrade-timeout", "50ms", "h:1"]).contains("'50ms'"));
         assert!(err(&["--upgrade-timeout", "2h", "h:1"]).contains("'2h'"));
+        assert_eq!(
+            run(&["--upgrade-probation", "1.5s", "h:1"]).upgrade_probation,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            run(&["--upgrade-probation", "0", "h:1"]).upgrade_probation,
+            Duration::ZERO
+        );
+        assert!(err(&["--upgrade-probation", "2h", "h:1"]).contains("'2h'"));
+        assert!(err(&["--upgrade-probation", "soon", "h:1"]).contains("'soon'"));
     }
 
     #[test]
@@ -917,6 +938,7 @@ mod tests {
             "--access-log",
             "--pid-file",
             "--upgrade-timeout",
+            "--upgrade-probation",
             "--balance",
             "--hash-table-size",
             "--hash-balance-factor",

@@ -175,6 +175,14 @@ pub(super) fn options() -> getopts::Options {
          upgrade is given up (default 30s)",
         "DURATION",
     );
+    o.optopt(
+        "",
+        "upgrade-probation",
+        "after SIGUSR2, once the new process serves, the old one stops accepting but stands \
+         by this long, and takes over again if the new one dies; 0 = hand over at once \
+         (default 5s)",
+        "DURATION",
+    );
     o.optflag("h", "help", "print this help and exit");
     o.optflag("V", "version", "print the version and exit");
     o
@@ -191,7 +199,8 @@ Signals:
                    a second one cuts them and exits at once
   SIGUSR2          upgrade: start the binary at the path tcplb was started from, with
                    the same arguments, hand it the listening sockets, and once it
-                   serves, drain as on SIGTERM; if it fails, keep serving
+                   serves, stand by for --upgrade-probation (taking over again if it
+                   dies), then drain as on SIGTERM; if it fails, keep serving
 
 Exit status:
   0  after --help or --version, and after a drain

@@ -9,11 +9,14 @@
 //! | the upgrade pipe | the new process an upgrade started says it serves, or is gone ([`upgrade`]) |
 //! | a slab entry | an admin connection or a health probe (`conns.rs`, [`prober`]) |
 //!
-//! It owns the process's [`Lifecycle`]: running, draining (workers stop accepting and
-//! finish their sessions, up to `--drain-timeout`), stopping (workers cut what is left).
+//! It owns the process's [`Lifecycle`]: running, standing by (an upgrade's probation:
+//! workers stop accepting but keep their listeners, and accept again if the new process
+//! dies), draining (workers stop accepting and finish their sessions, up to
+//! `--drain-timeout`), stopping (workers cut what is left).
 //! It keeps a descriptor of every client listening socket ([`sockets`]) for an upgrade to
 //! hand over, and lets go of them when a drain begins (or when every worker accepting on
 //! one has died), so that a socket nobody serves does not stay open.
+//! It does not exit while a process an upgrade gave up on is left unreaped ([`reaper`]).
 //! It hands each new fleet generation to every worker, and once all have adopted it,
 //! replays the generation's selectors so changes made on the old one meanwhile count. It
 //! exits when the last worker has.
@@ -21,6 +24,7 @@
 mod conns;
 pub mod pid_file;
 pub mod prober;
+pub mod reaper;
 pub mod sockets;
 pub mod start;
 pub mod systemd;
@@ -34,13 +38,14 @@ use crate::fleet::discovery::{Cause, Discovery};
 use crate::lifecycle::Lifecycle;
 use crate::logging::Throttle;
 use crate::stats::WorkerStats;
-use crate::worker::timer::{TimerId, Timers};
+use crate::worker::timer::Timers;
 use crate::worker::{Command, ConnId, Handle, Shared, WORKER_GONE};
 use conns::Conn;
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pid_file::PidFile;
+use reaper::Reaper;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -54,8 +59,9 @@ const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
 const UPGRADE: Token = Token(usize::MAX - 3);
-/// How often an upgrade whose new process closed the pipe looks for its exit status.
-const REAP_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the processes an upgrade started are looked at (has one that closed its pipe,
+/// or one on probation, exited? has one given up on ended?), while there is one to look at.
+const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Catches the signals the control thread handles. Called first thing at start, so that a
 /// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
@@ -83,8 +89,10 @@ pub(super) enum TimerKey {
     DrainDeadline,
     /// The new process of an upgrade has run out of time to say it serves.
     UpgradeDeadline,
-    /// Look again whether the new process of an upgrade has exited.
-    UpgradeReap,
+    /// The probation of the new process of an upgrade has passed.
+    ProbationEnd,
+    /// Look at the processes an upgrade started ([`WATCH_INTERVAL`]).
+    UpgradeWatch,
 }
 
 /// Everything the control thread starts with.
@@ -110,6 +118,9 @@ pub struct ControlConfig {
     /// What an upgrade runs.
     pub invocation: Invocation,
     pub upgrade_timeout: Duration,
+    /// After an upgrade's new process says it serves, how long this one stands by
+    /// (zero: it hands over at once).
+    pub upgrade_probation: Duration,
     pub pid_file: Option<PidFile>,
 }
 
@@ -154,10 +165,13 @@ pub struct Control {
     plan: Vec<Vec<usize>>,
     invocation: Invocation,
     upgrade_timeout: Duration,
-    /// An upgrade under way, with its deadline.
-    upgrade: Option<(Upgrade, TimerId)>,
-    /// The process this one handed over to, once it has.
-    successor: Option<u32>,
+    upgrade_probation: Duration,
+    /// Where an upgrade stands.
+    upgrade: Upgrade,
+    /// The processes of upgrades given up on, until reaped.
+    reaper: Reaper,
+    /// A look at the processes an upgrade started is armed ([`TimerKey::UpgradeWatch`]).
+    watching: bool,
     /// SIGTERMs and SIGINTs so far (the second one cuts the sessions left).
     stop_signals: u32,
     pid_file: Option<PidFile>,
@@ -192,6 +206,7 @@ impl Control {
             plan,
             invocation,
             upgrade_timeout,
+            upgrade_probation,
             pid_file,
         } = config;
         poll.registry()
@@ -237,16 +252,26 @@ impl Control {
             plan,
             invocation,
             upgrade_timeout,
-            upgrade: None,
-            successor: None,
+            upgrade_probation,
+            upgrade: Upgrade::Idle,
+            reaper: Reaper::new(reaper::GRACE),
+            watching: false,
             stop_signals: 0,
             pid_file,
         })
     }
 
-    /// Runs until every worker has exited; then waits for the threads and the access log.
+    /// Runs until every worker has exited and every process an upgrade gave up on has been
+    /// reaped; then waits for the threads and the access log.
     pub fn run(mut self) -> io::Result<()> {
-        while self.shared.running.load(Ordering::Acquire) > 0 {
+        loop {
+            if self.shared.running.load(Ordering::Acquire) == 0 {
+                // (Workers that all failed while an upgrade was starting.)
+                self.give_up_upgrade("every worker has stopped");
+                if self.reaper.is_empty() {
+                    break;
+                }
+            }
             let timeout = if self.admin.as_ref().is_some_and(Endpoint::is_ready) {
                 Some(Duration::ZERO)
             } else {
@@ -315,10 +340,7 @@ impl Control {
         for signal in pending {
             match signal {
                 SIGUSR2 => self.begin_upgrade(),
-                SIGHUP if self.lifecycle.is_running() => {
-                    info!("SIGHUP: reloading the backend set");
-                    self.discovery.reload();
-                }
+                SIGHUP if self.lifecycle.may_serve() => self.reload(),
                 SIGHUP => {}
                 _ => {
                     let name = if signal == SIGINT {
@@ -327,26 +349,49 @@ impl Control {
                         "SIGTERM"
                     };
                     self.stop_signals += 1;
-                    match (
-                        self.lifecycle.is_running(),
-                        self.stop_signals,
-                        self.successor,
-                    ) {
-                        (true, ..) => self.begin_drain(name.to_string()),
+                    match (self.lifecycle, self.stop_signals, self.upgrade.successor()) {
+                        (Lifecycle::Running, ..) => self.begin_drain(name.to_string()),
+                        (Lifecycle::Standby, ..) => self.end_probation_early(name),
                         // Draining since an upgrade handed over: this is the first request
                         // to stop (systemd's stop sends it to every process of the service).
-                        (false, 1, Some(pid)) => info!(
+                        (Lifecycle::Draining, 1, Some(pid)) => info!(
                             "{name}: draining already (since the upgrade to pid {pid}); a \
                              second signal cuts the sessions left"
                         ),
                         _ => {
                             warn!("second signal: exiting now");
                             self.stop_workers();
+                            self.reaper.kill_all();
                         }
                     }
                 }
             }
         }
+    }
+
+    /// SIGHUP: re-reads the backends. On probation, the new process is told too: systemd
+    /// (`systemctl reload`) signals the main process, which is this one until the
+    /// probation has passed.
+    fn reload(&mut self) {
+        match self.upgrade.successor() {
+            Some(pid) if self.lifecycle == Lifecycle::Standby => {
+                info!(
+                    "SIGHUP: reloading the backend set (and passing the signal on to pid {pid}, \
+                     which serves on probation)"
+                );
+                // SAFETY: kill has no memory effects; `pid` is our own child, not reaped
+                // yet (it is looked at on probation only through `try_wait`, and a reaped
+                // one ends the probation), so it names no other process.
+                if unsafe { libc::kill(pid as libc::pid_t, SIGHUP) } == -1 {
+                    warn!(
+                        "cannot pass SIGHUP on to pid {pid}: {}",
+                        io::Error::last_os_error()
+                    );
+                }
+            }
+            _ => info!("SIGHUP: reloading the backend set"),
+        }
+        self.discovery.reload();
     }
 
     /// Every worker stops accepting and lets its sessions finish for up to
@@ -355,16 +400,12 @@ impl Control {
     /// newer tcplb (after an upgrade) or systemd holds stays open there, queue and all.
     fn begin_drain(&mut self, why: String) {
         self.lifecycle = Lifecycle::Draining;
-        if let Some((upgrade, timer)) = self.upgrade.take() {
-            info!("{why}: giving up the upgrade to pid {}", upgrade.pid());
-            self.timers.cancel(timer);
-            upgrade.abandon(self.poll.registry(), false);
-        }
+        self.give_up_upgrade(&why);
         self.sockets.iter_mut().for_each(|s| *s = None);
         for w in &self.workers {
             w.send(Command::Drain);
         }
-        if self.successor.is_none() {
+        if self.upgrade.successor().is_none() {
             if let Err(e) = systemd::notify("STOPPING=1") {
                 debug!("cannot tell systemd that tcplb is stopping: {e}");
             }
@@ -441,6 +482,7 @@ impl Control {
         }
         self.check_adopted();
         self.release_orphaned_sockets();
+        self.announce_probation();
         self.announce_drain();
     }
 
@@ -495,7 +537,8 @@ impl Control {
                     }
                 }
                 TimerKey::UpgradeDeadline => self.upgrade_deadline(),
-                TimerKey::UpgradeReap => self.upgrade_reap(),
+                TimerKey::ProbationEnd => self.probation_end(),
+                TimerKey::UpgradeWatch => self.on_watch(),
             }
         }
         self.fired = fired;

@@ -227,6 +227,7 @@ pub fn start(
         plan: listening.plan,
         invocation,
         upgrade_timeout: config.upgrade_timeout,
+        upgrade_probation: config.upgrade_probation,
         pid_file,
     })
     .map_err(|e| Failure::Start(format!("cannot start the event loop: {e}")))?;

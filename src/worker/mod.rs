@@ -4,7 +4,7 @@
 //! | token | handler |
 //! |---|---|
 //! | one of its listeners | accept ([`accept`]) → a new [`Session`] (or shed) |
-//! | its inbox waker | commands from the control thread: a new fleet generation, drain, stop |
+//! | its inbox waker | commands from the control thread: a new fleet generation, pause, resume, drain, stop |
 //! | a slab entry (slot, socket and generation in one word) | that [`Session`]'s handler |
 //!
 //! then runs sessions that were waiting for a buffer or had used up their turn, fires due
@@ -72,6 +72,9 @@ const EVENTS_PER_WAIT: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lifecycle {
     Running,
+    /// Not accepting, listeners open but not polled; stays up, sessions or not, until told
+    /// to resume, drain or stop.
+    Paused,
     /// Not accepting; exits when the last session ends.
     Draining,
     /// The loop ends after this turn.
@@ -250,10 +253,12 @@ impl Worker {
             match event.token() {
                 INBOX => self.on_commands(),
                 token => match self.listener_index(token) {
-                    Some(i) => {
+                    // (A paused worker may still find its listeners' events in this batch.)
+                    Some(i) if self.lifecycle == Lifecycle::Running => {
                         self.listeners[i].ready = true;
                         self.listener_ready = true;
                     }
+                    Some(_) => {}
                     None => self.dispatch(token, event),
                 },
             }
@@ -408,6 +413,8 @@ impl Worker {
                     self.shared.adopted[self.index].store(generation, Ordering::Release);
                     let _ = self.shared.control.wake();
                 }
+                Command::Pause => self.pause(),
+                Command::Resume => self.resume(),
                 Command::Drain => self.drain(),
                 Command::Stop => {
                     // Listeners first: clients waiting on them are not taken in this turn.
@@ -429,6 +436,56 @@ impl Worker {
         };
     }
 
+    /// Stops accepting, keeping the listeners (their queues wait for whoever accepts on
+    /// the same sockets) and staying up until told more.
+    fn pause(&mut self) {
+        if self.lifecycle != Lifecycle::Running {
+            return;
+        }
+        for listener in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+            listener.ready = false;
+        }
+        self.listener_ready = false;
+        self.lifecycle = Lifecycle::Paused;
+        self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.shared.control.wake();
+    }
+
+    /// Accepts again after a pause, first what queued meanwhile. A listener that cannot be
+    /// registered again is closed here (logged); the others go on.
+    fn resume(&mut self) {
+        if self.lifecycle != Lifecycle::Paused {
+            return;
+        }
+        self.lifecycle = Lifecycle::Running;
+        self.shared.accepting.fetch_add(1, Ordering::AcqRel);
+        for mut listener in std::mem::take(&mut self.listeners) {
+            let token = Token(LISTENERS_TOP - self.listeners.len());
+            match self
+                .poll
+                .registry()
+                .register(&mut listener.socket, token, Interest::READABLE)
+            {
+                Ok(()) => {
+                    listener.ready = true;
+                    self.listeners.push(listener);
+                }
+                Err(e) => warn!(
+                    "worker {}: cannot accept on a listening socket again: {e}; closing this                      worker's copy",
+                    self.index
+                ),
+            }
+        }
+        self.listener_ready = !self.listeners.is_empty();
+        if self.listeners.is_empty() {
+            // Nothing left to accept on: counted as closed, as if it had drained them.
+            self.shared.listening[self.index].store(false, Ordering::Release);
+            self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        }
+        let _ = self.shared.control.wake();
+    }
+
     /// Closes this worker's copies of its listeners and tells the control thread. A socket
     /// nobody else holds closes with it (new clients are refused); one the control thread,
     /// another worker, a newer tcplb or systemd also holds stays open there, and clients
@@ -442,7 +499,10 @@ impl Worker {
         }
         self.listener_ready = false;
         self.shared.listening[self.index].store(false, Ordering::Release);
-        self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        // A paused worker was counted out of `accepting` already.
+        if self.lifecycle == Lifecycle::Running {
+            self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        }
         let _ = self.shared.control.wake();
     }
 
@@ -598,5 +658,50 @@ mod tests {
             Some(io::ErrorKind::WouldBlock),
             "no backend was dialled after Stop"
         );
+    }
+
+    #[test]
+    fn a_paused_worker_accepts_nothing_until_it_resumes() {
+        let backend = StdListener::bind("127.0.0.1:0").expect("bind");
+        let (mut worker, commands, waker, addr) = worker(&backend);
+        commands.send(Command::Pause).expect("send");
+        waker.wake().expect("wake");
+        // The pause and a waiting client in the same turn: the client is not taken.
+        let _first = StdStream::connect(addr).expect("connect");
+        worker.turn().expect("turn");
+        assert_eq!(worker.lifecycle, Lifecycle::Paused);
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 0);
+        assert!(worker.shared.listening[0].load(Ordering::Acquire));
+        let _second = StdStream::connect(addr).expect("connect: the listener stays open");
+        // (Not `turn`: with nothing to do it would wait for ever.)
+        for _ in 0..5 {
+            worker
+                .poll
+                .poll(&mut worker.events, Some(Duration::from_millis(20)))
+                .expect("poll");
+            assert!(
+                worker
+                    .events
+                    .iter()
+                    .all(|e| e.token() != Token(LISTENERS_TOP)),
+                "a paused listener is not polled"
+            );
+        }
+        assert!(worker.sessions.is_empty(), "a paused worker accepted");
+        assert_eq!(worker.lifecycle, Lifecycle::Paused, "no session, still up");
+        commands.send(Command::Resume).expect("send");
+        waker.wake().expect("wake");
+        turn_until(&mut worker, |w| w.sessions.len() == 2);
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 1);
+        // And a client that comes later is seen through the listener's events again.
+        let _third = StdStream::connect(addr).expect("connect");
+        turn_until(&mut worker, |w| w.sessions.len() == 3);
+        // Draining from a pause counts the worker out once.
+        commands.send(Command::Pause).expect("send");
+        commands.send(Command::Drain).expect("send");
+        waker.wake().expect("wake");
+        turn_until(&mut worker, |w| w.lifecycle == Lifecycle::Draining);
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 0);
+        assert!(!worker.shared.listening[0].load(Ordering::Acquire));
     }
 }
