@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!                      ┌─────────── control (process-wide) ───────────┐
-//!  signals, upgrade ──►│ lifecycle: Running → Draining → Stopping      │
+//!  signals, upgrade ──►│ lifecycle: Running ⇄ Standby → Draining → …   │
 //!  backends file, DNS ►│ discovery thread builds each fleet generation │──► Arc<Fleet>
 //!  health probes ─────►│ admin endpoint, access log writer             │    (atomics per backend)
 //!                      └───────────────────────────────────────────────┘

@@ -1,12 +1,18 @@
 //! Where the process is in its life, as one value that carries what each stage needs:
-//! serving; draining after SIGTERM or an upgrade (why, to whom it handed over, what was
-//! announced); or stopping. The control thread moves it forward; `/healthz` reports it.
+//! serving; standing by while the new process of an upgrade is on probation; draining
+//! after SIGTERM or an upgrade (why, what was announced); or
+//! stopping. The control thread moves it forward (from standing by, back to serving too);
+//! `/healthz` reports it.
 
 /// The process's stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lifecycle {
     /// Accepting and serving.
     Running,
+    /// Not accepting: the new process of an upgrade serves on the same sockets, on
+    /// probation (`upgrade-probation`). Live sessions go on; this process takes over
+    /// again if the new one dies, and drains once the probation has passed.
+    Standby,
     /// Not accepting; live sessions may finish for up to `drain-timeout`.
     Draining(Drain),
     /// Sessions are being cut; the process exits as soon as every worker has stopped.
@@ -18,8 +24,6 @@ pub enum Lifecycle {
 pub struct Drain {
     /// What started it (`SIGTERM`, `upgrade to pid 42`).
     pub why: String,
-    /// The process an upgrade handed over to, if that is why.
-    pub successor: Option<u32>,
     /// Sessions open once every listener had closed (`None` until then: the line that says
     /// how many are left waits for it, so it is true when read).
     pub announced: Option<usize>,
@@ -31,6 +35,7 @@ impl Lifecycle {
     pub fn as_str(&self) -> &'static str {
         match self {
             Lifecycle::Running => "running",
+            Lifecycle::Standby => "standing by",
             Lifecycle::Draining(_) => "draining",
             Lifecycle::Stopping => "stopping",
         }
@@ -41,11 +46,9 @@ impl Lifecycle {
         *self == Lifecycle::Running
     }
 
-    /// The process an upgrade handed over to, if it has.
-    pub fn successor(&self) -> Option<u32> {
-        match self {
-            Lifecycle::Draining(drain) => drain.successor,
-            _ => None,
-        }
+    /// Serving, or ready to serve again: it keeps its view of the backends current
+    /// (reloads, health checks).
+    pub fn may_serve(&self) -> bool {
+        matches!(self, Lifecycle::Running | Lifecycle::Standby)
     }
 }

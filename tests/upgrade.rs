@@ -64,21 +64,8 @@ impl Descendants {
     }
 
     /// Waits for `pid` to end and returns its wait status. It becomes this process's child
-    /// (to wait for) once its parent has exited.
+    /// (to wait for) once its parent has exited: until then, waitpid says ECHILD.
     fn wait_status(&mut self, pid: u32) -> i32 {
-        self.wait(pid, false)
-            .expect("ECHILD is waited through unless asked otherwise")
-    }
-
-    /// Once `pid`'s parent has exited: `pid`'s wait status, waiting for it to end, or
-    /// `None` if the parent had already reaped it (it is nobody's child then).
-    fn wait_status_unless_reaped(&mut self, pid: u32) -> Option<i32> {
-        self.wait(pid, true)
-    }
-
-    /// Reaps `pid` once it ends. ECHILD means "not ours yet" (its parent still runs), or,
-    /// with `echild_means_reaped`, that its parent has reaped it: `None`.
-    fn wait(&mut self, pid: u32, echild_means_reaped: bool) -> Option<i32> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let mut status = 0;
@@ -86,14 +73,10 @@ impl Descendants {
             let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             if rc == pid as libc::pid_t {
                 self.0.retain(|&p| p != pid);
-                return Some(status);
+                return status;
             }
             let echild =
                 rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
-            if echild && echild_means_reaped {
-                self.0.retain(|&p| p != pid);
-                return None;
-            }
             assert!(
                 rc == 0 || echild,
                 "waitpid({pid}): {}",
@@ -105,6 +88,16 @@ impl Descendants {
             );
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// `pid`'s parent has exited, and had reaped it: it is gone, and no longer this
+    /// test's to kill.
+    fn reaped(&mut self, pid: u32) {
+        assert!(
+            reaped_by_its_parent(pid),
+            "pid {pid} outlived the process that started it"
+        );
+        self.0.retain(|&p| p != pid);
     }
 
     /// Waits for `pid` to exit and returns its exit status.
@@ -620,6 +613,8 @@ fn five_upgrades_under_load_lose_nothing() {
             arg(&pid_file),
             "--drain-timeout",
             "60s",
+            "--upgrade-probation",
+            "1s",
             &backend.arg(),
         ],
     );
@@ -940,6 +935,9 @@ fn socket_activation_serves_on_inherited_sockets_and_restarts_refuse_nothing() {
         &workers,
         "--pid-file",
         arg(&pid_file),
+        // No probation: the old process hands over as soon as the new one serves.
+        "--upgrade-probation",
+        "0",
         &backend.arg(),
     ]
     .map(str::to_string);
@@ -1077,10 +1075,19 @@ fn systemd_hears_ready_the_new_main_pid_and_stopping() {
     let manager = UnixDatagram::bind(&notify_socket).expect("bind the notification socket");
     manager.set_read_timeout(Some(PATIENCE)).expect("timeout");
     let backend = Backend::start(1, echo());
-    let mut tcplb =
-        Tcplb::spawn_program(&exe, &["--pid-file", arg(&pid_file), &backend.arg()], |c| {
+    let mut tcplb = Tcplb::spawn_program(
+        &exe,
+        &[
+            "--pid-file",
+            arg(&pid_file),
+            "--upgrade-probation",
+            "1s",
+            &backend.arg(),
+        ],
+        |c| {
             c.env("NOTIFY_SOCKET", &notify_socket);
-        });
+        },
+    );
     let next = || {
         let mut buf = [0u8; 256];
         let n = manager.recv(&mut buf).expect("a notification");
@@ -1091,7 +1098,11 @@ fn systemd_hears_ready_the_new_main_pid_and_stopping() {
     let new = upgrade(&tcplb, &pid_file, 1);
     let mut descendants = Descendants::default();
     descendants.add(new);
+    // Once the probation has passed: until then, the old process is the main one.
     assert_eq!(next(), format!("MAINPID={new}"));
+    tcplb.wait_for_log(&format!(
+        "upgrade: pid {new} has served through its probation (1s); handing over"
+    ));
     assert_eq!(tcplb.wait_exit(PATIENCE), Some(0));
     signal(new, libc::SIGTERM);
     assert_eq!(next(), "STOPPING=1");
@@ -1126,7 +1137,7 @@ fn a_pid_file_that_cannot_be_written_stops_the_start() {
 }
 
 /// SIGTERM while an upgrade is under way gives the upgrade up: the new process is sent
-/// SIGTERM too, and the old one drains and exits as usual.
+/// SIGTERM too, and the old one drains, reaps it and exits as usual.
 #[test]
 fn a_sigterm_during_an_upgrade_gives_it_up() {
     become_subreaper();
@@ -1138,13 +1149,7 @@ fn a_sigterm_during_an_upgrade_gives_it_up() {
     // A new binary that says nothing (within the default 30 s).
     install.put_script("tcplb", "exec sleep 60");
     tcplb.signal(libc::SIGUSR2);
-    let line = tcplb.wait_for_log("SIGUSR2: upgrading: started");
-    let new: u32 = line
-        .split("(pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let new = started_pid(&tcplb, 1);
     let mut descendants = Descendants::default();
     descendants.add(new);
     tcplb.signal(libc::SIGTERM);
@@ -1154,18 +1159,196 @@ fn a_sigterm_during_an_upgrade_gives_it_up() {
         !pid_file.exists(),
         "the pid file named the old process, which removed it"
     );
-    // The old process has exited: the new one is this test's child now (a subreaper),
-    // unless it ended before the old one gave it up and the old one reaped it.
-    match descendants.wait_status_unless_reaped(new) {
-        Some(status) => assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM,
-            "the new process ended with wait status {status:#x}"
-        ),
-        None => {
-            tcplb.wait_for_log(&format!(
-                "the abandoned new process (pid {new}) was killed by signal {}",
-                libc::SIGTERM
-            ));
-        }
+    descendants.reaped(new);
+    tcplb.wait_for_log(&format!(
+        "the abandoned new process (pid {new}) was killed by signal {}",
+        libc::SIGTERM
+    ));
+}
+
+/// The id of the process an upgrade started, from the old process's `n`-th "upgrading:
+/// started" line.
+fn started_pid(tcplb: &Tcplb, n: usize) -> u32 {
+    let line = tcplb.wait_for_nth_log("SIGUSR2: upgrading: started", n);
+    line.split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Whether `pid` is nobody's child this test can wait for: ended and reaped by its parent
+/// (after that parent has exited, an unreaped one would be this subreaper's child).
+fn reaped_by_its_parent(pid: u32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a local; WNOHANG never blocks.
+    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+/// A SIGTERM during an upgrade whose new process ignores SIGTERM (or hangs in start-up,
+/// its signals not yet handled): the old process kills it (SIGKILL, after a grace) and
+/// reaps it before it exits itself. No orphan is left holding the listening sockets, and
+/// once the old process has exited, the port refuses new clients instead of queueing them
+/// where nobody will ever accept them.
+#[test]
+fn a_sigterm_during_an_upgrade_leaves_no_orphan_holding_the_port() {
+    become_subreaper();
+    let install = Install::new("orphan");
+    let exe = install.put_binary("tcplb");
+    let backend = Backend::start(1, echo());
+    let mut tcplb = start(&exe, &[&backend.arg()]);
+    let addr = tcplb.addr;
+    let sockets = listening_sockets(addr.port());
+    // The sockets it is handed stay open in `sleep` (inherited descriptors survive exec),
+    // and so does the ignored SIGTERM.
+    install.put_script("tcplb", "trap '' TERM\nexec sleep 600");
+    tcplb.signal(libc::SIGUSR2);
+    let new = started_pid(&tcplb, 1);
+    let mut descendants = Descendants::default();
+    descendants.add(new);
+    // A SIGTERM before the trap is set would kill the shell: wait for the exec.
+    wait_until(
+        || std::fs::read_to_string(format!("/proc/{new}/comm")).is_ok_and(|c| c == "sleep\n"),
+        || format!("pid {new} does not run sleep"),
+    );
+    assert!(
+        sockets.iter().all(|&s| holds_socket(new, s)),
+        "the new process holds the listening sockets"
+    );
+    tcplb.signal(libc::SIGTERM);
+    assert_eq!(tcplb.wait_exit(PATIENCE), Some(0));
+    descendants.reaped(new);
+    match TcpStream::connect(addr) {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a client connected to {addr}, where nobody serves"),
     }
+    assert!(listening_sockets(addr.port()).is_empty());
+    tcplb.wait_for_log(&format!(
+        "the abandoned new process (pid {new}) has not ended 2s after SIGTERM; killing it"
+    ));
+    tcplb.wait_for_log(&format!(
+        "the abandoned new process (pid {new}) was killed by signal {}",
+        libc::SIGKILL
+    ));
+}
+
+/// Echoes `n` short connections through `addr`, checking every byte.
+fn echo_connections(addr: SocketAddr, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let data = pattern(seed, 1000 + seed as usize * 37);
+        one_connection(addr, &data).unwrap_or_else(|e| panic!("connection {seed}: {e}"));
+    }
+}
+
+/// An upgrade to a binary that dies just after it says it serves: the old process, on
+/// probation, accepts nothing meanwhile (the new one takes every client and the admin
+/// endpoint) but keeps every socket; when the new one dies, it takes over again: it serves
+/// clients and `/healthz`, the pid file names it, and its log says how the new one ended.
+/// A SIGUSR2 to the old process on probation is refused; a SIGTERM ends the probation early
+/// (the new process keeps the service, the old one drains and exits).
+#[test]
+fn an_upgrade_that_dies_on_probation_hands_back_to_the_old_process() {
+    become_subreaper();
+    let install = Install::new("probation");
+    let exe = install.put_binary("tcplb");
+    let pid_file = install.pid_file();
+    let backend = Backend::start(1, echo());
+    let mut tcplb = start(
+        &exe,
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--pid-file",
+            arg(&pid_file),
+            // Long: every probation here ends on an event, none by the clock.
+            "--upgrade-probation",
+            "120s",
+            &backend.arg(),
+        ],
+    );
+    let old = tcplb.pid();
+    let addr = tcplb.addr;
+    let sockets = listening_sockets(addr.port());
+    let admin_socket = listening_sockets(tcplb.admin_addr().port());
+    let mut descendants = Descendants::default();
+    let accepted = |tcplb: &Tcplb| tcplb.metrics().get("tcplb_connections_accepted_total", &[]);
+    echo_connections(addr, 0..30);
+    assert_eq!(accepted(&tcplb), 30.0);
+
+    install.put_binary("tcplb");
+    let new = upgrade(&tcplb, &pid_file, 1);
+    descendants.add(new);
+    // On probation: every client and the admin endpoint go to the new process (its count
+    // is exactly these; the old one's would include the 30 above), yet the old one holds
+    // every socket still.
+    echo_connections(addr, 100..120);
+    assert_eq!(accepted(&tcplb), 20.0, "the old process accepted some");
+    for &socket in sockets.iter().chain(&admin_socket) {
+        assert!(
+            holds_socket(old, socket),
+            "the old process let go of a socket"
+        );
+    }
+    signal(old, libc::SIGUSR2);
+    tcplb.wait_for_log(&format!(
+        "SIGUSR2: not upgrading: pid {new} serves, on probation"
+    ));
+    // A reload for the main process (systemd's idea of it) reaches the new one too: both
+    // write to this log.
+    signal(old, libc::SIGHUP);
+    tcplb.wait_for_log(&format!("passing the signal on to pid {new}"));
+    tcplb.wait_for_nth_log("SIGHUP: reloading the backend set", 2);
+
+    // The new binary dies.
+    signal(new, libc::SIGKILL);
+    let line = tcplb.wait_for_log("taking over again");
+    assert!(
+        line.contains(&format!(
+            "the new process (pid {new}) was killed by signal 9"
+        )) && line.ends_with(&format!("serving (pid {old})")),
+        "{line}"
+    );
+    assert!(line.contains("ERROR"), "logged as an error: {line}");
+    assert_eq!(pid_in(&pid_file), old, "the pid file names the old process");
+    echo_connections(addr, 200..220);
+    // The old process answers again: its own count, the 30 before and the 20 since.
+    assert_eq!(accepted(&tcplb), 50.0);
+    assert_eq!(
+        http_request(tcplb.admin_addr(), "GET /healthz HTTP/1.1\r\n\r\n").0,
+        200
+    );
+    assert_eq!(
+        listening_sockets(addr.port()),
+        sockets,
+        "no socket closed or added"
+    );
+    assert!(tcplb.is_running());
+
+    // Another upgrade, retired by hand: a SIGTERM on probation hands over at once.
+    install.put_binary("tcplb");
+    let second = upgrade(&tcplb, &pid_file, 2);
+    descendants.add(second);
+    tcplb.signal(libc::SIGTERM);
+    tcplb.wait_for_log(&format!(
+        "SIGTERM: ending the probation of pid {second} early; handing over"
+    ));
+    assert_eq!(tcplb.wait_exit(PATIENCE), Some(0));
+    echo_connections(addr, 300..320);
+    assert_eq!(pid_in(&pid_file), second);
+    assert!(sockets.iter().all(|&s| holds_socket(second, s)));
+
+    // A new process that exits 0 on probation stopped in order (here a SIGTERM; or it
+    // handed over to an upgrade of its own): the old one does not take over again.
+    install.put_binary("tcplb");
+    let third = upgrade(&tcplb, &pid_file, 3);
+    descendants.add(third);
+    signal(third, libc::SIGTERM);
+    tcplb.wait_for_log(&format!(
+        "upgrade: pid {third} exited with status 0 during its probation: it stopped in order"
+    ));
+    assert_eq!(descendants.wait_exit(second), 0);
+    // (Reaped by its parent, which read its exit status.)
+    descendants.reaped(third);
+    assert_eq!(tcplb.count_logs("taking over again: serving"), 1);
 }

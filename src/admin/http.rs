@@ -52,6 +52,8 @@ pub struct Endpoint {
     listener: Option<TcpListener>,
     /// The listener may have connections waiting (its edge has not been drained).
     ready: bool,
+    /// Not accepting for now ([`Endpoint::pause`]).
+    paused: bool,
     /// Open connections (at most [`MAX_ADMIN_CONNS`]).
     open: Vec<ConnId>,
     shared: Shared,
@@ -64,6 +66,7 @@ impl Endpoint {
         Ok(Endpoint {
             listener: Some(listener),
             ready: true,
+            paused: false,
             open: Vec::with_capacity(MAX_ADMIN_CONNS),
             shared: Shared::default(),
         })
@@ -92,9 +95,30 @@ impl Endpoint {
         self.ready = false;
     }
 
-    /// The listener's readiness event: connections may be waiting.
+    /// Stops accepting but keeps the listening socket (an upgrade's probation: the new
+    /// process answers on the same socket, and this one may have to take over again).
+    pub fn pause(&mut self, registry: &Registry) {
+        if let Some(listener) = &mut self.listener {
+            let _ = registry.deregister(listener);
+        }
+        self.ready = false;
+        self.paused = true;
+    }
+
+    /// Accepts again after [`Endpoint::pause`] (first what queued meanwhile).
+    pub fn resume(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        if let Some(listener) = &mut self.listener {
+            registry.register(listener, token, Interest::READABLE)?;
+            self.ready = true;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// The listener's readiness event: connections may be waiting. (Ignored while paused:
+    /// an event from before the pause may still be in the batch.)
     pub fn set_ready(&mut self) {
-        self.ready = true;
+        self.ready = !self.paused;
     }
 
     /// Whether connections may be waiting to be accepted.

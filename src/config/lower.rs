@@ -229,6 +229,7 @@ pub fn global(l: &Layers) -> Result<Global, ConfigError> {
         pipes_given: l.given("pipes"),
         drain_timeout: l.duration("drain-timeout")?,
         upgrade_timeout: l.duration("upgrade-timeout")?,
+        upgrade_probation: l.duration("upgrade-probation")?,
     })
 }
 

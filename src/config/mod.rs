@@ -91,6 +91,9 @@ pub struct Global {
     pub drain_timeout: Duration,
     /// How long the process an upgrade (`SIGUSR2`) starts may take to serve.
     pub upgrade_timeout: Duration,
+    /// How long the old process of an upgrade stands by once the new one serves, to take
+    /// over again if it dies (zero: it hands over at once).
+    pub upgrade_probation: Duration,
 }
 
 /// A service: where clients connect and how they are handled.

@@ -284,6 +284,9 @@ pub const OPTIONS: &[Opt] = &[
     opt("upgrade-timeout", Global, duration(Seconds, 100 * MILLISECOND, HOUR), Value("30s"))
         .hint("DURATION")
         .help("after SIGUSR2, how long the new process may take to start serving before the upgrade is given up"),
+    opt("upgrade-probation", Global, duration(Seconds, 0, HOUR), Value("5s"))
+        .hint("DURATION")
+        .help("after SIGUSR2, once the new process serves, the old one stops accepting but stands by this long, and takes over again if the new one dies; 0 = hand over at once"),
     opt("help", Command, Kind::Switch, Off)
         .short("h")
         .help("print this help and exit"),
@@ -366,7 +369,8 @@ Signals:
                    a second one cuts them and exits at once
   SIGUSR2          upgrade: start the binary at the path tcplb was started from, with
                    the same arguments, hand it the listening sockets, and once it
-                   serves, drain as on SIGTERM; if it fails, keep serving
+                   serves, stand by for --upgrade-probation (taking over again if it
+                   dies), then drain as on SIGTERM; if it fails, keep serving
 
 Exit status:
   0  after --help or --version, after --check of a good file, and after a drain

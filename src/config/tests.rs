@@ -33,6 +33,7 @@ struct Flat {
     access_log: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     upgrade_timeout: Duration,
+    upgrade_probation: Duration,
     balance: Balance,
     accept_proxy: Option<Duration>,
 }
@@ -65,6 +66,7 @@ fn flat(c: Config) -> Flat {
         access_log: g.access_log.clone(),
         pid_file: g.pid_file.clone(),
         upgrade_timeout: g.upgrade_timeout,
+        upgrade_probation: g.upgrade_probation,
         balance: p.balance,
         accept_proxy: s.accept_proxy,
     }
@@ -115,6 +117,7 @@ fn defaults() {
     assert_eq!(c.access_log, None);
     assert_eq!(c.pid_file, None);
     assert_eq!(c.upgrade_timeout, Duration::from_secs(30));
+    assert_eq!(c.upgrade_probation, Duration::from_secs(5));
 }
 
 #[test]
@@ -134,6 +137,16 @@ fn upgrade_options() {
     );
     assert!(err(&["--upgrade-timeout", "50ms", "h:1"]).contains("'50ms'"));
     assert!(err(&["--upgrade-timeout", "2h", "h:1"]).contains("'2h'"));
+    assert_eq!(
+        run(&["--upgrade-probation", "1.5s", "h:1"]).upgrade_probation,
+        Duration::from_millis(1500)
+    );
+    assert_eq!(
+        run(&["--upgrade-probation", "0", "h:1"]).upgrade_probation,
+        Duration::ZERO
+    );
+    assert!(err(&["--upgrade-probation", "2h", "h:1"]).contains("'2h'"));
+    assert!(err(&["--upgrade-probation", "soon", "h:1"]).contains("'soon'"));
 }
 
 #[test]
@@ -525,6 +538,7 @@ fn help_and_version() {
         "--access-log",
         "--pid-file",
         "--upgrade-timeout",
+        "--upgrade-probation",
         "--balance",
         "--hash-table-size",
         "--hash-balance-factor",

@@ -44,6 +44,21 @@ impl AdminConns {
         }
     }
 
+    /// An upgrade's probation: stop accepting, keep the socket.
+    pub(super) fn pause(&mut self, registry: &Registry) {
+        if let Some(endpoint) = &mut self.endpoint {
+            endpoint.pause(registry);
+        }
+    }
+
+    /// Accept again after [`AdminConns::pause`].
+    pub(super) fn resume(&mut self, registry: &Registry, token: mio::Token) -> std::io::Result<()> {
+        match &mut self.endpoint {
+            Some(endpoint) => endpoint.resume(registry, token),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn set_ready(&mut self) {
         if let Some(endpoint) = &mut self.endpoint {
             endpoint.set_ready();

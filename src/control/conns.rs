@@ -106,10 +106,10 @@ impl Control {
         let view = View {
             fleet: &self.fleet,
             workers: &self.worker_stats,
-            // After a hand-over, a request accepted before it is answered for the service,
-            // which the newer process runs on: "draining" would tell a health checker the
-            // service is going away.
-            lifecycle: if self.successor.is_some() {
+            // After a hand-over (or during its probation), a request accepted before it is
+            // answered for the service, which the newer process runs on: "draining" would
+            // tell a health checker the service is going away.
+            lifecycle: if self.upgrade.successor().is_some() {
                 Lifecycle::Running
             } else {
                 self.lifecycle
@@ -196,7 +196,8 @@ impl Control {
         let Some(policy) = self.fleet.policy().checks else {
             return;
         };
-        if !self.lifecycle.is_running() {
+        // (Standing by too: this process may have to take over again.)
+        if !self.lifecycle.may_serve() {
             return;
         }
         self.probes.round_due(&self.fleet);

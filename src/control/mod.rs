@@ -5,13 +5,14 @@
 //!
 //! | owner | owns |
 //! |---|---|
-//! | [`Lifecycle`] | running, draining (why, to whom, what was announced), stopping |
+//! | [`Lifecycle`] | running, standing by (an upgrade's probation), draining (why, what was announced), stopping |
 //! | [`sockets::Sockets`] | every service's listening sockets (the control thread's copies) |
 //! | [`registry::Registry`] | the services by name: ids, counters, what the workers use |
 //! | [`rollout::Rollout`] | the current [`Topology`] and handing new ones to the workers |
 //! | [`prober::Prober`] | health probes in flight and each pool's round |
 //! | `admin` | the admin endpoint's connections |
-//! | [`upgrade`] | a binary upgrade under way |
+//! | [`upgrade::Upgrade`] | a binary upgrade: starting, on probation, handed over |
+//! | [`reaper::Reaper`] | processes of upgrades given up on, until reaped |
 //!
 //! | token | handler |
 //! |---|---|
@@ -21,12 +22,13 @@
 //! | the upgrade pipe | the new process an upgrade started says it serves, or is gone |
 //! | `ConnId` tokens | an admin connection (socket 0) or a health probe (socket 1) |
 //!
-//! It exits when the last worker has.
+//! It exits when the last worker has, and every process an upgrade gave up on is reaped.
 
 mod admin;
 pub mod failure;
 pub mod pid_file;
 pub mod prober;
+pub mod reaper;
 pub mod registry;
 mod reload;
 pub mod rollout;
@@ -43,7 +45,7 @@ use crate::fleet::discovery::{Discovery, Update};
 use crate::lifecycle::{Drain, Lifecycle};
 use crate::logging::{Throttle, suppressed_note};
 use crate::stats::WorkerStats;
-use crate::worker::timer::{TimerId, Timers};
+use crate::worker::timer::Timers;
 use crate::worker::{Command, ConnId, Handle, Shared};
 use admin::AdminConns;
 use log::{debug, info, warn};
@@ -60,14 +62,16 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
+use reaper::Reaper;
 use upgrade::{Invocation, Upgrade};
 
 const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
 const UPGRADE: Token = Token(usize::MAX - 3);
-/// How often an upgrade whose new process closed the pipe looks for its exit status.
-const REAP_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the processes an upgrade started are looked at (has one that closed its pipe,
+/// or one on probation, exited? has one given up on ended?), while there is one to look at.
+const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Catches the signals the control thread handles. Called first thing at start, so that a
 /// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
@@ -97,8 +101,10 @@ pub enum TimerKey {
     DrainDeadline,
     /// The new process of an upgrade has run out of time to say it serves.
     UpgradeDeadline,
-    /// Look again whether the new process of an upgrade has exited.
-    UpgradeReap,
+    /// The probation of the new process of an upgrade has passed.
+    ProbationEnd,
+    /// Look at the processes an upgrade started ([`WATCH_INTERVAL`]).
+    UpgradeWatch,
 }
 
 /// How reloads have gone, for `/metrics`.
@@ -155,8 +161,12 @@ pub struct Control {
     worker_stats: Vec<Arc<WorkerStats>>,
     shared: Arc<Shared>,
     invocation: Invocation,
-    /// An upgrade under way, with its deadline.
-    upgrade: Option<(Upgrade, TimerId)>,
+    /// Where an upgrade stands.
+    upgrade: Upgrade,
+    /// The processes of upgrades given up on, until reaped.
+    reaper: Reaper,
+    /// A look at the processes an upgrade started is armed ([`TimerKey::UpgradeWatch`]).
+    watching: bool,
     pid_file: Option<PidFile>,
     fds_throttle: Throttle,
 }
@@ -222,15 +232,25 @@ impl Control {
             worker_stats,
             shared,
             invocation,
-            upgrade: None,
+            upgrade: Upgrade::Idle,
+            reaper: Reaper::new(reaper::GRACE),
+            watching: false,
             pid_file,
             fds_throttle: Throttle::default(),
         })
     }
 
-    /// Runs until every worker has exited; then waits for the threads and the access log.
+    /// Runs until every worker has exited and every process an upgrade gave up on has been
+    /// reaped; then waits for the threads and the access log.
     pub fn run(mut self) -> io::Result<()> {
-        while self.shared.running.load(Ordering::Acquire) > 0 {
+        loop {
+            if self.shared.running.load(Ordering::Acquire) == 0 {
+                // (Workers that all failed while an upgrade was starting.)
+                self.give_up_upgrade("every worker has stopped");
+                if self.reaper.is_empty() {
+                    break;
+                }
+            }
             let timeout = if self.admin.is_ready() {
                 Some(Duration::ZERO)
             } else {
@@ -304,10 +324,7 @@ impl Control {
         for signal in pending {
             match signal {
                 SIGUSR2 => self.begin_upgrade(),
-                SIGHUP if self.lifecycle.is_running() => {
-                    info!("SIGHUP: reloading");
-                    self.discovery.reload(0);
-                }
+                SIGHUP if self.lifecycle.may_serve() => self.reload(),
                 SIGHUP => {}
                 _ => {
                     let name = if signal == SIGINT {
@@ -321,23 +338,50 @@ impl Control {
         }
     }
 
-    /// SIGTERM or SIGINT: the first drains, the next stops (after an upgrade handed over,
-    /// the process is draining already, and the first one is the service manager's request
-    /// to stop, sent to every process of the service).
+    /// SIGHUP: reloads. On probation, the new process is told too: systemd (`systemctl
+    /// reload`) signals the main process, which is this one until the probation has passed.
+    fn reload(&mut self) {
+        match self.upgrade.successor() {
+            Some(pid) if self.lifecycle == Lifecycle::Standby => {
+                info!(
+                    "SIGHUP: reloading (and passing the signal on to pid {pid}, which serves on \
+                     probation)"
+                );
+                // SAFETY: kill has no memory effects; `pid` is our own child, not reaped
+                // yet (it is looked at on probation only through `try_wait`, and a reaped
+                // one ends the probation), so it names no other process.
+                if unsafe { libc::kill(pid as libc::pid_t, SIGHUP) } == -1 {
+                    warn!(
+                        "cannot pass SIGHUP on to pid {pid}: {}",
+                        io::Error::last_os_error()
+                    );
+                }
+            }
+            _ => info!("SIGHUP: reloading"),
+        }
+        self.discovery.reload(0);
+    }
+
+    /// SIGTERM or SIGINT: the first drains (on probation: hands over early), the next stops
+    /// (after an upgrade handed over, the process is draining already, and the first one is
+    /// the service manager's request to stop, sent to every process of the service).
     fn on_stop_signal(&mut self, name: &str) {
+        let successor = self.upgrade.successor();
         match &mut self.lifecycle {
-            Lifecycle::Running => self.begin_drain(name.to_string(), None),
-            Lifecycle::Draining(drain) if drain.stop_signals == 0 && drain.successor.is_some() => {
+            Lifecycle::Running => self.begin_drain(name.to_string()),
+            Lifecycle::Standby => self.end_probation_early(name),
+            Lifecycle::Draining(drain) if drain.stop_signals == 0 && successor.is_some() => {
                 drain.stop_signals += 1;
                 info!(
                     "{name}: draining already (since the upgrade to pid {}); a second signal \
                      cuts the sessions left",
-                    drain.successor.unwrap_or_default()
+                    successor.unwrap_or_default()
                 );
             }
             _ => {
                 warn!("second signal: exiting now");
                 self.stop_workers();
+                self.reaper.kill_all();
             }
         }
     }
@@ -346,15 +390,11 @@ impl Control {
     /// `drain-timeout`. `/healthz` answers 503 from now. This process lets go of its
     /// listening sockets: one nobody else holds closes, so new clients are refused; one a
     /// newer tcplb (after an upgrade) or systemd holds stays open there, queue and all.
-    fn begin_drain(&mut self, why: String, successor: Option<u32>) {
-        if let Some((upgrade, timer)) = self.upgrade.take() {
-            info!("{why}: giving up the upgrade to pid {}", upgrade.pid());
-            self.timers.cancel(timer);
-            upgrade.abandon(self.poll.registry(), false);
-        }
+    fn begin_drain(&mut self, why: String) {
+        self.give_up_upgrade(&why);
+        let successor = self.upgrade.successor();
         self.lifecycle = Lifecycle::Draining(Drain {
             why,
-            successor,
             announced: None,
             stop_signals: 0,
         });
@@ -411,6 +451,7 @@ impl Control {
             }
         }
         self.rollout.check_adopted(&self.shared);
+        self.announce_probation();
         if self.lifecycle.is_running()
             && self.shared.accepting.load(Ordering::Acquire) < self.workers.len()
         {
@@ -432,7 +473,7 @@ impl Control {
 
     /// A pool's round of probes is due.
     fn health_round(&mut self, pool: PoolId) {
-        if !self.lifecycle.is_running() {
+        if !self.lifecycle.may_serve() {
             return;
         }
         let Some(fleet) = self.rollout.current().pool(pool).map(Arc::clone) else {
@@ -444,7 +485,7 @@ impl Control {
 
     /// Starts the probes the schedule has room for.
     fn start_probes(&mut self) {
-        if !self.lifecycle.is_running() {
+        if !self.lifecycle.may_serve() {
             return;
         }
         let topology = Arc::clone(self.rollout.current());
@@ -485,7 +526,8 @@ impl Control {
                     }
                 }
                 TimerKey::UpgradeDeadline => self.upgrade_deadline(),
-                TimerKey::UpgradeReap => self.upgrade_reap(),
+                TimerKey::ProbationEnd => self.probation_end(),
+                TimerKey::UpgradeWatch => self.on_watch(),
             }
         }
         self.fired = fired;
@@ -504,7 +546,7 @@ macro_rules! view {
             // After a hand-over, a request accepted before it is answered for the service,
             // which the newer process runs on: "draining" would tell a health checker the
             // service is going away.
-            running: $control.lifecycle.is_running() || $control.lifecycle.successor().is_some(),
+            running: $control.lifecycle.is_running() || $control.upgrade.successor().is_some(),
             lifecycle: $control.lifecycle.as_str(),
             now: $control.now,
             started: $control.started,

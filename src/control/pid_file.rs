@@ -3,7 +3,7 @@
 //! Written whole or not at all (a temporary file beside it, renamed over it), so a reader
 //! never sees a half-written id. The process an upgrade starts rewrites it before it says
 //! it is ready; the old one then leaves it alone, and rewrites it with its own id if the
-//! upgrade fails. At exit the file is removed only if it still names this process.
+//! upgrade fails (the new process dying on probation included). At exit the file is removed only if it still names this process.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

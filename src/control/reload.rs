@@ -115,11 +115,7 @@ impl Control {
                      {:?}",
                     self.global.drain_timeout
                 ));
-                unlisten.push(Command::Unlisten {
-                    service: service.id,
-                    only: None,
-                    retire: Some((service, deadline)),
-                });
+                unlisten.push((service.id, None, Some((service, deadline))));
             }
         }
         let (mut added, mut updated) = (0, 0);
@@ -158,11 +154,7 @@ impl Control {
                         match self.sockets.rebind_service(&old_spec, spec) {
                             Ok((gone, new)) => {
                                 if !gone.is_empty() {
-                                    unlisten.push(Command::Unlisten {
-                                        service: id,
-                                        only: Some(gone),
-                                        retire: None,
-                                    });
+                                    unlisten.push((id, Some(gone), None));
                                 }
                                 if !new.is_empty() {
                                     listen.push((id, spec.name.clone(), Some(new)));
@@ -201,9 +193,13 @@ impl Control {
         }
 
         // The workers: listeners closed, the new view, new listeners.
-        for command in unlisten {
+        for (service, only, retire) in unlisten {
             for w in &self.workers {
-                w.send(clone_command(&command));
+                w.send(Command::Unlisten {
+                    service,
+                    only: only.clone(),
+                    retire: retire.clone(),
+                });
             }
         }
         let topology = Topology::new(
@@ -313,28 +309,5 @@ fn describe_pool_named(
     lines.extend(changes.lines().into_iter().map(|l| format!("{prefix}: {l}")));
     if fleet.is_empty() {
         lines.push(format!("{prefix}: the backend set is empty; new clients will be closed"));
-    }
-}
-
-/// The same command again, for the next worker (sockets are per worker and never cloned
-/// here: only the commands without any are sent to every worker).
-fn clone_command(command: &Command) -> Command {
-    match command {
-        Command::Unlisten {
-            service,
-            only,
-            retire,
-        } => Command::Unlisten {
-            service: *service,
-            only: only.clone(),
-            retire: retire.clone(),
-        },
-        Command::Drain => Command::Drain,
-        Command::Stop => Command::Stop,
-        Command::Topology(t) => Command::Topology(Arc::clone(t)),
-        Command::Listen { service, .. } => Command::Listen {
-            service: *service,
-            sockets: Vec::new(),
-        },
     }
 }

@@ -1,6 +1,6 @@
 //! Binary upgrade on `SIGUSR2`, refusing no connection.
 //!
-//! The old process ([`Upgrade`]):
+//! The old process ([`Upgrade`], the stages; [`NewProcess`], the process it starts):
 //! 1. starts the binary at the path it was itself started from ([`Invocation`], resolved at
 //!    start: after `mv tcplb-new /usr/local/bin/tcplb`, `/proc/self/exe` names the old,
 //!    deleted file) with the same arguments, handing it every client listening socket, the
@@ -10,18 +10,33 @@
 //! 2. keeps serving meanwhile. The new process adopts the sockets instead of binding
 //!    (`control::sockets`), starts its workers, and writes [`READY`] to the pipe
 //!    ([`report_ready`]);
-//! 3. on that, stops accepting: each of its workers closes its own copy of the sockets,
-//!    which stay open in the new process with every client queued on them (no listening
-//!    socket is ever closed, so no SYN is refused and no queued connection is reset); then
-//!    it drains as on SIGTERM and exits 0.
+//! 3. on that, stops accepting and stands by for `--upgrade-probation`: its workers stop
+//!    polling their listeners but keep them, and so does the control thread. They are the
+//!    very sockets the new process accepts on (the same kernel sockets, not more members of
+//!    a `SO_REUSEPORT` group), so a copy kept here takes no client: every new client goes
+//!    to the new process. Live sessions go on here;
+//! 4. if the new process dies in that time (a signal, or an exit status other than 0), it
+//!    takes over again: its workers accept again on the sockets they kept (clients queued
+//!    meanwhile included), it serves the admin endpoint again, rewrites the pid file and
+//!    logs how the new process ended. Otherwise, once the probation has passed (or on a
+//!    SIGTERM, or when the new process exits 0, having stopped in order), it hands over:
+//!    each worker closes its own copy of the sockets, which stay open in the new process
+//!    with every client queued on them (no listening socket is ever closed, so no SYN is
+//!    refused and no queued connection is reset), it tells systemd the new main pid, and it
+//!    drains as on SIGTERM and exits 0.
 //!
 //! If the new process cannot be started (no such file, not executable), exits or closes the
 //! pipe without saying ready (bad flags, a backends file that no longer parses, a crash), or
 //! says nothing within `--upgrade-timeout` (it is then killed), the old process logs why
-//! and goes on serving as if nothing had happened.
+//! and goes on serving as if nothing had happened. A process given up on is reaped before
+//! this one exits, and killed if it ignores SIGTERM ([`super::reaper`]).
 
-use super::{Control, REAP_INTERVAL, TimerKey, UPGRADE, systemd};
-use log::{info, warn};
+use super::reaper::Reaper;
+use super::{ADMIN_LISTENER, Control, TimerKey, UPGRADE, WATCH_INTERVAL, systemd};
+use crate::lifecycle::Lifecycle;
+use crate::worker::Command as WorkerCommand;
+use crate::worker::timer::TimerId;
+use log::{error, info, warn};
 use mio::unix::pipe;
 use mio::{Interest, Registry, Token};
 use std::ffi::{OsStr, OsString};
@@ -33,6 +48,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Names the descriptors a new process inherits from the one it upgrades:
@@ -258,28 +274,85 @@ pub fn report_ready(mut ready: File, from: u32) {
     }
 }
 
-/// How an upgrade under way is doing.
+/// Where an upgrade stands, with what each stage holds.
+pub(super) enum Upgrade {
+    /// None under way.
+    Idle,
+    /// The new process starts; it has until `deadline` to say it serves.
+    Starting { new: NewProcess, deadline: TimerId },
+    /// The new process serves; this one stands by ([`Lifecycle::Standby`]) until `ends`,
+    /// and takes over again if the new one dies first. `announced`: the line saying so has
+    /// been logged (once every worker has stopped accepting, so it is true when read).
+    Probation {
+        new: NewProcess,
+        ends: TimerId,
+        announced: bool,
+    },
+    /// Handed over for good: this process drains and exits.
+    HandedOver { pid: u32 },
+}
+
+impl Upgrade {
+    /// The process that serves in this one's place, once one does (on probation or for
+    /// good).
+    pub fn successor(&self) -> Option<u32> {
+        match self {
+            Upgrade::Probation { new, .. } => Some(new.pid()),
+            Upgrade::HandedOver { pid } => Some(*pid),
+            Upgrade::Idle | Upgrade::Starting { .. } => None,
+        }
+    }
+
+    /// Takes the new process (and its deadline) out of the `Starting` stage, leaving
+    /// `Idle`; any other stage is left as it is.
+    fn take_starting(&mut self) -> Option<(NewProcess, TimerId)> {
+        match std::mem::replace(self, Upgrade::Idle) {
+            Upgrade::Starting { new, deadline } => Some((new, deadline)),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Takes the new process (and the probation's end) out of the `Probation` stage,
+    /// leaving `Idle`; any other stage is left as it is.
+    fn take_probation(&mut self) -> Option<(NewProcess, TimerId)> {
+        match std::mem::replace(self, Upgrade::Idle) {
+            Upgrade::Probation { new, ends, .. } => Some((new, ends)),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
+/// How a new process that has not said it serves yet is doing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
     /// Nothing decided yet.
     Waiting,
-    /// The new process serves: hand over.
+    /// The new process serves.
     Ready,
     /// The new process is gone or broke the protocol; the message says how.
     Failed(String),
 }
 
-/// An upgrade under way, seen from the old process.
-pub struct Upgrade {
+/// The new process of an upgrade, seen from the old one (its parent).
+pub struct NewProcess {
     child: Child,
     exe: PathBuf,
-    /// The read end of the readiness pipe (`None` once it has reached EOF).
+    /// The read end of the readiness pipe (`None` once it has reached EOF, or the new
+    /// process has said it serves).
     ready: Option<pipe::Receiver>,
     received: Vec<u8>,
     started: Instant,
+    /// When it said it serves.
+    ready_at: Option<Instant>,
 }
 
-impl Upgrade {
+impl NewProcess {
     /// Starts `invocation` again, handing it `listen` (the client sockets) and `admin`, and
     /// registers the readiness pipe under `token`.
     pub fn start(
@@ -288,7 +361,7 @@ impl Upgrade {
         admin: Option<RawFd>,
         registry: &Registry,
         token: Token,
-    ) -> io::Result<Upgrade> {
+    ) -> io::Result<NewProcess> {
         let (sender, mut receiver) = pipe::new()?;
         let handoff = Handoff {
             listen: listen
@@ -335,12 +408,13 @@ impl Upgrade {
         };
         // Only the child holds the write end now: its exit (or a close) reads as EOF here.
         drop(sender);
-        Ok(Upgrade {
+        Ok(NewProcess {
             child,
             exe: invocation.exe.clone(),
             ready: Some(receiver),
             received: Vec::new(),
             started: Instant::now(),
+            ready_at: None,
         })
     }
 
@@ -358,6 +432,12 @@ impl Upgrade {
         self.started.elapsed()
     }
 
+    /// How long it took to say it serves, and how long ago it did (once it has).
+    pub fn ready_times(&self) -> Option<(Duration, Duration)> {
+        self.ready_at
+            .map(|at| (at.saturating_duration_since(self.started), at.elapsed()))
+    }
+
     /// Reads what the new process wrote to the pipe.
     pub fn on_readable(&mut self, registry: &Registry) -> Progress {
         let Some(receiver) = &mut self.ready else {
@@ -367,8 +447,7 @@ impl Upgrade {
         loop {
             match receiver.read(&mut buf) {
                 Ok(0) => {
-                    let _ = registry.deregister(receiver);
-                    self.ready = None;
+                    self.close_pipe(registry);
                     return self.check_exit();
                 }
                 Ok(n) => {
@@ -410,42 +489,32 @@ impl Upgrade {
         }
     }
 
+    /// How it ended, if it has (reaping it). Never blocks.
+    pub fn exit_status(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// Whether the pipe has closed (no word can come any more).
     pub fn pipe_closed(&self) -> bool {
         self.ready.is_none()
     }
 
-    /// Gives up: stops the new process (it may have started accepting: SIGTERM lets it
-    /// finish what it took) and reaps it if it has exited. `kill` = SIGKILL instead, for a
-    /// process that did not answer in time.
-    pub fn abandon(mut self, registry: &Registry, kill: bool) {
-        if let Some(receiver) = &mut self.ready {
-            let _ = registry.deregister(receiver);
-        }
-        if kill {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        } else {
-            // SAFETY: kill has no memory effects; the pid is our own unreaped child's.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            // Reaped here only if it has already ended (then nobody else can learn how);
-            // otherwise it is re-parented when this process exits.
-            if let Ok(Some(status)) = self.child.try_wait() {
-                info!(
-                    "the abandoned new process (pid {}) {}",
-                    self.child.id(),
-                    describe_exit(status)
-                );
-            }
+    /// It has said it serves: the pipe has nothing more to say.
+    pub fn set_ready(&mut self, registry: &Registry) {
+        self.ready_at = Some(Instant::now());
+        self.close_pipe(registry);
+    }
+
+    fn close_pipe(&mut self, registry: &Registry) {
+        if let Some(mut receiver) = self.ready.take() {
+            let _ = registry.deregister(&mut receiver);
         }
     }
 
-    /// The upgrade succeeded: the new process lives on (it is re-parented when this one
-    /// exits).
-    pub fn finish(mut self, registry: &Registry) {
-        if let Some(receiver) = &mut self.ready {
-            let _ = registry.deregister(receiver);
-        }
+    /// Gives it up to `reaper` (SIGTERM, or with `kill` SIGKILL; reaped once it ends).
+    pub fn abandon(mut self, registry: &Registry, reaper: &mut Reaper, kill: bool, now: Instant) {
+        self.close_pipe(registry);
+        reaper.abandon(self.child, kill, now);
     }
 }
 
@@ -458,7 +527,7 @@ fn service_name(name: &str) -> bool {
 }
 
 /// "exited with status 1", "was killed by signal 9".
-fn describe_exit(status: ExitStatus) -> String {
+pub(super) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
@@ -468,19 +537,31 @@ fn describe_exit(status: ExitStatus) -> String {
 
 /// The upgrade, as the control thread runs it.
 impl Control {
-    /// `SIGUSR2`: starts the new process, unless one is starting already or this process is
-    /// on its way out.
+    /// `SIGUSR2`: starts the new process, unless one is starting or on probation already,
+    /// or this process is on its way out.
     pub(super) fn begin_upgrade(&mut self) {
+        match &self.upgrade {
+            Upgrade::Starting { new, .. } => {
+                info!(
+                    "SIGUSR2: an upgrade is under way already (pid {}, started {:?} ago)",
+                    new.pid(),
+                    new.elapsed()
+                );
+                return;
+            }
+            Upgrade::Probation { new, .. } => {
+                info!(
+                    "SIGUSR2: not upgrading: pid {} serves, on probation for {:.1}s more; \
+                     signal that one (the pid file names it)",
+                    new.pid(),
+                    self.probation_left(new).as_secs_f64()
+                );
+                return;
+            }
+            Upgrade::Idle | Upgrade::HandedOver { .. } => {}
+        }
         if !self.lifecycle.is_running() {
             info!("SIGUSR2: not upgrading: {}", self.lifecycle.as_str());
-            return;
-        }
-        if let Some((upgrade, _)) = &self.upgrade {
-            info!(
-                "SIGUSR2: an upgrade is under way already (pid {}, started {:?} ago)",
-                upgrade.pid(),
-                upgrade.elapsed()
-            );
             return;
         }
         let listen = self.sockets.handoff();
@@ -489,26 +570,25 @@ impl Control {
             return;
         }
         let admin = self.admin.listener_fd();
-        match Upgrade::start(
+        match NewProcess::start(
             &self.invocation,
             &listen,
             admin,
             self.poll.registry(),
             UPGRADE,
         ) {
-            Ok(upgrade) => {
+            Ok(new) => {
                 info!(
                     "SIGUSR2: upgrading: started {} (pid {}); serving on until it is ready \
                      (up to {:?})",
-                    upgrade.exe().display(),
-                    upgrade.pid(),
+                    new.exe().display(),
+                    new.pid(),
                     self.global.upgrade_timeout
                 );
-                let deadline = self.timers.insert(
-                    self.now + self.global.upgrade_timeout,
-                    TimerKey::UpgradeDeadline,
-                );
-                self.upgrade = Some((upgrade, deadline));
+                let deadline = self
+                    .timers
+                    .insert(self.now + self.global.upgrade_timeout, TimerKey::UpgradeDeadline);
+                self.upgrade = Upgrade::Starting { new, deadline };
             }
             Err(e) => {
                 self.upgrade_failed(format!("cannot run {}: {e}", self.invocation.exe.display()))
@@ -516,78 +596,249 @@ impl Control {
         }
     }
 
+    fn probation_left(&self, new: &NewProcess) -> Duration {
+        new.ready_times()
+            .map_or(self.global.upgrade_probation, |(_, since)| {
+                self.global.upgrade_probation.saturating_sub(since)
+            })
+    }
+
     /// The readiness pipe has news.
     pub(super) fn on_upgrade_pipe(&mut self) {
-        let Some((upgrade, _)) = &mut self.upgrade else {
+        let Upgrade::Starting { new, .. } = &mut self.upgrade else {
             return;
         };
-        let progress = upgrade.on_readable(self.poll.registry());
+        let progress = new.on_readable(self.poll.registry());
         self.upgrade_progress(progress);
     }
 
-    /// Time to look whether a new process that closed the pipe has exited.
-    pub(super) fn upgrade_reap(&mut self) {
-        let Some((upgrade, _)) = &mut self.upgrade else {
-            return;
-        };
-        let progress = upgrade.check_exit();
-        self.upgrade_progress(progress);
-    }
-
-    /// The new process has not said it serves in time: it is killed.
+    /// The new process of an upgrade has not said it serves in time: it is killed.
     pub(super) fn upgrade_deadline(&mut self) {
-        let Some((mut upgrade, _)) = self.upgrade.take() else {
+        let Some((mut new, _)) = self.upgrade.take_starting() else {
             return;
         };
-        let why = match upgrade.check_exit() {
+        let why = match new.check_exit() {
             Progress::Failed(why) => why,
             _ => format!(
                 "the new process (pid {}) did not say it serves within {:?}; killed it",
-                upgrade.pid(),
+                new.pid(),
                 self.global.upgrade_timeout
             ),
         };
-        upgrade.abandon(self.poll.registry(), true);
+        new.abandon(self.poll.registry(), &mut self.reaper, true, self.now);
+        self.watch_children();
         self.upgrade_failed(why);
     }
 
     fn upgrade_progress(&mut self, progress: Progress) {
         match progress {
-            Progress::Waiting => {
-                if self.upgrade.as_ref().is_some_and(|(u, _)| u.pipe_closed()) {
-                    self.timers
-                        .insert(self.now + REAP_INTERVAL, TimerKey::UpgradeReap);
-                }
-            }
-            Progress::Ready => self.hand_over(),
+            Progress::Waiting => self.watch_children(),
+            Progress::Ready => self.on_ready(),
             Progress::Failed(why) => {
-                if let Some((upgrade, deadline)) = self.upgrade.take() {
+                if let Some((new, deadline)) = self.upgrade.take_starting() {
                     self.timers.cancel(deadline);
-                    upgrade.abandon(self.poll.registry(), true);
+                    new.abandon(self.poll.registry(), &mut self.reaper, true, self.now);
+                    self.watch_children();
                 }
                 self.upgrade_failed(why);
             }
         }
     }
 
-    /// The new process serves: this one stops accepting, gives up the admin socket, tells
-    /// systemd which process is the service now, and drains.
-    fn hand_over(&mut self) {
-        let Some((upgrade, deadline)) = self.upgrade.take() else {
+    /// Gives up an upgrade that is starting (this process is on its way out): the new
+    /// process gets SIGTERM, then SIGKILL if it does not end within the grace, and this
+    /// process does not exit before it is reaped.
+    pub(super) fn give_up_upgrade(&mut self, why: &str) {
+        if let Some((new, deadline)) = self.upgrade.take_starting() {
+            info!("{why}: giving up the upgrade to pid {}", new.pid());
+            self.timers.cancel(deadline);
+            new.abandon(self.poll.registry(), &mut self.reaper, false, self.now);
+            self.watch_children();
+        }
+    }
+
+    /// The new process says it serves: this one stops accepting and stands by for the
+    /// probation, or with none, hands over at once.
+    fn on_ready(&mut self) {
+        let Some((mut new, deadline)) = self.upgrade.take_starting() else {
             return;
         };
         self.timers.cancel(deadline);
-        let pid = upgrade.pid();
+        new.set_ready(self.poll.registry());
+        if self.global.upgrade_probation.is_zero() {
+            info!(
+                "upgrade: pid {} serves (ready {:?} after it was started); handing over",
+                new.pid(),
+                new.elapsed()
+            );
+            self.hand_over(new.pid(), true);
+            return;
+        }
+        self.lifecycle = Lifecycle::Standby;
+        for w in &self.workers {
+            w.send(WorkerCommand::Pause);
+        }
+        self.admin.pause(self.poll.registry());
+        let ends = self
+            .timers
+            .insert(self.now + self.global.upgrade_probation, TimerKey::ProbationEnd);
+        self.upgrade = Upgrade::Probation {
+            new,
+            ends,
+            announced: false,
+        };
+        self.announce_probation();
+        self.watch_children();
+    }
+
+    /// Once every worker has stopped accepting (so the line is true when read), says that
+    /// this process stands by.
+    pub(super) fn announce_probation(&mut self) {
+        let Upgrade::Probation { new, announced, .. } = &mut self.upgrade else {
+            return;
+        };
+        if *announced || self.shared.accepting.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        *announced = true;
+        let took = new.ready_times().map_or(Duration::ZERO, |(took, _)| took);
         info!(
-            "upgrade: pid {pid} serves (ready {:?} after it was started); handing over",
-            upgrade.elapsed()
+            "upgrade: pid {} serves (ready {took:?} after it was started); stopped accepting; \
+             standing by for {:?} (--upgrade-probation), to take over again if it dies",
+            new.pid(),
+            self.global.upgrade_probation
         );
-        upgrade.finish(self.poll.registry());
-        if let Err(e) = systemd::notify(&format!("MAINPID={pid}")) {
-            warn!("cannot tell systemd that pid {pid} is the service now: {e}");
+    }
+
+    /// On probation: whether the new process has ended. One that exited 0 stopped in
+    /// order (a SIGTERM, or it handed over to an upgrade of its own and drained): this
+    /// process does not take over again. One that crashed, was killed or exited with an
+    /// error: it does.
+    fn check_probation(&mut self) {
+        let Upgrade::Probation { new, .. } = &mut self.upgrade else {
+            return;
+        };
+        let pid = new.pid();
+        match new.exit_status() {
+            Ok(None) => {}
+            Ok(Some(status)) if status.success() => {
+                info!(
+                    "upgrade: pid {pid} {} during its probation: it stopped in order (a \
+                     SIGTERM, or an upgrade of its own); not taking over again",
+                    describe_exit(status)
+                );
+                self.hand_over(pid, false);
+            }
+            Ok(Some(status)) => self.take_over_again(describe_exit(status)),
+            Err(e) => {
+                warn!("upgrade: cannot wait for pid {pid} ({e}); ending its probation");
+                self.hand_over(pid, true);
+            }
+        }
+    }
+
+    /// The probation has run its course: the new process keeps the service.
+    pub(super) fn probation_end(&mut self) {
+        self.check_probation();
+        if let Upgrade::Probation { new, .. } = &self.upgrade {
+            let pid = new.pid();
+            info!(
+                "upgrade: pid {pid} has served through its probation ({:?}); handing over",
+                self.global.upgrade_probation
+            );
+            self.hand_over(pid, true);
+        }
+    }
+
+    /// A SIGTERM while on probation: the new process keeps the service from now (the
+    /// usual way to retire the old process by hand); this one drains.
+    pub(super) fn end_probation_early(&mut self, signal: &str) {
+        self.check_probation();
+        match &self.upgrade {
+            Upgrade::Probation { new, .. } => {
+                let pid = new.pid();
+                info!("{signal}: ending the probation of pid {pid} early; handing over");
+                self.hand_over(pid, true);
+            }
+            // It had died, unseen till now: this process took over again, and stops.
+            _ if self.lifecycle.is_running() => self.begin_drain(signal.to_string()),
+            // It had exited 0: this process drains already.
+            _ => {}
+        }
+    }
+
+    /// The new process serves for good: this one gives up the admin socket, tells systemd
+    /// (`tell_systemd`: the new process still runs) which process is the service now, and
+    /// drains.
+    fn hand_over(&mut self, pid: u32, tell_systemd: bool) {
+        if let Some((_, ends)) = self.upgrade.take_probation() {
+            self.timers.cancel(ends);
+        }
+        self.upgrade = Upgrade::HandedOver { pid };
+        if tell_systemd {
+            if let Err(e) = systemd::notify(&format!("MAINPID={pid}")) {
+                warn!("cannot tell systemd that pid {pid} is the service now: {e}");
+            }
         }
         self.admin.stop_listening(self.poll.registry());
-        self.begin_drain(format!("upgrade to pid {pid}"), Some(pid));
+        self.begin_drain(format!("upgrade to pid {pid}"));
+    }
+
+    /// The new process died on probation: this one accepts again, on every socket it
+    /// kept, and is the service again.
+    fn take_over_again(&mut self, how: String) {
+        let Some((new, ends)) = self.upgrade.take_probation() else {
+            return;
+        };
+        self.timers.cancel(ends);
+        let after = new.ready_times().map_or(Duration::ZERO, |(_, since)| since);
+        self.lifecycle = Lifecycle::Running;
+        for w in &self.workers {
+            w.send(WorkerCommand::Resume);
+        }
+        if let Err(e) = self.admin.resume(self.poll.registry(), ADMIN_LISTENER) {
+            warn!("cannot serve the admin endpoint again: {e}");
+        }
+        if let Some(pid_file) = &self.pid_file {
+            if let Err(e) = pid_file.write() {
+                warn!("cannot rewrite pid file {}: {e}", pid_file.path().display());
+            }
+        }
+        error!(
+            "upgrade failed: the new process (pid {}) {how} {after:?} after it said it serves, \
+             during its probation; taking over again: serving (pid {})",
+            new.pid(),
+            std::process::id()
+        );
+    }
+
+    /// Looks at the processes an upgrade started: a starting one that closed its pipe, one
+    /// on probation, and the ones given up on (see [`super::reaper`]).
+    pub(super) fn on_watch(&mut self) {
+        self.watching = false;
+        if let Upgrade::Starting { new, .. } = &mut self.upgrade {
+            if new.pipe_closed() {
+                let progress = new.check_exit();
+                self.upgrade_progress(progress);
+            }
+        }
+        self.check_probation();
+        self.reaper.poll(self.now);
+        self.watch_children();
+    }
+
+    /// Arms the next look at the child processes, if one is needed and none is armed.
+    pub(super) fn watch_children(&mut self) {
+        let needed = match &self.upgrade {
+            Upgrade::Starting { new, .. } => new.pipe_closed(),
+            Upgrade::Probation { .. } => true,
+            Upgrade::Idle | Upgrade::HandedOver { .. } => false,
+        } || !self.reaper.is_empty();
+        if needed && !self.watching {
+            self.watching = true;
+            self.timers
+                .insert(self.now + WATCH_INTERVAL, TimerKey::UpgradeWatch);
+        }
     }
 
     fn upgrade_failed(&mut self, why: String) {

@@ -33,6 +33,12 @@ pub enum Command {
         only: Option<Vec<SocketAddr>>,
         retire: Option<(Arc<Service>, std::time::Instant)>,
     },
+    /// Stop accepting but keep the listeners open (an upgrade's probation: another
+    /// process accepts on the same sockets, and this one may have to take over again). The
+    /// worker stays up, sessions or not, until told to resume, drain or stop.
+    Pause,
+    /// Accept again after a [`Command::Pause`].
+    Resume,
     /// Stop accepting (close this worker's copies of the listeners: a socket another
     /// process also holds stays open there, queued clients included); exit once the last
     /// session has ended.
@@ -54,7 +60,7 @@ pub struct Shared {
     pub adopted: Box<[AtomicU32]>,
     /// Workers still running.
     pub running: AtomicUsize,
-    /// Workers whose listeners are still open.
+    /// Workers accepting now: their listeners are open and they are not paused.
     pub accepting: AtomicUsize,
     /// For each worker, whether its listeners are still open.
     pub listening: Box<[AtomicBool]>,

@@ -4,7 +4,7 @@
 //! | token | handler |
 //! |---|---|
 //! | one of its listeners | accept ([`accept`]) → a new [`Session`] (or shed) |
-//! | its inbox waker | commands from the control thread: a new fleet generation, drain, stop |
+//! | its inbox waker | commands from the control thread: a new topology, listeners added or closed, pause, resume, drain, stop |
 //! | a slab entry (slot, socket and generation in one word) | that [`Session`]'s handler |
 //!
 //! then runs sessions that were waiting for a buffer or had used up their turn, fires due
@@ -70,9 +70,14 @@ pub const MAX_LISTENERS: usize = 1 << 20;
 /// Events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 1024;
 
+/// Where this worker's loop is (the process's own stage is [`crate::lifecycle::Lifecycle`],
+/// on the control thread).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lifecycle {
+enum LoopState {
     Running,
+    /// Not accepting, listeners open but not polled; stays up, sessions or not, until told
+    /// to resume, drain or stop.
+    Paused,
     /// Not accepting; exits when the last session ends.
     Draining,
     /// The loop ends after this turn.
@@ -123,7 +128,7 @@ pub struct Worker {
     /// Removed services whose sessions are cut at a timer of ours.
     retired: Slab<Arc<Service>>,
     access_log: Option<AccessLogBatch>,
-    lifecycle: Lifecycle,
+    state: LoopState,
 }
 
 impl Worker {
@@ -192,14 +197,14 @@ impl Worker {
             cooling: Vec::new(),
             retired: Slab::new(),
             access_log: config.access_log,
-            lifecycle: Lifecycle::Running,
+            state: LoopState::Running,
         })
     }
 
     /// Runs until drained or stopped. A poll failure other than an interruption is fatal for
     /// this worker: it is logged, its sessions are cut, and the control thread is told.
     fn run(mut self) {
-        while self.lifecycle != Lifecycle::Stopped {
+        while self.state != LoopState::Stopped {
             if let Err(e) = self.turn() {
                 warn!(
                     "worker {}: event loop failed: {e}; its sessions are cut",
@@ -240,10 +245,12 @@ impl Worker {
             match event.token() {
                 INBOX => self.on_commands(),
                 token => match self.listener_index(token) {
-                    Some(i) => {
+                    // (A paused worker may still find its listeners' events in this batch.)
+                    Some(i) if self.state == LoopState::Running => {
                         self.listeners[i].ready = true;
                         self.listener_ready = true;
                     }
+                    Some(_) => {}
                     None => self.dispatch(token, event),
                 },
             }
@@ -348,9 +355,9 @@ impl Worker {
         if reason == EndReason::NoResources {
             self.pause_accepting();
         }
-        if self.lifecycle == Lifecycle::Draining && self.sessions.is_empty() {
+        if self.state == LoopState::Draining && self.sessions.is_empty() {
             debug!("worker {}: drained", self.index);
-            self.lifecycle = Lifecycle::Stopped;
+            self.state = LoopState::Stopped;
         }
     }
 
@@ -410,16 +417,27 @@ impl Worker {
                     if self.closed {
                         continue; // draining or stopped: no new listener
                     }
+                    let paused = self.state == LoopState::Paused;
                     for socket in sockets {
-                        if let Err(e) =
+                        let added =
                             add_listener(&self.poll, &mut self.listeners, service, socket)
-                        {
+                                .and_then(|key| {
+                                    if paused {
+                                        // Kept for a resume, not polled meanwhile.
+                                        let socket = &mut self.listeners[key].socket;
+                                        self.poll.registry().deregister(socket)?;
+                                    }
+                                    Ok(())
+                                });
+                        if let Err(e) = added {
                             warn!("worker {}: cannot accept on a new listener: {e}", self.index);
                         }
                     }
                     // Clients may already be queued on them.
-                    self.listener_ready = true;
+                    self.listener_ready = !paused;
                 }
+                Command::Pause => self.pause(),
+                Command::Resume => self.resume(),
                 Command::Unlisten {
                     service,
                     only,
@@ -436,7 +454,7 @@ impl Worker {
                     // Listeners first: clients waiting on them are not taken in this turn.
                     self.close_listeners();
                     self.cut_sessions();
-                    self.lifecycle = Lifecycle::Stopped;
+                    self.state = LoopState::Stopped;
                 }
             }
         }
@@ -445,10 +463,10 @@ impl Worker {
     /// Stops accepting and lets live sessions finish.
     fn drain(&mut self) {
         self.close_listeners();
-        self.lifecycle = if self.sessions.is_empty() {
-            Lifecycle::Stopped
+        self.state = if self.sessions.is_empty() {
+            LoopState::Stopped
         } else {
-            Lifecycle::Draining
+            LoopState::Draining
         };
     }
 
@@ -466,7 +484,58 @@ impl Worker {
         }
         self.listener_ready = false;
         self.shared.listening[self.index].store(false, Ordering::Release);
+        // A paused worker was counted out of `accepting` already.
+        if self.state != LoopState::Paused {
+            self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        }
+        let _ = self.shared.control.wake();
+    }
+
+    /// Stops accepting, keeping the listeners (their queues wait for whoever accepts on
+    /// the same sockets) and staying up until told more.
+    fn pause(&mut self) {
+        if self.state != LoopState::Running {
+            return;
+        }
+        for (_, listener) in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+            listener.ready = false;
+        }
+        self.listener_ready = false;
+        self.state = LoopState::Paused;
         self.shared.accepting.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.shared.control.wake();
+    }
+
+    /// Accepts again after a pause, first what queued meanwhile. A listener that cannot be
+    /// registered again is closed here (logged); the others go on.
+    fn resume(&mut self) {
+        if self.state != LoopState::Paused {
+            return;
+        }
+        self.state = LoopState::Running;
+        self.shared.accepting.fetch_add(1, Ordering::AcqRel);
+        let keys: Vec<usize> = self.listeners.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let listener = &mut self.listeners[key];
+            let token = Token(LISTENERS_TOP - key);
+            match self
+                .poll
+                .registry()
+                .register(&mut listener.socket, token, Interest::READABLE)
+            {
+                Ok(()) => listener.ready = true,
+                Err(e) => {
+                    warn!(
+                        "worker {}: cannot accept on a listening socket again: {e}; closing \
+                         this worker's copy",
+                        self.index
+                    );
+                    self.listeners.remove(key);
+                }
+            }
+        }
+        self.listener_ready = !self.listeners.is_empty();
         let _ = self.shared.control.wake();
     }
 
@@ -583,13 +652,13 @@ impl Worker {
     }
 }
 
-/// Registers `socket` for `service` in a free listener slot.
+/// Registers `socket` for `service` in a free listener slot; returns the slot.
 fn add_listener(
     poll: &Poll,
     listeners: &mut Slab<Listener>,
     service: ServiceId,
     mut socket: TcpListener,
-) -> io::Result<()> {
+) -> io::Result<usize> {
     if listeners.len() >= MAX_LISTENERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -599,12 +668,13 @@ fn add_listener(
     let entry = listeners.vacant_entry();
     poll.registry()
         .register(&mut socket, Token(LISTENERS_TOP - entry.key()), Interest::READABLE)?;
+    let key = entry.key();
     entry.insert(Listener {
         socket,
         service,
         ready: true,
     });
-    Ok(())
+    Ok(key)
 }
 
 /// A worker built but not spawned, run one turn at a time.
@@ -686,7 +756,7 @@ mod tests {
         waker.wake().expect("wake");
         // One turn sees both: the command, and a listener with a client queued.
         worker.turn().expect("turn");
-        assert_eq!(worker.lifecycle, Lifecycle::Stopped);
+        assert_eq!(worker.state, LoopState::Stopped);
         assert!(
             worker.sessions.is_empty(),
             "a session was opened after Stop"
@@ -699,4 +769,50 @@ mod tests {
             "no backend was dialled after Stop"
         );
     }
+
+    #[test]
+    fn a_paused_worker_accepts_nothing_until_it_resumes() {
+        let backend = StdListener::bind("127.0.0.1:0").expect("bind");
+        let (mut worker, commands, waker, addr) = worker(&backend);
+        commands.send(Command::Pause).expect("send");
+        waker.wake().expect("wake");
+        // The pause and a waiting client in the same turn: the client is not taken.
+        let _first = StdStream::connect(addr).expect("connect");
+        worker.turn().expect("turn");
+        assert_eq!(worker.state, LoopState::Paused);
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 0);
+        assert!(worker.shared.listening[0].load(Ordering::Acquire));
+        let _second = StdStream::connect(addr).expect("connect: the listener stays open");
+        // (Not `turn`: with nothing to do it would wait for ever.)
+        for _ in 0..5 {
+            worker
+                .poll
+                .poll(&mut worker.events, Some(Duration::from_millis(20)))
+                .expect("poll");
+            assert!(
+                worker
+                    .events
+                    .iter()
+                    .all(|e| e.token() != Token(LISTENERS_TOP)),
+                "a paused listener is not polled"
+            );
+        }
+        assert!(worker.sessions.is_empty(), "a paused worker accepted");
+        assert_eq!(worker.state, LoopState::Paused, "no session, still up");
+        commands.send(Command::Resume).expect("send");
+        waker.wake().expect("wake");
+        turn_until(&mut worker, |w| w.sessions.len() == 2);
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 1);
+        // And a client that comes later is seen through the listener's events again.
+        let _third = StdStream::connect(addr).expect("connect");
+        turn_until(&mut worker, |w| w.sessions.len() == 3);
+        // Draining from a pause counts the worker out once.
+        commands.send(Command::Pause).expect("send");
+        commands.send(Command::Drain).expect("send");
+        waker.wake().expect("wake");
+        turn_until(&mut worker, |w| w.state == LoopState::Draining);
+        assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 0);
+        assert!(!worker.shared.listening[0].load(Ordering::Acquire));
+    }
+
 }
