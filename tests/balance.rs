@@ -114,12 +114,11 @@ fn every_balance_is_named_at_start_and_in_backends() {
         let tcplb = Tcplb::start(&all);
         let line = tcplb.wait_for_log("listening on ");
         assert!(line.contains(&format!("; balance {shown};")), "{line}");
-        let (status, body) = tcplb.admin_get("/backends");
-        assert_eq!(status, 200);
-        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let backends = Backends::get(&tcplb);
         let name = shown.split(' ').next().expect("name");
-        for row in json.as_array().expect("an array") {
-            assert_eq!(row["balance"], name, "{body}");
+        assert_eq!(backends.pool("default")["balance"], name, "{}", backends.doc);
+        for row in backends.rows() {
+            assert_eq!(row["balance"], name, "{}", backends.doc);
         }
         assert_eq!(
             backend_rows(&tcplb).len(),

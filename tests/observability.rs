@@ -26,25 +26,6 @@ fn start(backends: &[String], extra: &[&str]) -> Tcplb {
     Tcplb::start(&args)
 }
 
-/// `/backends`, parsed: one JSON object per backend.
-fn backends_json(tcplb: &Tcplb) -> Vec<Value> {
-    let (status, body) = tcplb.admin_get("/backends");
-    assert_eq!(status, 200, "GET /backends: {body}");
-    match serde_json::from_str(&body) {
-        Ok(Value::Array(items)) => items,
-        other => panic!("/backends is not a JSON array ({other:?}): {body}"),
-    }
-}
-
-/// The `/backends` entry for `addr`.
-fn backend_entry(tcplb: &Tcplb, addr: &str) -> Value {
-    let all = backends_json(tcplb);
-    all.iter()
-        .find(|b| b["address"] == addr)
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {addr} in {all:?}"))
-}
-
 fn state_of(tcplb: &Tcplb, addr: &str) -> String {
     backend_entry(tcplb, addr)["state"]
         .as_str()
@@ -1185,6 +1166,7 @@ fn backends_json_has_every_field_with_the_right_values() {
     let all = backends_json(&tcplb);
     assert_eq!(all.len(), 2, "{body}");
     let fields: BTreeSet<&str> = [
+        "pool",
         "address",
         "name",
         "weight",
@@ -1214,7 +1196,7 @@ fn backends_json_has_every_field_with_the_right_values() {
     assert_eq!(
         all[0],
         serde_json::json!({
-            "address": primary.arg(), "name": primary.arg(), "weight": 2, "backup": false,
+            "pool": "default", "address": primary.arg(), "name": primary.arg(), "weight": 2, "backup": false,
             "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 1,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": n, "bytes_received": n,
@@ -1223,7 +1205,7 @@ fn backends_json_has_every_field_with_the_right_values() {
     assert_eq!(
         all[1],
         serde_json::json!({
-            "address": backup.arg(), "name": backup.arg(), "weight": 1, "backup": true,
+            "pool": "default", "address": backup.arg(), "name": backup.arg(), "weight": 1, "backup": true,
             "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 0,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": 0, "bytes_received": 0,
@@ -1264,6 +1246,7 @@ impl AccessLine {
         assert_eq!(
             keys,
             [
+                "service",
                 "client",
                 "backend",
                 "connect_ms",

@@ -34,6 +34,15 @@ fn fleet_file(primary: &str, backups: usize, variant: u32) -> String {
     text
 }
 
+/// Sets its flag when dropped, also when a test fails (unwinds) in between.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn a_sighup_with_twenty_thousand_backends_stalls_no_session() {
     const BACKUPS: usize = 19_999;
@@ -61,6 +70,9 @@ fn a_sighup_with_twenty_thousand_backends_stalls_no_session() {
             }
             worst
         });
+        // The pinger stops however this ends: a failed wait below must not leave the scope
+        // waiting for it for ever.
+        let _stop = StopOnDrop(&stop);
         // Reloads: the same file twice, then half the backups swapped, then the same again.
         for (round, variant) in [0, 0, 1, 1].into_iter().enumerate() {
             std::fs::write(&file, fleet_file(&echo_backend.arg(), BACKUPS, variant))

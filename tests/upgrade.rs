@@ -1298,7 +1298,7 @@ fn an_upgrade_that_dies_on_probation_hands_back_to_the_old_process() {
     // write to this log.
     signal(old, libc::SIGHUP);
     tcplb.wait_for_log(&format!("passing the signal on to pid {new}"));
-    tcplb.wait_for_nth_log("SIGHUP: reloading the backend set", 2);
+    tcplb.wait_for_nth_log("SIGHUP: reloading", 2);
 
     // The new binary dies.
     signal(new, libc::SIGKILL);

@@ -84,7 +84,17 @@ impl Control {
                     Arc::clone(fleet)
                 }
                 None => match current.pool(change.id) {
-                    Some(fleet) => Arc::clone(fleet),
+                    Some(fleet) => {
+                        if &*change.name == crate::config::DEFAULT_NAME {
+                            // The command line's one pool says what every reload found,
+                            // as it always has.
+                            lines.push(format!(
+                                "reload: 0 added, 0 removed, 0 changed; {} backends",
+                                fleet.len()
+                            ));
+                        }
+                        Arc::clone(fleet)
+                    }
                     None => continue, // cannot be: an unchanged pool is a running one
                 },
             };

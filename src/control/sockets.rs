@@ -338,13 +338,32 @@ impl Sockets {
             }
             Origin::Systemd => notes.push("listening sockets from systemd".to_string()),
         }
-        let shared = self
-            .services
+        let workers = self.workers;
+        let groups: Vec<&Group> = self.services.iter().flat_map(|(_, g)| g).collect();
+        // Said per address when there is one (the usual command line), counted otherwise.
+        let shared = groups
             .iter()
-            .flat_map(|(_, g)| g)
-            .any(|g| g.sockets.len() == 1 && self.workers > 1);
-        if shared {
-            notes.push("the workers share some listening sockets".to_string());
+            .filter(|g| workers > 1 && g.plan.iter().all(|p| p.len() == g.sockets.len()))
+            .count();
+        let spread = groups.iter().filter(|g| g.sockets.len() > workers).count();
+        match groups.as_slice() {
+            [g] if shared == 1 => notes.push(format!(
+                "the workers share {}",
+                if g.sockets.len() == 1 {
+                    "the listening socket".to_string()
+                } else {
+                    format!("{} listening sockets", g.sockets.len())
+                }
+            )),
+            [g] if spread == 1 => notes.push(format!(
+                "{} listening sockets over {workers} worker{}",
+                g.sockets.len(),
+                if workers == 1 { "" } else { "s" }
+            )),
+            _ if shared > 0 => notes.push(format!(
+                "the workers share the sockets of {shared} listen addresses"
+            )),
+            _ => {}
         }
         notes.iter().map(|n| format!("; {n}")).collect()
     }

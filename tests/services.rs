@@ -1,0 +1,391 @@
+//! Many services in one process, from a config file (`--config`): each service reaches its
+//! own pool, services share a pool's least-active counts, and a reload (SIGHUP) applies
+//! only what changed: added services serve, removed ones close at once and drain, a changed
+//! pool leaves every other service untouched (not one connection refused on its port), and
+//! a file that does not parse changes nothing. Real backends, every byte checked.
+
+mod common;
+
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A service: `(name, pool)`, listening on a free loopback port.
+fn service(name: &str, pool: &str) -> String {
+    format!("[services.{name}]\nlisten = [\"127.0.0.1:0\"]\npool = \"{pool}\"\n\n")
+}
+
+/// A pool with these backends.
+fn pool(name: &str, backends: &[String]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!("[pools.{name}]\nbackends = [{}]\n\n", list.join(", "))
+}
+
+const ADMIN: &str = "[global]\nadmin = \"127.0.0.1:0\"\n\n";
+
+/// Connects to `addr`, reads the backend's id byte.
+fn identify(addr: SocketAddr) -> (TcpStream, u8) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut id = [0u8; 1];
+    stream.read_exact(&mut id).expect("backend id");
+    (stream, id[0])
+}
+
+/// The address a reload's line gives an added service.
+fn added_addr(tcplb: &Tcplb, name: &str) -> SocketAddr {
+    let needle = format!("reload: service {name} added, listening on ");
+    let line = tcplb.wait_for_log(&needle);
+    line.split(&needle)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|a| a.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+#[test]
+fn two_services_on_two_ports_reach_their_own_pools() {
+    let web = Backend::start(1, identify_then_echo());
+    let cache = Backend::start(2, identify_then_echo());
+    let toml = format!(
+        "{ADMIN}{}{}{}{}",
+        service("web", "web"),
+        service("cache", "cache"),
+        pool("web", &[web.arg()]),
+        pool("cache", &[cache.arg()])
+    );
+    let tcplb = Tcplb::start_config(&toml, &[]);
+    let (web_addr, cache_addr) = (tcplb.service_addr("web"), tcplb.service_addr("cache"));
+    assert_ne!(web_addr, cache_addr);
+    for round in 0..5u64 {
+        for (addr, id) in [(web_addr, 1), (cache_addr, 2)] {
+            let (mut stream, got) = identify(addr);
+            assert_eq!(got, id, "service on {addr} reached its own pool");
+            let data = pattern(round * 10 + u64::from(id), 3000);
+            stream.write_all(&data).expect("send");
+            stream.shutdown(Shutdown::Write).expect("half-close");
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).expect("echo");
+            assert_eq!(hash(&back), hash(&data));
+        }
+    }
+    let metrics = tcplb.metrics();
+    for name in ["web", "cache"] {
+        assert_eq!(
+            metrics.get("tcplb_connections_accepted_total", &[("service", name)]),
+            5.0
+        );
+    }
+    assert_eq!(
+        metrics.get(
+            "tcplb_backend_connections_total",
+            &[("pool", "web"), ("backend", &web.arg())]
+        ),
+        5.0
+    );
+    let backends = Backends::get(&tcplb);
+    assert_eq!(backends.service("web")["pool"], "web");
+    assert_eq!(backends.pool("cache")["services"][0], "cache");
+    assert_eq!(
+        backends.service("cache")["listen"][0],
+        cache_addr.to_string()
+    );
+    assert_eq!(web.accepted.load(Ordering::SeqCst), 5);
+    assert_eq!(cache.accepted.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn one_pool_shared_by_two_services_counts_both_in_least_active() {
+    let a = Backend::start(1, identify_and_hold());
+    let b = Backend::start(2, identify_and_hold());
+    let toml = format!(
+        "{}{}{}",
+        service("left", "shared"),
+        service("right", "shared"),
+        pool("shared", &[a.arg(), b.arg()])
+    );
+    let tcplb = Tcplb::start_config(&toml, &[]);
+    let (left, right) = (tcplb.service_addr("left"), tcplb.service_addr("right"));
+    // Seven through one service, then seven through the other: with one count for both,
+    // the pool ends 7/7; counted per service, each would lean the same way (8/6).
+    let mut held = Vec::new();
+    for addr in [left, right] {
+        for _ in 0..7 {
+            held.push(identify(addr).0);
+        }
+    }
+    a.wait_active(7);
+    b.wait_active(7);
+    assert_eq!(
+        (
+            a.active.load(Ordering::SeqCst),
+            b.active.load(Ordering::SeqCst)
+        ),
+        (7, 7)
+    );
+    held.into_iter().for_each(close_and_wait);
+}
+
+#[test]
+fn a_reload_adds_a_service_and_removes_one_whose_session_finishes_byte_exact() {
+    let web = Backend::start(1, identify_then_echo());
+    let old = Backend::start(2, digest_after_eof());
+    let new = Backend::start(3, identify_then_echo());
+    let pools = format!(
+        "{}{}{}",
+        pool("web", &[web.arg()]),
+        pool("old", &[old.arg()]),
+        pool("new", &[new.arg()])
+    );
+    let toml = format!(
+        "{ADMIN}{}{}{pools}",
+        service("web", "web"),
+        service("old", "old")
+    );
+    let tcplb = Tcplb::start_config(&toml, &[]);
+    let old_addr = tcplb.service_addr("old");
+    // A session on the service about to go: half its bytes now, the rest after.
+    let data = pattern(7, 400_000);
+    let mut live = TcpStream::connect(old_addr).expect("connect");
+    live.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    live.write_all(&data[..200_000]).expect("first half");
+    old.wait_active(1);
+
+    tcplb.rewrite_config(&format!(
+        "{ADMIN}{}{}{pools}",
+        service("web", "web"),
+        service("new", "new")
+    ));
+    tcplb.signal(libc::SIGHUP);
+    let new_addr = added_addr(&tcplb, "new");
+    tcplb.wait_for_log("reload: service old removed");
+    // The removed service's port refuses at once (its listeners are closed, nothing
+    // else holds them).
+    match TcpStream::connect(old_addr) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("{old_addr} still accepts after its service was removed"),
+    }
+    // The added one serves, from its own pool.
+    let (_stream, id) = identify(new_addr);
+    assert_eq!(id, 3);
+    // The untouched one too.
+    assert_eq!(identify(tcplb.service_addr("web")).1, 1);
+    // The live session of the removed service finishes, every byte.
+    live.write_all(&data[200_000..]).expect("second half");
+    live.shutdown(Shutdown::Write).expect("half-close");
+    let mut answer = String::new();
+    live.read_to_string(&mut answer).expect("digest");
+    assert_eq!(answer, format!("{} {}\n", data.len(), hash(&data)));
+    let metrics = tcplb.metrics();
+    assert_eq!(
+        metrics.get("tcplb_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+}
+
+#[test]
+fn a_removed_services_sessions_are_cut_after_the_drain_timeout() {
+    let backend = Backend::start(1, identify_and_hold());
+    let keep = Backend::start(2, identify_and_hold());
+    let base = format!(
+        "[global]\ndrain-timeout = \"300ms\"\n\n{}{}",
+        pool("gone", &[backend.arg()]),
+        pool("keep", &[keep.arg()])
+    );
+    let tcplb = Tcplb::start_config(
+        &format!("{base}{}{}", service("gone", "gone"), service("keep", "keep")),
+        &[],
+    );
+    let (mut held, _) = identify(tcplb.service_addr("gone"));
+    let (mut kept, _) = identify(tcplb.service_addr("keep"));
+    tcplb.rewrite_config(&format!("{base}{}", service("keep", "keep")));
+    let removed = Instant::now();
+    tcplb.signal(libc::SIGHUP);
+    tcplb.wait_for_log("reload: service gone removed");
+    // Cut (a reset: a cut stream must not look complete) once its drain time is over.
+    let mut rest = Vec::new();
+    let end = held.read_to_end(&mut rest);
+    assert!(
+        matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    assert!(
+        removed.elapsed() >= Duration::from_millis(250),
+        "cut after {:?}, before its drain time",
+        removed.elapsed()
+    );
+    tcplb.wait_for_log("service gone was removed: cutting its 1 sessions");
+    // The session of the service that stays is not touched.
+    kept.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let still = kept.read(&mut byte);
+    assert!(
+        matches!(&still, Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut),
+        "{still:?}"
+    );
+}
+
+#[test]
+fn twenty_reloads_of_one_pool_refuse_not_one_connection_of_an_untouched_service() {
+    let steady = Backend::start(1, echo());
+    let churn: Vec<Arc<Backend>> = (0..2).map(|i| Backend::start(10 + i, echo())).collect();
+    let config = |round: usize| {
+        let mut weights = churn[0].arg();
+        if round % 2 == 1 {
+            weights.push_str(",weight=3");
+        }
+        format!(
+            "{ADMIN}{}{}{}{}",
+            service("steady", "steady"),
+            service("churn", "churn"),
+            pool("steady", &[steady.arg()]),
+            pool("churn", &[weights, churn[1].arg()])
+        )
+    };
+    let tcplb = Tcplb::start_config(&config(0), &[]);
+    let steady_addr = tcplb.service_addr("steady");
+    // A long session on the untouched service, streaming through every reload.
+    let long_data = pattern(99, 2_000_000);
+    let mut long = TcpStream::connect(steady_addr).expect("connect");
+    long.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let stop = AtomicBool::new(false);
+    let served = AtomicUsize::new(0);
+    thread::scope(|s| {
+        // Load on the untouched service: every connection must be served, byte-exact.
+        let load = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let data = pattern(n, 2000);
+                let stream = TcpStream::connect(steady_addr)
+                    .unwrap_or_else(|e| panic!("connection {n} refused during reloads: {e}"));
+                assert_eq!(hash(&echo_through(stream, &data)), hash(&data));
+                served.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+            }
+        });
+        let mut reader = long.try_clone().expect("clone");
+        let echoed = s.spawn(move || {
+            let mut back = Vec::new();
+            reader.read_to_end(&mut back).expect("long echo");
+            back
+        });
+        let _stop = StopOnDrop(&stop);
+        for round in 1..=20 {
+            tcplb.rewrite_config(&config(round));
+            tcplb.signal(libc::SIGHUP);
+            tcplb.wait_for_nth_log("reload: pool churn: 0 added", round);
+            // A slice of the long session between reloads.
+            let at = (round - 1) * 100_000;
+            long.write_all(&long_data[at..at + 100_000])
+                .expect("the long session streams on");
+        }
+        stop.store(true, Ordering::SeqCst);
+        load.join().expect("load");
+        long.shutdown(Shutdown::Write).expect("half-close");
+        let back = echoed.join().expect("echo");
+        assert_eq!(back.len(), long_data.len());
+        assert_eq!(hash(&back), hash(&long_data));
+    });
+    assert!(served.load(Ordering::SeqCst) > 20, "the load ran");
+    let metrics = tcplb.metrics();
+    assert_eq!(
+        metrics.get("tcplb_config_reloads_total", &[("result", "ok")]),
+        20.0
+    );
+    assert_eq!(
+        tcplb.count_logs("reload: pool steady"),
+        0,
+        "the untouched pool was not rebuilt"
+    );
+}
+
+/// Sets its flag when dropped, also when a test fails (unwinds) in between.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_file_that_does_not_parse_on_reload_changes_nothing() {
+    let web = Backend::start(1, identify_then_echo());
+    let other = Backend::start(2, identify_then_echo());
+    let good = format!("{ADMIN}{}{}", service("web", "web"), pool("web", &[web.arg()]));
+    let tcplb = Tcplb::start_config(&good, &[]);
+    let addr = tcplb.service_addr("web");
+    let broken = [
+        // A slip in a key: its line and column, and the key meant.
+        format!(
+            "{ADMIN}{}conect-timeout = \"1s\"\n\n{}",
+            service("web", "web"),
+            pool("web", &[other.arg()])
+        ),
+        // Not TOML.
+        format!("{ADMIN}[services.web\n"),
+        // A service naming a pool that does not exist.
+        format!("{ADMIN}{}{}", service("web", "nope"), pool("web", &[other.arg()])),
+    ];
+    let wanted = [
+        ":8:1: unknown key 'conect-timeout' in [services.web] (did you mean 'connect-timeout'?)",
+        ":4:",
+        "service 'web' names pool 'nope', which is not defined",
+    ];
+    for (round, (text, why)) in broken.iter().zip(wanted).enumerate() {
+        tcplb.rewrite_config(text);
+        tcplb.signal(libc::SIGHUP);
+        let line = tcplb.wait_for_nth_log("reload failed, keeping the running set", round + 1);
+        assert!(line.contains(why), "{line}");
+        assert!(
+            line.contains(&tcplb.config_path().display().to_string()),
+            "the file is named: {line}"
+        );
+        // Nothing changed: the same backend serves.
+        assert_eq!(identify(addr).1, 1);
+    }
+    let metrics = tcplb.metrics();
+    assert_eq!(
+        metrics.get("tcplb_config_reloads_total", &[("result", "error")]),
+        3.0
+    );
+    assert_eq!(
+        metrics.get("tcplb_config_reloads_total", &[("result", "ok")]),
+        0.0
+    );
+    // Fixed: the change applies.
+    tcplb.rewrite_config(&format!(
+        "{ADMIN}{}{}",
+        service("web", "web"),
+        pool("web", &[other.arg()])
+    ));
+    tcplb.signal(libc::SIGHUP);
+    tcplb.wait_for_log("reload: pool web: ");
+    assert_eq!(identify(addr).1, 2, "the same port, the new pool");
+    assert_eq!(
+        tcplb
+            .metrics()
+            .get("tcplb_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+}
+
+#[test]
+fn a_file_service_listens_on_every_address_it_lists() {
+    let backend = Backend::start(1, identify_then_echo());
+    let toml = format!(
+        "[services.two]\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\npool = \"p\"\n\n{}",
+        pool("p", &[backend.arg()])
+    );
+    let tcplb = Tcplb::start_config(&toml, &[]);
+    let addrs = tcplb.service_addrs("two");
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    for addr in addrs {
+        assert_eq!(identify(addr).1, 1, "{addr}");
+    }
+}
