@@ -273,11 +273,14 @@ impl Output {
 }
 
 /// Opens `path` for appending without waiting for a FIFO's reader (`ENXIO` when it has
-/// none), then makes writes blocking again: they happen on the writer thread.
+/// none), then makes writes blocking again: they happen on the writer thread. A symlink is
+/// followed (an administrator may point the log anywhere on purpose); a missing file is
+/// created with mode 0644 (less the umask), never writable by others.
 fn open_without_blocking(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o644)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
     let fd = file.as_raw_fd();
