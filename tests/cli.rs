@@ -180,6 +180,55 @@ fn start_up_failures_name_the_address_and_exit_1() {
     assert!(stderr.contains("no-such-host.invalid:80"), "{stderr}");
 }
 
+/// `--admin` on the `--listen` address is caught before anything is bound (a usage error
+/// naming both flags), and an admin port that is taken (another tcplb's, say) is named as
+/// the `--admin` port, not just "Address already in use".
+#[test]
+fn the_admin_port_is_named_when_it_clashes() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let same = format!("127.0.0.1:{port}");
+    for (listen, admin) in [
+        (same.clone(), same.clone()),
+        (format!("0.0.0.0:{port}"), same.clone()),
+        (format!("LOCALHOST:{port}"), format!("localhost:{port}")),
+    ] {
+        let args = ["--listen", &listen, "--admin", &admin, "127.0.0.1:9"];
+        assert_usage_error(&args, "--admin");
+        let (_, _, stderr) = run_cli(&args);
+        assert!(
+            stderr.contains(&format!("--admin {admin}")) && stderr.contains("--listen"),
+            "{stderr}"
+        );
+    }
+
+    // Both on port 0: two different free ports.
+    let backend = Backend::start(1, echo());
+    let tcplb = Tcplb::start(&["--admin", "127.0.0.1:0", &backend.arg()]);
+    assert_ne!(tcplb.admin_addr(), tcplb.addr);
+    assert_eq!(tcplb.admin_get("/healthz").0, 200);
+
+    // A second instance on the first one's admin port.
+    let admin = tcplb.admin_addr().to_string();
+    let (code, _, stderr) = run_cli(&["--listen", "127.0.0.1:0", "--admin", &admin, "127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().expect("a message");
+    assert!(
+        last.contains(&format!("cannot listen on {admin} for --admin: "))
+            && last.contains("in use"),
+        "{stderr}"
+    );
+    // And one on its client port.
+    let listen = tcplb.addr.to_string();
+    let (code, _, stderr) = run_cli(&["--listen", &listen, "127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().expect("a message");
+    assert!(
+        last.contains(&format!("cannot listen on {listen} for --listen: ")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_name_in_the_backends_file_that_does_not_resolve_names_the_file_and_line() {
     let file = BackendsFile::new(

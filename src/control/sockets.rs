@@ -85,7 +85,7 @@ impl Listening {
                 let fds = systemd::listen_fds().map_err(Failure::Start)?;
                 if fds.is_empty() {
                     (
-                        bind(&config.listen, config.backlog, workers)?,
+                        bind("--listen", &config.listen, config.backlog, workers)?,
                         None,
                         Origin::Bound,
                         None,
@@ -103,7 +103,7 @@ impl Listening {
         }
         let admin = match (admin, &config.admin) {
             (Some((socket, _)), Some(_)) => Some(socket),
-            (None, Some(addr)) => Some(bind(addr, 64, 1)?.remove(0).0),
+            (None, Some(addr)) => Some(bind("--admin", addr, 64, 1)?.remove(0).0),
             (_, None) => None,
         };
         let (mut sockets, mut addrs): (Vec<TcpListener>, Vec<SocketAddr>) =
@@ -265,17 +265,19 @@ fn split_systemd(
     Ok((sockets, admin))
 }
 
-/// Resolves and binds `--listen` or `--admin`; failures name the address and the OS error.
+/// Resolves and binds `--listen` or `--admin` (`flag`); failures name the address, the
+/// flag and the OS error.
 fn bind(
+    flag: &str,
     (host, port): &(String, u16),
     backlog: i32,
     workers: usize,
 ) -> Result<Vec<Adopted>, Failure> {
     let addrs = net::resolve(host, *port)
-        .map_err(|e| Failure::Start(format!("cannot resolve listen address {host}:{port}: {e}")))?;
+        .map_err(|e| Failure::Start(format!("cannot resolve {flag} address {host}:{port}: {e}")))?;
     let addr = addrs[0];
     let sockets = net::bind_group(addr, backlog, workers)
-        .map_err(|e| Failure::Start(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| Failure::Start(format!("cannot listen on {addr} for {flag}: {e}")))?;
     sockets
         .into_iter()
         .map(|s| {
