@@ -229,6 +229,60 @@ fn the_admin_port_is_named_when_it_clashes() {
     );
 }
 
+/// A port below 1024 as a user without the privilege: the "Permission denied" comes with
+/// the ways to get it. Run as `nobody`, so this needs root (skipped, saying so, without).
+#[test]
+fn a_privileged_port_without_privilege_says_how_to_get_it() {
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to run tcplb as nobody");
+        return;
+    }
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if start <= 80 {
+        eprintln!(
+            "skipped: net.ipv4.ip_unprivileged_port_start is {start}: port 80 is open to all"
+        );
+        return;
+    }
+    for args in [
+        ["--listen", "127.0.0.1:80", "127.0.0.1:9"],
+        ["--admin", "127.0.0.1:80", "127.0.0.1:9"],
+    ] {
+        let listen: &[&str] = if args[0] == "--listen" {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_tcplb"))
+            .args(listen)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tcplb as nobody");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let last = stderr.lines().last().expect("a message");
+        assert!(
+            last.contains(&format!("cannot listen on 127.0.0.1:80 for {}: ", args[0]))
+                && last.contains("Permission denied"),
+            "{last}"
+        );
+        for hint in [
+            "setcap cap_net_bind_service=+ep ",
+            "socket activation",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        ] {
+            assert!(last.contains(hint), "no {hint:?} in {last}");
+        }
+    }
+}
+
 #[test]
 fn a_name_in_the_backends_file_that_does_not_resolve_names_the_file_and_line() {
     let file = BackendsFile::new(
