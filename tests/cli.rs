@@ -283,6 +283,36 @@ fn a_privileged_port_without_privilege_says_how_to_get_it() {
     }
 }
 
+/// A `RUST_LOG` that is not a level (nor a filter naming tcplb) would turn every line off,
+/// the start line included: it is named in a warning and `info` is used instead.
+#[test]
+fn a_log_filter_that_is_not_a_level_falls_back_to_info() {
+    let backend = Backend::start(1, echo());
+    for spec in ["verbose", "warning", "tcplb=loud"] {
+        let tcplb = Tcplb::start_with(&[&backend.arg()], |command| {
+            command.env("RUST_LOG", spec);
+        });
+        let warning = tcplb.wait_for_log("RUST_LOG");
+        assert!(
+            warning.contains("WARN") && warning.contains(&format!("RUST_LOG='{spec}'")),
+            "{warning}"
+        );
+        assert!(warning.contains("logging at info"), "{warning}");
+    }
+    // A filter that names tcplb, or a level, is taken as it is: no warning.
+    for spec in ["tcplb=info", "INFO", "tcplb::control=info,tcplb=info"] {
+        let tcplb = Tcplb::start_with(&[&backend.arg()], |command| {
+            command.env("RUST_LOG", spec);
+        });
+        assert_eq!(
+            tcplb.count_logs("RUST_LOG"),
+            0,
+            "{spec}: {:?}",
+            tcplb.logs()
+        );
+    }
+}
+
 #[test]
 fn a_name_in_the_backends_file_that_does_not_resolve_names_the_file_and_line() {
     let file = BackendsFile::new(
