@@ -151,6 +151,7 @@ fn help_and_version_exit_0() {
         "SIGHUP",
         "SIGTERM, SIGINT",
         "a second one",
+        "SIGUSR1          reopen the access log",
         "Exit status:",
         "0  after --help",
         "1  it cannot start",

@@ -34,15 +34,15 @@ fn read_number(path: &str) -> u32 {
         .expect("a number")
 }
 
-/// The next `count` process ids the kernel will hand out (it counts up from the last one
-/// and wraps at `pid_max`, past the low ids kept for the kernel's own).
+/// The next `count` process ids the kernel will hand out (it counts up from the last one,
+/// skipping ids in use, and wraps at `pid_max` to 300, past the ids kept for daemons).
 fn next_pids(count: u32) -> Vec<u32> {
     let last = read_number("/proc/sys/kernel/ns_last_pid");
     let max = read_number("/proc/sys/kernel/pid_max");
     (1..=count)
         .map(|i| {
             let pid = last + i;
-            if pid < max { pid } else { pid - max + 2 }
+            if pid < max { pid } else { pid - max + 300 }
         })
         .collect()
 }
@@ -61,9 +61,20 @@ fn the_pid_file_follows_no_symlink_planted_beside_it() {
     let plant = |name: &str| {
         std::os::unix::fs::symlink(&victim, dir.0.join(name)).expect("plant a symlink");
     };
-    let pids = next_pids(4000);
-    for pid in &pids {
-        plant(&format!("tcplb.pid.{pid}.tmp"));
+    // Planting takes a while, and other processes (and threads) take pids meanwhile: plant
+    // until at least 3000 of the next pids are covered.
+    let mut pids = std::collections::BTreeSet::new();
+    loop {
+        let new: Vec<u32> = next_pids(4000)
+            .into_iter()
+            .filter(|&pid| pids.insert(pid))
+            .collect();
+        for pid in &new {
+            plant(&format!("tcplb.pid.{pid}.tmp"));
+        }
+        if new.len() <= 1000 {
+            break;
+        }
     }
     for name in [
         "tcplb.pid",
@@ -83,9 +94,8 @@ fn the_pid_file_follows_no_symlink_planted_beside_it() {
     let pid = tcplb.pid();
     assert!(
         pids.contains(&pid),
-        "tcplb got pid {pid}, outside the planted range {:?}..={:?}: the test proves nothing",
-        pids.first(),
-        pids.last()
+        "tcplb got pid {pid}, outside the {} planted: the test proves nothing",
+        pids.len()
     );
     // It serves (the pid file is written before the start line).
     let (stream, id) = connect_and_identify_echo(&tcplb);
@@ -137,4 +147,112 @@ fn connect_and_identify_echo(tcplb: &Tcplb) -> (std::net::TcpStream, Vec<u8>) {
     let mut back = [0u8; 1];
     stream.read_exact(&mut back).expect("read the echo");
     (stream, back.to_vec())
+}
+
+/// The client address of each line of an access log (`client=ADDR`).
+fn clients_in(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(text.is_empty() || text.ends_with('\n'), "a line cut short");
+    text.lines()
+        .map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("client="))
+                .unwrap_or_else(|| panic!("no client in {line:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// logrotate renames the access log and sends SIGUSR1, twice, while clients come and go
+/// without pause: every session's line lands in exactly one of the three files (none
+/// lost, none twice), and every session that began after the reopen was logged lands in
+/// the new file.
+#[test]
+fn sigusr1_reopens_the_access_log_and_loses_no_line() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = ScratchDir::new("reopen");
+    let log = dir.0.join("access.log");
+    let backend = Backend::start(1, echo());
+    let log_arg = log.to_str().expect("utf-8 path");
+    let mut tcplb = Tcplb::start(&["--access-log", log_arg, &backend.arg()]);
+
+    // Sessions one after another until told to stop; each remembers its client address
+    // and which rotation had been logged as done when it began.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotations = Arc::new(AtomicUsize::new(0));
+    let sessions = Arc::new(Mutex::new(Vec::<(String, usize)>::new()));
+    let client = {
+        let (stop, rotations, sessions) = (stop.clone(), rotations.clone(), sessions.clone());
+        let addr = tcplb.addr;
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !stop.load(Ordering::SeqCst) {
+                let began = rotations.load(Ordering::SeqCst);
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+                let me = stream.local_addr().expect("addr").to_string();
+                stream.write_all(b"x").expect("write");
+                let mut back = [0u8; 1];
+                stream.read_exact(&mut back).expect("echo");
+                drop(stream);
+                sessions.lock().expect("sessions").push((me, began));
+            }
+        })
+    };
+
+    let rotated = [dir.0.join("access.log.1"), dir.0.join("access.log.2")];
+    for (i, old) in rotated.iter().enumerate() {
+        // Some lines in the file first, and more sessions under way while it is renamed.
+        let before = sessions.lock().expect("sessions").len();
+        wait_until(
+            || sessions.lock().expect("sessions").len() >= before + 50,
+            || "the client stalled".to_string(),
+        );
+        wait_for_lines(&log, 1);
+        std::fs::rename(&log, old).expect("rotate");
+        tcplb.signal(libc::SIGUSR1);
+        tcplb.wait_for_nth_log("SIGUSR1: reopened the access log", i + 1);
+        rotations.store(i + 1, Ordering::SeqCst);
+    }
+    let before = sessions.lock().expect("sessions").len();
+    wait_until(
+        || sessions.lock().expect("sessions").len() >= before + 50,
+        || "the client stalled".to_string(),
+    );
+    stop.store(true, Ordering::SeqCst);
+    client.join().expect("client thread");
+    // At exit the writer writes out every line it was given.
+    tcplb.signal(libc::SIGTERM);
+    assert_eq!(tcplb.wait_exit(PATIENCE), Some(0));
+
+    let sessions = sessions.lock().expect("sessions").clone();
+    let files = [rotated[0].clone(), rotated[1].clone(), log.clone()];
+    let mut found: HashMap<String, Vec<usize>> = HashMap::new();
+    for (f, path) in files.iter().enumerate() {
+        for client in clients_in(path) {
+            found.entry(client).or_default().push(f);
+        }
+    }
+    let lines: usize = found.values().map(Vec::len).sum();
+    for (client, began) in &sessions {
+        match found.get(client).map(Vec::as_slice) {
+            None => panic!("session {client} was not logged"),
+            Some([f]) => assert!(
+                *f >= *began,
+                "session {client} began after rotation {began} yet is in {}",
+                files[*f].display()
+            ),
+            Some(more) => panic!("session {client} was logged {} times", more.len()),
+        }
+    }
+    assert_eq!(
+        lines,
+        sessions.len(),
+        "lines of sessions the client never ran"
+    );
+    let per_file: Vec<usize> = files.iter().map(|p| clients_in(p).len()).collect();
+    assert!(per_file.iter().all(|&n| n > 0), "{per_file:?}");
 }
