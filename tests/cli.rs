@@ -407,6 +407,59 @@ fn control_characters_from_the_backends_file_are_shown_escaped() {
     }
 }
 
+/// A backends file with several bad lines: every one is named (the first ten, then how
+/// many more), in one line on stderr at start (exit 2), and in the warning of a reload that
+/// changes nothing.
+#[test]
+fn every_bad_line_of_the_backends_file_is_named() {
+    // Lines 2, 4 and 5 are bad, 1 and 3 good.
+    let three = "127.0.0.1:9\n10.0.0.1:x\n10.0.0.2:80\nweb-a:80,weight=0\n[::1:80\n";
+    let file = BackendsFile::new("bad-lines", three);
+    let (code, _, stderr) = run_cli(&["--backends-file", &file.arg()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tcplb: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for named in [
+        &format!(
+            "{}: 3 bad lines: line 2: invalid backend '10.0.0.1:x'",
+            file.arg()
+        ),
+        "; line 4: invalid backend 'web-a:80,weight=0'",
+        "; line 5: invalid backend '[::1:80'",
+    ] {
+        assert!(lines[0].contains(named), "no {named:?} in {}", lines[0]);
+    }
+
+    // On reload: twelve bad lines among good ones; the first ten are named.
+    let backend = Backend::start(1, identify_and_hold());
+    file.write(&format!("{}\n", backend.arg()));
+    let tcplb = Tcplb::start(&["--backends-file", &file.arg()]);
+    let mut text = format!("{}\n", backend.arg());
+    for i in 0..12 {
+        text.push_str(&format!("10.0.0.{i}:bad{i}\n127.0.0.1:9\n"));
+    }
+    file.write(&text);
+    tcplb.signal(libc::SIGHUP);
+    let warning = tcplb.wait_for_log("reload failed");
+    assert!(warning.contains("12 bad lines: line 2: "), "{warning}");
+    for i in 0..10 {
+        let named = format!("line {}: invalid backend '10.0.0.{i}:bad{i}'", 2 + 2 * i);
+        assert!(warning.contains(&named), "no {named:?} in {warning}");
+    }
+    assert!(
+        !warning.contains("bad10") && warning.ends_with("; and 2 more bad lines"),
+        "{warning}"
+    );
+    // Nothing changed: still served by the running set.
+    let (stream, id) = connect_and_identify(&tcplb);
+    assert_eq!(id, 1);
+    close_and_wait(stream);
+    assert_eq!(tcplb.count_logs("reload: "), 0, "nothing was applied");
+}
+
 /// Runs the binary with `args` for at most `within` (killed after that: exit code `None`);
 /// returns (exit code, stderr).
 fn run_cli_within(args: &[&str], within: Duration) -> (Option<i32>, String) {

@@ -122,6 +122,11 @@ pub enum ConfigError {
         line: usize,
         error: Box<ConfigError>,
     },
+    /// Several lines of a backends file: the first few (each a `BadLine`) of `total`.
+    BadLines {
+        shown: Vec<ConfigError>,
+        total: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -152,6 +157,17 @@ impl fmt::Display for ConfigError {
                 printable(why)
             ),
             ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
+            ConfigError::BadLines { shown, total } => {
+                write!(f, "{total} bad lines: ")?;
+                for (i, error) in shown.iter().enumerate() {
+                    write!(f, "{}{error}", if i == 0 { "" } else { "; " })?;
+                }
+                match total.saturating_sub(shown.len()) {
+                    0 => Ok(()),
+                    1 => f.write_str("; and 1 more bad line"),
+                    more => write!(f, "; and {more} more bad lines"),
+                }
+            }
         }
     }
 }
