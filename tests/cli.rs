@@ -219,13 +219,13 @@ fn the_admin_port_is_named_when_it_clashes() {
             && last.contains("in use"),
         "{stderr}"
     );
-    // And one on its client port.
-    let listen = tcplb.addr.to_string();
-    let (code, _, stderr) = run_cli(&["--listen", &listen, "127.0.0.1:9"]);
+    // And a client port that is taken (by a socket outside any SO_REUSEPORT group: with
+    // several workers, a second tcplb would join the first one's group).
+    let (code, _, stderr) = run_cli(&["--listen", &same, "127.0.0.1:9"]);
     assert_eq!(code, Some(1), "{stderr}");
     let last = stderr.lines().last().expect("a message");
     assert!(
-        last.contains(&format!("cannot listen on {listen} for --listen: ")),
+        last.contains(&format!("cannot listen on {same} for --listen: ")),
         "{stderr}"
     );
 }
