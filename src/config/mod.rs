@@ -125,6 +125,11 @@ pub enum ConfigError {
         line: usize,
         error: Box<ConfigError>,
     },
+    /// Several lines of a backends file: the first few (each a `BadLine`) of `total`.
+    BadLines {
+        shown: Vec<ConfigError>,
+        total: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -155,6 +160,17 @@ impl fmt::Display for ConfigError {
                 printable(why)
             ),
             ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
+            ConfigError::BadLines { shown, total } => {
+                write!(f, "{total} bad lines: ")?;
+                for (i, error) in shown.iter().enumerate() {
+                    write!(f, "{}{error}", if i == 0 { "" } else { "; " })?;
+                }
+                match total.saturating_sub(shown.len()) {
+                    0 => Ok(()),
+                    1 => f.write_str("; and 1 more bad line"),
+                    more => write!(f, "; and {more} more bad lines"),
+                }
+            }
         }
     }
 }
@@ -222,6 +238,14 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
             )
         }
     };
+    if let Some(admin) = admin.as_ref().filter(|admin| clash(&listen, admin)) {
+        return Err(ConfigError::Usage(format!(
+            "--admin {} and --listen {} are the same address: give the admin endpoint a \
+             port of its own",
+            show_host_port(admin),
+            show_host_port(&listen)
+        )));
+    }
     let health_interval = opt_duration(&matches, "health-interval", 0, SECONDS, (0, DAY))?;
 
     let buffer_size = match matches.opt_str("buffer-size") {
@@ -326,6 +350,39 @@ pub fn parse_args(args: &[OsString]) -> Result<Action, ConfigError> {
         balance: parse_balance(&matches)?,
         accept_proxy: parse_accept_proxy(&matches)?,
     })))
+}
+
+/// Whether `--listen` and `--admin` would be bound to the same address (the second bind
+/// would fail with only "Address already in use"): the same port, not 0 (each 0 picks a
+/// free port of its own), and the same host (names compared as written, without
+/// resolving them) or a wildcard address that takes the other's (`0.0.0.0` any IPv4
+/// address; `[::]` any address, since it takes IPv4 too unless the system says otherwise).
+fn clash(listen: &(String, u16), admin: &(String, u16)) -> bool {
+    use std::net::IpAddr;
+    let ((a, a_port), (b, b_port)) = (listen, admin);
+    if a_port != b_port || *a_port == 0 {
+        return false;
+    }
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    let covers = |wild: &IpAddr, other: &IpAddr| match wild {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    };
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b || covers(&a, &b) || covers(&b, &a),
+        _ => false,
+    }
+}
+
+/// `HOST:PORT` as the user wrote it (an IPv6 address in brackets).
+fn show_host_port((host, port): &(String, u16)) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// `--balance` and the `--hash-*` settings that go with source-hash.
@@ -519,6 +576,37 @@ mod tests {
         assert_eq!(c.pid_file, None);
         assert_eq!(c.upgrade_timeout, Duration::from_secs(30));
         assert_eq!(c.upgrade_probation, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn admin_on_the_listen_address_is_a_usage_error() {
+        let clashes = |listen: &str, admin: &str| match parse_args(&args(&[
+            "--listen", listen, "--admin", admin, "h:1",
+        ])) {
+            Ok(_) => false,
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!("--admin {admin} and --listen {listen}")),
+                    "{e}"
+                );
+                true
+            }
+        };
+        assert!(clashes("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(clashes("Localhost:8080", "localhost:8080"));
+        assert!(clashes("0.0.0.0:8080", "127.0.0.1:8080"));
+        assert!(clashes("10.0.0.5:8080", "0.0.0.0:8080"));
+        assert!(clashes("[::]:8080", "127.0.0.1:8080"));
+        assert!(clashes("[::1]:8080", "[::]:8080"));
+        assert!(clashes("[::1]:8080", "[0:0::1]:8080"));
+        // Each port 0 is a free port of its own.
+        assert!(!clashes("127.0.0.1:0", "127.0.0.1:0"));
+        assert!(!clashes("127.0.0.1:8080", "127.0.0.1:9090"));
+        assert!(!clashes("127.0.0.1:8080", "127.0.0.2:8080"));
+        assert!(!clashes("0.0.0.0:8080", "[::1]:8080"));
+        // Names are not resolved here: the bind says which flag failed.
+        assert!(!clashes("localhost:8080", "127.0.0.1:8080"));
     }
 
     #[test]

@@ -158,7 +158,8 @@ pub(super) fn options() -> getopts::Options {
     o.optopt(
         "",
         "access-log",
-        "write one line per finished session to PATH (- = stdout) (default off)",
+        "write one line per finished session to PATH (- = stdout); SIGUSR1 reopens it \
+         (default off)",
         "PATH",
     );
     o.optopt(
@@ -197,6 +198,7 @@ Signals:
   SIGHUP           re-read the backends file and re-resolve the names
   SIGTERM, SIGINT  stop accepting, let live sessions finish (--drain-timeout), exit 0;
                    a second one cuts them and exits at once
+  SIGUSR1          reopen the access log (after logrotate renamed it)
   SIGUSR2          upgrade: start the binary at the path tcplb was started from, with
                    the same arguments, hand it the listening sockets, and once it
                    serves, stand by for --upgrade-probation (taking over again if it

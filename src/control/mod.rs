@@ -3,7 +3,7 @@
 //!
 //! | token | handler |
 //! |---|---|
-//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR2: upgrade |
+//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR1: reopen the access log; SIGUSR2: upgrade |
 //! | the waker | a new fleet generation from the discovery thread; a worker adopted a generation or exited |
 //! | the admin listener | a new admin connection ([`crate::admin::http`]) |
 //! | the upgrade pipe | the new process an upgrade started says it serves, or is gone ([`upgrade`]) |
@@ -46,7 +46,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pid_file::PidFile;
 use reaper::Reaper;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io;
@@ -67,7 +67,7 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
 /// loop instead of killing the process with the default action.
 pub fn catch_signals() -> io::Result<Signals> {
-    Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
+    Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
 }
 
 /// The control thread's poll and the waker workers and helper threads wake it with (made
@@ -339,6 +339,7 @@ impl Control {
         let pending: Vec<i32> = self.signals.pending().collect();
         for signal in pending {
             match signal {
+                SIGUSR1 => self.reopen_access_log(),
                 SIGUSR2 => self.begin_upgrade(),
                 SIGHUP if self.lifecycle.may_serve() => self.reload(),
                 SIGHUP => {}
@@ -392,6 +393,15 @@ impl Control {
             _ => info!("SIGHUP: reloading the backend set"),
         }
         self.discovery.reload();
+    }
+
+    /// SIGUSR1 (logrotate has renamed the access log): the writer thread opens the path
+    /// again and logs how that went.
+    fn reopen_access_log(&self) {
+        match &self.access_log {
+            Some(log) => log.reopen(),
+            None => info!("SIGUSR1: no access log to reopen (--access-log is off)"),
+        }
     }
 
     /// Every worker stops accepting and lets its sessions finish for up to

@@ -85,7 +85,7 @@ impl Listening {
                 let fds = systemd::listen_fds().map_err(Failure::Start)?;
                 if fds.is_empty() {
                     (
-                        bind(&config.listen, config.backlog, workers)?,
+                        bind("--listen", &config.listen, config.backlog, workers)?,
                         None,
                         Origin::Bound,
                         None,
@@ -103,7 +103,7 @@ impl Listening {
         }
         let admin = match (admin, &config.admin) {
             (Some((socket, _)), Some(_)) => Some(socket),
-            (None, Some(addr)) => Some(bind(addr, 64, 1)?.remove(0).0),
+            (None, Some(addr)) => Some(bind("--admin", addr, 64, 1)?.remove(0).0),
             (_, None) => None,
         };
         let (mut sockets, mut addrs): (Vec<TcpListener>, Vec<SocketAddr>) =
@@ -265,17 +265,23 @@ fn split_systemd(
     Ok((sockets, admin))
 }
 
-/// Resolves and binds `--listen` or `--admin`; failures name the address and the OS error.
+/// Resolves and binds `--listen` or `--admin` (`flag`); failures name the address, the
+/// flag and the OS error.
 fn bind(
+    flag: &str,
     (host, port): &(String, u16),
     backlog: i32,
     workers: usize,
 ) -> Result<Vec<Adopted>, Failure> {
     let addrs = net::resolve(host, *port)
-        .map_err(|e| Failure::Start(format!("cannot resolve listen address {host}:{port}: {e}")))?;
+        .map_err(|e| Failure::Start(format!("cannot resolve {flag} address {host}:{port}: {e}")))?;
     let addr = addrs[0];
-    let sockets = net::bind_group(addr, backlog, workers)
-        .map_err(|e| Failure::Start(format!("cannot listen on {addr}: {e}")))?;
+    let sockets = net::bind_group(addr, backlog, workers).map_err(|e| {
+        Failure::Start(format!(
+            "cannot listen on {addr} for {flag}: {e}{}",
+            privilege_hint(addr.port(), &e)
+        ))
+    })?;
     sockets
         .into_iter()
         .map(|s| {
@@ -285,6 +291,28 @@ fn bind(
             Ok((s, bound))
         })
         .collect()
+}
+
+/// For a port only privileged processes may bind (below
+/// `net.ipv4.ip_unprivileged_port_start`, 1024 by default) refused for want of privilege:
+/// the ways to get it without running as root. Empty otherwise.
+fn privilege_hint(port: u16, e: &io::Error) -> String {
+    let first_open = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(1024);
+    if e.kind() != io::ErrorKind::PermissionDenied || u32::from(port) >= first_open {
+        return String::new();
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "/path/to/tcplb".to_string());
+    format!(
+        "; ports below {first_open} need privilege: give the binary the capability \
+         (setcap cap_net_bind_service=+ep {exe}), let systemd bind the port (socket \
+         activation, deploy/systemd/tcplb.socket), or set \
+         AmbientCapabilities=CAP_NET_BIND_SERVICE in its service unit"
+    )
 }
 
 #[cfg(test)]
