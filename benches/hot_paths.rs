@@ -210,7 +210,8 @@ fn echo_round_trip(bencher: divan::Bencher, size: usize) {
         let signals = tcplb::control::catch_signals().expect("signals");
         let invocation = tcplb::control::upgrade::Invocation::current();
         let control = tcplb::control::start::start(*config, signals, invocation).expect("start");
-        tx.send(control.local_addr()).expect("send addr");
+        tx.send(control.local_addr().expect("an address"))
+            .expect("send addr");
         let _ = control.run();
     });
     let addr = rx.recv().expect("tcplb address");

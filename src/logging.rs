@@ -20,16 +20,73 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines queued and not yet written out.
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the logger: `RUST_LOG` if set, else `info`; lines go to stderr through the
-/// writer thread. If that thread cannot be started, lines are written to stderr directly.
+/// The levels a `RUST_LOG` directive may name.
+const LEVELS: &str = "off, error, warn, info, debug, trace";
+
+/// Installs the logger: `RUST_LOG` if set (and not empty), else `info`; lines go to stderr
+/// through the writer thread. If that thread cannot be started, lines are written to
+/// stderr directly. A `RUST_LOG` with a word that is neither a level nor one of tcplb's
+/// modules (`verbose`, `warning`) would turn every line off, the start line included:
+/// it is named in a warning, and `info` is used instead.
 pub fn init() {
-    let env = env_logger::Env::default().default_filter_or("info");
-    let mut builder = env_logger::Builder::from_env(env);
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let problem = filter_problem(&spec);
+    let mut builder = env_logger::Builder::new();
+    if spec.trim().is_empty() || problem.is_some() {
+        builder.filter_level(log::LevelFilter::Info);
+    } else {
+        builder.parse_filters(&spec);
+    }
     builder.format_timestamp_millis();
     if let Ok(queue) = QueueWriter::spawn() {
         builder.target(env_logger::Target::Pipe(Box::new(queue)));
     }
     builder.init();
+    if let Some(problem) = problem {
+        log::warn!(
+            "RUST_LOG='{}': {problem}; logging at info",
+            crate::config::printable(&spec)
+        );
+    }
+}
+
+/// What is wrong with `spec` (a `RUST_LOG` value: `DIRECTIVE[,DIRECTIVE...][/FILTER]`, a
+/// directive being `LEVEL`, `MODULE` or `MODULE=LEVEL`), if anything. A bare word that is
+/// not a level is taken by `env_logger` for a module, and every other module is then off:
+/// it is accepted only if it names one of tcplb's (another crate's needs a level, as in
+/// `mio=debug`).
+fn filter_problem(spec: &str) -> Option<String> {
+    use std::str::FromStr;
+    let is_level = |word: &str| log::LevelFilter::from_str(word).is_ok();
+    let ours = |module: &str| module == "tcplb" || module.starts_with("tcplb::");
+    let mut parts = spec.split('/');
+    let directives = parts.next().unwrap_or_default();
+    if parts.nth(1).is_some() {
+        return Some("more than one '/'".to_string());
+    }
+    for directive in directives.split(',').map(str::trim) {
+        let problem = match directive.split('=').map(str::trim).collect::<Vec<_>>()[..] {
+            [""] => None,
+            [word] if is_level(word) || ours(word) => None,
+            [word] => Some(format!(
+                "'{}' is not a level ({LEVELS}) nor one of tcplb's modules",
+                crate::config::printable(word)
+            )),
+            [_, level] if level.is_empty() || is_level(level) => None,
+            [_, level] => Some(format!(
+                "'{}' is not a level ({LEVELS})",
+                crate::config::printable(level)
+            )),
+            _ => Some(format!(
+                "'{}' has more than one '='",
+                crate::config::printable(directive)
+            )),
+        };
+        if problem.is_some() {
+            return problem;
+        }
+    }
+    None
 }
 
 /// Log lines dropped so far because stderr was not keeping up.
@@ -137,6 +194,37 @@ pub fn suppressed_note(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filters_that_would_turn_everything_off_are_caught() {
+        for good in [
+            "",
+            "info",
+            "WARN",
+            "off",
+            "tcplb",
+            "tcplb=debug",
+            "tcplb::worker=trace, info",
+            "mio=debug,tcplb=info",
+            "tcplb=",
+            "debug/listening",
+        ] {
+            assert_eq!(filter_problem(good), None, "{good}");
+        }
+        for (bad, named) in [
+            ("verbose", "'verbose' is not a level"),
+            ("warning", "'warning' is not a level"),
+            ("info,loud", "'loud'"),
+            ("tcplb=loud", "'loud' is not a level"),
+            ("mio", "'mio'"),
+            ("a=b=c", "'a=b=c' has more than one '='"),
+            ("info/a/b", "more than one '/'"),
+            ("\x1b[31m", "'\\x1b[31m'"),
+        ] {
+            let problem = filter_problem(bad).unwrap_or_else(|| panic!("{bad} passed"));
+            assert!(problem.contains(named), "{bad}: {problem}");
+        }
+    }
 
     #[test]
     fn one_message_per_window() {

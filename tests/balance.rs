@@ -116,7 +116,12 @@ fn every_balance_is_named_at_start_and_in_backends() {
         assert!(line.contains(&format!("; balance {shown};")), "{line}");
         let backends = Backends::get(&tcplb);
         let name = shown.split(' ').next().expect("name");
-        assert_eq!(backends.pool("default")["balance"], name, "{}", backends.doc);
+        assert_eq!(
+            backends.pool("default")["balance"],
+            name,
+            "{}",
+            backends.doc
+        );
         for row in backends.rows() {
             assert_eq!(row["balance"], name, "{}", backends.doc);
         }

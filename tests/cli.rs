@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,7 @@ fn help_and_version_exit_0() {
         "SIGHUP",
         "SIGTERM, SIGINT",
         "a second one",
+        "SIGUSR1          reopen the access log",
         "Exit status:",
         "0  after --help",
         "1  it cannot start",
@@ -177,6 +179,139 @@ fn start_up_failures_name_the_address_and_exit_1() {
     let (code, _, stderr) = run_cli(&["no-such-host.invalid:80"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no-such-host.invalid:80"), "{stderr}");
+}
+
+/// `--admin` on the `--listen` address is caught before anything is bound (a usage error
+/// naming both flags), and an admin port that is taken (another tcplb's, say) is named as
+/// the `--admin` port, not just "Address already in use".
+#[test]
+fn the_admin_port_is_named_when_it_clashes() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let same = format!("127.0.0.1:{port}");
+    for (listen, admin) in [
+        (same.clone(), same.clone()),
+        (format!("0.0.0.0:{port}"), same.clone()),
+        (format!("LOCALHOST:{port}"), format!("localhost:{port}")),
+    ] {
+        let args = ["--listen", &listen, "--admin", &admin, "127.0.0.1:9"];
+        assert_usage_error(&args, "--admin");
+        let (_, _, stderr) = run_cli(&args);
+        assert!(
+            stderr.contains(&format!("--admin {admin}")) && stderr.contains("--listen"),
+            "{stderr}"
+        );
+    }
+
+    // Both on port 0: two different free ports.
+    let backend = Backend::start(1, echo());
+    let tcplb = Tcplb::start(&["--admin", "127.0.0.1:0", &backend.arg()]);
+    assert_ne!(tcplb.admin_addr(), tcplb.addr);
+    assert_eq!(tcplb.admin_get("/healthz").0, 200);
+
+    // A second instance on the first one's admin port.
+    let admin = tcplb.admin_addr().to_string();
+    let (code, _, stderr) = run_cli(&["--listen", "127.0.0.1:0", "--admin", &admin, "127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().expect("a message");
+    assert!(
+        last.contains(&format!("cannot listen on {admin} for --admin: "))
+            && last.contains("in use"),
+        "{stderr}"
+    );
+    // And a client port that is taken (by a socket outside any SO_REUSEPORT group: with
+    // several workers, a second tcplb would join the first one's group).
+    let (code, _, stderr) = run_cli(&["--listen", &same, "127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().expect("a message");
+    assert!(
+        last.contains(&format!("cannot listen on {same} for --listen: ")),
+        "{stderr}"
+    );
+}
+
+/// A port below 1024 as a user without the privilege: the "Permission denied" comes with
+/// the ways to get it. Run as `nobody`, so this needs root (skipped, saying so, without).
+#[test]
+fn a_privileged_port_without_privilege_says_how_to_get_it() {
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to run tcplb as nobody");
+        return;
+    }
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if start <= 80 {
+        eprintln!(
+            "skipped: net.ipv4.ip_unprivileged_port_start is {start}: port 80 is open to all"
+        );
+        return;
+    }
+    for args in [
+        ["--listen", "127.0.0.1:80", "127.0.0.1:9"],
+        ["--admin", "127.0.0.1:80", "127.0.0.1:9"],
+    ] {
+        let listen: &[&str] = if args[0] == "--listen" {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_tcplb"))
+            .args(listen)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tcplb as nobody");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let last = stderr.lines().last().expect("a message");
+        assert!(
+            last.contains(&format!("cannot listen on 127.0.0.1:80 for {}: ", args[0]))
+                && last.contains("Permission denied"),
+            "{last}"
+        );
+        for hint in [
+            "setcap cap_net_bind_service=+ep ",
+            "socket activation",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        ] {
+            assert!(last.contains(hint), "no {hint:?} in {last}");
+        }
+    }
+}
+
+/// A `RUST_LOG` that is not a level (nor a filter naming tcplb) would turn every line off,
+/// the start line included: it is named in a warning and `info` is used instead.
+#[test]
+fn a_log_filter_that_is_not_a_level_falls_back_to_info() {
+    let backend = Backend::start(1, echo());
+    for spec in ["verbose", "warning", "tcplb=loud"] {
+        let tcplb = Tcplb::start_with(&[&backend.arg()], |command| {
+            command.env("RUST_LOG", spec);
+        });
+        let warning = tcplb.wait_for_log("RUST_LOG");
+        assert!(
+            warning.contains("WARN") && warning.contains(&format!("RUST_LOG='{spec}'")),
+            "{warning}"
+        );
+        assert!(warning.contains("logging at info"), "{warning}");
+    }
+    // A filter that names tcplb, or a level, is taken as it is: no warning.
+    for spec in ["tcplb=info", "INFO", "tcplb::control=info,tcplb=info"] {
+        let tcplb = Tcplb::start_with(&[&backend.arg()], |command| {
+            command.env("RUST_LOG", spec);
+        });
+        assert_eq!(
+            tcplb.count_logs("RUST_LOG"),
+            0,
+            "{spec}: {:?}",
+            tcplb.logs()
+        );
+    }
 }
 
 #[test]
@@ -270,6 +405,59 @@ fn control_characters_from_the_backends_file_are_shown_escaped() {
             "a raw control character reached the log: {line:?}"
         );
     }
+}
+
+/// A backends file with several bad lines: every one is named (the first ten, then how
+/// many more), in one line on stderr at start (exit 2), and in the warning of a reload that
+/// changes nothing.
+#[test]
+fn every_bad_line_of_the_backends_file_is_named() {
+    // Lines 2, 4 and 5 are bad, 1 and 3 good.
+    let three = "127.0.0.1:9\n10.0.0.1:x\n10.0.0.2:80\nweb-a:80,weight=0\n[::1:80\n";
+    let file = BackendsFile::new("bad-lines", three);
+    let (code, _, stderr) = run_cli(&["--backends-file", &file.arg()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tcplb: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for named in [
+        &format!(
+            "{}: 3 bad lines: line 2: invalid backend '10.0.0.1:x'",
+            file.arg()
+        ),
+        "; line 4: invalid backend 'web-a:80,weight=0'",
+        "; line 5: invalid backend '[::1:80'",
+    ] {
+        assert!(lines[0].contains(named), "no {named:?} in {}", lines[0]);
+    }
+
+    // On reload: twelve bad lines among good ones; the first ten are named.
+    let backend = Backend::start(1, identify_and_hold());
+    file.write(&format!("{}\n", backend.arg()));
+    let tcplb = Tcplb::start(&["--backends-file", &file.arg()]);
+    let mut text = format!("{}\n", backend.arg());
+    for i in 0..12 {
+        text.push_str(&format!("10.0.0.{i}:bad{i}\n127.0.0.1:9\n"));
+    }
+    file.write(&text);
+    tcplb.signal(libc::SIGHUP);
+    let warning = tcplb.wait_for_log("reload failed");
+    assert!(warning.contains("12 bad lines: line 2: "), "{warning}");
+    for i in 0..10 {
+        let named = format!("line {}: invalid backend '10.0.0.{i}:bad{i}'", 2 + 2 * i);
+        assert!(warning.contains(&named), "no {named:?} in {warning}");
+    }
+    assert!(
+        !warning.contains("bad10") && warning.ends_with("; and 2 more bad lines"),
+        "{warning}"
+    );
+    // Nothing changed: still served by the running set.
+    let (stream, id) = connect_and_identify(&tcplb);
+    assert_eq!(id, 1);
+    close_and_wait(stream);
+    assert_eq!(tcplb.count_logs("reload: "), 0, "nothing was applied");
 }
 
 /// Runs the binary with `args` for at most `within` (killed after that: exit code `None`);

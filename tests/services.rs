@@ -197,7 +197,11 @@ fn a_removed_services_sessions_are_cut_after_the_drain_timeout() {
         pool("keep", &[keep.arg()])
     );
     let tcplb = Tcplb::start_config(
-        &format!("{base}{}{}", service("gone", "gone"), service("keep", "keep")),
+        &format!(
+            "{base}{}{}",
+            service("gone", "gone"),
+            service("keep", "keep")
+        ),
         &[],
     );
     let (mut held, _) = identify(tcplb.service_addr("gone"));
@@ -317,7 +321,11 @@ impl Drop for StopOnDrop<'_> {
 fn a_file_that_does_not_parse_on_reload_changes_nothing() {
     let web = Backend::start(1, identify_then_echo());
     let other = Backend::start(2, identify_then_echo());
-    let good = format!("{ADMIN}{}{}", service("web", "web"), pool("web", &[web.arg()]));
+    let good = format!(
+        "{ADMIN}{}{}",
+        service("web", "web"),
+        pool("web", &[web.arg()])
+    );
     let tcplb = Tcplb::start_config(&good, &[]);
     let addr = tcplb.service_addr("web");
     let broken = [
@@ -330,7 +338,11 @@ fn a_file_that_does_not_parse_on_reload_changes_nothing() {
         // Not TOML.
         format!("{ADMIN}[services.web\n"),
         // A service naming a pool that does not exist.
-        format!("{ADMIN}{}{}", service("web", "nope"), pool("web", &[other.arg()])),
+        format!(
+            "{ADMIN}{}{}",
+            service("web", "nope"),
+            pool("web", &[other.arg()])
+        ),
     ];
     let wanted = [
         ":8:1: unknown key 'conect-timeout' in [services.web] (did you mean 'connect-timeout'?)",

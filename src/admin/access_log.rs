@@ -17,6 +17,12 @@
 //! up: while no process has it open for reading, lines are dropped and counted, and the
 //! writer opens it with the first batch after a reader shows up (and again after a reader
 //! goes away). When the log is off none of this exists.
+//!
+//! [`AccessLog::reopen`] (SIGUSR1, for logrotate) asks the writer to open the path again
+//! and write there from its next batch on: the control thread only sets a flag and wakes
+//! the writer, and the writer opens the new file before it lets go of the old one (if the
+//! open fails, it keeps writing to the old one and says so). Every line goes to exactly one
+//! of the two: the batches written before the reopen to the old file, the rest to the new.
 
 use crate::logging::{Throttle, suppressed_note};
 use crate::stats::{EndReason, SessionSummary};
@@ -26,7 +32,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,16 +42,26 @@ const BACKLOG_BATCHES: usize = 64;
 /// How long exiting waits for the writer to write out what is left.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
-/// A batch on its way to the writer, with where to send the emptied buffer back.
-struct Batch {
-    bytes: Vec<u8>,
-    recycle: Sender<Vec<u8>>,
+/// What the writer thread is handed.
+enum ToWriter {
+    /// A batch of lines, with where to send the emptied buffer back.
+    Batch {
+        bytes: Vec<u8>,
+        recycle: Sender<Vec<u8>>,
+    },
+    /// Look at the reopen flag now (it is looked at before every batch anyway).
+    Wake,
 }
 
 /// The writer thread, owned by the control thread.
 pub struct AccessLog {
     /// Lines not written, counted here, by the batches and by the writer.
     dropped: Arc<AtomicU64>,
+    /// Set to have the writer open the path again before its next write.
+    reopen: Arc<AtomicBool>,
+    /// Wakes the writer for a reopen; dropped first at exit, so that the writer sees the
+    /// channel close once every worker has dropped its end too.
+    wake: Option<SyncSender<ToWriter>>,
     writer: Option<JoinHandle<()>>,
     /// Disconnected once the writer has finished.
     writer_done: Receiver<()>,
@@ -55,7 +71,7 @@ pub struct AccessLog {
 pub struct AccessLogBatch {
     batch: Vec<u8>,
     lines: u64,
-    full: SyncSender<Batch>,
+    full: SyncSender<ToWriter>,
     recycle: Sender<Vec<u8>>,
     empty: Receiver<Vec<u8>>,
     dropped: Arc<AtomicU64>,
@@ -90,15 +106,23 @@ impl AccessLog {
             }
         };
         let dropped = Arc::new(AtomicU64::new(0));
-        let (full, to_write) = mpsc::sync_channel::<Batch>(BACKLOG_BATCHES);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (full, to_write) = mpsc::sync_channel::<ToWriter>(BACKLOG_BATCHES);
         let (done, writer_done) = mpsc::channel::<()>();
         let counter = Arc::clone(&dropped);
+        let reopen_asked = Arc::clone(&reopen);
         let writer = std::thread::Builder::new()
             .name("access-log".to_string())
             .spawn(move || {
                 let _done = done;
                 let throttle = Throttle::default();
-                for Batch { mut bytes, recycle } in to_write {
+                for message in to_write {
+                    if reopen_asked.swap(false, Ordering::AcqRel) {
+                        output.reopen();
+                    }
+                    let ToWriter::Batch { mut bytes, recycle } = message else {
+                        continue;
+                    };
                     if let Err((lost, e)) = output.write(&bytes) {
                         counter.fetch_add(lost, Ordering::Relaxed);
                         if let Some(n) = throttle.allow(Instant::now()) {
@@ -131,11 +155,23 @@ impl AccessLog {
         Ok((
             AccessLog {
                 dropped,
+                reopen,
+                wake: Some(full),
                 writer: Some(writer),
                 writer_done,
             },
             batches,
         ))
+    }
+
+    /// Has the writer open the path again (after logrotate renamed the file) before it
+    /// writes its next batch, and logs how that went. Never blocks: if the writer's queue
+    /// is full, it reopens before the next batch it takes from it.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(ToWriter::Wake);
+        }
     }
 
     /// Lines not written so far: dropped because the writer fell behind, or lost to a
@@ -150,6 +186,7 @@ impl Drop for AccessLog {
     /// handed over its last batch and dropped its end), for at most `EXIT_WAIT`: a reader
     /// that stopped reading must not keep the process from exiting.
     fn drop(&mut self) {
+        self.wake = None;
         match self.writer_done.recv_timeout(EXIT_WAIT) {
             Err(RecvTimeoutError::Timeout) => {
                 log::warn!("access log: the last lines could not be written within {EXIT_WAIT:?}");
@@ -207,7 +244,7 @@ impl AccessLogBatch {
             .empty
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(16 * 1024));
-        let batch = Batch {
+        let batch = ToWriter::Batch {
             bytes: std::mem::replace(&mut self.batch, next),
             recycle: self.recycle.clone(),
         };
@@ -215,9 +252,10 @@ impl AccessLogBatch {
             Ok(()) => {}
             Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
                 self.dropped.fetch_add(self.lines, Ordering::Relaxed);
-                let mut bytes = batch.bytes;
-                bytes.clear();
-                self.batch = bytes;
+                if let ToWriter::Batch { mut bytes, .. } = batch {
+                    bytes.clear();
+                    self.batch = bytes;
+                }
             }
         }
         self.lines = 0;
@@ -233,6 +271,33 @@ struct Output {
 }
 
 impl Output {
+    /// Opens the path again (SIGUSR1): the new file is opened before the old one is closed,
+    /// and if it cannot be, the old one is kept. Standard output has nothing to reopen.
+    fn reopen(&mut self) {
+        let Some(path) = &self.path else {
+            log::info!("SIGUSR1: the access log is standard output; nothing to reopen");
+            return;
+        };
+        let shown = path.display();
+        match open_without_blocking(path) {
+            Ok(file) => {
+                self.file = Some(file);
+                log::info!("SIGUSR1: reopened the access log {shown}");
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                self.file = None;
+                log::info!(
+                    "SIGUSR1: reopened the access log {shown}: a FIFO no process reads yet; \
+                     its lines are dropped (and counted) until one does"
+                );
+            }
+            Err(e) => log::warn!(
+                "SIGUSR1: cannot reopen the access log {shown}: {e}; still writing to the \
+                 file open before"
+            ),
+        }
+    }
+
     /// Writes a batch of whole lines. On failure: how many lines were not written (the one
     /// cut in the middle included), and why.
     fn write(&mut self, batch: &[u8]) -> Result<(), (u64, io::Error)> {
@@ -277,11 +342,14 @@ impl Output {
 }
 
 /// Opens `path` for appending without waiting for a FIFO's reader (`ENXIO` when it has
-/// none), then makes writes blocking again: they happen on the writer thread.
+/// none), then makes writes blocking again: they happen on the writer thread. A symlink is
+/// followed (an administrator may point the log anywhere on purpose); a missing file is
+/// created with mode 0644 (less the umask), never writable by others.
 fn open_without_blocking(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o644)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
     let fd = file.as_raw_fd();
@@ -349,6 +417,73 @@ mod tests {
         assert_eq!(stamp(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(stamp(1_795_404_271, 123), "2026-11-23T03:24:31.123Z");
         assert_eq!(stamp(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
+    }
+
+    fn summary(port: u16) -> SessionSummary {
+        SessionSummary {
+            service: std::sync::Arc::from("web"),
+            client_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            backend: None,
+            connect_time: None,
+            duration: Duration::ZERO,
+            bytes_up: 0,
+            bytes_down: 0,
+            retries: 0,
+        }
+    }
+
+    /// A reopen that works writes to the new file from then on; one that fails (a
+    /// directory where the file was) keeps writing to the file open before.
+    #[test]
+    fn reopening() {
+        let dir = std::env::temp_dir().join(format!("tcplb-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("access.log");
+        let (writer, mut batches) = AccessLog::open(&path, 1).expect("open");
+        let mut log = batches.pop().expect("one batch");
+        let mut line = |port: u16| {
+            log.record(&summary(port), EndReason::ClientClosed, UNIX_EPOCH);
+            log.flush();
+        };
+        let clients = |path: &Path| -> Vec<String> {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let mut ports: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.split(' ').nth(2).map(str::to_string))
+                .collect();
+            ports.sort();
+            ports
+        };
+        let wait_for = |path: &Path, n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while clients(path).len() < n {
+                assert!(Instant::now() < deadline, "{} lines in {path:?}", n);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        line(1);
+        wait_for(&path, 1);
+        let first = dir.join("access.log.1");
+        std::fs::rename(&path, &first).expect("rotate");
+        writer.reopen();
+        line(2);
+        wait_for(&path, 1);
+        // Now the path cannot be opened as a file: the lines stay in the file open before.
+        let second = dir.join("access.log.2");
+        std::fs::rename(&path, &second).expect("rotate");
+        std::fs::create_dir(&path).expect("a directory in its place");
+        writer.reopen();
+        line(3);
+        wait_for(&second, 2);
+        assert_eq!(clients(&first), ["client=127.0.0.1:1"]);
+        assert_eq!(
+            clients(&second),
+            ["client=127.0.0.1:2", "client=127.0.0.1:3"]
+        );
+        drop(log);
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -434,15 +434,17 @@ impl AdminConn {
                     (_, None) => (404, "text/plain", Body::Static(b"no such service\n")),
                     (false, _) => (503, "text/plain", Body::Static(b"draining\n")),
                     (true, Some(true)) => (200, "text/plain", Body::Static(b"ok\n")),
-                    (true, Some(false)) => {
-                        (503, "text/plain", Body::Static(b"no backend is up\n"))
-                    }
+                    (true, Some(false)) => (503, "text/plain", Body::Static(b"no backend is up\n")),
                 }
             }
             "/backends" => (
                 200,
                 "application/json",
-                Body::Shared(shared.backends.get("/backends", view, super::backends::render)),
+                Body::Shared(
+                    shared
+                        .backends
+                        .get("/backends", view, super::backends::render),
+                ),
             ),
             _ => (
                 404,

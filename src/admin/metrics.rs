@@ -418,7 +418,8 @@ pub fn render(view: &View, out: &mut String) {
 /// The per-service families, and how reloads went.
 fn services(view: &View, e: &mut Exposition) {
     let services: Vec<_> = view.topology.services().collect();
-    let counters: [(&str, &str, fn(&ServiceStats) -> u64); 2] = [
+    type Counter = (&'static str, &'static str, fn(&ServiceStats) -> u64);
+    let counters: [Counter; 2] = [
         (
             "tcplb_connections_accepted_total",
             "Client connections accepted, by service.",
@@ -446,7 +447,11 @@ fn services(view: &View, e: &mut Exposition) {
         let st = &s.stats;
         let max_conns =
             ServiceStats::get(&st.shed_max_conns) + ServiceStats::get(&st.shed_service_max_conns);
-        e.sample(name, &[("service", &s.name), ("reason", "max_conns")], max_conns as f64);
+        e.sample(
+            name,
+            &[("service", &s.name), ("reason", "max_conns")],
+            max_conns as f64,
+        );
         e.sample(
             name,
             &[("service", &s.name), ("reason", "pool")],
@@ -463,9 +468,17 @@ fn services(view: &View, e: &mut Exposition) {
         );
     }
     let name = "tcplb_service_max_connections";
-    e.family(name, "gauge", "A service's own limit of sessions at once (0: only the process's).");
+    e.family(
+        name,
+        "gauge",
+        "A service's own limit of sessions at once (0: only the process's).",
+    );
     for s in &services {
-        e.sample(name, &[("service", &s.name)], s.max_conns.unwrap_or(0) as f64);
+        e.sample(
+            name,
+            &[("service", &s.name)],
+            s.max_conns.unwrap_or(0) as f64,
+        );
     }
     e.single(
         "tcplb_max_connections",

@@ -51,9 +51,7 @@ pub fn load(path: &Path, flags: &Written) -> Result<Config, ConfigError> {
                 file: shown,
                 line,
                 column,
-                error: Box::new(ConfigError::Usage(
-                    "the file is not UTF-8 text".to_string(),
-                )),
+                error: Box::new(ConfigError::Usage("the file is not UTF-8 text".to_string())),
             });
         }
     };
@@ -115,7 +113,7 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
                 let hint = match table::closest(other, SECTIONS) {
                     Some(meant) => format!(" (did you mean [{meant}]?)"),
                     None if table::find(other).is_some() => {
-                        format!(" (settings go in a table: [global], [defaults], [services.NAME] or [pools.NAME])")
+                        " (settings go in a table: [global], [defaults], [services.NAME] or [pools.NAME])".to_string()
                     }
                     None => String::new(),
                 };
@@ -138,7 +136,11 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
     }
     let mut pool_specs = Vec::with_capacity(pools.len());
     for (name, written) in &pools {
-        pool_specs.push(lower::pool(name, &Layers::new(vec![written, &defaults]), &[])?);
+        pool_specs.push(lower::pool(
+            name,
+            &Layers::new(vec![written, &defaults]),
+            &[],
+        )?);
     }
     let config = Config {
         global,
@@ -150,12 +152,10 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
         .iter()
         .map(|(_, w)| w.at.clone().unwrap_or_else(|| at(0)))
         .collect();
-    config
-        .validate()
-        .map_err(|(index, error)| match index {
-            Some(i) => locations[i].wrap(error),
-            None => at(0).wrap(error),
-        })?;
+    config.validate().map_err(|(index, error)| match index {
+        Some(i) => locations[i].wrap(error),
+        None => at(0).wrap(error),
+    })?;
     Ok(config)
 }
 
@@ -199,9 +199,9 @@ fn settings<'a>(
     at: &impl Fn(usize) -> Location,
 ) -> Result<Written<'a>, ConfigError> {
     let DeValue::Table(table) = value.get_ref() else {
-        return Err(at(value.span().start).wrap(ConfigError::Usage(format!(
-            "{title} must be a table"
-        ))));
+        return Err(
+            at(value.span().start).wrap(ConfigError::Usage(format!("{title} must be a table")))
+        );
     };
     let mut written = Written::at(at(value.span().start));
     for (key, value) in table.iter() {

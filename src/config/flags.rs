@@ -115,7 +115,10 @@ fn unknown_flag(name: &str) -> String {
     let flags = table::OPTIONS.iter().filter(|o| o.flag).map(|o| o.name);
     match table::closest(name, flags) {
         Some(meant) if name.len() > 1 => {
-            format!("unknown option '{}' (did you mean '--{meant}'?)", dashed(name))
+            format!(
+                "unknown option '{}' (did you mean '--{meant}'?)",
+                dashed(name)
+            )
         }
         _ => format!("unknown option '{}'", dashed(name)),
     }

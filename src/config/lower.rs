@@ -6,9 +6,7 @@
 use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings};
 use super::table::{self, DefaultValue, Opt};
 use super::values::{self, Raw, Value};
-use super::{
-    ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, ServiceSpec, spec::BackendSpec,
-};
+use super::{ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, ServiceSpec, spec::BackendSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,7 +188,9 @@ impl<'w, 'a> Layers<'w, 'a> {
 /// A lookup of a setting the option table does not have: a mistake in this crate, said as
 /// an error rather than a panic.
 fn internal(name: &str) -> ConfigError {
-    ConfigError::Usage(format!("internal error: setting '{name}' is not in the option table"))
+    ConfigError::Usage(format!(
+        "internal error: setting '{name}' is not in the option table"
+    ))
 }
 
 /// The process-wide settings.
@@ -206,9 +206,7 @@ pub fn global(l: &Layers) -> Result<Global, ConfigError> {
             ConfigError::BadValue {
                 option: shown("buffers", l),
                 value: buffers.to_string(),
-                expected: format!(
-                    "at most 64 GiB of buffers in all ({buffer_size}-byte buffers)"
-                ),
+                expected: format!("at most 64 GiB of buffers in all ({buffer_size}-byte buffers)"),
             },
         ));
     }

@@ -179,8 +179,10 @@ impl Config {
                 ));
             };
             for addr in &service.listen {
-                if let Some((other, other_addr)) =
-                    seen.iter().find(|(a, _)| clash(a, addr)).map(|(a, n)| (*n, a))
+                if let Some((other, other_addr)) = seen
+                    .iter()
+                    .find(|(a, _)| clash(a, addr))
+                    .map(|(a, n)| (*n, a))
                 {
                     return Err((
                         Some(i),
@@ -225,17 +227,24 @@ impl Config {
         };
         for service in &self.services {
             if let Some(addr) = service.listen.iter().find(|a| clash(a, admin)) {
-                let listen = if self.file.is_some() || service.name != DEFAULT_NAME {
-                    format!("service '{}'", service.name)
-                } else {
-                    "--listen".to_string()
-                };
-                return Err(ConfigError::Usage(format!(
-                    "--admin {} is where {listen} listens ({}): give the admin endpoint a \
-                     port of its own",
-                    authority(admin),
-                    authority(addr)
-                )));
+                return Err(ConfigError::Usage(
+                    if self.file.is_some() || service.name != DEFAULT_NAME {
+                        format!(
+                            "admin {} and service '{}' (listen {}) are the same address: give \
+                             the admin endpoint a port of its own",
+                            authority(admin),
+                            service.name,
+                            authority(addr)
+                        )
+                    } else {
+                        format!(
+                            "--admin {} and --listen {} are the same address: give the admin \
+                             endpoint a port of its own",
+                            authority(admin),
+                            authority(addr)
+                        )
+                    },
+                ));
             }
         }
         Ok(())
@@ -285,16 +294,28 @@ pub fn authority((host, port): &(String, u16)) -> String {
     }
 }
 
-/// Two listen addresses that cannot both be bound: the same port (not 0) on the same host,
-/// or on a wildcard of the same family as the other.
+/// Two listen addresses that cannot both be bound (the second bind would fail with only
+/// "Address already in use"): the same port, not 0 (each 0 picks a free port of its own),
+/// and the same host (names compared as written, without resolving them) or a wildcard
+/// address that takes the other's (`0.0.0.0` any IPv4 address; `[::]` any address, since
+/// it takes IPv4 too unless the system says otherwise).
 fn clash(a: &(String, u16), b: &(String, u16)) -> bool {
-    if a.1 != b.1 || a.1 == 0 {
+    use std::net::IpAddr;
+    let ((a, a_port), (b, b_port)) = (a, b);
+    if a_port != b_port || *a_port == 0 {
         return false;
     }
-    let family = |h: &str| if h.contains(':') { 6 } else { 4 };
-    let wildcard = |h: &str| h == "0.0.0.0" || h == "::";
-    let (ha, hb) = (a.0.to_ascii_lowercase(), b.0.to_ascii_lowercase());
-    ha == hb || ((wildcard(&ha) || wildcard(&hb)) && family(&ha) == family(&hb))
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    let covers = |wild: &IpAddr, other: &IpAddr| match wild {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    };
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b || covers(&a, &b) || covers(&b, &a),
+        _ => false,
+    }
 }
 
 /// A listen address and a backend that are the same place, as far as the text tells (the
@@ -303,7 +324,10 @@ fn same_place(listen: &(String, u16), backend: &(String, u16)) -> bool {
     if listen.1 != backend.1 || listen.1 == 0 {
         return false;
     }
-    let (l, b) = (listen.0.to_ascii_lowercase(), backend.0.to_ascii_lowercase());
+    let (l, b) = (
+        listen.0.to_ascii_lowercase(),
+        backend.0.to_ascii_lowercase(),
+    );
     let loopback = |h: &str| h == "localhost" || h.starts_with("127.") || h == "::1";
     l == b || ((l == "0.0.0.0" || l == "::") && loopback(&b))
 }
@@ -343,6 +367,11 @@ pub enum ConfigError {
         line: usize,
         error: Box<ConfigError>,
     },
+    /// Several lines of a backends file: the first few (each a `BadLine`) of `total`.
+    BadLines {
+        shown: Vec<ConfigError>,
+        total: usize,
+    },
     /// Somewhere in a config file.
     At {
         file: String,
@@ -380,6 +409,17 @@ impl fmt::Display for ConfigError {
                 printable(why)
             ),
             ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
+            ConfigError::BadLines { shown, total } => {
+                write!(f, "{total} bad lines: ")?;
+                for (i, error) in shown.iter().enumerate() {
+                    write!(f, "{}{error}", if i == 0 { "" } else { "; " })?;
+                }
+                match total.saturating_sub(shown.len()) {
+                    0 => Ok(()),
+                    1 => f.write_str("; and 1 more bad line"),
+                    more => write!(f, "; and {more} more bad lines"),
+                }
+            }
             ConfigError::At {
                 file,
                 line,

@@ -231,4 +231,3 @@ pub fn parse_host_port(text: &str, allow_zero_port: bool) -> Result<(String, u16
         .ok_or_else(|| format!("port '{port}' is not a number from {min} to 65535"))?;
     Ok((host.to_string(), port as u16))
 }
-

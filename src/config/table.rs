@@ -277,7 +277,7 @@ pub const OPTIONS: &[Opt] = &[
         .help("serve /metrics, /healthz and /backends over HTTP here; keep it on loopback or a private network"),
     opt("access-log", Global, Kind::Path, Off)
         .hint("PATH")
-        .help("write one line per finished session to PATH (- = stdout)"),
+        .help("write one line per finished session to PATH (- = stdout); SIGUSR1 reopens it"),
     opt("pid-file", Global, Kind::Path, Off)
         .hint("PATH")
         .help("write the process id to PATH at start (replaced atomically; an upgrade's new process rewrites it)"),
@@ -367,6 +367,7 @@ Signals:
                    names; only what changed is touched
   SIGTERM, SIGINT  stop accepting, let live sessions finish (--drain-timeout), exit 0;
                    a second one cuts them and exits at once
+  SIGUSR1          reopen the access log (after logrotate renamed it)
   SIGUSR2          upgrade: start the binary at the path tcplb was started from, with
                    the same arguments, hand it the listening sockets, and once it
                    serves, stand by for --upgrade-probation (taking over again if it
@@ -403,8 +404,12 @@ pub fn usage() -> String {
 
 /// The README's table of options, as the option table makes it.
 pub fn readme_table() -> String {
-    let mut out = String::from("| flag / key | where | default | what it does |\n|---|---|---|---|\n");
-    for opt in OPTIONS.iter().filter(|o| o.scope != Scope::Command || o.name == "config") {
+    let mut out =
+        String::from("| flag / key | where | default | what it does |\n|---|---|---|---|\n");
+    for opt in OPTIONS
+        .iter()
+        .filter(|o| o.scope != Scope::Command || o.name == "config")
+    {
         let name = if opt.flag {
             format!("`--{}`", opt.name)
         } else {
@@ -429,9 +434,7 @@ mod tests {
     fn names_are_unique_and_look_like_flags() {
         for (i, a) in OPTIONS.iter().enumerate() {
             assert!(
-                a.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'-'),
+                a.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
                 "{}",
                 a.name
             );
@@ -451,8 +454,14 @@ mod tests {
     #[test]
     fn slips_find_the_name_meant() {
         let names = OPTIONS.iter().map(|o| o.name);
-        assert_eq!(closest("conect-timeout", names.clone()), Some("connect-timeout"));
-        assert_eq!(closest("connect_timeout", names.clone()), Some("connect-timeout"));
+        assert_eq!(
+            closest("conect-timeout", names.clone()),
+            Some("connect-timeout")
+        );
+        assert_eq!(
+            closest("connect_timeout", names.clone()),
+            Some("connect-timeout")
+        );
         assert_eq!(closest("retires", names.clone()), Some("retries"));
         assert_eq!(closest("Balance", names.clone()), Some("balance"));
         assert_eq!(closest("colour", names.clone()), None);

@@ -42,7 +42,10 @@ fn flat(c: Config) -> Flat {
     assert_eq!(c.services.len(), 1);
     assert_eq!(c.pools.len(), 1);
     let (s, p, g) = (&c.services[0], &c.pools[0], &c.global);
-    assert_eq!((s.name.as_str(), s.pool.as_str()), (DEFAULT_NAME, DEFAULT_NAME));
+    assert_eq!(
+        (s.name.as_str(), s.pool.as_str()),
+        (DEFAULT_NAME, DEFAULT_NAME)
+    );
     Flat {
         listen: s.listen[0].clone(),
         backends: p.backends.clone(),
@@ -563,4 +566,35 @@ fn help_and_version() {
     ] {
         assert!(text.contains(note), "help lacks {note:?}:\n{text}");
     }
+}
+
+#[test]
+fn admin_on_the_listen_address_is_a_usage_error() {
+    let clashes = |listen: &str, admin: &str| match parse_args(&args(&[
+        "--listen", listen, "--admin", admin, "h:1",
+    ])) {
+        Ok(_) => false,
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("--admin {admin} and --listen {listen}")),
+                "{e}"
+            );
+            true
+        }
+    };
+    assert!(clashes("127.0.0.1:8080", "127.0.0.1:8080"));
+    assert!(clashes("Localhost:8080", "localhost:8080"));
+    assert!(clashes("0.0.0.0:8080", "127.0.0.1:8080"));
+    assert!(clashes("10.0.0.5:8080", "0.0.0.0:8080"));
+    assert!(clashes("[::]:8080", "127.0.0.1:8080"));
+    assert!(clashes("[::1]:8080", "[::]:8080"));
+    assert!(clashes("[::1]:8080", "[0:0::1]:8080"));
+    // Each port 0 is a free port of its own.
+    assert!(!clashes("127.0.0.1:0", "127.0.0.1:0"));
+    assert!(!clashes("127.0.0.1:8080", "127.0.0.1:9090"));
+    assert!(!clashes("127.0.0.1:8080", "127.0.0.2:8080"));
+    assert!(!clashes("0.0.0.0:8080", "[::1]:8080"));
+    // Names are not resolved here: the bind says which flag failed.
+    assert!(!clashes("localhost:8080", "127.0.0.1:8080"));
 }

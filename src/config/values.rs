@@ -237,10 +237,12 @@ fn bad(name: &str, raw: Raw, expected: &str) -> ConfigError {
         Raw::Text(t) => t.to_string(),
         Raw::Texts(ts) => ts.join(" "),
         Raw::Toml(DeValue::String(s)) => s.to_string(),
-        Raw::Toml(v) => return ConfigError::Usage(format!(
-            "invalid value {} for {name}: expected {expected}",
-            describe(v)
-        )),
+        Raw::Toml(v) => {
+            return ConfigError::Usage(format!(
+                "invalid value {} for {name}: expected {expected}",
+                describe(v)
+            ));
+        }
     };
     bad_text(name, &value, expected)
 }

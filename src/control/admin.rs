@@ -79,7 +79,9 @@ impl AdminConns {
 
     /// Whether `id` names an open connection.
     fn is_open(&self, id: ConnId) -> bool {
-        self.conns.get(id.slot as usize).is_some_and(|c| c.id() == id)
+        self.conns
+            .get(id.slot as usize)
+            .is_some_and(|c| c.id() == id)
     }
 }
 
@@ -144,12 +146,17 @@ impl Control {
         // The view borrows fields the connections do not live in.
         let view = super::view!(self);
         let admin = &mut self.admin;
-        let (Some(conn), Some(endpoint)) = (admin.conns.get_mut(id.slot as usize), &mut admin.endpoint)
+        let (Some(conn), Some(endpoint)) =
+            (admin.conns.get_mut(id.slot as usize), &mut admin.endpoint)
         else {
             return;
         };
-        let done = conn.on_ready(&view, endpoint.shared(), &mut self.timers, TimerKey::Admin(id));
-        drop(view);
+        let done = conn.on_ready(
+            &view,
+            endpoint.shared(),
+            &mut self.timers,
+            TimerKey::Admin(id),
+        );
         if done {
             self.end_admin(id);
         }

@@ -16,7 +16,7 @@
 //!
 //! | token | handler |
 //! |---|---|
-//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR2: upgrade |
+//! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR1: reopen the access log; SIGUSR2: upgrade |
 //! | the waker | the discovery thread has news (a reload, a re-resolve); a worker adopted a generation or exited |
 //! | the admin listener | a new admin connection |
 //! | the upgrade pipe | the new process an upgrade started says it serves, or is gone |
@@ -53,16 +53,16 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pid_file::PidFile;
 use prober::Prober;
+use reaper::Reaper;
 use registry::Registry;
 use rollout::Rollout;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use sockets::Sockets;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
-use reaper::Reaper;
 use upgrade::{Invocation, Upgrade};
 
 const SIGNALS: Token = Token(usize::MAX);
@@ -77,7 +77,7 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// SIGHUP or SIGTERM during start-up (resolving names, allocating pools) is held for the
 /// loop instead of killing the process with the default action.
 pub fn catch_signals() -> io::Result<Signals> {
-    Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
+    Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
 }
 
 /// The control thread's poll and the waker workers and helper threads wake it with (made
@@ -172,6 +172,11 @@ pub struct Control {
 }
 
 impl Control {
+    /// Where clients of the first service connect (its first address).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sockets.all_addrs().first().map(|(_, addr)| *addr)
+    }
+
     /// Where the admin endpoint listens, if it is on.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin.local_addr()
@@ -323,6 +328,7 @@ impl Control {
         let pending: Vec<i32> = self.signals.pending().collect();
         for signal in pending {
             match signal {
+                SIGUSR1 => self.reopen_access_log(),
                 SIGUSR2 => self.begin_upgrade(),
                 SIGHUP if self.lifecycle.may_serve() => self.reload(),
                 SIGHUP => {}
@@ -360,6 +366,15 @@ impl Control {
             _ => info!("SIGHUP: reloading"),
         }
         self.discovery.reload(0);
+    }
+
+    /// SIGUSR1 (logrotate has renamed the access log): the writer thread opens the path
+    /// again and logs how that went.
+    fn reopen_access_log(&self) {
+        match &self.access_log {
+            Some(log) => log.reopen(),
+            None => info!("SIGUSR1: no access log to reopen (--access-log is off)"),
+        }
     }
 
     /// SIGTERM or SIGINT: the first drains (on probation: hands over early), the next stops
@@ -407,8 +422,10 @@ impl Control {
                 debug!("cannot tell systemd that tcplb is stopping: {e}");
             }
         }
-        self.timers
-            .insert(self.now + self.global.drain_timeout, TimerKey::DrainDeadline);
+        self.timers.insert(
+            self.now + self.global.drain_timeout,
+            TimerKey::DrainDeadline,
+        );
         self.announce_drain();
     }
 
@@ -502,7 +519,10 @@ impl Control {
         }
         if let Some(e) = exhausted {
             if let Some(n) = self.fds_throttle.allow(self.now) {
-                warn!("cannot open a health check socket: {e}{}", suppressed_note(n));
+                warn!(
+                    "cannot open a health check socket: {e}{}",
+                    suppressed_note(n)
+                );
             }
         }
     }

@@ -337,7 +337,10 @@ mod tests {
     fn a_round_probes_every_backend_once_with_at_most_the_cap_open() {
         let fleet = fleet(150);
         let mut schedule = Schedule::default();
-        assert!(schedule.next(|_| Some(Arc::clone(&fleet))).is_none(), "no round is due yet");
+        assert!(
+            schedule.next(|_| Some(Arc::clone(&fleet))).is_none(),
+            "no round is due yet"
+        );
         schedule.round_due(&fleet);
         let mut seen = Vec::new();
         let mut open = start_all(&mut schedule, &fleet);
@@ -381,9 +384,13 @@ mod tests {
         let fleet = fleet(3);
         let mut schedule = Schedule::default();
         schedule.round_due(&fleet);
-        let first = schedule.next(|_| Some(Arc::clone(&fleet))).expect("a backend");
+        let first = schedule
+            .next(|_| Some(Arc::clone(&fleet)))
+            .expect("a backend");
         schedule.put_back();
-        let again = schedule.next(|_| Some(Arc::clone(&fleet))).expect("a backend");
+        let again = schedule
+            .next(|_| Some(Arc::clone(&fleet)))
+            .expect("a backend");
         assert!(Arc::ptr_eq(&first, &again));
     }
 }

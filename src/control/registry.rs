@@ -82,7 +82,11 @@ impl Registry {
     /// Makes `spec` the service's spec. Returns the service if its sessions' settings
     /// changed (a new [`Service`], same id and counters); `None` keeps the one the workers
     /// have.
-    pub fn update(&mut self, spec: &ServiceSpec, pool: (PoolId, &PoolSpec)) -> Option<Arc<Service>> {
+    pub fn update(
+        &mut self,
+        spec: &ServiceSpec,
+        pool: (PoolId, &PoolSpec),
+    ) -> Option<Arc<Service>> {
         let entry = self.entries.iter_mut().find(|e| e.spec.name == spec.name)?;
         let service = build(
             entry.service.id,

@@ -130,7 +130,8 @@ impl Control {
         }
         let (mut added, mut updated) = (0, 0);
         for spec in &config.services {
-            let (Some(&pool_id), Some(pool)) = (ids.get(spec.pool.as_str()), config.pool(&spec.pool))
+            let (Some(&pool_id), Some(pool)) =
+                (ids.get(spec.pool.as_str()), config.pool(&spec.pool))
             else {
                 continue; // validated: every service's pool exists
             };
@@ -179,10 +180,7 @@ impl Control {
                             }
                             Err(e) => {
                                 self.reloads.bind_failures += 1;
-                                warn!(
-                                    "reload: service {} keeps its listeners: {e}",
-                                    spec.name
-                                );
+                                warn!("reload: service {} keeps its listeners: {e}", spec.name);
                                 // Its other settings still apply; its addresses stay.
                                 let mut kept = spec.clone();
                                 kept.listen = old_spec.listen.clone();
@@ -289,7 +287,6 @@ impl Control {
         self.rollout
             .publish(topology, vec![fleet], lines, &self.workers);
     }
-
 }
 
 /// The lines that say what changed in a pool.
@@ -315,9 +312,20 @@ fn describe_pool_named(
     } else {
         format!("{what}: pool {name}")
     };
-    lines.push(format!("{prefix}: {}; {} backends", changes.counts(), fleet.len()));
-    lines.extend(changes.lines().into_iter().map(|l| format!("{prefix}: {l}")));
+    lines.push(format!(
+        "{prefix}: {}; {} backends",
+        changes.counts(),
+        fleet.len()
+    ));
+    lines.extend(
+        changes
+            .lines()
+            .into_iter()
+            .map(|l| format!("{prefix}: {l}")),
+    );
     if fleet.is_empty() {
-        lines.push(format!("{prefix}: the backend set is empty; new clients will be closed"));
+        lines.push(format!(
+            "{prefix}: the backend set is empty; new clients will be closed"
+        ));
     }
 }

@@ -137,8 +137,8 @@ impl Sockets {
         let admin = match (admin, &config.global.admin) {
             (Some((socket, _)), Some(_)) => Some(socket),
             (None, Some(addr)) => Some(
-                bind(addr, 64, 1)
-                    .map_err(|e| Failure::Start(format!("{e} (--admin)")))?
+                bind("--admin", addr, 64, 1)
+                    .map_err(Failure::Start)?
                     .remove(0)
                     .0,
             ),
@@ -160,8 +160,13 @@ impl Sockets {
                     Source::Adopt(configured, found) => {
                         grow(configured, found, service.backlog, workers, origin)
                     }
-                    Source::Bind(addr) => bind_group(&addr, service.backlog, workers)
-                        .map_err(|e| Failure::Start(format!("service {}: {e}", service.name)))?,
+                    Source::Bind(addr) => bind_group(
+                        &listen_flag(config, service),
+                        &addr,
+                        service.backlog,
+                        workers,
+                    )
+                    .map_err(Failure::Start)?,
                 });
             }
             sockets.services.push((service.name.clone(), groups));
@@ -181,8 +186,9 @@ impl Sockets {
     /// Binds `service`'s addresses (a reload added it). Nothing is kept if one fails.
     pub fn bind_service(&mut self, service: &ServiceSpec) -> Result<(), String> {
         let mut groups = Vec::with_capacity(service.listen.len());
+        let what = format!("service {}", service.name);
         for addr in &service.listen {
-            groups.push(bind_group(addr, service.backlog, self.workers)?);
+            groups.push(bind_group(&what, addr, service.backlog, self.workers)?);
         }
         self.remove(&service.name);
         self.services.push((service.name.clone(), groups));
@@ -206,7 +212,8 @@ impl Sockets {
         let mut fresh = Vec::new();
         for addr in &new.listen {
             if !have.contains(&Some(addr.clone())) {
-                fresh.push(bind_group(addr, new.backlog, self.workers)?);
+                let what = format!("service {}", new.name);
+                fresh.push(bind_group(&what, addr, new.backlog, self.workers)?);
             }
         }
         let groups = std::mem::take(&mut self.services[i].1);
@@ -481,9 +488,25 @@ fn grow(
     Group::new(configured, addr, sockets, workers)
 }
 
-/// Binds `addr` for `workers` workers, as one group.
-fn bind_group(addr: &(String, u16), backlog: i32, workers: usize) -> Result<Group, String> {
-    let bound = bind(addr, backlog, workers)?;
+/// What a listen address is for, in a bind error: `--listen` for the command line's one
+/// service, `service NAME` for a config file's.
+fn listen_flag(config: &Config, service: &ServiceSpec) -> String {
+    if config.file.is_none() && service.name == crate::config::DEFAULT_NAME {
+        "--listen".to_string()
+    } else {
+        format!("service {}", service.name)
+    }
+}
+
+/// Binds `addr` (for `what`: `--listen`, `service web`) for `workers` workers, as one
+/// group.
+fn bind_group(
+    what: &str,
+    addr: &(String, u16),
+    backlog: i32,
+    workers: usize,
+) -> Result<Group, String> {
+    let bound = bind(what, addr, backlog, workers)?;
     let at = bound[0].1;
     Ok(Group::new(
         Some(addr.clone()),
@@ -558,18 +581,24 @@ fn split_systemd(
     Ok((adopted, admin))
 }
 
-/// Resolves and binds a listen address: on Linux one socket per worker in a `SO_REUSEPORT`
-/// group. Failures name the address and the OS error (with a hint for a privileged port).
+/// Resolves and binds a listen address (for `what`: `--listen`, `--admin`, `service web`):
+/// on Linux one socket per worker in a `SO_REUSEPORT` group. Failures name the address,
+/// what it is for and the OS error (with a hint for a privileged port).
 fn bind(
+    what: &str,
     (host, port): &(String, u16),
     backlog: i32,
     workers: usize,
 ) -> Result<Vec<(TcpListener, SocketAddr)>, String> {
     let addrs = net::resolve(host, *port)
-        .map_err(|e| format!("cannot resolve listen address {host}:{port}: {e}"))?;
+        .map_err(|e| format!("cannot resolve {what} address {host}:{port}: {e}"))?;
     let addr = addrs[0];
-    let sockets = net::bind_group(addr, backlog, workers)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let sockets = net::bind_group(addr, backlog, workers).map_err(|e| {
+        format!(
+            "cannot listen on {addr} for {what}: {e}{}",
+            privilege_hint(addr.port(), &e)
+        )
+    })?;
     sockets
         .into_iter()
         .map(|s| {
@@ -579,6 +608,28 @@ fn bind(
             Ok((s, bound))
         })
         .collect()
+}
+
+/// For a port only privileged processes may bind (below
+/// `net.ipv4.ip_unprivileged_port_start`, 1024 by default) refused for want of privilege:
+/// the ways to get it without running as root. Empty otherwise.
+fn privilege_hint(port: u16, e: &io::Error) -> String {
+    let first_open = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(1024);
+    if e.kind() != io::ErrorKind::PermissionDenied || u32::from(port) >= first_open {
+        return String::new();
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "/path/to/tcplb".to_string());
+    format!(
+        "; ports below {first_open} need privilege: give the binary the capability \
+         (setcap cap_net_bind_service=+ep {exe}), let systemd bind the port (socket \
+         activation, deploy/systemd/tcplb.socket), or set \
+         AmbientCapabilities=CAP_NET_BIND_SERVICE in its service unit"
+    )
 }
 
 #[cfg(test)]

@@ -214,8 +214,15 @@ pub fn start(
 /// the line it always had (`listening on ADDR; N workers; balance B; backends: ...`); with a
 /// config file the line counts services and pools, and each service gets a line of its own
 /// ([`service_lines`]).
-fn describe_services(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> (String, String) {
-    if config.file.is_none() && config.services.len() == 1 && config.services[0].name == DEFAULT_NAME {
+fn describe_services(
+    config: &Config,
+    sockets: &Sockets,
+    fleets: &[Arc<Fleet>],
+) -> (String, String) {
+    if config.file.is_none()
+        && config.services.len() == 1
+        && config.services[0].name == DEFAULT_NAME
+    {
         let addrs: Vec<String> = sockets
             .addrs(DEFAULT_NAME)
             .iter()
@@ -271,8 +278,15 @@ fn service_lines(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> V
         .iter()
         .take(SERVICE_LINES)
         .map(|s| {
-            let addrs: Vec<String> = sockets.addrs(&s.name).iter().map(|a| a.to_string()).collect();
-            let pool = match (config.pool(&s.pool), fleets.iter().find(|f| **f.name() == *s.pool)) {
+            let addrs: Vec<String> = sockets
+                .addrs(&s.name)
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            let pool = match (
+                config.pool(&s.pool),
+                fleets.iter().find(|f| **f.name() == *s.pool),
+            ) {
                 (Some(spec), Some(fleet)) => format!(
                     "pool {}, {}, {} backends",
                     s.pool,
@@ -286,7 +300,11 @@ fn service_lines(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> V
             } else {
                 ""
             };
-            format!("service {}: listening on {}; {pool}{proxy}", s.name, addrs.join(", "))
+            format!(
+                "service {}: listening on {}; {pool}{proxy}",
+                s.name,
+                addrs.join(", ")
+            )
         })
         .collect();
     if config.services.len() > SERVICE_LINES {
@@ -421,10 +439,9 @@ fn refuse_loops(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> Re
             }
             let addresses = host.clone().unwrap_or_default();
             let v6_only = sockets.v6_only(local);
-            if let Some(b) = fleet
-                .backends()
-                .find(|b| net::reaches_listener(local, v6_only, b.addr, |ip| addresses.contains(&ip)))
-            {
+            if let Some(b) = fleet.backends().find(|b| {
+                net::reaches_listener(local, v6_only, b.addr, |ip| addresses.contains(&ip))
+            }) {
                 return Err(Failure::Input(loop_message(spec.name.as_str(), b, local)));
             }
         }

@@ -585,9 +585,10 @@ impl Control {
                     new.pid(),
                     self.global.upgrade_timeout
                 );
-                let deadline = self
-                    .timers
-                    .insert(self.now + self.global.upgrade_timeout, TimerKey::UpgradeDeadline);
+                let deadline = self.timers.insert(
+                    self.now + self.global.upgrade_timeout,
+                    TimerKey::UpgradeDeadline,
+                );
                 self.upgrade = Upgrade::Starting { new, deadline };
             }
             Err(e) => {
@@ -679,9 +680,10 @@ impl Control {
             w.send(WorkerCommand::Pause);
         }
         self.admin.pause(self.poll.registry());
-        let ends = self
-            .timers
-            .insert(self.now + self.global.upgrade_probation, TimerKey::ProbationEnd);
+        let ends = self.timers.insert(
+            self.now + self.global.upgrade_probation,
+            TimerKey::ProbationEnd,
+        );
         self.upgrade = Upgrade::Probation {
             new,
             ends,

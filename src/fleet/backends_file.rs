@@ -13,32 +13,54 @@ pub fn read_backends_file(path: &Path) -> Result<Vec<BackendSpec>, String> {
     let shown = config::printable(&shown);
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read backends file {shown}: {e}"))?;
-    parse_backends_file(&String::from_utf8_lossy(&bytes), path)
-        .map_err(|e| format!("{shown}: {e}"))
+    parse_backends_file(&String::from_utf8_lossy(&bytes), path).map_err(|e| format!("{shown}: {e}"))
 }
+
+/// Bad lines of a backends file named in one error; the rest are counted.
+pub const SHOWN_BAD_LINES: usize = 10;
 
 /// Parses the backends file `file` holding `text`: one backend spec per line; `#` starts a
 /// comment; blank lines are ignored; a line ends at LF, CRLF or a lone CR (old Mac files).
-/// Each spec remembers its file and line; errors carry the line number.
+/// Each spec remembers its file and line. Every bad line is found, not just the first: one
+/// is a [`ConfigError::BadLine`] with its number; several are a [`ConfigError::BadLines`]
+/// naming the first [`SHOWN_BAD_LINES`] and counting them all.
 pub fn parse_backends_file(text: &str, file: &Path) -> Result<Vec<BackendSpec>, ConfigError> {
     let file: Arc<Path> = Arc::from(file);
     let mut specs = Vec::new();
+    let mut bad = Vec::new();
+    let mut bad_lines = 0;
     for (i, line) in file_lines(text).enumerate() {
         let content = line.split('#').next().unwrap_or_default().trim();
         if content.is_empty() {
             continue;
         }
-        let mut spec = BackendSpec::parse(content).map_err(|error| ConfigError::BadLine {
-            line: i + 1,
-            error: Box::new(error),
-        })?;
-        spec.origin = Some(Origin {
-            file: Arc::clone(&file),
-            line: i + 1,
-        });
-        specs.push(spec);
+        match BackendSpec::parse(content) {
+            Ok(mut spec) => {
+                spec.origin = Some(Origin {
+                    file: Arc::clone(&file),
+                    line: i + 1,
+                });
+                specs.push(spec);
+            }
+            Err(error) => {
+                bad_lines += 1;
+                if bad.len() < SHOWN_BAD_LINES {
+                    bad.push(ConfigError::BadLine {
+                        line: i + 1,
+                        error: Box::new(error),
+                    });
+                }
+            }
+        }
     }
-    Ok(specs)
+    match bad.len() {
+        0 => Ok(specs),
+        1 => Err(bad.remove(0)),
+        _ => Err(ConfigError::BadLines {
+            shown: bad,
+            total: bad_lines,
+        }),
+    }
 }
 
 /// The lines of `text`, each ended by LF, CRLF or a lone CR.
@@ -46,7 +68,6 @@ fn file_lines(text: &str) -> impl Iterator<Item = &str> {
     text.split('\n')
         .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -125,5 +146,31 @@ mod tests {
         // The line number of a bad line counts lone CRs too.
         let err = file("10.0.0.1:80\r# x\r10.0.0.2:x\r").expect_err("bad line");
         assert!(err.to_string().starts_with("line 3: "), "{err}");
+    }
+
+    #[test]
+    fn every_bad_line_is_named_up_to_ten() {
+        let err = file("10.0.0.1:x\n10.0.0.2:80\n# c\nweb:80,weight=0\n[::1:80\n")
+            .expect_err("bad lines");
+        assert_eq!(
+            err.to_string(),
+            "3 bad lines: line 1: invalid backend '10.0.0.1:x': port 'x' is not a number \
+             from 1 to 65535; line 4: invalid backend 'web:80,weight=0': weight '0' is not \
+             1..=256; line 5: invalid backend '[::1:80': expected [IPv6]:PORT"
+        );
+        // Thirteen bad lines: ten named, three counted.
+        let text: String = (1..=13).map(|i| format!("h:{i}x\n")).collect();
+        let shown = file(&text).expect_err("bad lines").to_string();
+        assert!(shown.starts_with("13 bad lines: line 1: "), "{shown}");
+        assert!(
+            shown.contains("line 10: invalid backend 'h:10x'"),
+            "{shown}"
+        );
+        assert!(!shown.contains("line 11"), "{shown}");
+        assert!(shown.ends_with("; and 3 more bad lines"), "{shown}");
+        // Eleven: "1 more bad line".
+        let text: String = (1..=11).map(|i| format!("h:{i}x\n")).collect();
+        let shown = file(&text).expect_err("bad lines").to_string();
+        assert!(shown.ends_with("; and 1 more bad line"), "{shown}");
     }
 }

@@ -166,8 +166,7 @@ impl Builder {
         self.draining.retain(|_, b| b.active() > 0);
         self.generation = self.generation.wrapping_add(1);
         let fleet = assemble(
-            (self.pool, Arc::clone(&self.name)),
-            self.generation,
+            (self.pool, Arc::clone(&self.name), self.generation),
             primaries,
             backups,
             self.draining.values().cloned().collect(),

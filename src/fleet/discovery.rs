@@ -28,8 +28,8 @@ use log::warn;
 use mio::Waker;
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -138,7 +138,10 @@ impl Pools {
                     return Err(StartError::Start(first.clone()));
                 };
                 for failure in &failures {
-                    warn!("{}{failure}; trying again every {interval:?}", prefix(&spec.name));
+                    warn!(
+                        "{}{failure}; trying again every {interval:?}",
+                        prefix(&spec.name)
+                    );
                 }
             }
             if set.is_empty() {
@@ -156,8 +159,12 @@ impl Pools {
                 warn!("{}{warning}", prefix(&spec.name));
             }
             let id = pools.allocate_id();
-            let mut builder =
-                Builder::for_pool(id, Arc::from(spec.name.as_str()), policy(spec), spec.balance);
+            let mut builder = Builder::for_pool(
+                id,
+                Arc::from(spec.name.as_str()),
+                policy(spec),
+                spec.balance,
+            );
             let (fleet, _) = builder.build(&set);
             fleets.push(fleet);
             pools.plans.push(Plan {
@@ -174,7 +181,10 @@ impl Pools {
 
     /// The id of the pool called `name`.
     pub fn id_of(&self, name: &str) -> Option<PoolId> {
-        self.plans.iter().find(|p| p.spec.name == name).map(|p| p.id)
+        self.plans
+            .iter()
+            .find(|p| p.spec.name == name)
+            .map(|p| p.id)
     }
 
     fn allocate_id(&mut self) -> PoolId {
@@ -221,8 +231,8 @@ impl Pools {
                     None => format!("new pool {}: {source} no backend", spec.name),
                 });
             }
-            if let Some(warning) =
-                Builder::check(spec.balance, &set).map_err(|e| format!("{}{e}", prefix(&spec.name)))?
+            if let Some(warning) = Builder::check(spec.balance, &set)
+                .map_err(|e| format!("{}{e}", prefix(&spec.name)))?
             {
                 warn!("{}{warning}", prefix(&spec.name));
             }

@@ -416,8 +416,7 @@ impl Fleet {
 /// Puts a generation together (the builder's last step): seats every backend and builds
 /// the selectors.
 pub(crate) fn assemble(
-    (pool, name): (PoolId, Arc<str>),
-    generation: u32,
+    (pool, name, generation): (PoolId, Arc<str>, u32),
     primaries: Vec<Arc<Backend>>,
     backups: Vec<Arc<Backend>>,
     draining: Vec<Arc<Backend>>,

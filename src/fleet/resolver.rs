@@ -56,7 +56,6 @@ impl Resolver {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +110,4 @@ mod tests {
         assert_eq!(set.len(), 1);
         assert!(failures[0].contains("keeping its 1 last known"));
     }
-
 }

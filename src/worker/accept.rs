@@ -4,8 +4,8 @@
 //! accepting pauses without spinning.
 
 use crate::logging::suppressed_note;
-use crate::service::{Service, ServiceId, ServiceStats};
 use crate::net;
+use crate::service::{Service, ServiceId, ServiceStats};
 use crate::stats::{EndReason, SessionSummary};
 use crate::worker::session::{Rejected, Session};
 use crate::worker::{TimerKey, Worker, lend_env};

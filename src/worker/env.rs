@@ -4,8 +4,8 @@
 //! and the throttles of bursty warnings.
 
 use crate::fleet::backend::Backend;
-use crate::service::Topology;
 use crate::logging::Throttle;
+use crate::service::Topology;
 use crate::stats::WorkerStats;
 use crate::worker::pipes::PipePool;
 use crate::worker::pool::Pool;

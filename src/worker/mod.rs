@@ -37,8 +37,8 @@ pub mod timer;
 use crate::admin::access_log::AccessLogBatch;
 use crate::clock;
 use crate::fleet::backend::Backend;
-use crate::service::{Service, ServiceId, ServiceStats, Topology};
 use crate::logging::suppressed_note;
+use crate::service::{Service, ServiceId, ServiceStats, Topology};
 use crate::stats::{EndReason, SessionSummary, WorkerStats};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
@@ -419,18 +419,20 @@ impl Worker {
                     }
                     let paused = self.state == LoopState::Paused;
                     for socket in sockets {
-                        let added =
-                            add_listener(&self.poll, &mut self.listeners, service, socket)
-                                .and_then(|key| {
-                                    if paused {
-                                        // Kept for a resume, not polled meanwhile.
-                                        let socket = &mut self.listeners[key].socket;
-                                        self.poll.registry().deregister(socket)?;
-                                    }
-                                    Ok(())
-                                });
+                        let added = add_listener(&self.poll, &mut self.listeners, service, socket)
+                            .and_then(|key| {
+                                if paused {
+                                    // Kept for a resume, not polled meanwhile.
+                                    let socket = &mut self.listeners[key].socket;
+                                    self.poll.registry().deregister(socket)?;
+                                }
+                                Ok(())
+                            });
                         if let Err(e) = added {
-                            warn!("worker {}: cannot accept on a new listener: {e}", self.index);
+                            warn!(
+                                "worker {}: cannot accept on a new listener: {e}",
+                                self.index
+                            );
                         }
                     }
                     // Clients may already be queued on them.
@@ -666,8 +668,11 @@ fn add_listener(
         ));
     }
     let entry = listeners.vacant_entry();
-    poll.registry()
-        .register(&mut socket, Token(LISTENERS_TOP - entry.key()), Interest::READABLE)?;
+    poll.registry().register(
+        &mut socket,
+        Token(LISTENERS_TOP - entry.key()),
+        Interest::READABLE,
+    )?;
     let key = entry.key();
     entry.insert(Listener {
         socket,
@@ -814,5 +819,4 @@ mod tests {
         assert_eq!(worker.shared.accepting.load(Ordering::Acquire), 0);
         assert!(!worker.shared.listening[0].load(Ordering::Acquire));
     }
-
 }

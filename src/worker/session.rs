@@ -494,8 +494,7 @@ impl Session {
 /// Counts a failed connect against the lease's backend; a breaker that opened gets a timer
 /// so its trial comes when the cool-down ends.
 fn note_failure(lease: &mut Lease, error: &io::Error, env: &mut Env) {
-    if let Verdict::CoolingDown { until } = env.topology.connect_failed(lease, env.now_ms, error)
-    {
+    if let Verdict::CoolingDown { until } = env.topology.connect_failed(lease, env.now_ms, error) {
         env.cooling
             .push((std::sync::Arc::clone(lease.backend()), until));
     }
@@ -570,8 +569,8 @@ mod tests {
     use crate::fleet::builder::Builder;
     use crate::fleet::builder::tests::{POLICY, spec};
     use crate::fleet::select::Balance;
-    use crate::stats::WorkerStats;
     use crate::service::{self, Topology};
+    use crate::stats::WorkerStats;
     use crate::worker::env::Throttles;
     use crate::worker::pipes::PipePool;
     use crate::worker::pool::Pool;

@@ -353,7 +353,6 @@ pub fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     lines
 }
 
-
 /// `/backends`, parsed: every service, every pool and each pool's backends.
 pub struct Backends {
     pub doc: Value,
@@ -424,7 +423,11 @@ pub struct BackendRow {
 
 impl BackendRow {
     fn from(v: &Value) -> BackendRow {
-        let text = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no {k} in {v}")).to_string();
+        let text = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("no {k} in {v}"))
+                .to_string()
+        };
         let number = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
         BackendRow {
             pool: text("pool"),
@@ -439,7 +442,11 @@ impl BackendRow {
 
 /// Every backend of `/backends`.
 pub fn backend_rows(tcplb: &Tcplb) -> Vec<BackendRow> {
-    Backends::get(tcplb).rows().iter().map(BackendRow::from).collect()
+    Backends::get(tcplb)
+        .rows()
+        .iter()
+        .map(BackendRow::from)
+        .collect()
 }
 
 /// The `/backends` row for `addr`, if listed.

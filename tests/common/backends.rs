@@ -2,8 +2,8 @@
 //! resetter), ports that refuse or hang, and the client side of talking to them through
 //! tcplb.
 
-use super::process::Tcplb;
 use super::bytes::{pattern, read_digest};
+use super::process::Tcplb;
 use super::wait_until;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 /// How to start a tcplb under test: the one builder of its arguments. Flags get
 /// `--listen 127.0.0.1:0`; a config file gets written to a scratch file and passed with
 /// `--config`; both get `--workers` with the test's worker count unless they say.
+/// A change to the command before it runs.
+type Adjust<'a> = Box<dyn FnOnce(&mut Command) + 'a>;
+
 pub struct Launch<'a> {
     program: std::ffi::OsString,
     args: Vec<String>,
     config: Option<String>,
     nofile: Option<u64>,
-    adjust: Vec<Box<dyn FnOnce(&mut Command) + 'a>>,
+    adjust: Vec<Adjust<'a>>,
 }
 
 static CONFIGS: AtomicUsize = AtomicUsize::new(0);
@@ -381,7 +384,10 @@ impl Tcplb {
             .and_then(|rest| rest.split(';').next())
             .map(|list| {
                 list.split(", ")
-                    .map(|a| a.parse().unwrap_or_else(|_| panic!("no address in {line:?}")))
+                    .map(|a| {
+                        a.parse()
+                            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+                    })
                     .collect()
             })
             .unwrap_or_else(|| panic!("no addresses in {line:?}"))
@@ -389,15 +395,25 @@ impl Tcplb {
 
     /// Replaces the config file with `toml` (atomically: a reload never reads half a file).
     pub fn rewrite_config(&self, toml: &str) {
-        let file = self.config.as_ref().expect("tcplb started with a config file");
-        let next = Scratch::new(&format!("{}.next", file.file_name().and_then(|n| n.to_str()).unwrap_or("config")));
+        let file = self
+            .config
+            .as_ref()
+            .expect("tcplb started with a config file");
+        let next = Scratch::new(&format!(
+            "{}.next",
+            file.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("config")
+        ));
         std::fs::write(&*next, toml).expect("write the config file");
         std::fs::rename(&*next, &**file).expect("replace the config file");
     }
 
     /// The config file tcplb was started with.
     pub fn config_path(&self) -> &std::path::Path {
-        self.config.as_ref().expect("tcplb started with a config file")
+        self.config
+            .as_ref()
+            .expect("tcplb started with a config file")
     }
 }
 

@@ -60,9 +60,7 @@ pub trait Selector: Send + Sync + fmt::Debug {
     fn refresh_all(&self, _members: &[Arc<Backend>], _now: u64) {}
 }
 
-pub use crate::config::policy::{
-    Balance, DEFAULT_TABLE_SIZE, HashSettings, MAX_TABLE_SIZE, NAMES,
-};
+pub use crate::config::policy::{Balance, DEFAULT_TABLE_SIZE, HashSettings, MAX_TABLE_SIZE, NAMES};
 
 /// Whether groups of `primaries` and `backups` backends suit `balance`: `Err(why)` when
 /// some backend would never be chosen, `Ok(Some(warning))` when the spread would be uneven
