@@ -47,6 +47,7 @@
 //! The crate is a library so that tests and benchmarks reach the internals; the `tcplb`
 //! binary (`src/main.rs`) is a thin wrapper around it.
 
+pub mod access_log;
 pub mod admin;
 pub mod clock;
 pub mod config;
@@ -57,6 +58,7 @@ pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod proxy_protocol;
+pub mod reactor;
 pub mod service;
 pub mod stats;
 pub mod worker;

@@ -8,7 +8,7 @@
 //! ```
 
 use crate::admin::View;
-use crate::admin::http::json_string;
+use crate::admin::json::json_string;
 use crate::clock;
 use crate::fleet::Fleet;
 use crate::fleet::backend::BackendStats as Stat;
@@ -23,9 +23,8 @@ pub fn render(view: &View, out: &mut String) {
         if i > 0 {
             out.push(',');
         }
-        let listen: Vec<String> = view
-            .listeners
-            .addrs(&service.name)
+        let listen: Vec<String> = service
+            .listen
             .iter()
             .map(|a| json_string(&a.to_string()))
             .collect();

@@ -1,29 +1,36 @@
 //! The admin surface: the HTTP endpoint (`--admin`: `/metrics`, `/healthz`, `/backends`)
 //! served by the control thread, never by a worker, so a scrape of a large fleet cannot
-//! stall traffic; the Prometheus rendering, which adds up every worker's figures; the
-//! `/backends` document; and the access log, written by one thread for every worker.
+//! stall traffic; the Prometheus rendering, which adds up every worker's figures; and the
+//! `/backends` document.
 //!
 //! Everything here reads the process through a [`View`]: the services and pools, the
 //! workers' stats, the lifecycle. Nothing here changes any of it.
 
-pub mod access_log;
 pub mod backends;
 pub mod http;
+pub mod json;
 pub mod metrics;
 
-use crate::control::ReloadStats;
-use crate::control::sockets::Sockets;
 use crate::service::Topology;
 use crate::stats::WorkerStats;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+/// How reloads have gone, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReloadStats {
+    pub ok: u64,
+    pub errors: u64,
+    /// When the last one that succeeded did.
+    pub last_success: Option<SystemTime>,
+    /// Listeners a reload could not bind (their service was left out).
+    pub bind_failures: u64,
+}
+
 /// What the admin endpoint shows, borrowed from the control thread for one request.
 pub struct View<'a> {
     /// Every service and every pool's current generation.
     pub topology: &'a Topology,
-    /// Where each service listens.
-    pub listeners: &'a Sockets,
     /// Every worker's figures, in worker order.
     pub workers: &'a [Arc<WorkerStats>],
     /// Whether the process serves (`/healthz` says so).

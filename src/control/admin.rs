@@ -4,8 +4,8 @@
 
 use crate::admin::http::{self, AdminConn, Endpoint};
 use crate::control::{Control, TimerKey};
-use crate::logging::{Throttle, suppressed_note};
-use crate::worker::ConnId;
+use crate::reactor::ConnId;
+use crate::reactor::{Throttle, suppressed_note};
 use log::{debug, warn};
 use mio::Registry;
 use slab::Slab;

@@ -37,16 +37,18 @@ pub mod start;
 pub mod systemd;
 pub mod upgrade;
 
-use crate::admin::access_log::AccessLog;
+use crate::access_log::AccessLog;
+use crate::admin::ReloadStats;
 use crate::admin::http::Endpoint;
 use crate::clock;
 use crate::fleet::PoolId;
 use crate::fleet::discovery::{Discovery, Update};
 use crate::lifecycle::{Drain, Lifecycle};
-use crate::logging::{Throttle, suppressed_note};
+use crate::reactor::ConnId;
+use crate::reactor::timer::Timers;
+use crate::reactor::{Throttle, suppressed_note};
 use crate::stats::WorkerStats;
-use crate::worker::timer::Timers;
-use crate::worker::{Command, ConnId, Handle, Shared};
+use crate::worker::{Command, Handle, Shared};
 use admin::AdminConns;
 use log::{debug, info, warn};
 use mio::net::TcpListener;
@@ -105,17 +107,6 @@ pub enum TimerKey {
     ProbationEnd,
     /// Look at the processes an upgrade started ([`WATCH_INTERVAL`]).
     UpgradeWatch,
-}
-
-/// How reloads have gone, for `/metrics`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ReloadStats {
-    pub ok: u64,
-    pub errors: u64,
-    /// When the last one that succeeded did.
-    pub last_success: Option<SystemTime>,
-    /// Listeners a reload could not bind (their service was left out).
-    pub bind_failures: u64,
 }
 
 /// Everything the control thread starts with.
@@ -561,7 +552,6 @@ macro_rules! view {
     ($control:ident) => {
         $crate::admin::View {
             topology: $control.rollout.current(),
-            listeners: &$control.sockets,
             workers: &$control.worker_stats,
             // After a hand-over, a request accepted before it is answered for the service,
             // which the newer process runs on: "draining" would tell a health checker the
@@ -573,7 +563,7 @@ macro_rules! view {
             access_log_dropped: $control
                 .access_log
                 .as_ref()
-                .map($crate::admin::access_log::AccessLog::dropped),
+                .map($crate::access_log::AccessLog::dropped),
             reloads: $control.reloads,
         }
     };

@@ -8,9 +8,9 @@
 //! connect, queue, and never be served. The control thread looks at them every few
 //! milliseconds ([`Reaper::poll`], non-blocking) and does not exit while one is left.
 
-use super::upgrade::describe_exit;
 use log::{info, warn};
-use std::process::Child;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// How long a new process given up on has, after SIGTERM, before it gets SIGKILL.
@@ -106,6 +106,15 @@ impl Reaper {
     }
 }
 
+/// "exited with status 1", "was killed by signal 9".
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => format!("ended ({status})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +195,17 @@ mod tests {
         reaper.abandon(second, true, Instant::now());
         reaper.kill_all();
         assert!(poll_until_empty(&mut reaper) < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn exits_are_described() {
+        assert_eq!(
+            describe_exit(<ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(1 << 8)),
+            "exited with status 1"
+        );
+        assert_eq!(
+            describe_exit(<ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(9)),
+            "was killed by signal 9"
+        );
     }
 }

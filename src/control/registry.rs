@@ -5,6 +5,7 @@
 use crate::config::{PoolSpec, ServiceSpec};
 use crate::fleet::PoolId;
 use crate::service::{Service, ServiceId, ServiceStats};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// One configured service.
@@ -25,12 +26,14 @@ pub fn build(
     id: ServiceId,
     spec: &ServiceSpec,
     pool: (PoolId, &PoolSpec),
+    listen: Vec<SocketAddr>,
     stats: Arc<ServiceStats>,
 ) -> Arc<Service> {
     let (pool_id, pool) = pool;
     Arc::new(Service {
         id,
         name: Arc::from(spec.name.as_str()),
+        listen,
         pool: pool_id,
         connect_timeout: spec.connect_timeout.unwrap_or(pool.connect_timeout),
         retries: spec.retries.unwrap_or(pool.retries),
@@ -44,6 +47,7 @@ pub fn build(
 /// Whether two builds of a service give its sessions the same settings.
 fn same_settings(a: &Service, b: &Service) -> bool {
     a.pool == b.pool
+        && a.listen == b.listen
         && a.connect_timeout == b.connect_timeout
         && a.retries == b.retries
         && a.idle_timeout == b.idle_timeout
@@ -65,13 +69,18 @@ impl Registry {
         self.entries.iter().map(|e| Arc::clone(&e.service))
     }
 
-    /// Adds a service; returns it.
-    pub fn add(&mut self, spec: &ServiceSpec, pool: (PoolId, &PoolSpec)) -> Arc<Service> {
+    /// Adds a service listening on `listen`; returns it.
+    pub fn add(
+        &mut self,
+        spec: &ServiceSpec,
+        pool: (PoolId, &PoolSpec),
+        listen: Vec<SocketAddr>,
+    ) -> Arc<Service> {
         let id = self.free_ids.pop().unwrap_or_else(|| {
             self.next_id += 1;
             self.next_id - 1
         });
-        let service = build(id, spec, pool, Arc::default());
+        let service = build(id, spec, pool, listen, Arc::default());
         self.entries.push(Entry {
             spec: spec.clone(),
             service: Arc::clone(&service),
@@ -86,12 +95,14 @@ impl Registry {
         &mut self,
         spec: &ServiceSpec,
         pool: (PoolId, &PoolSpec),
+        listen: Vec<SocketAddr>,
     ) -> Option<Arc<Service>> {
         let entry = self.entries.iter_mut().find(|e| e.spec.name == spec.name)?;
         let service = build(
             entry.service.id,
             spec,
             pool,
+            listen,
             Arc::clone(&entry.service.stats),
         );
         entry.spec = spec.clone();

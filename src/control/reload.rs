@@ -142,7 +142,9 @@ impl Control {
                         warn!("reload: service {} not added: {e}", spec.name);
                         continue;
                     }
-                    let service = self.registry.add(spec, (pool_id, pool));
+                    let service =
+                        self.registry
+                            .add(spec, (pool_id, pool), self.sockets.addrs(&spec.name));
                     let addrs: Vec<String> = self
                         .sockets
                         .addrs(&spec.name)
@@ -185,14 +187,24 @@ impl Control {
                                 let mut kept = spec.clone();
                                 kept.listen = old_spec.listen.clone();
                                 kept.backlog = old_spec.backlog;
-                                if self.registry.update(&kept, (pool_id, pool)).is_some() {
+                                let listen = self.sockets.addrs(&spec.name);
+                                if self
+                                    .registry
+                                    .update(&kept, (pool_id, pool), listen)
+                                    .is_some()
+                                {
                                     updated += 1;
                                 }
                                 continue;
                             }
                         }
                     }
-                    if self.registry.update(spec, (pool_id, pool)).is_some() {
+                    let listen = self.sockets.addrs(&spec.name);
+                    if self
+                        .registry
+                        .update(spec, (pool_id, pool), listen)
+                        .is_some()
+                    {
                         lines.push(format!("reload: service {} settings changed", spec.name));
                         updated += 1;
                     }

@@ -11,7 +11,7 @@
 //! no (exit 1).
 
 use super::failure::Failure;
-use crate::admin::access_log::AccessLog;
+use crate::access_log::AccessLog;
 use crate::config::{Config, DEFAULT_NAME};
 use crate::control::pid_file::PidFile;
 use crate::control::registry::Registry;
@@ -91,7 +91,7 @@ pub fn start(
                 spec.name, spec.pool
             )));
         };
-        registry.add(spec, (pool_id, pool));
+        registry.add(spec, (pool_id, pool), sockets.addrs(&spec.name));
     }
     let topology = Arc::new(Topology::new(
         0,

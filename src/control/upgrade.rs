@@ -31,11 +31,11 @@
 //! and goes on serving as if nothing had happened. A process given up on is reaped before
 //! this one exits, and killed if it ignores SIGTERM ([`super::reaper`]).
 
-use super::reaper::Reaper;
+use super::reaper::{Reaper, describe_exit};
 use super::{ADMIN_LISTENER, Control, TimerKey, UPGRADE, WATCH_INTERVAL, systemd};
 use crate::lifecycle::Lifecycle;
+use crate::reactor::timer::TimerId;
 use crate::worker::Command as WorkerCommand;
-use crate::worker::timer::TimerId;
 use log::{error, info, warn};
 use mio::unix::pipe;
 use mio::{Interest, Registry, Token};
@@ -45,7 +45,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::Ordering;
@@ -526,15 +526,6 @@ fn service_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// "exited with status 1", "was killed by signal 9".
-pub(super) fn describe_exit(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => format!("ended ({status})"),
-    }
-}
-
 /// The upgrade, as the control thread runs it.
 impl Control {
     /// `SIGUSR2`: starts the new process, unless one is starting or on probation already,
@@ -940,17 +931,5 @@ mod tests {
             "no PATH"
         );
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn exits_are_described() {
-        assert_eq!(
-            describe_exit(ExitStatus::from_raw(1 << 8)),
-            "exited with status 1"
-        );
-        assert_eq!(
-            describe_exit(ExitStatus::from_raw(9)),
-            "was killed by signal 9"
-        );
     }
 }

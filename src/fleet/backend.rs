@@ -8,8 +8,8 @@
 //! backend kept across a reload keeps its counters and health.
 
 use crate::fleet::health::{Breaker, BreakerPolicy, BreakerState, SharedBreaker, SharedChecks};
-use crate::logging::Throttle;
 use crate::proxy_protocol::Version;
+use crate::reactor::Throttle;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};

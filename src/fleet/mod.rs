@@ -22,7 +22,7 @@ pub mod resolver;
 pub mod select;
 
 use crate::clock;
-use crate::logging::{Throttle, suppressed_note};
+use crate::reactor::{Throttle, suppressed_note};
 use backend::{Backend, Seat};
 use health::{BreakerPolicy, CheckPolicy, Transition};
 use lease::Lease;

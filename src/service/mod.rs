@@ -23,6 +23,8 @@ pub type ServiceId = u32;
 pub struct Service {
     pub id: ServiceId,
     pub name: Arc<str>,
+    /// Where it listens (as bound: a port 0 resolved).
+    pub listen: Vec<std::net::SocketAddr>,
     /// The pool its sessions go to.
     pub pool: PoolId,
     pub connect_timeout: Duration,
@@ -187,6 +189,7 @@ pub fn for_tests(retries: u32, accept_proxy: Option<Duration>) -> Arc<Service> {
     Arc::new(Service {
         id: 0,
         name: Arc::from("default"),
+        listen: Vec::new(),
         pool: 0,
         connect_timeout: Duration::from_secs(5),
         retries,

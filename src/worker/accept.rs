@@ -3,8 +3,8 @@
 //! the service, or when this worker's buffer pool is nearly empty); out of descriptors,
 //! accepting pauses without spinning.
 
-use crate::logging::suppressed_note;
 use crate::net;
+use crate::reactor::suppressed_note;
 use crate::service::{Service, ServiceId, ServiceStats};
 use crate::stats::{EndReason, SessionSummary};
 use crate::worker::session::{Rejected, Session};

@@ -688,3 +688,6 @@ mod tests {
         assert!(!rig.src_ready.urgent, "cleared at WouldBlock");
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod splice_tests;

@@ -4,44 +4,16 @@
 //! and the throttles of bursty warnings.
 
 use crate::fleet::backend::Backend;
-use crate::logging::Throttle;
+use crate::reactor::ConnId;
+use crate::reactor::Throttle;
+use crate::reactor::timer::Timers;
 use crate::service::Topology;
 use crate::stats::WorkerStats;
 use crate::worker::pipes::PipePool;
 use crate::worker::pool::Pool;
-use crate::worker::timer::Timers;
-use mio::{Registry, Token};
+use mio::Registry;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A session's slot in the worker's slab plus a generation, so an event or timer meant
-/// for a session that has ended is never delivered to the next one in the same slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnId {
-    pub slot: u32,
-    pub generation: u32,
-}
-
-// Tokens pack a generation into the upper half of the word.
-const _: () = assert!(usize::BITS >= 64, "tcplb needs a 64-bit target");
-
-impl ConnId {
-    /// The poll token of one of the session's sockets (`socket` is 0 or 1): generation,
-    /// slot and socket packed in one word. Tokens at the very top of the range are left to
-    /// the worker's own sockets.
-    pub fn token(self, socket: usize) -> Token {
-        Token(((self.generation as usize) << 32) | ((self.slot as usize) << 1) | (socket & 1))
-    }
-
-    /// The session and socket (0 or 1) a token names.
-    pub fn from_token(token: Token) -> (ConnId, usize) {
-        let id = ConnId {
-            slot: ((token.0 >> 1) & 0x7fff_ffff) as u32,
-            generation: (token.0 >> 32) as u32,
-        };
-        (id, token.0 & 1)
-    }
-}
 
 /// What a worker's timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,34 +78,3 @@ macro_rules! lend_env {
     };
 }
 pub(crate) use lend_env;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip() {
-        for (slot, generation) in [
-            (0, 0),
-            (1, 7),
-            (0x7fff_fffe, u32::MAX - 1),
-            (12345, 1 << 31),
-        ] {
-            let id = ConnId { slot, generation };
-            for socket in [0, 1] {
-                assert_eq!(ConnId::from_token(id.token(socket)), (id, socket));
-            }
-        }
-        let a = ConnId {
-            slot: 3,
-            generation: 1,
-        }
-        .token(0);
-        let b = ConnId {
-            slot: 3,
-            generation: 2,
-        }
-        .token(0);
-        assert_ne!(a, b, "a reused slot gets a different token");
-    }
-}

@@ -2,7 +2,7 @@
 //! every worker and the control thread share ([`Shared`]), what a worker starts with
 //! ([`WorkerConfig`]) and the control thread's [`Handle`] on it.
 
-use crate::admin::access_log::AccessLogBatch;
+use crate::access_log::AccessLogBatch;
 use crate::service::{Service, ServiceId, Topology};
 use crate::stats::WorkerStats;
 use crate::worker::pipes::PipePool;

@@ -32,12 +32,12 @@ pub mod proxy_header;
 pub mod session;
 pub mod splice;
 pub mod stream;
-pub mod timer;
 
-use crate::admin::access_log::AccessLogBatch;
+use crate::access_log::AccessLogBatch;
 use crate::clock;
 use crate::fleet::backend::Backend;
-use crate::logging::suppressed_note;
+use crate::reactor::suppressed_note;
+use crate::reactor::timer::{TimerId, Timers};
 use crate::service::{Service, ServiceId, ServiceStats, Topology};
 use crate::stats::{EndReason, SessionSummary, WorkerStats};
 use log::{debug, info, warn};
@@ -53,10 +53,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime};
-use timer::{TimerId, Timers};
 
+use crate::reactor::ConnId;
 pub(crate) use env::lend_env;
-pub use env::{ConnId, Env, Throttles, TimerKey};
+pub use env::{Env, Throttles, TimerKey};
 pub use handle::{Command, Handle, Shared, WORKER_GONE, WorkerConfig};
 
 const INBOX: Token = Token(usize::MAX);

@@ -22,13 +22,14 @@ use crate::fleet::Verdict;
 use crate::fleet::lease::Lease;
 use crate::fleet::select::PickRequest;
 use crate::net;
+use crate::reactor::ConnId;
+use crate::reactor::timer::TimerId;
 use crate::service::Service;
 use crate::stats::{EndReason, ProxyError, SessionSummary};
 use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
 use crate::worker::proxy_header::{self, Received};
-use crate::worker::timer::TimerId;
-use crate::worker::{ConnId, Env, TimerKey};
+use crate::worker::{Env, TimerKey};
 use log::{debug, warn};
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -284,7 +285,7 @@ impl Session {
                 "client {} reset: PROXY protocol header {}{}",
                 self.client_addr,
                 why.as_str(),
-                crate::logging::suppressed_note(n)
+                crate::reactor::suppressed_note(n)
             );
         }
         net::reset_on_close(&self.client);
@@ -543,7 +544,7 @@ fn dial(
                 if let Some(n) = env.throttles.fds.allow(env.now) {
                     warn!(
                         "cannot open a socket to {addr}: {e}{}",
-                        crate::logging::suppressed_note(n)
+                        crate::reactor::suppressed_note(n)
                     );
                 }
                 fleet.release(lease, env.now_ms);
@@ -569,12 +570,12 @@ mod tests {
     use crate::fleet::builder::Builder;
     use crate::fleet::builder::tests::{POLICY, spec};
     use crate::fleet::select::Balance;
+    use crate::reactor::timer::Timers;
     use crate::service::{self, Topology};
     use crate::stats::WorkerStats;
     use crate::worker::env::Throttles;
     use crate::worker::pipes::PipePool;
     use crate::worker::pool::Pool;
-    use crate::worker::timer::Timers;
     use mio::{Events, Poll};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};

@@ -24,7 +24,7 @@
 //! open fails, it keeps writing to the old one and says so). Every line goes to exactly one
 //! of the two: the batches written before the reopen to the old file, the rest to the new.
 
-use crate::logging::{Throttle, suppressed_note};
+use crate::reactor::{Throttle, suppressed_note};
 use crate::stats::{EndReason, SessionSummary};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
