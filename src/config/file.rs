@@ -63,8 +63,9 @@ pub fn load(path: &Path, flags: &Written) -> Result<Config, ConfigError> {
 /// Parses and checks a config file's `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigError> {
     let file: Arc<str> = Arc::from(file);
+    let lines = LineIndex::new(text);
     let at = |offset: usize| {
-        let (line, column) = line_and_column(text, offset);
+        let (line, column) = lines.locate(text, offset);
         Location::File {
             file: Arc::clone(&file),
             line,
@@ -253,6 +254,32 @@ fn check_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Where each line of a text starts, so that a position is found in O(log n): a file of
+/// thousands of services has tens of thousands of keys and values to place.
+struct LineIndex {
+    /// Byte offsets of every line's first byte.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// As [`line_and_column`].
+    fn locate(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        (line, text[start..offset].chars().count() + 1)
+    }
+}
+
 /// The line and column (both from 1, the column in characters) of byte `offset` of `text`.
 pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -264,4 +291,26 @@ pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_lines_and_columns_in_characters() {
+        let text = "a = 1\nbé = \"x\"\n\nc";
+        for (offset, want) in [
+            (0, (1, 1)),
+            (4, (1, 5)),
+            (6, (2, 1)),
+            (9, (2, 3)),
+            (8, (2, 2)),
+            (17, (4, 1)),
+            (99, (4, 2)),
+        ] {
+            assert_eq!(line_and_column(text, offset), want, "{offset}");
+            assert_eq!(LineIndex::new(text).locate(text, offset), want, "{offset}");
+        }
+    }
 }

@@ -160,7 +160,8 @@ impl Config {
                 ),
             ));
         }
-        let mut seen: HashMap<(String, u16), &str> = HashMap::new();
+        // Addresses by port: only the same port can clash.
+        let mut seen: HashMap<u16, Vec<(&(String, u16), &str)>> = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
             let Some(pool) = self.pool(&service.pool) else {
                 let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
@@ -179,11 +180,8 @@ impl Config {
                 ));
             };
             for addr in &service.listen {
-                if let Some((other, other_addr)) = seen
-                    .iter()
-                    .find(|(a, _)| clash(a, addr))
-                    .map(|(a, n)| (*n, a))
-                {
+                let same_port = seen.get(&addr.1).map_or(&[][..], Vec::as_slice);
+                if let Some(&(other_addr, other)) = same_port.iter().find(|(a, _)| clash(a, addr)) {
                     return Err((
                         Some(i),
                         ConfigError::Usage(format!(
@@ -196,7 +194,7 @@ impl Config {
                     ));
                 }
                 if addr.1 != 0 {
-                    seen.insert(addr.clone(), &service.name);
+                    seen.entry(addr.1).or_default().push((addr, &service.name));
                 }
                 if let Some(b) = pool
                     .backends
