@@ -43,6 +43,11 @@ fn main() -> ExitCode {
         Ok(Action::Version) => {
             return print_stdout(&format!("tcplb {}\n", env!("CARGO_PKG_VERSION")));
         }
+        // A config file's error says where it is; --help would not help there.
+        Err(e @ config::ConfigError::At { .. }) => {
+            eprintln!("tcplb: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("tcplb: {e} (try 'tcplb --help')");
             return ExitCode::from(2);

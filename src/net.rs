@@ -15,7 +15,9 @@ use std::time::Duration;
 /// On Linux accepted sockets inherit both options from the listener, which saves two
 /// `setsockopt`s per client (see [`accepted_options_are_inherited`]).
 pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    Ok(TcpListener::from_std(bind_one(addr, backlog, false)?))
+    Ok(TcpListener::from_std(bind_one(
+        addr, backlog, false, false,
+    )?))
 }
 
 /// The listening sockets for `workers` workers on `addr`. On Linux, with more than one
@@ -29,13 +31,25 @@ pub fn bind_group(
     backlog: i32,
     workers: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
+    bind_group_v6(addr, backlog, workers, false)
+}
+
+/// As [`bind_group`]; `only_v6` makes an IPv6 socket take IPv6 clients only
+/// (`IPV6_V6ONLY`: `[::]:80` beside `0.0.0.0:80`, as nginx does it), where the system's
+/// default would take IPv4 clients too.
+pub fn bind_group_v6(
+    addr: SocketAddr,
+    backlog: i32,
+    workers: usize,
+    only_v6: bool,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let group = cfg!(target_os = "linux") && workers > 1;
-    let first = bind_one(addr, backlog, group)?;
+    let first = bind_one(addr, backlog, group, only_v6)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
     if group {
         for _ in 1..workers {
-            match join_group(bound, backlog) {
+            match join_group(bound, backlog, only_v6) {
                 Ok(socket) => sockets.push(socket),
                 // Another socket on the port that is not in the group (bound by another
                 // program without SO_REUSEPORT) keeps more from joining: the workers share
@@ -54,14 +68,27 @@ pub fn bind_group(
     Ok(sockets)
 }
 
-/// One more socket in the `SO_REUSEPORT` group listening on `addr` (Linux only).
-pub fn join_group(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
-    bind_one(addr, backlog, true)
+/// One more socket in the `SO_REUSEPORT` group listening on `addr` (Linux only), taking
+/// IPv6 clients only if the group's do (`only_v6`).
+pub fn join_group(
+    addr: SocketAddr,
+    backlog: i32,
+    only_v6: bool,
+) -> io::Result<std::net::TcpListener> {
+    bind_one(addr, backlog, true, only_v6)
 }
 
-fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+fn bind_one(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+    only_v6: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() && only_v6 {
+        socket.set_only_v6(true)?;
+    }
     #[cfg(target_os = "linux")]
     if reuse_port {
         socket.set_reuse_port(true)?;

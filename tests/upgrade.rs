@@ -1352,3 +1352,75 @@ fn an_upgrade_that_dies_on_probation_hands_back_to_the_old_process() {
     descendants.reaped(third);
     assert_eq!(tcplb.count_logs("taking over again: serving"), 1);
 }
+
+/// A config file's three services, each on its own port with its own pool, upgraded twice
+/// under load on all three: every listener is handed over (the same sockets, named by
+/// service), no connection fails on any of them, and each service still reaches its own
+/// pool.
+#[test]
+fn an_upgrade_with_three_services_hands_every_listener_over_under_load() {
+    become_subreaper();
+    let install = Install::new("three");
+    let exe = install.put_binary("tcplb");
+    let pid_file = install.pid_file();
+    let names = ["web", "cache", "db"];
+    let backends: Vec<Arc<Backend>> = (0..3).map(|i| Backend::start(i + 1, echo())).collect();
+    let mut toml = format!(
+        "[global]\nadmin = \"127.0.0.1:0\"\npid-file = \"{}\"\ndrain-timeout = \"60s\"\n\
+         upgrade-probation = \"1s\"\n\n",
+        arg(&pid_file)
+    );
+    for (name, backend) in names.iter().zip(&backends) {
+        toml.push_str(&format!(
+            "[services.{name}]\nlisten = [\"127.0.0.1:0\"]\npool = \"{name}\"\n\n\
+             [pools.{name}]\nbackends = [\"{}\"]\n\n",
+            backend.arg()
+        ));
+    }
+    let tcplb = Launch::config(&toml).program(&exe).start();
+    let mut descendants = Descendants::default();
+    let addrs: Vec<SocketAddr> = names.iter().map(|n| tcplb.service_addr(n)).collect();
+    let sockets: Vec<BTreeSet<u64>> = addrs.iter().map(|a| listening_sockets(a.port())).collect();
+    for set in &sockets {
+        assert_eq!(set.len(), test_workers(), "one socket per worker");
+    }
+    let loads: Vec<Load> = addrs.iter().map(|&a| Load::start(a, 2)).collect();
+    loads.iter().for_each(|l| l.wait_for(200));
+    let mut previous = tcplb.pid();
+    for n in 1..=2 {
+        install.put_binary("tcplb");
+        let accepted: Vec<usize> = backends
+            .iter()
+            .map(|b| b.accepted.load(Ordering::SeqCst))
+            .collect();
+        let new = upgrade(&tcplb, &pid_file, n);
+        descendants.add(new);
+        for (i, addr) in addrs.iter().enumerate() {
+            // The same sockets, now the new process's (named for its service in the
+            // hand-over, so each goes to the service that had it).
+            assert_eq!(listening_sockets(addr.port()), sockets[i], "{}", names[i]);
+            assert!(sockets[i].iter().all(|&s| holds_socket(new, s)));
+            let line =
+                tcplb.wait_for_nth_log(&format!("service {}: listening on ", names[i]), n + 1);
+            assert!(line.contains(&addr.to_string()), "{line}");
+        }
+        loads.iter().for_each(|l| l.wait_for(200));
+        wait_until(
+            || !sockets.iter().flatten().any(|&s| holds_socket(previous, s)),
+            || format!("process {previous} still holds a listening socket after handing over"),
+        );
+        // Each service's load kept reaching its own pool.
+        for (b, before) in backends.iter().zip(&accepted) {
+            assert!(b.accepted.load(Ordering::SeqCst) > before + 100);
+        }
+        previous = new;
+    }
+    let mut total = 0;
+    for load in loads {
+        total += load.finish().0;
+    }
+    let last = pid_in(&pid_file);
+    signal(last, libc::SIGTERM);
+    assert_eq!(descendants.wait_exit(last), 0);
+    eprintln!("2 upgrades of 3 services: {total} connections, none failed");
+}

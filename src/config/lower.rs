@@ -111,11 +111,19 @@ impl<'w, 'a> Layers<'w, 'a> {
     /// when the default is off, computed or required).
     pub fn value(&self, name: &str) -> Result<Option<Value>, ConfigError> {
         if let Some((opt, raw, at)) = self.find(name) {
-            return values::parse(opt, *raw).map(Some).map_err(|e| at.wrap(e));
+            let shown = match at {
+                Location::Flag => opt.shown_name(),
+                Location::File { .. } => opt.name.to_string(),
+            };
+            return values::parse(opt, &shown, *raw)
+                .map(Some)
+                .map_err(|e| at.wrap(e));
         }
         let opt = table::find(name).ok_or_else(|| internal(name))?;
         match opt.default {
-            DefaultValue::Value(text) => values::parse(opt, Raw::Text(text)).map(Some),
+            DefaultValue::Value(text) => {
+                values::parse(opt, &opt.shown_name(), Raw::Text(text)).map(Some)
+            }
             _ => Ok(None),
         }
     }
@@ -320,7 +328,7 @@ pub fn pool(name: &str, l: &Layers, positional: &[String]) -> Result<PoolSpec, C
     let mut backends: Vec<BackendSpec> = Vec::new();
     if !positional.is_empty() {
         let opt = table::find("backends").ok_or_else(|| internal("backends"))?;
-        if let Value::Backends(b) = values::parse(opt, Raw::Texts(positional))? {
+        if let Value::Backends(b) = values::parse(opt, "BACKEND", Raw::Texts(positional))? {
             backends = b;
         }
     } else if let Some(Value::Backends(b)) = l.value("backends")? {

@@ -296,7 +296,8 @@ pub fn authority((host, port): &(String, u16)) -> String {
 /// "Address already in use"): the same port, not 0 (each 0 picks a free port of its own),
 /// and the same host (names compared as written, without resolving them) or a wildcard
 /// address that takes the other's (`0.0.0.0` any IPv4 address; `[::]` any address, since
-/// it takes IPv4 too unless the system says otherwise).
+/// it takes IPv4 too, unless beside `0.0.0.0` on the same port: then tcplb makes it take
+/// IPv6 only, as nginx does).
 fn clash(a: &(String, u16), b: &(String, u16)) -> bool {
     use std::net::IpAddr;
     let ((a, a_port), (b, b_port)) = (a, b);
@@ -311,6 +312,7 @@ fn clash(a: &(String, u16), b: &(String, u16)) -> bool {
         IpAddr::V6(w) => w.is_unspecified(),
     };
     match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) if a.is_unspecified() && b.is_unspecified() => a == b,
         (Ok(a), Ok(b)) => a == b || covers(&a, &b) || covers(&b, &a),
         _ => false,
     }

@@ -42,9 +42,10 @@ pub enum Value {
     Backends(Vec<BackendSpec>),
 }
 
-/// Parses `raw` as `opt` says.
-pub fn parse(opt: &Opt, raw: Raw) -> Result<Value, ConfigError> {
-    let name = opt.shown_name();
+/// Parses `raw` as `opt` says; `name` is how a message names it (`--retries` on the
+/// command line, `retries` in a file).
+pub fn parse(opt: &Opt, name: &str, raw: Raw) -> Result<Value, ConfigError> {
+    let name = name.to_string();
     match opt.kind {
         Kind::Switch => match raw {
             Raw::Text(_) => Ok(Value::Switch(true)),

@@ -137,7 +137,7 @@ impl Control {
             };
             match self.registry.get(&spec.name) {
                 None => {
-                    if let Err(e) = self.sockets.bind_service(spec) {
+                    if let Err(e) = self.sockets.bind_service(spec, &config) {
                         self.reloads.bind_failures += 1;
                         warn!("reload: service {} not added: {e}", spec.name);
                         continue;
@@ -164,7 +164,7 @@ impl Control {
                     let old_spec = entry.spec.clone();
                     let id = entry.service.id;
                     if old_spec.listen != spec.listen || old_spec.backlog != spec.backlog {
-                        match self.sockets.rebind_service(&old_spec, spec) {
+                        match self.sockets.rebind_service(&old_spec, spec, &config) {
                             Ok((gone, new)) => {
                                 if !gone.is_empty() {
                                     unlisten.push((id, Some(gone), None));

@@ -137,7 +137,7 @@ impl Sockets {
         let admin = match (admin, &config.global.admin) {
             (Some((socket, _)), Some(_)) => Some(socket),
             (None, Some(addr)) => Some(
-                bind("--admin", addr, 64, 1)
+                bind("--admin", addr, 64, 1, false)
                     .map_err(Failure::Start)?
                     .remove(0)
                     .0,
@@ -165,6 +165,7 @@ impl Sockets {
                         &addr,
                         service.backlog,
                         workers,
+                        only_v6(&addr, config),
                     )
                     .map_err(Failure::Start)?,
                 });
@@ -183,12 +184,14 @@ impl Sockets {
         Ok(sockets)
     }
 
-    /// Binds `service`'s addresses (a reload added it). Nothing is kept if one fails.
-    pub fn bind_service(&mut self, service: &ServiceSpec) -> Result<(), String> {
+    /// Binds `service`'s addresses (a reload added it to `config`). Nothing is kept if one
+    /// fails.
+    pub fn bind_service(&mut self, service: &ServiceSpec, config: &Config) -> Result<(), String> {
         let mut groups = Vec::with_capacity(service.listen.len());
         let what = format!("service {}", service.name);
         for addr in &service.listen {
-            groups.push(bind_group(&what, addr, service.backlog, self.workers)?);
+            let v6 = only_v6(addr, config);
+            groups.push(bind_group(&what, addr, service.backlog, self.workers, v6)?);
         }
         self.remove(&service.name);
         self.services.push((service.name.clone(), groups));
@@ -203,6 +206,7 @@ impl Sockets {
         &mut self,
         old: &ServiceSpec,
         new: &ServiceSpec,
+        config: &Config,
     ) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), String> {
         let Some(i) = self.services.iter().position(|(name, _)| *name == old.name) else {
             return Err(format!("service {} has no sockets", old.name));
@@ -213,7 +217,8 @@ impl Sockets {
         for addr in &new.listen {
             if !have.contains(&Some(addr.clone())) {
                 let what = format!("service {}", new.name);
-                fresh.push(bind_group(&what, addr, new.backlog, self.workers)?);
+                let v6 = only_v6(addr, config);
+                fresh.push(bind_group(&what, addr, new.backlog, self.workers, v6)?);
             }
         }
         let groups = std::mem::take(&mut self.services[i].1);
@@ -473,7 +478,10 @@ fn grow(
     let upgrade = matches!(origin, Origin::Upgrade { .. });
     if is_group(&sockets) && sockets.len() < workers && upgrade {
         for _ in sockets.len()..workers {
-            match net::join_group(addr, backlog) {
+            let only_v6 = socket2::SockRef::from(&sockets[0])
+                .only_v6()
+                .unwrap_or(false);
+            match net::join_group(addr, backlog, only_v6) {
                 Ok(socket) => sockets.push(socket),
                 Err(e) => {
                     warn!(
@@ -486,6 +494,19 @@ fn grow(
         }
     }
     Group::new(configured, addr, sockets, workers)
+}
+
+/// Whether an IPv6 wildcard address takes IPv6 clients only: when the configuration also
+/// listens on the IPv4 wildcard of the same port (`[::]:80` beside `0.0.0.0:80`), as nginx
+/// does it. Otherwise the system's default stands (on Linux, `[::]` takes IPv4 too).
+fn only_v6((host, port): &(String, u16), config: &Config) -> bool {
+    host == "::"
+        && *port != 0
+        && config
+            .services
+            .iter()
+            .flat_map(|s| &s.listen)
+            .any(|(h, p)| h == "0.0.0.0" && p == port)
 }
 
 /// What a listen address is for, in a bind error: `--listen` for the command line's one
@@ -505,8 +526,9 @@ fn bind_group(
     addr: &(String, u16),
     backlog: i32,
     workers: usize,
+    only_v6: bool,
 ) -> Result<Group, String> {
-    let bound = bind(what, addr, backlog, workers)?;
+    let bound = bind(what, addr, backlog, workers, only_v6)?;
     let at = bound[0].1;
     Ok(Group::new(
         Some(addr.clone()),
@@ -589,11 +611,12 @@ fn bind(
     (host, port): &(String, u16),
     backlog: i32,
     workers: usize,
+    only_v6: bool,
 ) -> Result<Vec<(TcpListener, SocketAddr)>, String> {
     let addrs = net::resolve(host, *port)
         .map_err(|e| format!("cannot resolve {what} address {host}:{port}: {e}"))?;
     let addr = addrs[0];
-    let sockets = net::bind_group(addr, backlog, workers).map_err(|e| {
+    let sockets = net::bind_group_v6(addr, backlog, workers, only_v6).map_err(|e| {
         format!(
             "cannot listen on {addr} for {what}: {e}{}",
             privilege_hint(addr.port(), &e)
