@@ -161,7 +161,8 @@ impl Config {
             ));
         }
         // Addresses by port: only the same port can clash.
-        let mut seen: HashMap<u16, Vec<(&(String, u16), &str)>> = HashMap::new();
+        type Listener<'a> = (&'a (String, u16), &'a str);
+        let mut seen: HashMap<u16, Vec<Listener>> = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
             let Some(pool) = self.pool(&service.pool) else {
                 let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
