@@ -494,10 +494,9 @@ fn check_names_the_file_line_and_column_of_what_is_wrong() {
              listens on (127.0.0.1:8080)",
         ),
         (
-            format!(
-                "[services.web]\nlisten = [\"127.0.0.1:80\"]\npool = \"web\"\n\
-                 [pools.web]\nbackends = [\"127.0.0.1:80\"]\n"
-            ),
+            "[services.web]\nlisten = [\"127.0.0.1:80\"]\npool = \"web\"\n\
+             [pools.web]\nbackends = [\"127.0.0.1:80\"]\n"
+                .to_string(),
             "sessions would loop back into tcplb",
         ),
         (
@@ -516,7 +515,7 @@ fn check_names_the_file_line_and_column_of_what_is_wrong() {
         ),
         (String::new(), "no service: add a [services.NAME] table"),
         (
-            format!("[services.\"a b\"]\nlisten = [\"127.0.0.1:1\"]\npool = \"x\"\n"),
+            "[services.\"a b\"]\nlisten = [\"127.0.0.1:1\"]\npool = \"x\"\n".to_string(),
             "FILE:1:11: 'a b' is not a name",
         ),
     ] {
