@@ -98,6 +98,87 @@ impl Histogram {
     }
 }
 
+/// A histogram every worker writes to (a service's or a pool's): the same buckets as
+/// [`Histogram`], each an atomic addition; the sum in nanoseconds, so no float needs a
+/// compare-and-swap.
+#[derive(Debug)]
+pub struct SharedHistogram {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl SharedHistogram {
+    pub fn new(bounds: &'static [f64]) -> SharedHistogram {
+        SharedHistogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one duration, from any thread.
+    pub fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let bucket = self.bounds.partition_point(|&b| b < secs);
+        if let Some(c) = self.counts.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What it holds now, for rendering.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A histogram's figures at one moment: per-bucket counts (not cumulative, the last for
+/// `+Inf`), the sum and the count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub bounds: &'static [f64],
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Snapshot {
+    /// The sum of per-worker histograms that share their buckets.
+    pub fn sum_of<'h>(
+        parts: impl Iterator<Item = &'h Histogram>,
+        bounds: &'static [f64],
+    ) -> Snapshot {
+        let mut total = Snapshot {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        };
+        for h in parts {
+            for (t, c) in total.counts.iter_mut().zip(h.bucket_counts()) {
+                *t += c;
+            }
+            total.sum += h.sum();
+            total.count += h.count();
+        }
+        total
+    }
+}
+
 /// One worker's figures.
 #[derive(Debug)]
 pub struct WorkerStats {
@@ -118,8 +199,6 @@ pub struct WorkerStats {
     /// Bytes moved by splice (through kernel pipes) to the backend and to the client.
     pub spliced_sent: Counter,
     pub spliced_received: Counter,
-    pub session_duration: Histogram,
-    pub connect_duration: Histogram,
     /// Clients reset for their PROXY protocol header, by [`ProxyError`].
     pub proxy_errors: [Counter; ProxyError::ALL.len()],
 }
@@ -140,8 +219,6 @@ impl Default for WorkerStats {
             pipes_total: Gauge::default(),
             spliced_sent: Counter::default(),
             spliced_received: Counter::default(),
-            session_duration: Histogram::new(&SESSION_BUCKETS),
-            connect_duration: Histogram::new(&CONNECT_BUCKETS),
             proxy_errors: Default::default(),
         }
     }

@@ -10,7 +10,7 @@ use crate::admin::View;
 use crate::clock;
 use crate::fleet::backend::{Backend, BackendStats, State};
 use crate::service::ServiceStats;
-use crate::stats::{Histogram, ProxyError, WorkerStats};
+use crate::stats::{ProxyError, Snapshot, WorkerStats};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -76,42 +76,30 @@ impl<'a> Exposition<'a> {
         self.sample(name, &[], value);
     }
 
-    /// A histogram family: the sum of `parts` (one per worker), which share their buckets.
-    pub fn histogram<'h>(
-        &mut self,
-        name: &str,
-        help: &str,
-        parts: impl Iterator<Item = &'h Histogram> + Clone,
-    ) {
+    /// A histogram family of one series per label set (`[("service", "web")]`), each a
+    /// [`Snapshot`].
+    pub fn histograms(&mut self, name: &str, help: &str, series: &[(Vec<(&str, &str)>, Snapshot)]) {
         self.family(name, "histogram", help);
-        let Some(bounds) = parts.clone().next().map(Histogram::bounds) else {
-            return;
-        };
-        let mut counts = vec![0u64; bounds.len() + 1];
-        let (mut sum, mut count) = (0.0, 0);
-        for h in parts {
-            for (total, c) in counts.iter_mut().zip(h.bucket_counts()) {
-                *total += c;
-            }
-            sum += h.sum();
-            count += h.count();
-        }
         let bucket = format!("{name}_bucket");
-        let mut cumulative = 0;
-        for (i, c) in counts.iter().enumerate() {
-            cumulative += c;
-            let le = match bounds.get(i) {
-                Some(bound) => {
-                    let mut s = String::new();
-                    write_value(&mut s, *bound);
-                    s
-                }
-                None => "+Inf".to_string(),
-            };
-            self.sample(&bucket, &[("le", &le)], cumulative as f64);
+        for (labels, h) in series {
+            let mut cumulative = 0;
+            for (i, c) in h.counts.iter().enumerate() {
+                cumulative += c;
+                let le = match h.bounds.get(i) {
+                    Some(bound) => {
+                        let mut s = String::new();
+                        write_value(&mut s, *bound);
+                        s
+                    }
+                    None => "+Inf".to_string(),
+                };
+                let mut with_le = labels.clone();
+                with_le.push(("le", &le));
+                self.sample(&bucket, &with_le, cumulative as f64);
+            }
+            self.sample(&format!("{name}_sum"), labels, h.sum);
+            self.sample(&format!("{name}_count"), labels, h.count as f64);
         }
-        self.sample(&format!("{name}_sum"), &[], sum);
-        self.sample(&format!("{name}_count"), &[], count as f64);
     }
 }
 
@@ -352,15 +340,35 @@ pub fn render(view: &View, out: &mut String) {
         &[("direction", "received")],
         total(|w| w.spliced_received.get()),
     );
-    e.histogram(
+    let sessions: Vec<_> = view
+        .topology
+        .services()
+        .map(|s| {
+            (
+                vec![("service", &*s.name)],
+                s.stats.session_duration.snapshot(),
+            )
+        })
+        .collect();
+    e.histograms(
         "tcplb_session_duration_seconds",
-        "How long sessions lasted, from accept to close.",
-        workers.iter().map(|w| &w.session_duration),
+        "How long sessions lasted, from accept to close, by service.",
+        &sessions,
     );
-    e.histogram(
+    let connects: Vec<_> = view
+        .topology
+        .pools()
+        .map(|f| {
+            (
+                vec![("pool", &**f.name())],
+                f.stats().connect_duration.snapshot(),
+            )
+        })
+        .collect();
+    e.histograms(
         "tcplb_connect_duration_seconds",
-        "How long successful backend connects took.",
-        workers.iter().map(|w| &w.connect_duration),
+        "How long successful backend connects took, by pool.",
+        &connects,
     );
     if let Some(dropped) = view.access_log_dropped {
         e.single(
@@ -575,21 +583,32 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_summed_over_workers() {
-        let (a, b) = (Histogram::new(&[0.1, 1.0]), Histogram::new(&[0.1, 1.0]));
+        let (a, b) = (
+            crate::stats::Histogram::new(&[0.1, 1.0]),
+            crate::stats::Histogram::new(&[0.1, 1.0]),
+        );
         for v in [0.05, 0.1, 0.5] {
             a.observe(v);
         }
         for v in [2.0, 3.0] {
             b.observe(v);
         }
+        let total = Snapshot::sum_of([&a, &b].into_iter(), &[0.1, 1.0]);
         let mut out = String::new();
-        Exposition::new(&mut out).histogram("x_seconds", "help", [&a, &b].into_iter());
+        Exposition::new(&mut out).histograms("x_seconds", "help", &[(vec![("pool", "p")], total)]);
         assert_eq!(
             out,
             "# HELP x_seconds help\n# TYPE x_seconds histogram\n\
-             x_seconds_bucket{le=\"0.1\"} 2\nx_seconds_bucket{le=\"1\"} 3\n\
-             x_seconds_bucket{le=\"+Inf\"} 5\nx_seconds_sum 5.65\nx_seconds_count 5\n"
+             x_seconds_bucket{pool=\"p\",le=\"0.1\"} 2\nx_seconds_bucket{pool=\"p\",le=\"1\"} 3\n\
+             x_seconds_bucket{pool=\"p\",le=\"+Inf\"} 5\nx_seconds_sum{pool=\"p\"} 5.65\n\
+             x_seconds_count{pool=\"p\"} 5\n"
         );
+        let shared = crate::stats::SharedHistogram::new(&[0.1, 1.0]);
+        shared.observe(std::time::Duration::from_millis(50));
+        shared.observe(std::time::Duration::from_secs(2));
+        let s = shared.snapshot();
+        assert_eq!((s.counts, s.count), (vec![1, 0, 1], 2));
+        assert!((s.sum - 2.05).abs() < 1e-9);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::clock;
 use crate::fleet::backend::{Backend, ResolvedBackend};
 use crate::fleet::select::{self, Balance};
-use crate::fleet::{Fleet, Policy, PoolId, assemble};
+use crate::fleet::{Fleet, Policy, PoolId, PoolStats, assemble};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +67,7 @@ pub struct Builder {
     generation: u32,
     pool: PoolId,
     name: Arc<str>,
+    stats: Arc<PoolStats>,
     policy: Policy,
     balance: Balance,
 }
@@ -87,6 +88,7 @@ impl Builder {
             generation: 0,
             pool,
             name,
+            stats: Arc::default(),
             policy,
             balance,
         }
@@ -167,6 +169,7 @@ impl Builder {
         self.generation = self.generation.wrapping_add(1);
         let fleet = assemble(
             (self.pool, Arc::clone(&self.name), self.generation),
+            Arc::clone(&self.stats),
             primaries,
             backups,
             self.draining.values().cloned().collect(),

@@ -23,6 +23,7 @@ pub mod select;
 
 use crate::clock;
 use crate::reactor::{Throttle, suppressed_note};
+use crate::stats::{CONNECT_BUCKETS, SharedHistogram};
 use backend::{Backend, Seat};
 use health::{BreakerPolicy, CheckPolicy, Transition};
 use lease::Lease;
@@ -57,11 +58,27 @@ impl Group {
 /// given to a pool added later.
 pub type PoolId = u32;
 
+/// A pool's figures, kept across its generations.
+#[derive(Debug)]
+pub struct PoolStats {
+    /// How long successful backend connects took.
+    pub connect_duration: SharedHistogram,
+}
+
+impl Default for PoolStats {
+    fn default() -> PoolStats {
+        PoolStats {
+            connect_duration: SharedHistogram::new(&CONNECT_BUCKETS),
+        }
+    }
+}
+
 /// One generation of one pool's backends.
 #[derive(Debug)]
 pub struct Fleet {
     pool: PoolId,
     name: Arc<str>,
+    stats: Arc<PoolStats>,
     generation: u32,
     primaries: Group,
     backups: Group,
@@ -97,6 +114,11 @@ impl Fleet {
     /// The pool's name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The pool's figures (the same for every generation).
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// Which generation this is (counts reloads).
@@ -417,6 +439,7 @@ impl Fleet {
 /// the selectors.
 pub(crate) fn assemble(
     (pool, name, generation): (PoolId, Arc<str>, u32),
+    stats: Arc<PoolStats>,
     primaries: Vec<Arc<Backend>>,
     backups: Vec<Arc<Backend>>,
     draining: Vec<Arc<Backend>>,
@@ -436,6 +459,7 @@ pub(crate) fn assemble(
     Fleet {
         pool,
         name,
+        stats,
         generation,
         primaries: Group {
             selector: select::build(balance, &primaries, now),

@@ -9,6 +9,7 @@
 use crate::fleet::backend::Backend;
 use crate::fleet::lease::Lease;
 use crate::fleet::{Fleet, PoolId, Verdict};
+use crate::stats::{SESSION_BUCKETS, SharedHistogram};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,7 +40,7 @@ pub struct Service {
 
 /// A service's counters, summed over every worker (shared atomics: a service's clients
 /// may land on any worker).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(64))]
 pub struct ServiceStats {
     /// Sessions open now (what the service's `max-conns` is checked against).
@@ -52,6 +53,22 @@ pub struct ServiceStats {
     pub shed_pool: AtomicU64,
     /// Clients closed because no backend could be reached.
     pub no_backend: AtomicU64,
+    /// How long its sessions lasted, from accept to close.
+    pub session_duration: SharedHistogram,
+}
+
+impl Default for ServiceStats {
+    fn default() -> ServiceStats {
+        ServiceStats {
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            shed_max_conns: AtomicU64::new(0),
+            shed_service_max_conns: AtomicU64::new(0),
+            shed_pool: AtomicU64::new(0),
+            no_backend: AtomicU64::new(0),
+            session_duration: SharedHistogram::new(&SESSION_BUCKETS),
+        }
+    }
 }
 
 impl ServiceStats {

@@ -343,9 +343,7 @@ impl Worker {
         self.stats.buffers_free.set(self.pool.free() as u64);
         self.stats.pipes_free.set(self.pipes.free() as u64);
         self.stats.sessions.set(self.sessions.len() as u64);
-        self.stats
-            .session_duration
-            .observe(summary.duration.as_secs_f64());
+        service.stats.session_duration.observe(summary.duration);
         self.record(&summary, Some(&service), reason);
         drop(session);
         // Descriptors were freed: a paused listener may go on.

@@ -405,7 +405,13 @@ impl Session {
         }
         let took = env.now.saturating_duration_since(self.started);
         self.connect_time = Some(took);
-        env.stats.connect_duration.observe(took.as_secs_f64());
+        if let Some(fleet) = self
+            .lease
+            .as_ref()
+            .and_then(|l| env.topology.pool(l.backend().pool))
+        {
+            fleet.stats().connect_duration.observe(took);
+        }
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
