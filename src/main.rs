@@ -29,13 +29,15 @@ fn main() -> ExitCode {
         Ok(Action::Check(config)) => {
             let mut summary = config.summary().join("\n");
             summary.push_str(&format!(
-                "\n{}: ok ({} services, {} pools)\n",
+                "\n{}: ok ({} service{}, {} pool{})\n",
                 config
                     .file
                     .as_ref()
                     .map_or_else(|| "config".to_string(), |f| f.display().to_string()),
                 config.services.len(),
-                config.pools.len()
+                if config.services.len() == 1 { "" } else { "s" },
+                config.pools.len(),
+                if config.pools.len() == 1 { "" } else { "s" },
             ));
             return print_stdout(&summary);
         }

@@ -180,7 +180,7 @@ impl Snapshot {
 }
 
 /// One worker's figures.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct WorkerStats {
     pub accepted: Counter,
     pub shed_max_conns: Counter,
@@ -201,27 +201,6 @@ pub struct WorkerStats {
     pub spliced_received: Counter,
     /// Clients reset for their PROXY protocol header, by [`ProxyError`].
     pub proxy_errors: [Counter; ProxyError::ALL.len()],
-}
-
-impl Default for WorkerStats {
-    fn default() -> WorkerStats {
-        WorkerStats {
-            accepted: Counter::default(),
-            shed_max_conns: Counter::default(),
-            shed_pool: Counter::default(),
-            accept_errors: Counter::default(),
-            no_backend: Counter::default(),
-            sessions: Gauge::default(),
-            buffers_free: Gauge::default(),
-            buffers_total: Gauge::default(),
-            buffer_bytes: Gauge::default(),
-            pipes_free: Gauge::default(),
-            pipes_total: Gauge::default(),
-            spliced_sent: Counter::default(),
-            spliced_received: Counter::default(),
-            proxy_errors: Default::default(),
-        }
-    }
 }
 
 /// Why a client's PROXY protocol header (`--accept-proxy`) was refused: the `reason` of

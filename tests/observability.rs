@@ -1103,8 +1103,14 @@ fn every_family_has_help_and_type_and_histograms_add_up() {
             .iter()
             .filter(|s| s.name == format!("{family}_bucket"))
             .map(|s| {
-                assert_eq!(s.labels.len(), 1, "{s:?}");
-                let le = &s.labels[0].1;
+                // The one series of the one service (or pool), and its bucket.
+                assert_eq!(s.labels.len(), 2, "{s:?}");
+                assert!(
+                    ["service", "pool"].contains(&s.labels[0].0.as_str()),
+                    "{s:?}"
+                );
+                assert_eq!(s.labels[1].0, "le", "{s:?}");
+                let le = &s.labels[1].1;
                 let bound = if le == "+Inf" {
                     f64::INFINITY
                 } else {

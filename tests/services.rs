@@ -580,3 +580,70 @@ fn the_config_file_and_the_flags_that_describe_a_service_are_exclusive() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reload_fits_max_conns_in_the_open_file_limit_as_start_up_did() {
+    let backend = Backend::start(1, echo());
+    let toml = format!(
+        "[global]\nadmin = \"127.0.0.1:0\"\nmax-conns = 1000\npipes = 0\n\n{}{}",
+        service("web", "web"),
+        pool("web", &[backend.arg()])
+    );
+    let tcplb = Launch::config(&toml).nofile(400).start();
+    let fitted = tcplb.metrics().get("tcplb_max_connections", &[]);
+    assert!(
+        fitted < 200.0,
+        "max-conns fitted in 400 descriptors: {fitted}"
+    );
+    tcplb.signal(libc::SIGHUP);
+    tcplb.wait_for_log("reload: max-conns 1000 does not fit the open-file limit of 400");
+    wait_until(
+        || {
+            tcplb
+                .metrics()
+                .get("tcplb_config_reloads_total", &[("result", "ok")])
+                == 1.0
+        },
+        || "the reload did not happen".to_string(),
+    );
+    assert_eq!(tcplb.metrics().get("tcplb_max_connections", &[]), fitted);
+}
+
+#[test]
+fn defaults_hold_settings_to_inherit_not_a_services_own_things() {
+    let (code, _, err) = check(
+        "[defaults]\nlisten = [\"127.0.0.1:1\"]\n\n[services.web]\nlisten = [\"127.0.0.1:2\"]\n\
+         pool = \"web\"\n\n[pools.web]\nbackends = [\"10.0.0.1:80\"]\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("FILE:2:1: 'listen' cannot be a default: give each [services.NAME] its own"),
+        "{err}"
+    );
+    // A service limit in [defaults] is every service's own limit.
+    let backend = Backend::start(1, identify_and_hold());
+    let toml = format!(
+        "[defaults]\nmax-conns = 1\n\n{}{}",
+        service("web", "web"),
+        pool("web", &[backend.arg()])
+    );
+    let tcplb = Tcplb::start_config(&toml, &["--admin", "127.0.0.1:0"]);
+    let addr = tcplb.service_addr("web");
+    let (_held, _) = identify(addr);
+    let mut second = TcpStream::connect(addr).expect("connect");
+    second.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut byte = [0u8; 1];
+    let refused = second.read(&mut byte);
+    assert!(
+        matches!(&refused, Ok(0))
+            || matches!(&refused, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{refused:?}"
+    );
+    assert_eq!(
+        tcplb.metrics().get(
+            "tcplb_connections_shed_total",
+            &[("service", "web"), ("reason", "max_conns")]
+        ),
+        1.0
+    );
+}

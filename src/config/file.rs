@@ -173,10 +173,17 @@ impl Section {
     fn allows(self, opt: &Opt) -> bool {
         match self {
             Section::Global => opt.scope.in_global(),
-            Section::Defaults => opt.scope.in_service() || opt.scope.in_pool(),
+            Section::Defaults => {
+                (opt.scope.in_service() || opt.scope.in_pool()) && !Section::per_table(opt)
+            }
             Section::Service => opt.scope.in_service(),
             Section::Pool => opt.scope.in_pool(),
         }
+    }
+
+    /// Settings that name one service's or pool's own things, never inherited.
+    fn per_table(opt: &Opt) -> bool {
+        matches!(opt.name, "listen" | "pool" | "backends" | "backends-file")
     }
 
     /// Where a setting that is not allowed here goes instead.
@@ -210,6 +217,16 @@ fn settings<'a>(
         let key_at = at(key.span().start);
         let opt = match table::find(name) {
             Some(opt) if section.allows(opt) => opt,
+            Some(opt) if section == Section::Defaults && Section::per_table(opt) => {
+                return Err(key_at.wrap(ConfigError::Usage(format!(
+                    "'{name}' cannot be a default: give each {} its own",
+                    if opt.scope.in_service() {
+                        "[services.NAME]"
+                    } else {
+                        "[pools.NAME]"
+                    }
+                ))));
+            }
             Some(opt) if opt.scope != table::Scope::Command => {
                 return Err(key_at.wrap(ConfigError::Usage(format!(
                     "'{name}' is not a setting of {title}: it goes in {}",

@@ -298,7 +298,9 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         name: name.to_string(),
         listen,
         pool,
-        max_conns: if l.own("max-conns") {
+        // In a file, its own or `[defaults]`'s (the process's is `[global]`'s, in other
+        // layers); on the command line `--max-conns` is the process's alone.
+        max_conns: if listen_required && l.given("max-conns") {
             Some(l.whole("max-conns")? as usize)
         } else {
             None

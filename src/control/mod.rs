@@ -109,6 +109,14 @@ pub enum TimerKey {
     UpgradeWatch,
 }
 
+/// What `max-conns` must fit in: the open-file limit and the descriptors kept aside (see
+/// `limits`). A reload fits a new `max-conns` the way start-up did.
+#[derive(Clone, Copy, Debug)]
+pub struct FdBudget {
+    pub nofile: u64,
+    pub reserve: u64,
+}
+
 /// Everything the control thread starts with.
 pub struct ControlConfig {
     pub poll: Poll,
@@ -120,6 +128,7 @@ pub struct ControlConfig {
     pub admin: Option<TcpListener>,
     pub access_log: Option<AccessLog>,
     pub global: crate::config::Global,
+    pub fd_budget: Option<FdBudget>,
     pub workers: Vec<Handle>,
     pub worker_stats: Vec<Arc<WorkerStats>>,
     pub shared: Arc<Shared>,
@@ -147,6 +156,7 @@ pub struct Control {
     /// The process-wide settings in effect (`workers`, `admin` and the pools of buffers
     /// and pipes stay as they started until an upgrade).
     global: crate::config::Global,
+    fd_budget: Option<FdBudget>,
     reloads: ReloadStats,
     workers: Vec<Handle>,
     worker_stats: Vec<Arc<WorkerStats>>,
@@ -184,6 +194,7 @@ impl Control {
             admin,
             access_log,
             global,
+            fd_budget,
             workers,
             worker_stats,
             shared,
@@ -223,6 +234,7 @@ impl Control {
             admin,
             access_log,
             global,
+            fd_budget,
             reloads: ReloadStats::default(),
             workers,
             worker_stats,

@@ -69,7 +69,8 @@ impl Control {
         }
         self.global.drain_timeout = config.global.drain_timeout;
         self.global.upgrade_timeout = config.global.upgrade_timeout;
-        self.global.max_conns = config.global.max_conns;
+        self.global.upgrade_probation = config.global.upgrade_probation;
+        self.global.max_conns = self.fit_max_conns(config.global.max_conns);
 
         // Pools: the new generations, the kept ones, without the removed ones.
         let current = Arc::clone(self.rollout.current());
@@ -224,7 +225,7 @@ impl Control {
         }
         let topology = Topology::new(
             self.rollout.next_generation(),
-            config.global.max_conns,
+            self.global.max_conns,
             self.registry.services(),
             fleets,
         );
@@ -244,6 +245,25 @@ impl Control {
                 config.services.len(),
                 config.pools.len()
             );
+        }
+    }
+
+    /// A reload's `max-conns`, fitted in the open-file limit as at start (a value that
+    /// does not fit is lowered, with a warning).
+    fn fit_max_conns(&self, wanted: usize) -> usize {
+        let Some(budget) = self.fd_budget else {
+            return wanted;
+        };
+        match crate::limits::fit(wanted, self.global.pipes, budget.nofile, budget.reserve) {
+            Some((fits, _)) if fits < wanted => {
+                warn!(
+                    "reload: max-conns {wanted} does not fit the open-file limit of {} \
+                     (2 descriptors per session, 2 per pipe, {} kept aside); using {fits}",
+                    budget.nofile, budget.reserve
+                );
+                fits
+            }
+            _ => wanted,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::control::registry::Registry;
 use crate::control::rollout::Rollout;
 use crate::control::sockets::{Origin, Sockets};
 use crate::control::upgrade::{self, Invocation};
-use crate::control::{self, Control, ControlConfig, systemd};
+use crate::control::{self, Control, ControlConfig, FdBudget, systemd};
 use crate::fleet::Fleet;
 use crate::fleet::backend::Backend;
 use crate::fleet::discovery::{Discovery, Pools, StartError};
@@ -52,7 +52,7 @@ pub fn start(
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listeners: usize = config.services.iter().map(|s| s.listen.len()).sum();
-    fit_max_conns(&mut config, workers, listeners);
+    let fd_budget = fit_max_conns(&mut config, workers, listeners);
 
     // Every pool's first generation: its backends and backends file, every name resolved.
     let (pools, fleets) = Pools::start(&config).map_err(|e| match e {
@@ -191,6 +191,7 @@ pub fn start(
         admin,
         access_log,
         global: config.global.clone(),
+        fd_budget,
         workers: handles,
         worker_stats,
         shared,
@@ -288,10 +289,11 @@ fn service_lines(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> V
                 fleets.iter().find(|f| **f.name() == *s.pool),
             ) {
                 (Some(spec), Some(fleet)) => format!(
-                    "pool {}, {}, {} backends",
+                    "pool {}, {}, {} backend{}",
                     s.pool,
                     spec.balance.describe(),
-                    fleet.len()
+                    fleet.len(),
+                    if fleet.len() == 1 { "" } else { "s" }
                 ),
                 _ => format!("pool {}", s.pool),
             };
@@ -353,11 +355,15 @@ fn buffer_pools(buffer_size: usize, buffers: usize, workers: usize) -> Result<Ve
 
 /// Raises the open-file limit and fits `max-conns` and `pipes` in it beside the reserve
 /// (see [`limits::fit`], [`limits::reserve`]). Lowering defaults is routine (an info
-/// line); lowering a value the user gave is worth a warning.
-fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) {
+/// line); lowering a value the user gave is worth a warning. Returns the budget (the
+/// open-file limit and the reserve) a reload fits a new `max-conns` in.
+fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) -> Option<FdBudget> {
     let nofile = match limits::raise_nofile_limit() {
         Ok(nofile) => nofile,
-        Err(e) => return warn!("cannot read the open-file limit: {e}"),
+        Err(e) => {
+            warn!("cannot read the open-file limit: {e}");
+            return None;
+        }
     };
     // Each worker holds a copy of each listener beyond the first, and so does the control
     // thread.
@@ -372,8 +378,9 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) {
     } else {
         0
     };
+    let budget = FdBudget { nofile, reserve };
     let Some((conns, fit_pipes)) = limits::fit(global.max_conns, pipes, nofile, reserve) else {
-        return;
+        return Some(budget);
     };
     let needs = limits::descriptors_needed(global.max_conns, pipes, reserve);
     let asked = if pipes > 0 {
@@ -416,6 +423,7 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) {
     if cfg!(target_os = "linux") {
         global.pipes = fit_pipes;
     }
+    Some(budget)
 }
 
 /// Refuses a service whose pool has a backend at one of the service's own listening

@@ -168,8 +168,12 @@ impl Builder {
         self.draining.retain(|_, b| b.active() > 0);
         self.generation = self.generation.wrapping_add(1);
         let fleet = assemble(
-            (self.pool, Arc::clone(&self.name), self.generation),
-            Arc::clone(&self.stats),
+            (
+                self.pool,
+                Arc::clone(&self.name),
+                self.generation,
+                Arc::clone(&self.stats),
+            ),
             primaries,
             backups,
             self.draining.values().cloned().collect(),

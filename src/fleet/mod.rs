@@ -438,8 +438,7 @@ impl Fleet {
 /// Puts a generation together (the builder's last step): seats every backend and builds
 /// the selectors.
 pub(crate) fn assemble(
-    (pool, name, generation): (PoolId, Arc<str>, u32),
-    stats: Arc<PoolStats>,
+    (pool, name, generation, stats): (PoolId, Arc<str>, u32, Arc<PoolStats>),
     primaries: Vec<Arc<Backend>>,
     backups: Vec<Arc<Backend>>,
     draining: Vec<Arc<Backend>>,
