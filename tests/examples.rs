@@ -1,6 +1,7 @@
 //! The config files the project ships (`examples/*.toml`, and any `*.toml` under `deploy/`)
 //! pass `tcplb --check`: exit 0, one summary line per service they define, and the counts
-//! of services and pools. A broken copy of one fails it: exit 2 with `FILE:LINE:COLUMN`.
+//! of services and pools; so does every ```toml block of README.md and docs/*.md. A broken
+//! copy of an example fails it: exit 2 with `FILE:LINE:COLUMN`.
 //! (`scripts/test` runs the same check on the same files with the binary itself.)
 
 mod common;
@@ -90,6 +91,47 @@ fn every_shipped_config_file_passes_check() {
             path.display()
         );
     }
+}
+
+/// The ```toml blocks of a Markdown file.
+fn toml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut lines = markdown.lines();
+    while lines.by_ref().any(|l| l.trim() == "```toml") {
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        blocks.push(block.join("\n"));
+    }
+    blocks
+}
+
+#[test]
+fn every_config_in_the_readme_and_docs_passes_check() {
+    let mut files = vec![Path::new(ROOT).join("README.md")];
+    files.extend(
+        std::fs::read_dir(Path::new(ROOT).join("docs"))
+            .expect("docs/")
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read");
+        for (i, block) in toml_blocks(&text).iter().enumerate() {
+            let path = scratch_path(&format!("doc-block-{i}.toml"));
+            std::fs::write(&path, block).expect("write the block");
+            let (code, _, stderr) = check(&path);
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(
+                code,
+                Some(0),
+                "config {} of {} fails tcplb --check: {stderr}\n{block}",
+                i + 1,
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the README's quick start and the reference's");
 }
 
 #[test]
