@@ -4,7 +4,7 @@
 #   docker run --rm -p 8080:8080 registry.example.com/tcplb:0.1.0 --listen 0.0.0.0:8080 HOST:PORT
 #
 # deploy/kubernetes/deployment.yaml runs this image. (Not built in this project's CI: it
-# has no container engine or registry; see README, "Running more than one".)
+# has no container engine or registry; see docs/operations.md, "On Kubernetes".)
 #
 # Base images. The Rust image is pinned to an exact release (the toolchain this project is
 # tested with), not a floating tag. Neither is pinned by digest here: the digests could not

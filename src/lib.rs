@@ -39,8 +39,10 @@
 //!   (`SIGUSR2`, [`control::upgrade`]), systemd's protocols ([`control::systemd`]) and the
 //!   pid file.
 //! - [`admin`]: `/metrics` (summed over workers), `/healthz`, `/backends`, the access log.
+//! - [`service`]: services and the [`service::Topology`] (every service and pool) the workers
+//!   see.
 //! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
-//!   line; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure); [`net`]:
+//!   line and the config file; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure); [`net`]:
 //!   socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking logs and
 //!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`].
 //!

@@ -367,8 +367,9 @@ DURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h (decimals allowed). A 
 number is seconds, except for --connect-timeout, where it is milliseconds.
 
 A config file (--config) holds [global], [defaults], [services.NAME] and [pools.NAME]
-tables whose keys are the options above without '--' (see the README); with one, the
-command line gives no --listen and no BACKEND.
+tables whose keys are the options above without '--', plus 'pool' (a service's pool)
+and 'backends' (a pool's BACKENDs); see docs/configuration.md. With one, only the
+process-wide options (those of [global]) may be given beside it, and win over the file.
 
 Signals:
   SIGHUP           re-read the config file (or the backends file) and re-resolve the
