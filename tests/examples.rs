@@ -83,9 +83,11 @@ fn every_shipped_config_file_passes_check() {
         let last = stdout.lines().last().unwrap_or_default();
         assert!(
             last.ends_with(&format!(
-                ": ok ({} services, {} pools)",
+                ": ok ({} service{}, {} pool{})",
                 services.len(),
-                pools.len()
+                if services.len() == 1 { "" } else { "s" },
+                pools.len(),
+                if pools.len() == 1 { "" } else { "s" }
             )),
             "{}: {last}",
             path.display()
