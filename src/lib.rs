@@ -54,6 +54,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod fleet;
 pub mod lifecycle;
 pub mod limits;

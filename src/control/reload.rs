@@ -50,8 +50,8 @@ fn fixed_changes(running: &Global, new: &Global) -> Vec<&'static str> {
 }
 
 impl Control {
-    /// A reload's outcome, applied.
-    pub(super) fn apply_reload(&mut self, reloaded: Reloaded) {
+    /// A reload's outcome, applied; returns a line that sums it up.
+    pub(super) fn apply_reload(&mut self, reloaded: Reloaded) -> String {
         let Reloaded {
             config,
             pools,
@@ -231,6 +231,7 @@ impl Control {
         );
         for fleet in &changed {
             self.prober.schedule(fleet, &mut self.timers, self.now);
+            self.track_ramps(fleet);
         }
         self.rollout
             .publish(topology, changed, lines, &self.workers);
@@ -239,13 +240,15 @@ impl Control {
         }
         self.reloads.ok += 1;
         self.reloads.last_success = Some(SystemTime::now());
+        let summary = format!(
+            "{} services ({added} added, {updated} changed), {} pools",
+            config.services.len(),
+            config.pools.len()
+        );
         if config.file.is_some() {
-            info!(
-                "reload: {} services ({added} added, {updated} changed), {} pools",
-                config.services.len(),
-                config.pools.len()
-            );
+            info!("reload: {summary}");
         }
+        summary
     }
 
     /// A reload's `max-conns`, fitted in the open-file limit as at start (a value that
@@ -288,37 +291,6 @@ impl Control {
             }
         }
     }
-
-    /// A pool's names re-resolved to a different set: its new generation goes out.
-    pub(super) fn apply_resolved(&mut self, change: PoolChange) {
-        let Some((fleet, changes)) = change.built else {
-            return;
-        };
-        let current = Arc::clone(self.rollout.current());
-        if current.pool(change.id).is_none() {
-            return; // removed by a reload since
-        }
-        let mut lines = Vec::new();
-        describe_pool_named("re-resolve", &change.name, &fleet, &changes, &mut lines);
-        let fleets = current
-            .pools()
-            .map(|f| {
-                if f.pool() == change.id {
-                    Arc::clone(&fleet)
-                } else {
-                    Arc::clone(f)
-                }
-            })
-            .collect::<Vec<_>>();
-        let topology = Topology::new(
-            self.rollout.next_generation(),
-            current.max_conns(),
-            current.services().cloned(),
-            fleets,
-        );
-        self.rollout
-            .publish(topology, vec![fleet], lines, &self.workers);
-    }
 }
 
 /// The lines that say what changed in a pool.
@@ -331,7 +303,7 @@ fn describe_pool(
     describe_pool_named("reload", &change.name, fleet, changes, lines);
 }
 
-fn describe_pool_named(
+pub(super) fn describe_pool_named(
     what: &str,
     name: &str,
     fleet: &Fleet,

@@ -177,12 +177,13 @@ impl Builder {
             primaries,
             backups,
             self.draining.values().cloned().collect(),
-            self.policy,
+            self.policy.clone(),
             self.balance,
             now,
         );
         if self.generation > 1 {
             for b in &rejoined {
+                b.came_up(now);
                 fleet.rejoin(b, now);
             }
             fleet.refresh_all(now);
@@ -217,6 +218,7 @@ pub(crate) mod tests {
             fail_timeout: Duration::from_secs(10),
         },
         checks: None,
+        runtime: crate::fleet::RuntimePolicy::DEFAULT,
     };
 
     /// `127.0.0.1:port` with these options (also the fleet tests' fixture).
@@ -228,6 +230,7 @@ pub(crate) mod tests {
             weight,
             backup,
             send_proxy: None,
+            agent_port: None,
         }
     }
 
@@ -311,6 +314,7 @@ pub(crate) mod tests {
                 weight: 1,
                 backup: false,
                 send_proxy: None,
+                agent_port: None,
             })
             .collect();
         let started = std::time::Instant::now();

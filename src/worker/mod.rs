@@ -450,6 +450,7 @@ impl Worker {
                     }
                 }
                 Command::Drain => self.drain(),
+                Command::CutBackend(backend) => self.cut_backend(backend),
                 Command::Stop => {
                     // Listeners first: clients waiting on them are not taken in this turn.
                     self.close_listeners();
@@ -582,6 +583,28 @@ impl Worker {
         }
     }
 
+    /// Cuts the sessions on backend `id` (a scan of this worker's sessions: a rare command).
+    fn cut_backend(&mut self, id: u64) {
+        let ids: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.backend_id() == Some(id))
+            .map(|(_, s)| s.id())
+            .collect();
+        if !ids.is_empty() {
+            debug!(
+                "worker {}: cutting {} sessions of a backend",
+                self.index,
+                ids.len()
+            );
+        }
+        for id in ids {
+            let session = self.sessions.remove(id.slot as usize);
+            session.abort();
+            self.end_session(session, EndReason::Killed);
+        }
+    }
+
     /// Resets every open session (at exit: a cut transfer must not look complete).
     fn cut_sessions(&mut self) {
         let ids: Vec<ConnId> = self.sessions.iter().map(|(_, s)| s.id()).collect();
@@ -628,7 +651,13 @@ impl Worker {
                 }
                 TimerKey::Cooldown(slot) => {
                     if let Some(backend) = self.cooldowns.try_remove(slot) {
-                        self.topology.refresh(&backend, clock::millis(self.now));
+                        let now = clock::millis(self.now);
+                        self.topology.refresh(&backend, now);
+                        // Still climbing its slow-start ramp: again in a moment.
+                        if backend.ramping(now) {
+                            let next = now + crate::fleet::RAMP_TICK_MS;
+                            self.cooling.push((backend, next));
+                        }
                     }
                 }
                 TimerKey::Retire(slot) => {

@@ -2,7 +2,8 @@
 //!
 //! A tournament tree over a group's backends: every internal node holds the index of the
 //! best backend in its subtree, so the root names the backend to pick. "Best" compares
-//! `active / weight` (cross-multiplied, no division); a tie goes to the backend with the
+//! `active / share` (cross-multiplied, no division; the share is the weight, less while the
+//! backend is on its slow-start ramp); a tie goes to the backend with the
 //! fewest sessions ever given per unit of weight (`picks / weight`), so equal backends take
 //! turns and weighted ones share in proportion even when no session is held; a tie in that
 //! too goes to the lower index. A backend that does not take sessions now (down, its trial
@@ -78,7 +79,7 @@ impl LeastActive {
                 let old = self.nodes[node].load(Ordering::Acquire);
                 let left = self.winner_of(2 * node, members, now);
                 let right = self.winner_of(2 * node + 1, members, now);
-                let winner = better(members, left, right);
+                let winner = better(members, left, right, now);
                 let new = (old >> 32).wrapping_add(1) << 32 | u64::from(winner);
                 if self.nodes[node]
                     .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
@@ -121,7 +122,7 @@ impl LeastActive {
         }
         let left = self.best_below(2 * node, members, request, stale);
         let right = self.best_below(2 * node + 1, members, request, stale);
-        better(members, left, right)
+        better(members, left, right, request.now)
     }
 }
 
@@ -141,10 +142,10 @@ impl Stale {
 }
 
 /// The better of two candidates (either may be `NONE`).
-fn better(members: &[Arc<Backend>], a: u32, b: u32) -> u32 {
+fn better(members: &[Arc<Backend>], a: u32, b: u32, now: u64) -> u32 {
     match (a, b) {
         (NONE, x) | (x, NONE) => x,
-        (a, b) => match compare(&members[a as usize], &members[b as usize]) {
+        (a, b) => match compare(&members[a as usize], &members[b as usize], now) {
             CmpOrdering::Greater => b,
             CmpOrdering::Equal if b < a => b,
             _ => a,
@@ -152,10 +153,10 @@ fn better(members: &[Arc<Backend>], a: u32, b: u32) -> u32 {
     }
 }
 
-/// Least `active / weight` first, then least `picks / weight`.
-fn compare(a: &Backend, b: &Backend) -> CmpOrdering {
+/// Least `active / share` first, then least `picks / weight`.
+fn compare(a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
     let (wa, wb) = (u128::from(a.weight()), u128::from(b.weight()));
-    a.compare_load(b)
+    a.compare_load(b, now)
         .then_with(|| (u128::from(a.picks()) * wb).cmp(&(u128::from(b.picks()) * wa)))
 }
 
@@ -218,7 +219,7 @@ mod tests {
     fn brute_force(m: &[Arc<Backend>]) -> Option<usize> {
         (0..m.len())
             .filter(|&i| m[i].state(0).takes_sessions())
-            .min_by(|&a, &b| compare(&m[a], &m[b]).then(a.cmp(&b)))
+            .min_by(|&a, &b| compare(&m[a], &m[b], 0).then(a.cmp(&b)))
     }
 
     #[test]
@@ -369,7 +370,7 @@ mod tests {
             let stored = (tree.nodes[node].load(Ordering::Acquire) & 0xffff_ffff) as u32;
             let l = tree.winner_of(2 * node, m, 0);
             let r = tree.winner_of(2 * node + 1, m, 0);
-            assert_eq!(stored, better(m, l, r), "node {node} of {}", tree.leaves);
+            assert_eq!(stored, better(m, l, r, 0), "node {node} of {}", tree.leaves);
         }
     }
 

@@ -135,6 +135,7 @@ pub(crate) mod testing {
                 weight,
                 backup: false,
                 send_proxy: None,
+                agent_port: None,
             },
         ))
     }

@@ -54,7 +54,7 @@ impl Selector for RandomTwo {
             match first {
                 None => first = Some(last),
                 Some(a) => {
-                    return Some(match members[last].compare_load(&members[a]) {
+                    return Some(match members[last].compare_load(&members[a], request.now) {
                         CmpOrdering::Less => last,
                         _ => a,
                     });
