@@ -1,5 +1,6 @@
 //! `/backends`: every pool with the services that use it and every backend (draining ones
-//! too) with its state, weight and counters, as JSON:
+//! too) with its state, weight, counters and runtime state (what `tcplb ctl` set, what the
+//! last health check and agent check said: `tcplb ctl show backends`' fields), as JSON:
 //!
 //! ```json
 //! {"services": [{"name": "web", "pool": "web", "listen": ["0.0.0.0:80"], "active": 3, ...}],
@@ -86,7 +87,7 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
              \"backup\": {}, \"send_proxy\": {}, \"balance\": \"{balance}\", \
              \"state\": \"{}\", \"health_checks\": \"{checks}\", \"active\": {}, \
              \"connections_total\": {}, \"connect_failures_total\": {}, \
-             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}}}",
+             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, {}}}",
             json_string(&b.addr.to_string()),
             json_string(&b.name),
             b.weight(),
@@ -104,6 +105,7 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
             b.breaker().consecutive_failures(),
             Stat::get(&b.stats.bytes_sent),
             Stat::get(&b.stats.bytes_received),
+            super::show::runtime_members(fleet, b, now),
         );
     }
     out.push_str("\n ]}");

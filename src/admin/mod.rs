@@ -10,6 +10,7 @@ pub mod backends;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod show;
 
 use crate::service::Topology;
 use crate::stats::WorkerStats;

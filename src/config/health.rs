@@ -248,7 +248,7 @@ fn text(name: &str, value: &DeValue) -> Result<String, ConfigError> {
         DeValue::String(s) => Ok(s.to_string()),
         other => Err(usage(format!(
             "invalid value {} for {name}: expected a string",
-            super::values::describe(other)
+            kind(other)
         ))),
     }
 }
@@ -288,6 +288,19 @@ fn duration(name: &str, value: &DeValue, min: Duration) -> Result<Duration, Conf
                 ),
             )
         })
+}
+
+/// What a TOML value is, for an error about its type.
+fn kind(value: &DeValue) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "a number",
+        DeValue::Float(_) => "a number",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date",
+        DeValue::Array(_) => "a list",
+        DeValue::Table(_) => "a table",
+    }
 }
 
 fn first_line(text: &str) -> String {

@@ -11,8 +11,8 @@
 //! every answer is the new state (`ctl::show`'s rows) or one line saying what is wrong.
 
 use super::Control;
+use crate::admin::show::{self, Row};
 use crate::ctl::protocol::{self, Command, Request};
-use crate::ctl::show::{self, Row};
 use crate::fleet::Fleet;
 use crate::fleet::backend::{Admin, Backend};
 use crate::fleet::discovery::{self, Changed, Request as Change};
@@ -404,7 +404,27 @@ impl Control {
         if let Err(e) = &answer {
             info!("ctl: {}: {e}", pending.line);
         }
-        self.ctl_answer(pending.conn, answer, pending.json);
+        self.ctl_answer_settled(pending.conn, answer);
+    }
+
+    /// Answers `id` once every worker uses the newest generation (at once if they do):
+    /// a change is answered when it applies everywhere.
+    fn ctl_answer_settled(&mut self, id: ConnId, answer: Result<String, String>) {
+        if self.rollout.settled() {
+            self.ctl_answer(id, answer, false);
+        } else {
+            self.settling.push((id, answer));
+        }
+    }
+
+    /// Every worker has adopted the newest generation: the answers that waited for it go.
+    pub(super) fn answer_settled(&mut self) {
+        if !self.rollout.settled() {
+            return;
+        }
+        for (id, answer) in std::mem::take(&mut self.settling) {
+            self.ctl_answer(id, answer, false);
+        }
     }
 
     /// A reload asked for with these tickets has run: answer the `tcplb ctl reload`s among
@@ -426,7 +446,7 @@ impl Control {
                         format!("reloaded: {summary}\n")
                     }
                 });
-                self.ctl_answer(pending.conn, answer, pending.json);
+                self.ctl_answer_settled(pending.conn, answer);
             }
         }
     }

@@ -180,6 +180,8 @@ pub struct Control {
     pending: HashMap<u64, Pending>,
     /// The last ticket given (SIGHUP's reloads take 0).
     tickets: u64,
+    /// Answers to changes, written once every worker has adopted the generation.
+    settling: Vec<(ConnId, Result<String, String>)>,
     ramp: Ramp,
     /// What `tcplb ctl` added and deleted, as the discovery thread last said.
     overlays: Overlays,
@@ -276,6 +278,7 @@ impl Control {
             ctl,
             pending: HashMap::new(),
             tickets: 0,
+            settling: Vec::new(),
             ramp: Ramp::default(),
             overlays: Vec::new(),
             access_log,
@@ -594,6 +597,7 @@ impl Control {
             }
         }
         self.rollout.check_adopted(&self.shared);
+        self.answer_settled();
         self.announce_probation();
         if self.lifecycle.is_running()
             && self.shared.accepting.load(Ordering::Acquire) < self.workers.len()

@@ -1,4 +1,4 @@
-//! How `tcplb ctl` shows backends: one row each (pool, backend, state, weight configured
+//! How `tcplb ctl` shows backends (and `/backends` their runtime fields): one row each (pool, backend, state, weight configured
 //! and effective, active sessions, what the last health check and agent check said), as a
 //! text table or as JSON (`{"backends": [...]}`). The same rows answer every command that
 //! changes a backend, with its new state.
