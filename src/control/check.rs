@@ -9,7 +9,8 @@
 //!   time runs out, or when the backend pauses after what looks like a whole answer: a text
 //!   answer ending in a line end, or for `expect-hex` as many bytes as the pattern (a
 //!   Redis replica answers `ROLE` with one complete reply and keeps the connection open; a
-//!   check that waited for more would take its whole timeout to fail).
+//!   check that waited for more would take its whole timeout to fail). The prober gives
+//!   such an answer a moment to grow (`prober::SETTLE`: a segment a little behind) first.
 //! - `http` sends a GET and judges the status line: a status outside `expect-status` fails
 //!   at once (`status 503`); one inside passes, unless an `expect` must be found in the
 //!   response too (then as above, the response read to its end).
@@ -121,6 +122,11 @@ impl Conversation {
             }
             _ => Step::Read,
         }
+    }
+
+    /// Bytes of the answer so far.
+    pub fn answer_len(&self) -> usize {
+        self.answer.len()
     }
 
     /// Room left for the answer (0: it is full).

@@ -114,6 +114,8 @@ pub enum TimerKey {
     Ctl(ConnId),
     /// A probe's deadline.
     Probe(ConnId),
+    /// A probe's answer has had its moment to grow.
+    ProbeSettle(ConnId),
     /// Time to probe every backend of a pool.
     HealthRound(PoolId),
     /// Time to ask every agent of a pool.
@@ -337,7 +339,9 @@ impl Control {
                         }
                     }
                     token if Prober::owns(token) => {
-                        if let Some(outcome) = self.prober.on_ready(token, event, &mut self.timers)
+                        if let Some(outcome) =
+                            self.prober
+                                .on_ready(token, event, &mut self.timers, self.now)
                         {
                             self.fold_probe(outcome);
                         }
@@ -760,6 +764,11 @@ impl Control {
                     if self.ramp.tick(&topology, clock::millis(self.now)) {
                         self.timers
                             .insert(self.now + Ramp::interval(), TimerKey::RampTick);
+                    }
+                }
+                TimerKey::ProbeSettle(id) => {
+                    if let Some(outcome) = self.prober.on_settled(id, &mut self.timers) {
+                        self.fold_probe(outcome);
                     }
                 }
                 TimerKey::Probe(id) => {

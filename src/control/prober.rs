@@ -72,12 +72,28 @@ impl ProbeKind {
     }
 }
 
+/// How long an answer that looks whole but lacks what is expected may still grow (a
+/// segment a moment behind) before the check fails.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// What a probe has after an event.
+enum Next {
+    /// Nothing yet.
+    Wait,
+    /// The answer looks whole and lacks what is expected: it fails unless more comes
+    /// within [`SETTLE`].
+    Settle,
+    Done(Verdict),
+}
+
 pub struct Probe {
     id: ConnId,
     kind: ProbeKind,
     stream: TcpStream,
     backend: Arc<Backend>,
     timer: Option<TimerId>,
+    /// Armed while the answer settles, with the answer's length then.
+    settle: Option<(TimerId, usize)>,
     conversation: Conversation,
     connected: bool,
 }
@@ -106,27 +122,28 @@ impl Probe {
             stream,
             backend,
             timer: None,
+            settle: None,
             conversation: Conversation::new(purpose, &authority),
             connected: false,
         })
     }
 
-    /// Moves the conversation on after a readiness event: a verdict once there is one.
-    fn on_ready(&mut self, event: &Event) -> Option<Verdict> {
+    /// Moves the conversation on after a readiness event.
+    fn on_ready(&mut self, event: &Event) -> Next {
         if !self.connected {
             if event.is_error() || (event.is_write_closed() && !event.is_writable()) {
                 let error = net::connect_error(&self.stream);
-                return Some(self.conversation.failed(&error, false));
+                return Next::Done(self.conversation.failed(&error, false));
             }
             if !event.is_writable() {
-                return None;
+                return Next::Wait;
             }
             if let Some(error) = self.stream.take_error().ok().flatten() {
-                return Some(self.conversation.failed(&error, false));
+                return Next::Done(self.conversation.failed(&error, false));
             }
             self.connected = true;
             match self.conversation.connected() {
-                Step::Done(verdict) => return Some(verdict),
+                Step::Done(verdict) => return Next::Done(verdict),
                 Step::Write | Step::Read => {}
             }
         }
@@ -134,18 +151,20 @@ impl Probe {
     }
 
     /// Writes what is left to send, then reads what came, until either would block.
-    fn converse(&mut self) -> Option<Verdict> {
+    fn converse(&mut self) -> Next {
         while !self.conversation.to_send().is_empty() {
             match self.stream.write(self.conversation.to_send()) {
-                Ok(0) => return Some(Verdict::Fail("closed before the request was sent".into())),
+                Ok(0) => {
+                    return Next::Done(Verdict::Fail("closed before the request was sent".into()));
+                }
                 Ok(n) => {
                     if let Step::Done(verdict) = self.conversation.wrote(n) {
-                        return Some(verdict);
+                        return Next::Done(verdict);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(self.conversation.failed(&e, true)),
+                Err(e) => return Next::Done(self.conversation.failed(&e, true)),
             }
         }
         let mut buf = [0u8; 4096];
@@ -153,20 +172,23 @@ impl Probe {
             let room = self.conversation.room().min(buf.len());
             if room == 0 {
                 // Full: the conversation has judged (it does when it fills).
-                return Some(self.conversation.closed());
+                return Next::Done(self.conversation.closed());
             }
             match self.stream.read(&mut buf[..room]) {
-                Ok(0) => return Some(self.conversation.closed()),
+                Ok(0) => return Next::Done(self.conversation.closed()),
                 Ok(n) => {
                     if let Some(verdict) = self.conversation.received(&buf[..n]) {
-                        return Some(verdict);
+                        return Next::Done(verdict);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return self.conversation.paused();
+                    return match self.conversation.paused() {
+                        Some(_) => Next::Settle,
+                        None => Next::Wait,
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(self.conversation.failed(&e, true)),
+                Err(e) => return Next::Done(self.conversation.failed(&e, true)),
             }
         }
     }
@@ -480,13 +502,39 @@ impl Prober {
         token: Token,
         event: &Event,
         timers: &mut Timers<TimerKey>,
+        now: Instant,
     ) -> Option<Outcome> {
         let (id, _) = ConnId::from_token(token);
         let probe = self.probes.get_mut(id.slot as usize)?;
         if probe.id != id {
             return None; // a late event for a probe that has ended
         }
-        let verdict = probe.on_ready(event)?;
+        match probe.on_ready(event) {
+            Next::Wait => None,
+            Next::Done(verdict) => Some(self.finish(id, verdict, timers)),
+            Next::Settle => {
+                // Armed once per length of answer: more bytes start the wait again.
+                let len = probe.conversation.answer_len();
+                if probe.settle.as_ref().is_none_or(|(_, at)| *at != len) {
+                    if let Some((timer, _)) = probe.settle.take() {
+                        timers.cancel(timer);
+                    }
+                    let timer = timers.insert(now + SETTLE, TimerKey::ProbeSettle(id));
+                    probe.settle = Some((timer, len));
+                }
+                None
+            }
+        }
+    }
+
+    /// An answer has had [`SETTLE`] to grow: judged as it is.
+    pub fn on_settled(&mut self, id: ConnId, timers: &mut Timers<TimerKey>) -> Option<Outcome> {
+        let probe = self.probes.get_mut(id.slot as usize)?;
+        if probe.id != id {
+            return None;
+        }
+        probe.settle = None;
+        let verdict = probe.conversation.paused()?;
         Some(self.finish(id, verdict, timers))
     }
 
@@ -504,6 +552,9 @@ impl Prober {
     fn finish(&mut self, id: ConnId, verdict: Verdict, timers: &mut Timers<TimerKey>) -> Outcome {
         let mut probe = self.probes.remove(id.slot as usize);
         if let Some(timer) = probe.timer.take() {
+            timers.cancel(timer);
+        }
+        if let Some((timer, _)) = probe.settle.take() {
             timers.cancel(timer);
         }
         self.schedule.ended();
