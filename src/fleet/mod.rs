@@ -407,8 +407,13 @@ impl Fleet {
                 policy.rise
             ),
             _ if came_up => info!(
-                "{}backend {backend} is up again: a health check passed",
-                discovery::prefix(&self.name)
+                "{}backend {backend} is up again: a health check {}",
+                discovery::prefix(&self.name),
+                if policy.exchange.is_none() {
+                    "connected"
+                } else {
+                    "passed"
+                }
             ),
             Some(false) => warn!(
                 "{}backend {backend} is down: {} health checks failed in a row (last: {note})",
