@@ -226,12 +226,15 @@ fn backends_are_added_and_deleted_at_run_time_and_stay_so_across_a_reload() {
     let live = session_on(addr, 1);
     let answer = ctl_ok(&socket, &["del", "backend", "web", &a.arg()]);
     assert!(answer.contains("1 sessions left to drain"), "{answer}");
-    assert!(
-        ctl_backend(&socket, &a.arg()).is_none(),
-        "no longer in the pool"
-    );
+    let row = ctl_backend(&socket, &a.arg()).expect("shown while it drains");
+    assert_eq!(row["state"], "draining", "out of the pool: {row}");
+    assert_eq!(row["active"], 1);
     assert_eq!(spread(addr, 10).get(&2), Some(&10), "new sessions avoid it");
     echo_exact(live, 3, 256 << 10);
+    assert!(
+        ctl_backend(&socket, &a.arg()).is_none(),
+        "gone once drained"
+    );
     let (code, _, err) = ctl(&socket, &["del", "backend", "web", &b.arg()]);
     assert_eq!(code, Some(1), "the last backend stays");
     assert!(err.contains("no backend left"), "{err}");

@@ -303,7 +303,8 @@ impl Control {
         let rows: Vec<Row> = fleets
             .iter()
             .flat_map(|f| {
-                f.backends().map(move |b| Row {
+                // Deleted (or removed) backends still draining their sessions too.
+                f.backends().chain(f.draining()).map(move |b| Row {
                     fleet: f,
                     backend: b,
                 })
