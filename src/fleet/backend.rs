@@ -669,6 +669,100 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_and_the_agent_hold_a_backend_out_and_weigh_it() {
+        let b = backend();
+        for (admin, state) in [
+            (Admin::Drain, State::Drain),
+            (Admin::Maint, State::Maint),
+            (Admin::Ready, State::Up),
+        ] {
+            b.set_admin(admin);
+            assert_eq!(b.state(0), state);
+            assert_eq!(b.state(0).takes_sessions(), admin == Admin::Ready);
+            assert_eq!(b.admin_ready(), admin == Admin::Ready);
+        }
+        let agent = |admin, down, percent| AgentState {
+            admin,
+            down,
+            percent,
+            maxconn: None,
+        };
+        b.set_agent(agent(Admin::Drain, false, 100));
+        assert_eq!(b.state(0), State::Drain);
+        b.set_agent(agent(Admin::Ready, true, 100));
+        assert_eq!(b.state(0), State::Down);
+        assert!(b.admin_ready(), "down is health, not the operator's word");
+        b.set_agent(agent(Admin::Ready, false, 0));
+        assert_eq!(b.state(0), State::Drain, "0% drains");
+        // Weights: configured, set at run time, then the agent's percentage of it.
+        b.set_agent(AgentState::default());
+        assert_eq!((b.configured_weight(), b.weight()), (1, 1));
+        b.set_weight(Some(4));
+        assert_eq!(b.weight(), 4);
+        b.set_agent(agent(Admin::Ready, false, 50));
+        assert_eq!(b.weight(), 2);
+        b.set_agent(agent(Admin::Ready, false, 10));
+        assert_eq!(b.weight(), 1, "never below 1");
+        b.set_agent(agent(Admin::Ready, false, 10_000));
+        assert_eq!(b.weight(), MAX_WEIGHT, "never above the most");
+        b.set_agent(AgentState::default());
+        // A file that changes the configured weight wins over the one set at run time.
+        let mut spec = ResolvedBackend {
+            addr: b.addr,
+            name: b.name.clone(),
+            weight: 1,
+            backup: false,
+            send_proxy: None,
+            agent_port: None,
+        };
+        b.set_options(&spec);
+        assert_eq!(b.weight_set(), Some(4), "unchanged in the file: kept");
+        spec.weight = 3;
+        b.set_options(&spec);
+        assert_eq!((b.weight_set(), b.weight()), (None, 3));
+    }
+
+    #[test]
+    fn slow_start_ramps_the_share_from_almost_nothing() {
+        let b = backend();
+        assert_eq!(b.share(0), SHARE_UNIT);
+        b.came_up(1_000);
+        assert!(!b.ramping(1_000), "no slow start: no ramp");
+        b.set_slow_start(2_000);
+        b.came_up(1_000);
+        assert_eq!(b.ramp(1_000), RAMP_FLOOR);
+        assert_eq!(b.ramp(2_000), 500);
+        assert_eq!(b.share(2_000), SHARE_UNIT / 2);
+        assert!(b.ramping(2_999));
+        assert_eq!(b.ramp(3_000), 1000);
+        assert!(!b.ramping(3_000));
+        b.came_up(5_000);
+        b.set_slow_start(0);
+        assert!(!b.ramping(5_000), "turned off: no ramp left");
+    }
+
+    #[test]
+    fn agent_state_packs() {
+        for state in [
+            AgentState::default(),
+            AgentState {
+                admin: Admin::Maint,
+                down: true,
+                percent: 0,
+                maxconn: Some(0),
+            },
+            AgentState {
+                admin: Admin::Drain,
+                down: false,
+                percent: 0xffff,
+                maxconn: Some(1_000_000),
+            },
+        ] {
+            assert_eq!(AgentState::unpack(state.pack()), state);
+        }
+    }
+
+    #[test]
     fn seats_pack() {
         for seat in [
             Seat {

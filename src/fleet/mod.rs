@@ -907,6 +907,55 @@ mod tests {
     }
 
     #[test]
+    fn a_held_out_backend_gets_no_session_not_even_failing_open() {
+        let f = fleet(&[1, 1]);
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        assert_eq!(f.set_admin(&zero, Admin::Drain, 0), Admin::Ready);
+        for _ in 0..6 {
+            let lease = pick(&f, 0, &[]).expect("backend 1");
+            assert_eq!(id(&lease), 1);
+            f.release(lease, 0);
+        }
+        // Backend 1 down too: failing open never goes to the drained one.
+        fail(&f, 1, 2, 0);
+        assert_eq!(id(&pick(&f, S, &[]).expect("fail open")), 1);
+        assert!(!f.any_taking_sessions(S));
+        f.set_admin(&zero, Admin::Ready, S);
+        assert_eq!(id(&pick(&f, S, &[]).expect("back")), 0);
+    }
+
+    #[test]
+    fn a_backend_on_its_ramp_takes_a_share_of_held_sessions_that_grows() {
+        let specs = [spec(1000, 1, false), spec(1001, 1, false)];
+        let policy = Policy {
+            breaker: BREAKER,
+            checks: None,
+            runtime: RuntimePolicy {
+                slow_start: std::time::Duration::from_secs(10),
+                ..RuntimePolicy::DEFAULT
+            },
+        };
+        let f = Builder::new(policy, select::Balance::LeastActive)
+            .build(&specs)
+            .0;
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        f.set_admin(&zero, Admin::Maint, 0);
+        f.set_admin(&zero, Admin::Ready, 0);
+        let share_at = |now: u64| {
+            let held: Vec<Lease> = (0..40).map(|_| pick(&f, now, &[]).expect("one")).collect();
+            let on_zero = held.iter().filter(|l| id(l) == 0).count();
+            for lease in held {
+                f.release(lease, now);
+            }
+            on_zero
+        };
+        let shares: Vec<usize> = [0, 2, 5, 8, 10].iter().map(|&s| share_at(s * S)).collect();
+        assert!(shares[0] <= 2, "{shares:?}");
+        assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+        assert_eq!(shares[4], 20, "full share after the window: {shares:?}");
+    }
+
+    #[test]
     fn a_rejoining_backend_takes_its_share_of_ties_not_all_of_them() {
         let f = fleet(&[1, 1]);
         fail(&f, 0, 2, 0);
