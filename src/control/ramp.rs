@@ -42,7 +42,7 @@ impl Ramp {
         self.armed = false;
         self.climbing.retain(|backend| {
             topology.refresh(backend, now);
-            backend.ramping(now) && !backend.is_removed()
+            backend.settle_ramp(now) && !backend.is_removed()
         });
         self.arm()
     }

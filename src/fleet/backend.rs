@@ -115,27 +115,60 @@ impl Default for AgentState {
     }
 }
 
-impl AgentState {
-    /// Packs into one word: admin (2 bits), down (1), percent (16), maxconn + 1 (32; 0 = none).
+/// What the operator and the agent said, kept in one atomic word so that
+/// [`Backend::state`] and [`Backend::weight`] read it once: the operator's word (2 bits),
+/// the agent's word (2), its down (1), its percent (16), the operator's weight (9; 0: none),
+/// the agent's maxconn + 1 (32; 0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Runtime {
+    admin: Admin,
+    weight_set: u32,
+    agent: AgentState,
+}
+
+impl Runtime {
+    const READY: Runtime = Runtime {
+        admin: Admin::Ready,
+        weight_set: 0,
+        agent: AgentState {
+            admin: Admin::Ready,
+            down: false,
+            percent: 100,
+            maxconn: None,
+        },
+    };
+
     fn pack(self) -> u64 {
         u64::from(self.admin.code())
-            | u64::from(self.down) << 2
-            | u64::from(self.percent.min(0xffff)) << 8
+            | u64::from(self.agent.admin.code()) << 2
+            | u64::from(self.agent.down) << 4
+            | u64::from(self.agent.percent.min(0xffff)) << 5
+            | u64::from(self.weight_set.min(0x1ff)) << 21
             | self
+                .agent
                 .maxconn
                 .map_or(0, |m| u64::from(m) + 1)
                 .min(0xffff_ffff)
-                << 24
+                << 30
     }
 
-    fn unpack(word: u64) -> AgentState {
-        let maxconn = (word >> 24) & 0xffff_ffff;
-        AgentState {
+    fn unpack(word: u64) -> Runtime {
+        let maxconn = (word >> 30) & 0xffff_ffff;
+        Runtime {
             admin: Admin::from_code((word & 3) as u8),
-            down: word & 4 != 0,
-            percent: ((word >> 8) & 0xffff) as u32,
-            maxconn: (maxconn != 0).then(|| (maxconn - 1) as u32),
+            weight_set: ((word >> 21) & 0x1ff) as u32,
+            agent: AgentState {
+                admin: Admin::from_code(((word >> 2) & 3) as u8),
+                down: word & (1 << 4) != 0,
+                percent: ((word >> 5) & 0xffff) as u32,
+                maxconn: (maxconn != 0).then(|| (maxconn - 1) as u32),
+            },
         }
+    }
+
+    /// Whether neither the operator nor the agent holds the backend out.
+    fn ready(self) -> bool {
+        self.admin == Admin::Ready && self.agent.admin == Admin::Ready && self.agent.percent > 0
     }
 }
 
@@ -232,12 +265,9 @@ pub struct Backend {
     pub name: String,
     /// The weight the configuration gives it.
     weight: AtomicU32,
-    /// The weight `tcplb ctl set weight` gave it (0: none, the configured one holds).
-    weight_set: AtomicU32,
-    /// What `tcplb ctl set state` said ([`Admin`]).
-    admin: AtomicU8,
-    /// What its agent last said ([`AgentState`], packed).
-    agent: AtomicU64,
+    /// What `tcplb ctl` set (its state and weight) and what its agent last said
+    /// ([`Runtime`], packed).
+    runtime: AtomicU64,
     /// Its agent's port (0: none).
     agent_port: AtomicU32,
     /// When it last came back up (ms since the clock's epoch; 0: not ramping).
@@ -301,9 +331,7 @@ impl Backend {
             addr: spec.addr,
             name: spec.name.clone(),
             weight: AtomicU32::new(spec.weight.max(1)),
-            weight_set: AtomicU32::new(0),
-            admin: AtomicU8::new(Admin::Ready.code()),
-            agent: AtomicU64::new(AgentState::default().pack()),
+            runtime: AtomicU64::new(Runtime::READY.pack()),
             agent_port: AtomicU32::new(u32::from(spec.agent_port.unwrap_or(0))),
             up_since: AtomicU64::new(0),
             slow_start: AtomicU64::new(0),
@@ -327,14 +355,14 @@ impl Backend {
         if self.is_removed() {
             return State::Draining;
         }
-        let agent = self.agent();
-        match (self.admin(), agent.admin) {
+        let runtime = self.runtime();
+        match (runtime.admin, runtime.agent.admin) {
             (Admin::Maint, _) | (_, Admin::Maint) => return State::Maint,
             (Admin::Drain, _) | (_, Admin::Drain) => return State::Drain,
-            _ if agent.percent == 0 => return State::Drain,
+            _ if runtime.agent.percent == 0 => return State::Drain,
             _ => {}
         }
-        if !self.checks_up() || agent.down {
+        if !self.checks_up() || runtime.agent.down {
             return State::Down;
         }
         match self.breaker().state() {
@@ -373,11 +401,12 @@ impl Backend {
     /// Its weight now: the one `tcplb ctl set weight` gave it, else the configured one; as
     /// a percentage if its agent said one (at least 1, at most [`MAX_WEIGHT`]).
     pub fn weight(&self) -> u32 {
-        let base = match self.weight_set.load(Ordering::Acquire) {
+        let runtime = self.runtime();
+        let base = match runtime.weight_set {
             0 => self.configured_weight(),
             set => set,
         };
-        let percent = self.agent().percent;
+        let percent = runtime.agent.percent;
         if percent == 100 {
             return base;
         }
@@ -392,7 +421,7 @@ impl Backend {
 
     /// The weight `tcplb ctl set weight` gave it, if any.
     pub fn weight_set(&self) -> Option<u32> {
-        match self.weight_set.load(Ordering::Acquire) {
+        match self.runtime().weight_set {
             0 => None,
             n => Some(n),
         }
@@ -401,7 +430,24 @@ impl Backend {
     /// Sets (or with `None` clears) the operator's weight.
     pub fn set_weight(&self, weight: Option<u32>) {
         let w = weight.map_or(0, |w| w.clamp(1, MAX_WEIGHT));
-        self.weight_set.store(w, Ordering::Release);
+        self.update_runtime(|r| r.weight_set = w);
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime::unpack(self.runtime.load(Ordering::Acquire))
+    }
+
+    /// Changes the runtime word atomically; returns it as it was.
+    fn update_runtime(&self, change: impl Fn(&mut Runtime)) -> Runtime {
+        let word = self
+            .runtime
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let mut runtime = Runtime::unpack(word);
+                change(&mut runtime);
+                Some(runtime.pack())
+            })
+            .unwrap_or_else(|word| word);
+        Runtime::unpack(word)
     }
 
     /// What selection compares: [`Backend::weight`] in thousandths ([`SHARE_UNIT`]), on
@@ -413,9 +459,12 @@ impl Backend {
     /// Where it is on the slow-start ramp at `now`, in thousandths of its weight: 1000
     /// once the ramp is over (or without slow start), from [`RAMP_FLOOR`] up before.
     pub fn ramp(&self, now: u64) -> u64 {
-        let window = self.slow_start.load(Ordering::Acquire);
         let since = self.up_since.load(Ordering::Acquire);
-        if window == 0 || since == 0 {
+        if since == 0 {
+            return 1000;
+        }
+        let window = self.slow_start.load(Ordering::Acquire);
+        if window == 0 {
             return 1000;
         }
         let elapsed = now.saturating_sub(since);
@@ -438,6 +487,16 @@ impl Backend {
         }
     }
 
+    /// Once its ramp is over, forgets when it came up (so that [`Backend::share`] reads
+    /// one word less from then on). Returns whether it is still ramping.
+    pub fn settle_ramp(&self, now: u64) -> bool {
+        if self.ramping(now) {
+            return true;
+        }
+        self.up_since.store(0, Ordering::Release);
+        false
+    }
+
     /// Its pool's slow-start window (set with every generation built).
     pub(crate) fn set_slow_start(&self, window_ms: u64) {
         self.slow_start.store(window_ms, Ordering::Release);
@@ -448,29 +507,28 @@ impl Backend {
 
     /// What `tcplb ctl set state` said.
     pub fn admin(&self) -> Admin {
-        Admin::from_code(self.admin.load(Ordering::Acquire))
+        self.runtime().admin
     }
 
     /// Sets the operator's word; returns the one before.
     pub fn set_admin(&self, admin: Admin) -> Admin {
-        Admin::from_code(self.admin.swap(admin.code(), Ordering::AcqRel))
+        self.update_runtime(|r| r.admin = admin).admin
     }
 
     /// Whether neither the operator nor its agent holds it out (drain, maint or `0%`):
     /// failing open never picks one they do.
     pub fn admin_ready(&self) -> bool {
-        let agent = self.agent();
-        self.admin() == Admin::Ready && agent.admin == Admin::Ready && agent.percent > 0
+        self.runtime().ready()
     }
 
     /// What its agent last said.
     pub fn agent(&self) -> AgentState {
-        AgentState::unpack(self.agent.load(Ordering::Acquire))
+        self.runtime().agent
     }
 
     /// Records what its agent said; returns what it had said before.
     pub fn set_agent(&self, state: AgentState) -> AgentState {
-        AgentState::unpack(self.agent.swap(state.pack(), Ordering::AcqRel))
+        self.update_runtime(|r| r.agent = state).agent
     }
 
     /// The port its agent answers on.
@@ -742,24 +800,33 @@ mod tests {
     }
 
     #[test]
-    fn agent_state_packs() {
-        for state in [
-            AgentState::default(),
-            AgentState {
-                admin: Admin::Maint,
-                down: true,
-                percent: 0,
-                maxconn: Some(0),
-            },
-            AgentState {
+    fn the_runtime_word_packs() {
+        for runtime in [
+            Runtime::READY,
+            Runtime {
                 admin: Admin::Drain,
-                down: false,
-                percent: 0xffff,
-                maxconn: Some(1_000_000),
+                weight_set: MAX_WEIGHT,
+                agent: AgentState {
+                    admin: Admin::Maint,
+                    down: true,
+                    percent: 0,
+                    maxconn: Some(0),
+                },
+            },
+            Runtime {
+                admin: Admin::Maint,
+                weight_set: 1,
+                agent: AgentState {
+                    admin: Admin::Drain,
+                    down: false,
+                    percent: 0xffff,
+                    maxconn: Some(u32::MAX - 1),
+                },
             },
         ] {
-            assert_eq!(AgentState::unpack(state.pack()), state);
+            assert_eq!(Runtime::unpack(runtime.pack()), runtime);
         }
+        assert_eq!(AgentState::default(), Runtime::READY.agent);
     }
 
     #[test]

@@ -956,6 +956,39 @@ mod tests {
     }
 
     #[test]
+    fn round_robin_gives_a_ramping_backend_turns_with_the_probability_of_its_ramp() {
+        let specs = [spec(1000, 1, false), spec(1001, 1, false)];
+        let policy = Policy {
+            breaker: BREAKER,
+            checks: None,
+            runtime: RuntimePolicy {
+                slow_start: std::time::Duration::from_secs(10),
+                ..RuntimePolicy::DEFAULT
+            },
+        };
+        let f = Builder::new(policy, select::Balance::RoundRobin)
+            .build(&specs)
+            .0;
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        f.set_admin(&zero, Admin::Maint, 0);
+        f.set_admin(&zero, Admin::Ready, 0);
+        let turns_at = |now: u64| {
+            (0..2000)
+                .filter(|_| {
+                    let lease = pick(&f, now, &[]).expect("one");
+                    let on_zero = id(&lease) == 0;
+                    f.release(lease, now);
+                    on_zero
+                })
+                .count()
+        };
+        let early = turns_at(S);
+        let late = turns_at(10 * S);
+        assert!(early < 250, "10% of its half at 1 s of 10: {early} of 2000");
+        assert_eq!(late, 1000, "its half once the ramp is over");
+    }
+
+    #[test]
     fn a_rejoining_backend_takes_its_share_of_ties_not_all_of_them() {
         let f = fleet(&[1, 1]);
         fail(&f, 0, 2, 0);

@@ -654,7 +654,7 @@ impl Worker {
                         let now = clock::millis(self.now);
                         self.topology.refresh(&backend, now);
                         // Still climbing its slow-start ramp: again in a moment.
-                        if backend.ramping(now) {
+                        if backend.settle_ramp(now) {
                             let next = now + crate::fleet::RAMP_TICK_MS;
                             self.cooling.push((backend, next));
                         }
