@@ -401,7 +401,10 @@ impl Backend {
     /// Its weight now: the one `tcplb ctl set weight` gave it, else the configured one; as
     /// a percentage if its agent said one (at least 1, at most [`MAX_WEIGHT`]).
     pub fn weight(&self) -> u32 {
-        let runtime = self.runtime();
+        self.weight_of(self.runtime())
+    }
+
+    fn weight_of(&self, runtime: Runtime) -> u32 {
         let base = match runtime.weight_set {
             0 => self.configured_weight(),
             set => set,
@@ -412,6 +415,16 @@ impl Backend {
         }
         let scaled = (u64::from(base) * u64::from(percent) + 50) / 100;
         scaled.clamp(1, u64::from(MAX_WEIGHT)) as u32
+    }
+
+    /// [`Backend::weight`] and [`Backend::share`] at `now`, each word read once: what a
+    /// selector's comparison needs.
+    pub fn weight_and_share(&self, now: u64) -> (u32, u64) {
+        let weight = self.weight_of(self.runtime());
+        (
+            weight,
+            u64::from(weight) * self.ramp(now) * SHARE_UNIT / 1000,
+        )
     }
 
     /// The weight the configuration gives it.
@@ -646,8 +659,9 @@ impl Backend {
     /// `self.active / self.share` compared with `other`'s at `now`, without dividing:
     /// `Less` if `self` is less loaded.
     pub fn compare_load(&self, other: &Backend, now: u64) -> std::cmp::Ordering {
-        let (a, wa) = (u128::from(self.active()), u128::from(self.share(now)));
-        let (b, wb) = (u128::from(other.active()), u128::from(other.share(now)));
+        // Sessions (u32) times a share (at most 256 × SHARE_UNIT): no overflow in u64.
+        let (a, wa) = (u64::from(self.active()), self.share(now));
+        let (b, wb) = (u64::from(other.active()), other.share(now));
         (a * wb).cmp(&(b * wa))
     }
 

@@ -155,9 +155,13 @@ fn better(members: &[Arc<Backend>], a: u32, b: u32, now: u64) -> u32 {
 
 /// Least `active / share` first, then least `picks / weight`.
 fn compare(a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
-    let (wa, wb) = (u128::from(a.weight()), u128::from(b.weight()));
-    a.compare_load(b, now)
-        .then_with(|| (u128::from(a.picks()) * wb).cmp(&(u128::from(b.picks()) * wa)))
+    let ((wa, sa), (wb, sb)) = (a.weight_and_share(now), b.weight_and_share(now));
+    // Sessions (u32) times a share (at most 256 × SHARE_UNIT): no overflow in u64.
+    (u64::from(a.active()) * sb)
+        .cmp(&(u64::from(b.active()) * sa))
+        .then_with(|| {
+            (u128::from(a.picks()) * u128::from(wb)).cmp(&(u128::from(b.picks()) * u128::from(wa)))
+        })
 }
 
 impl Selector for LeastActive {
