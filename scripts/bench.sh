@@ -50,6 +50,10 @@ Options:
                    worker_processes 2 with and without a shared zone, tcplb and nginx with
                    8 workers, on every CPU: CPU per request and balance error
                    (scripts/bench/multicore.sh)
+  --latency [--rounds N] [-n N] [-c N]
+                   instead: four HTTP backends, one with 50 ms added; tcplb least-active and
+                   least-latency, HAProxy leastconn, nginx least_conn: p50/p99, req/s and
+                   proxy CPU per request (scripts/bench/latency.py)
   --services [--services N]
                    instead: N services x 4 backends (default 1000) in one config file:
                    start-up time, and the longest round trip through an untouched
@@ -106,6 +110,14 @@ while (($#)); do
         # The multi-core comparison is its own run (scripts/bench/multicore.sh).
         shift
         exec "$HELPERS/multicore.sh" "$@"
+        ;;
+    --latency)
+        # Least-latency against least-active, HAProxy and nginx (scripts/bench/latency.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/latency.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
         ;;
     --services)
         # Many services in one process: start-up and reload stall (scripts/bench/services.py).
