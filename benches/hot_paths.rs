@@ -41,6 +41,7 @@ fn backends(n: usize) -> Vec<ResolvedBackend> {
                 weight: 1 + (i % 3) as u32,
                 backup: false,
                 send_proxy: None,
+                maxconn: None,
             }
         })
         .collect()

@@ -1,5 +1,5 @@
 //! Backends as the user writes them, on the command line or in a backends file:
-//! `HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2]`, one per line of the file
+//! `HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2][,maxconn=N]`, one per line of the file
 //! (`#` comments). Pure parsing;
 //! text from the user reaches a message only through [`printable`], so a control character
 //! cannot forge or colour a log line.
@@ -26,6 +26,8 @@ pub struct BackendSpec {
     pub backup: bool,
     /// A PROXY protocol header goes to it before any client byte.
     pub send_proxy: Option<Version>,
+    /// Sessions it takes at once (`maxconn=N`); `None`: no limit of its own.
+    pub maxconn: Option<u32>,
     /// The backends file line it came from; `None` for a positional backend.
     pub origin: Option<Origin>,
 }
@@ -65,6 +67,7 @@ impl BackendSpec {
             weight: 1,
             backup: false,
             send_proxy: None,
+            maxconn: None,
             origin: None,
         };
         for option in parts {
@@ -77,6 +80,13 @@ impl BackendSpec {
                     spec.weight = parse_number(value, 1, u64::from(MAX_WEIGHT))
                         .ok_or_else(|| bad(format!("weight '{value}' is not 1..={MAX_WEIGHT}")))?
                         as u32;
+                }
+                Some(("maxconn", value)) => {
+                    spec.maxconn = Some(parse_number(value, 1, 1_000_000).ok_or_else(|| {
+                        bad(format!(
+                            "maxconn '{value}' is not a number from 1 to 1000000"
+                        ))
+                    })? as u32);
                 }
                 None if option == "backup" => spec.backup = true,
                 None if option == "send-proxy" || option == "send-proxy-v2" => {
@@ -112,7 +122,7 @@ impl BackendSpec {
 /// (`127.0.0.1:6379,weight=2`), if `text` looks like that.
 fn options_after_a_colon(text: &str) -> Option<String> {
     let addr = text.split(',').next().unwrap_or_default();
-    let colon = [":weight=", ":backup", ":send-proxy"]
+    let colon = [":weight=", ":backup", ":send-proxy", ":maxconn="]
         .iter()
         .filter_map(|option| addr.find(option))
         .min()?;
@@ -134,6 +144,9 @@ impl fmt::Display for BackendSpec {
         }
         if let Some(version) = self.send_proxy {
             write!(f, ",{}", version.option())?;
+        }
+        if let Some(maxconn) = self.maxconn {
+            write!(f, ",maxconn={maxconn}")?;
         }
         Ok(())
     }

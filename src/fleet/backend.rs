@@ -25,6 +25,8 @@ pub struct ResolvedBackend {
     pub backup: bool,
     /// The PROXY protocol header it is sent first (`send-proxy`, `send-proxy-v2`).
     pub send_proxy: Option<Version>,
+    /// Sessions it takes at once (`maxconn=N`); `None`: no limit of its own.
+    pub maxconn: Option<u32>,
 }
 
 /// Whether a backend takes sessions, in one word.
@@ -102,6 +104,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     weight: AtomicU32,
+    /// Sessions it takes at once (0: no limit of its own).
+    maxconn: AtomicU32,
     backup: AtomicBool,
     /// The PROXY protocol version it is sent: 0 none, 1, 2.
     send_proxy: AtomicU8,
@@ -157,6 +161,7 @@ impl Backend {
             addr: spec.addr,
             name: spec.name.clone(),
             weight: AtomicU32::new(spec.weight.max(1)),
+            maxconn: AtomicU32::new(spec.maxconn.unwrap_or(0)),
             backup: AtomicBool::new(spec.backup),
             send_proxy: AtomicU8::new(proxy_code(spec.send_proxy)),
             removed: AtomicBool::new(false),
@@ -208,6 +213,41 @@ impl Backend {
         self.load.picks.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Counts a new session if it has room for one (below its `maxconn`): one atomic
+    /// compare-and-swap, so two workers never both take its last slot.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let max = self.maxconn.load(Ordering::Acquire);
+        if max == 0 {
+            self.acquire();
+            return true;
+        }
+        let taken = self
+            .load
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < max).then_some(a + 1)
+            })
+            .is_ok();
+        if taken {
+            self.load.picks.fetch_add(1, Ordering::AcqRel);
+        }
+        taken
+    }
+
+    /// Whether it would take one more session (below its `maxconn`, if it has one).
+    pub fn has_room(&self) -> bool {
+        let max = self.maxconn.load(Ordering::Acquire);
+        max == 0 || self.active() < max
+    }
+
+    /// Its `maxconn` (`None`: no limit of its own).
+    pub fn maxconn(&self) -> Option<u32> {
+        match self.maxconn.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
     pub(crate) fn release(&self) {
         self.load.active.fetch_sub(1, Ordering::AcqRel);
     }
@@ -232,6 +272,8 @@ impl Backend {
     /// Takes the options of a newer spec of the same address (a reload).
     pub(crate) fn set_options(&self, spec: &ResolvedBackend) {
         self.weight.store(spec.weight.max(1), Ordering::Release);
+        self.maxconn
+            .store(spec.maxconn.unwrap_or(0), Ordering::Release);
         self.backup.store(spec.backup, Ordering::Release);
         self.send_proxy
             .store(proxy_code(spec.send_proxy), Ordering::Release);
@@ -240,6 +282,7 @@ impl Backend {
     /// Whether its options differ from `spec`'s.
     pub(crate) fn options_differ(&self, spec: &ResolvedBackend) -> bool {
         self.weight() != spec.weight.max(1)
+            || self.maxconn() != spec.maxconn
             || self.is_backup() != spec.backup
             || self.send_proxy() != spec.send_proxy
     }
@@ -337,6 +380,7 @@ mod tests {
                 weight: 1,
                 backup: false,
                 send_proxy: None,
+                maxconn: None,
             },
         )
     }

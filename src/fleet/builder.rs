@@ -228,6 +228,7 @@ pub(crate) mod tests {
             weight,
             backup,
             send_proxy: None,
+            maxconn: None,
         }
     }
 
@@ -311,6 +312,7 @@ pub(crate) mod tests {
                 weight: 1,
                 backup: false,
                 send_proxy: None,
+                maxconn: None,
             })
             .collect();
         let started = std::time::Instant::now();

@@ -97,6 +97,19 @@ pub struct Fleet {
 /// How long a fail-open choice stands before the set is scanned again (ms).
 pub const FAIL_OPEN_CHOICE_MS: u64 = 100;
 
+/// The fail-open choice that says the pool is full (see [`Fleet::is_full`]).
+const FULL: u32 = u32::MAX - 1;
+
+/// What the fail-open scan found.
+enum Scan<'a> {
+    /// A backend takes sessions, but none has room: the pool is full.
+    Full,
+    /// The backend to fail open to.
+    Chosen(&'a Arc<Backend>),
+    /// Nothing to try.
+    None,
+}
+
 /// A connect outcome's consequence for the worker that saw it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -184,23 +197,40 @@ impl Fleet {
                     break;
                 };
                 let backend = &group.members[index];
+                // Its last slot may have gone to another worker meanwhile.
+                if !backend.try_acquire() {
+                    group.selector.refresh(&group.members, index, request.now);
+                    continue;
+                }
                 let taken = backend
                     .shared_breaker()
                     .update(|b| b.allows(request.now).then(|| b.on_pick(request.now)));
                 let Some(trial) = taken else {
+                    backend.release();
                     group.selector.refresh(&group.members, index, request.now);
                     continue;
                 };
-                let lease = Lease::new(Arc::clone(backend), trial);
+                let lease = Lease::counted(Arc::clone(backend), trial);
                 group.selector.refresh(&group.members, index, request.now);
                 return Some(lease);
             }
         }
         // Failing open is never the breaker's trial: its outcome only counts if it succeeds.
         let chosen = self.fail_open(request)?;
-        let lease = Lease::new(Arc::clone(chosen), false);
+        if !chosen.try_acquire() {
+            return None;
+        }
+        let lease = Lease::counted(Arc::clone(chosen), false);
         self.refresh(chosen, request.now);
         Some(lease)
+    }
+
+    /// Whether the last pick that found nothing found the pool full (every backend that
+    /// takes sessions at its `maxconn`: a client may wait in the pool's queue) rather than
+    /// none up. O(1): the fail-open scan's answer, which stands for [`FAIL_OPEN_CHOICE_MS`].
+    pub fn is_full(&self, now: u64) -> bool {
+        self.fail_open_index.load(Ordering::Acquire) == FULL
+            && now < self.fail_open_until.load(Ordering::Acquire)
     }
 
     /// No untried backend takes sessions: one the health checks still pass if any, and
@@ -210,24 +240,34 @@ impl Fleet {
     /// not one per client.
     fn fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
         let now = request.now;
-        let cached = self.fail_open_index.load(Ordering::Acquire) as usize;
-        let chosen = match self.at(cached) {
-            Some(b)
-                if now < self.fail_open_until.load(Ordering::Acquire)
-                    && !request.tried.contains(&b.id) =>
-            {
-                b
-            }
+        let cached = self.fail_open_index.load(Ordering::Acquire);
+        let fresh = now < self.fail_open_until.load(Ordering::Acquire);
+        if cached == FULL && fresh {
+            return None;
+        }
+        let chosen = match self.at(cached as usize) {
+            Some(b) if fresh && !request.tried.contains(&b.id) && b.has_room() => b,
             _ => {
-                let chosen = self.scan_for_fail_open(request)?;
+                let scanned = self.scan_for_fail_open(request);
                 if request.tried.is_empty() {
-                    if let Some(index) = self.backends().position(|b| Arc::ptr_eq(b, chosen)) {
-                        self.fail_open_index.store(index as u32, Ordering::Release);
+                    let index = match scanned {
+                        Scan::Full => Some(FULL),
+                        Scan::Chosen(chosen) => self
+                            .backends()
+                            .position(|b| Arc::ptr_eq(b, chosen))
+                            .map(|i| i as u32),
+                        Scan::None => None,
+                    };
+                    if let Some(index) = index {
+                        self.fail_open_index.store(index, Ordering::Release);
                         self.fail_open_until
                             .store(now + FAIL_OPEN_CHOICE_MS, Ordering::Release);
                     }
                 }
-                chosen
+                match scanned {
+                    Scan::Chosen(chosen) => chosen,
+                    Scan::Full | Scan::None => return None,
+                }
             }
         };
         if let Some(n) = self.fail_open_throttle.allow(clock::instant(now)) {
@@ -259,10 +299,21 @@ impl Fleet {
     }
 
     /// The whole-set scan behind [`Fleet::fail_open`].
-    fn scan_for_fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
+    fn scan_for_fail_open(&self, request: &PickRequest) -> Scan<'_> {
         let now = request.now;
-        let untried = self.backends().filter(|b| !request.tried.contains(&b.id));
-        untried.min_by(|a, b| {
+        // A backend that takes sessions but is at its maxconn is full, not failing: the
+        // pool is at capacity, and nobody is sent past a backend's limit.
+        if self
+            .backends()
+            .any(|b| !request.tried.contains(&b.id) && b.state(now).takes_sessions())
+        {
+            return Scan::Full;
+        }
+        let untried = self
+            .backends()
+            .filter(|b| !request.tried.contains(&b.id))
+            .filter(|b| b.has_room());
+        let chosen = untried.min_by(|a, b| {
             let (a_at, b_at) = (
                 a.allowed_from(now, self.policy.breaker),
                 b.allowed_from(now, self.policy.breaker),
@@ -271,7 +322,8 @@ impl Fleet {
                 .cmp(&a.checks_up())
                 .then_with(|| a_at.cmp(&b_at))
                 .then_with(|| a.active().cmp(&b.active()))
-        })
+        });
+        chosen.map_or(Scan::None, Scan::Chosen)
     }
 
     /// Ends a lease: the session is over (or moves to another backend). Its backend's

@@ -50,6 +50,7 @@ impl Resolver {
                 weight: spec.weight,
                 backup: spec.backup,
                 send_proxy: spec.send_proxy,
+                maxconn: spec.maxconn,
             }));
         }
         (set, failures)
@@ -81,6 +82,7 @@ mod tests {
                     weight: 3,
                     backup: false,
                     send_proxy: None,
+                    maxconn: None,
                 },
                 ResolvedBackend {
                     addr: "[::1]:81".parse().expect("addr"),
@@ -88,6 +90,7 @@ mod tests {
                     weight: 1,
                     backup: true,
                     send_proxy: Some(crate::proxy_protocol::Version::V2),
+                    maxconn: None,
                 },
             ]
         );

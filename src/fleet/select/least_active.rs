@@ -94,7 +94,7 @@ impl<K: Key> Tree<K> {
         if node >= self.leaves {
             let i = node - self.leaves;
             match members.get(i) {
-                Some(b) if b.state(now).takes_sessions() => i as u32,
+                Some(b) if b.state(now).takes_sessions() && b.has_room() => i as u32,
                 _ => NONE,
             }
         } else {
@@ -143,7 +143,7 @@ impl<K: Key> Tree<K> {
         }
         let b = &members[winner as usize];
         let usable = !request.tried.contains(&b.id);
-        if usable && b.state(request.now).takes_sessions() {
+        if usable && b.state(request.now).takes_sessions() && b.has_room() {
             return winner;
         }
         if usable {

@@ -39,10 +39,12 @@ pub struct PickRequest<'a> {
 }
 
 impl PickRequest<'_> {
-    /// Whether `backend` may be given this session: it takes sessions now and has not been
-    /// tried for this client.
+    /// Whether `backend` may be given this session: it takes sessions now, has room (below
+    /// its `maxconn`) and has not been tried for this client.
     pub fn allows(&self, backend: &Backend) -> bool {
-        backend.state(self.now).takes_sessions() && !self.tried.contains(&backend.id)
+        backend.state(self.now).takes_sessions()
+            && backend.has_room()
+            && !self.tried.contains(&backend.id)
     }
 }
 
@@ -153,6 +155,7 @@ pub(crate) mod testing {
                 weight,
                 backup: false,
                 send_proxy: None,
+                maxconn: None,
             },
         ))
     }
