@@ -23,6 +23,7 @@ pub mod file;
 mod flags;
 mod lower;
 pub mod policy;
+pub mod protection;
 pub mod spec;
 pub mod table;
 pub mod units;

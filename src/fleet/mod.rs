@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod health;
 pub mod latency;
 pub mod lease;
+pub mod queue;
 pub mod resolver;
 pub mod select;
 

@@ -6,6 +6,8 @@
 //! A service's counters ([`ServiceStats`]) are its own `Arc`, kept by name across reloads,
 //! so a reload that changes a service's settings does not reset what `/metrics` shows.
 
+pub mod sources;
+
 use crate::fleet::backend::Backend;
 use crate::fleet::lease::Lease;
 use crate::fleet::{Fleet, PoolId, Verdict};
