@@ -2,7 +2,7 @@
 //! as `key=value` pairs:
 //!
 //! ```text
-//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
+//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 class=normal backend=10.0.0.11:80 queue_ms=- connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
 //! ```
 //!
 //! Each worker formats its lines into its own batch during a turn of its loop and hands the
@@ -207,14 +207,22 @@ impl AccessLogBatch {
         write_rfc3339_millis(b, now);
         let _ = write!(
             b,
-            " service={} client={}",
-            session.service, session.client_addr
+            " service={} client={} class={}",
+            session.service,
+            session.client_addr,
+            session.class.as_str()
         );
         match session.backend {
             Some(addr) => {
                 let _ = write!(b, " backend={addr}");
             }
             None => b.extend_from_slice(b" backend=-"),
+        }
+        match session.queue_wait {
+            Some(d) => {
+                let _ = write!(b, " queue_ms={:.3}", d.as_secs_f64() * 1000.0);
+            }
+            None => b.extend_from_slice(b" queue_ms=-"),
         }
         match session.connect_time {
             Some(d) => {
@@ -436,6 +444,8 @@ mod tests {
             bytes_up: 0,
             bytes_down: 0,
             retries: 0,
+            class: crate::stats::Class::Normal,
+            queue_wait: None,
         }
     }
 
@@ -510,6 +520,8 @@ mod tests {
                 bytes_up: 112,
                 bytes_down: 5120,
                 retries: 0,
+                class: crate::stats::Class::High,
+                queue_wait: Some(Duration::from_micros(2_250)),
             },
             EndReason::BackendClosed,
             UNIX_EPOCH + Duration::from_millis(1_795_404_271_123),
@@ -525,6 +537,8 @@ mod tests {
                 bytes_up: 0,
                 bytes_down: 0,
                 retries: 2,
+                class: crate::stats::Class::Normal,
+                queue_wait: None,
             },
             EndReason::NoBackend,
             UNIX_EPOCH,
@@ -536,10 +550,11 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         assert_eq!(
             text,
-            "2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 \
-             connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 \
+            "2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 class=high \
+             backend=10.0.0.11:80 queue_ms=2.250 connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 \
              retries=0 end=backend_fin\n\
-             1970-01-01T00:00:00.000Z service=web client=[::1]:9 backend=- connect_ms=- \
+             1970-01-01T00:00:00.000Z service=web client=[::1]:9 class=normal backend=- \
+             queue_ms=- connect_ms=- \
              ttfb_ms=- duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n"
         );
     }

@@ -262,6 +262,15 @@ pub enum EndReason {
     /// Reset for its PROXY protocol header (`--accept-proxy`): missing, malformed, too
     /// long, cut short or too slow.
     BadProxyHeader,
+    /// Turned away: every backend that could take it was at its `maxconn`, and its pool's
+    /// queue was off or full (or it was put out of the queue for a higher-class client).
+    PoolFull,
+    /// Reset after waiting in its pool's queue for `queue-timeout`.
+    QueueTimeout,
+    /// Reset: its source had `max-conns-per-source` sessions open.
+    LimitedConns,
+    /// Reset: its source had used up `conn-rate-per-source`.
+    LimitedRate,
 }
 
 impl EndReason {
@@ -278,9 +287,15 @@ impl EndReason {
             EndReason::ShedMaxConns => "shed_max_conns",
             EndReason::ShedPool => "shed_pool",
             EndReason::BadProxyHeader => "bad_proxy_header",
+            EndReason::PoolFull => "pool_full",
+            EndReason::QueueTimeout => "queue_timeout",
+            EndReason::LimitedConns => "per_source_conns",
+            EndReason::LimitedRate => "per_source_rate",
         }
     }
 }
+
+pub use crate::config::protection::Class;
 
 /// What is left of a session once it has ended: for the access log and the counters.
 #[derive(Clone, Debug)]
@@ -298,6 +313,10 @@ pub struct SessionSummary {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub retries: u32,
+    /// Its priority class.
+    pub class: Class,
+    /// How long it waited in its pool's queue (`None`: it did not wait).
+    pub queue_wait: Option<Duration>,
 }
 
 #[cfg(test)]

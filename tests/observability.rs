@@ -1264,7 +1264,9 @@ impl AccessLine {
             [
                 "service",
                 "client",
+                "class",
                 "backend",
+                "queue_ms",
                 "connect_ms",
                 "ttfb_ms",
                 "duration_ms",

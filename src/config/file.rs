@@ -248,9 +248,67 @@ fn settings<'a>(
                 ))));
             }
         };
-        written.push(opt, Raw::Toml(value.get_ref()), at(value.span().start));
+        let value_at = at(value.span().start);
+        if let table::Kind::Group(keys) = opt.kind {
+            expand_group(opt, keys, value, &mut written, at)?;
+            continue;
+        }
+        if written.contains(opt.name) {
+            return Err(key_at.wrap(given_twice(opt.name)));
+        }
+        written.push(opt, Raw::Toml(value.get_ref()), value_at);
     }
     Ok(written)
+}
+
+/// `queue = { size = 100, timeout = "2s" }`: each key of the inline table is the setting
+/// `queue-size`, `queue-timeout`.
+fn expand_group<'a>(
+    opt: &'static Opt,
+    keys: &[&str],
+    value: &'a toml::Spanned<DeValue<'a>>,
+    written: &mut Written<'a>,
+    at: &impl Fn(usize) -> Location,
+) -> Result<(), ConfigError> {
+    let listed = keys.join(", ");
+    let DeValue::Table(table) = value.get_ref() else {
+        return Err(at(value.span().start).wrap(ConfigError::Usage(format!(
+            "{} must be a table such as {{ {} }}",
+            opt.name,
+            keys.iter()
+                .map(|k| format!("{k} = ..."))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))));
+    };
+    for (key, inner) in table.iter() {
+        let name = key.get_ref().as_ref();
+        let key_at = at(key.span().start);
+        let full = format!("{}-{name}", opt.name);
+        let sub = match table::find(&full) {
+            Some(sub) if keys.contains(&name) => sub,
+            _ => {
+                return Err(key_at.wrap(ConfigError::Usage(format!(
+                    "unknown key '{}' in {} (it takes {listed})",
+                    printable(name),
+                    opt.name
+                ))));
+            }
+        };
+        if written.contains(sub.name) {
+            return Err(key_at.wrap(given_twice(sub.name)));
+        }
+        written.push(sub, Raw::Toml(inner.get_ref()), at(inner.span().start));
+    }
+    Ok(())
+}
+
+/// `queue-size = 1` beside `queue = { size = 2 }`.
+fn given_twice(name: &str) -> ConfigError {
+    let (group, key) = name.rsplit_once('-').unwrap_or((name, ""));
+    ConfigError::Usage(format!(
+        "'{name}' is given twice (as {name} and as {group} = {{ {key} = ... }}): give it once"
+    ))
 }
 
 /// Names of services and pools: letters, digits, `-`, `_` and `.`, as metric labels and log

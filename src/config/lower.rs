@@ -4,6 +4,7 @@
 //! depends on. The command line and a config file both end here, so they mean the same.
 
 use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings, LatencySettings};
+use super::protection::{Priority, QueueSettings, SourceLimits};
 use super::table::{self, DefaultValue, Opt};
 use super::values::{self, Raw, Value};
 use super::{ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, ServiceSpec, spec::BackendSpec};
@@ -314,7 +315,44 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         } else {
             None
         },
+        priority: match l.value("priority")? {
+            Some(Value::Priority(p)) => p,
+            _ => Priority::default(),
+        },
+        source_limits: source_limits(l)?,
     })
+}
+
+/// `max-conns-per-source`, `conn-rate-per-source` and the settings that go with them.
+fn source_limits(l: &Layers) -> Result<Option<SourceLimits>, ConfigError> {
+    let max_conns = l.opt_whole("max-conns-per-source")?.map(|n| n as u32);
+    let rate = match l.value("conn-rate-per-source")? {
+        Some(Value::Rate(r)) => Some(r),
+        _ => None,
+    };
+    if max_conns.is_none() && rate.is_none() {
+        for option in ["source-prefix-v4", "source-prefix-v6", "source-table-size"] {
+            if l.own(option) {
+                return Err(l.at(
+                    option,
+                    ConfigError::Usage(format!(
+                        "{} applies to the per-source limits only: give {} or {} too",
+                        shown(option, l),
+                        shown("max-conns-per-source", l),
+                        shown("conn-rate-per-source", l)
+                    )),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    Ok(Some(SourceLimits {
+        max_conns,
+        rate,
+        prefix_v4: l.whole("source-prefix-v4")? as u8,
+        prefix_v6: l.whole("source-prefix-v6")? as u8,
+        table_size: l.whole("source-table-size")? as usize,
+    }))
 }
 
 fn table_error(l: &Layers, message: String) -> ConfigError {
@@ -373,6 +411,26 @@ pub fn pool(name: &str, l: &Layers, positional: &[String]) -> Result<PoolSpec, C
         resolve_interval: l.nonzero_duration("resolve-interval")?,
         connect_timeout: l.duration("connect-timeout")?,
         retries: l.whole("retries")? as u32,
+        queue: queue(l)?,
+    })
+}
+
+/// `queue-size` and `queue-timeout`.
+fn queue(l: &Layers) -> Result<QueueSettings, ConfigError> {
+    let size = l.whole("queue-size")? as usize;
+    if size == 0 && l.own("queue-timeout") {
+        return Err(l.at(
+            "queue-timeout",
+            ConfigError::Usage(format!(
+                "{} applies to a queue: give {} too",
+                shown("queue-timeout", l),
+                shown("queue-size", l)
+            )),
+        ));
+    }
+    Ok(QueueSettings {
+        size,
+        timeout: l.duration("queue-timeout")?,
     })
 }
 

@@ -115,6 +115,10 @@ pub struct ServiceSpec {
     /// Its own connect timeout and retries; `None`: its pool's.
     pub connect_timeout: Option<Duration>,
     pub retries: Option<u32>,
+    /// Its clients' classes by source (empty: every client is `normal`).
+    pub priority: protection::Priority,
+    /// Per-source limits; `None` = off.
+    pub source_limits: Option<protection::SourceLimits>,
 }
 
 /// A pool: backends and how one is chosen.
@@ -135,6 +139,8 @@ pub struct PoolSpec {
     pub connect_timeout: Duration,
     /// Connect attempts on other backends after a failed one.
     pub retries: u32,
+    /// Its wait queue for clients that find every backend at its `maxconn`.
+    pub queue: protection::QueueSettings,
 }
 
 impl Config {

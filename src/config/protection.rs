@@ -104,7 +104,9 @@ pub fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let kept = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            let kept = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
             IpAddr::V4((bits & kept).into())
         }
         IpAddr::V6(v6) => {
@@ -234,7 +236,10 @@ mod tests {
         let block = Cidr::parse("10.1.0.0/16").expect("cidr");
         assert!(block.contains(ip("10.1.200.3")));
         assert!(!block.contains(ip("10.2.0.1")));
-        assert!(block.contains(ip("::ffff:10.1.0.9")), "a mapped IPv4 client");
+        assert!(
+            block.contains(ip("::ffff:10.1.0.9")),
+            "a mapped IPv4 client"
+        );
         assert!(!block.contains(ip("2001:db8::1")));
         let all = Cidr::parse("0.0.0.0/0").expect("cidr");
         assert!(all.contains(ip("203.0.113.9")));
@@ -279,8 +284,14 @@ mod tests {
         let r = Rate::parse("50/s").expect("rate");
         assert_eq!((r.count, r.per), (50, Duration::from_secs(1)));
         assert!((r.per_milli() - 0.05).abs() < 1e-9);
-        assert_eq!(Rate::parse("600/m").map(|r| r.per), Some(Duration::from_secs(60)));
-        assert_eq!(Rate::parse("10/hour").map(|r| r.to_string()), Some("10/h".into()));
+        assert_eq!(
+            Rate::parse("600/m").map(|r| r.per),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            Rate::parse("10/hour").map(|r| r.to_string()),
+            Some("10/h".into())
+        );
         for bad in ["50", "0/s", "-1/s", "50/d", "/s", "x/s", "2000000/s"] {
             assert_eq!(Rate::parse(bad), None, "{bad}");
         }

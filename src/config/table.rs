@@ -87,6 +87,14 @@ pub enum Kind {
     Factor,
     /// Backend specs: positional arguments on the command line, a list in a file.
     Backends,
+    /// `N/s`, `N/m` or `N/h`: a rate.
+    Rate,
+    /// Source blocks and classes: `CIDR=CLASS,...` on the command line, a list of
+    /// `{ source = CIDR, class = CLASS }` in a file.
+    Priority,
+    /// A file-only inline table whose keys stand for the settings `NAME-KEY`
+    /// (`queue = { size = 100 }` is `queue-size = 100`).
+    Group(&'static [&'static str]),
 }
 
 /// A setting's default.
@@ -246,6 +254,36 @@ pub const OPTIONS: &[Opt] = &[
     opt("latency-decay", Pool, duration(Seconds, 100 * MILLISECOND, HOUR), Value("10s"))
         .hint("DURATION")
         .help("least-latency: the time constant of each backend's response-time average (how fast a recovered backend wins its share back)"),
+    opt("queue-size", Pool, whole(0, 1_000_000), Value("0"))
+        .hint("N")
+        .help("clients that may wait for a slot when every backend is at its maxconn; past it they are reset at once; 0 = no queue"),
+    opt("queue-timeout", Pool, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
+        .hint("DURATION")
+        .help("with queue-size: reset a client that has waited this long for a slot"),
+    opt("queue", Pool, Kind::Group(&["size", "timeout"]), Off)
+        .file_only()
+        .help("{ size = N, timeout = DURATION }: queue-size and queue-timeout in one"),
+    opt("max-conns-per-source", Service, whole(1, 1_000_000), Off)
+        .hint("N")
+        .help("sessions at once from one client source (see source-prefix); past it its new clients are reset"),
+    opt("conn-rate-per-source", Service, Kind::Rate, Off)
+        .hint("N/s")
+        .help("new sessions from one client source, such as 50/s or 600/m (a token bucket whose burst is N); past it they are reset"),
+    opt("source-prefix-v4", Service, whole(1, 32), Value("32"))
+        .hint("BITS")
+        .help("for the per-source limits, an IPv4 client counts as its address masked to this many bits"),
+    opt("source-prefix-v6", Service, whole(1, 128), Value("64"))
+        .hint("BITS")
+        .help("the same for IPv6 clients"),
+    opt("source-prefix", Service, Kind::Group(&["v4", "v6"]), Off)
+        .file_only()
+        .help("{ v4 = BITS, v6 = BITS }: source-prefix-v4 and source-prefix-v6 in one"),
+    opt("source-table-size", Service, whole(16, 10_000_000), Value("65536"))
+        .hint("N")
+        .help("sources the per-source limits remember at most (about 100 bytes each); one with a session open is never forgotten"),
+    opt("priority", Service, Kind::Priority, Off)
+        .hint("CIDR=CLASS,...")
+        .help("each client's class by source, first match wins (default normal): high is served from a queue first, low is turned away first"),
     opt("accept-proxy", Service, Kind::Switch, Off)
         .help("every client starts with a PROXY protocol header (v1 or v2), which gives the real client address"),
     opt("proxy-timeout", Service, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
@@ -446,7 +484,9 @@ mod tests {
     fn names_are_unique_and_look_like_flags() {
         for (i, a) in OPTIONS.iter().enumerate() {
             assert!(
-                a.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                a.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
                 "{}",
                 a.name
             );

@@ -2,6 +2,7 @@
 //! parsed by the kind the option table gives it. Flags and file keys go through the same
 //! parser, so `3s` means the same in both and the error names the same range.
 
+use super::protection::{Cidr, Priority, Rate, parse_class};
 use super::spec::{BackendSpec, parse_host_port};
 use super::table::{BareUnit, Kind, Opt};
 use super::units::{
@@ -40,6 +41,8 @@ pub enum Value {
     /// Hundredths (125 = 1.25).
     Factor(u32),
     Backends(Vec<BackendSpec>),
+    Rate(Rate),
+    Priority(Priority),
 }
 
 /// Parses `raw` as `opt` says; `name` is how a message names it (`--retries` on the
@@ -157,7 +160,61 @@ pub fn parse(opt: &Opt, name: &str, raw: Raw) -> Result<Value, ConfigError> {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Value::Backends(specs))
         }
+        Kind::Rate => {
+            let expected = "a rate such as 50/s, 600/m or 1000/h (1 to 1000000 per unit)";
+            let text = string(&name, raw, expected)?;
+            Rate::parse(&text)
+                .map(Value::Rate)
+                .ok_or_else(|| bad_text(&name, &text, expected))
+        }
+        Kind::Priority => priority(&name, raw).map(Value::Priority),
+        Kind::Group(_) => Err(ConfigError::Usage(format!(
+            "{name} is a table of settings, not a value"
+        ))),
     }
+}
+
+/// A `priority` list: `CIDR=CLASS,...` as text, or TOML `[{ source = CIDR, class = CLASS }]`
+/// (an item may also be the text `CIDR=CLASS`).
+fn priority(name: &str, raw: Raw) -> Result<Priority, ConfigError> {
+    const EXPECTED: &str = "a list of { source = \"CIDR\", class = \"high|normal|low\" }";
+    let usage = |why: String| ConfigError::Usage(format!("{name}: {why}"));
+    let items = match raw {
+        Raw::Text(text) => return Priority::parse_flag(text).map_err(usage),
+        Raw::Toml(DeValue::String(text)) => return Priority::parse_flag(text).map_err(usage),
+        Raw::Toml(DeValue::Array(items)) => items,
+        other => return Err(bad(name, other, EXPECTED)),
+    };
+    let mut rules = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(text) => rules.extend(Priority::parse_flag(text).map_err(usage)?.rules),
+            DeValue::Table(table) => {
+                let (mut source, mut class) = (None, None);
+                for (key, value) in table.iter() {
+                    let DeValue::String(text) = value.get_ref() else {
+                        return Err(bad(name, Raw::Toml(value.get_ref()), "a string"));
+                    };
+                    match key.get_ref().as_ref() {
+                        "source" => source = Some(Cidr::parse(text).map_err(usage)?),
+                        "class" => class = Some(parse_class(text).map_err(usage)?),
+                        other => {
+                            return Err(usage(format!(
+                                "unknown key '{}' in a rule (a rule has source and class)",
+                                super::spec::printable(other)
+                            )));
+                        }
+                    }
+                }
+                match (source, class) {
+                    (Some(source), Some(class)) => rules.push((source, class)),
+                    _ => return Err(usage("a rule needs both source and class".to_string())),
+                }
+            }
+            other => return Err(bad(name, Raw::Toml(other), EXPECTED)),
+        }
+    }
+    Ok(Priority { rules })
 }
 
 /// `1.25` as 125 (hundredths), from 1 to 100 with at most two decimals.

@@ -559,8 +559,13 @@ impl Control {
                 TimerKey::ProbationEnd => self.probation_end(),
                 TimerKey::BalanceTick => {
                     let now = clock::millis(self.now);
-                    for fleet in self.rollout.current().pools().filter(|f| f.ticks()) {
-                        fleet.tick(now);
+                    for fleet in self.rollout.current().pools() {
+                        if fleet.ticks() {
+                            fleet.tick(now);
+                        }
+                        // Slots freed where no session ended (a backend came up, a reload
+                        // raised a maxconn): waiters get them within a tick.
+                        crate::worker::queueing::serve(fleet, &self.shared, now);
                     }
                     self.timers
                         .insert(self.now + BALANCE_TICK, TimerKey::BalanceTick);

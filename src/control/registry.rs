@@ -4,6 +4,7 @@
 
 use crate::config::{PoolSpec, ServiceSpec};
 use crate::fleet::PoolId;
+use crate::service::sources::Sources;
 use crate::service::{Service, ServiceId, ServiceStats};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,13 @@ use std::sync::Arc;
 pub struct Entry {
     pub spec: ServiceSpec,
     pub service: Arc<Service>,
+}
+
+/// What a service keeps across reloads: its counters, and its sources' counts.
+#[derive(Clone, Default)]
+pub struct Kept {
+    pub stats: Arc<ServiceStats>,
+    pub sources: Option<Arc<Sources>>,
 }
 
 #[derive(Default)]
@@ -27,9 +35,21 @@ pub fn build(
     spec: &ServiceSpec,
     pool: (PoolId, &PoolSpec),
     listen: Vec<SocketAddr>,
-    stats: Arc<ServiceStats>,
+    kept: Kept,
 ) -> Arc<Service> {
     let (pool_id, pool) = pool;
+    // The table outlives a change of limits (its counts are of sessions still open); a
+    // new size applies as sources come.
+    let sources = spec.source_limits.map(|limits| {
+        let table = match kept.sources {
+            Some(table) => {
+                table.resize(limits.table_size);
+                table
+            }
+            None => Arc::new(Sources::new(limits.table_size)),
+        };
+        (limits, table)
+    });
     Arc::new(Service {
         id,
         name: Arc::from(spec.name.as_str()),
@@ -40,7 +60,9 @@ pub fn build(
         idle_timeout: spec.idle_timeout,
         accept_proxy: spec.accept_proxy,
         max_conns: spec.max_conns,
-        stats,
+        priority: spec.priority.clone(),
+        sources,
+        stats: kept.stats,
     })
 }
 
@@ -53,6 +75,8 @@ fn same_settings(a: &Service, b: &Service) -> bool {
         && a.idle_timeout == b.idle_timeout
         && a.accept_proxy == b.accept_proxy
         && a.max_conns == b.max_conns
+        && a.priority == b.priority
+        && a.sources.as_ref().map(|(l, _)| l) == b.sources.as_ref().map(|(l, _)| l)
 }
 
 impl Registry {
@@ -80,7 +104,7 @@ impl Registry {
             self.next_id += 1;
             self.next_id - 1
         });
-        let service = build(id, spec, pool, listen, Arc::default());
+        let service = build(id, spec, pool, listen, Kept::default());
         self.entries.push(Entry {
             spec: spec.clone(),
             service: Arc::clone(&service),
@@ -103,7 +127,10 @@ impl Registry {
             spec,
             pool,
             listen,
-            Arc::clone(&entry.service.stats),
+            Kept {
+                stats: Arc::clone(&entry.service.stats),
+                sources: entry.service.sources.as_ref().map(|(_, t)| Arc::clone(t)),
+            },
         );
         entry.spec = spec.clone();
         if same_settings(&service, &entry.service) {

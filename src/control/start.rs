@@ -26,7 +26,7 @@ use crate::service::Topology;
 use crate::stats::WorkerStats;
 use crate::worker::pipes::{PIPE_SIZE, PipePool};
 use crate::worker::pool::{Pool, PoolError};
-use crate::worker::{Shared, Worker, WorkerConfig};
+use crate::worker::{Inbox, Shared, Worker, WorkerConfig};
 use crate::{limits, net};
 use log::{info, warn};
 use signal_hook_mio::v1_0::Signals;
@@ -113,6 +113,7 @@ pub fn start(
         accepting: AtomicUsize::new(workers),
         listening: (0..workers).map(|_| AtomicBool::new(true)).collect(),
         control: Arc::clone(&waker),
+        inboxes: std::sync::OnceLock::new(),
     });
     // Written before any worker accepts: once one has, a failure to start would cut the
     // clients it took, and after an upgrade those were the old process's to serve.
@@ -129,6 +130,7 @@ pub fn start(
         failure
     };
     let mut handles = Vec::with_capacity(workers);
+    let mut built_workers = Vec::with_capacity(workers);
     let mut worker_stats = Vec::with_capacity(workers);
     for (index, (pool, pipes)) in buffer_pools.into_iter().zip(pipe_pools).enumerate() {
         let stats = Arc::new(WorkerStats::default());
@@ -146,7 +148,7 @@ pub fn start(
                     .map(|s| (id, mio::net::TcpListener::from_std(s))),
             );
         }
-        let handle = Worker::spawn(WorkerConfig {
+        let built = Worker::build(WorkerConfig {
             index,
             listeners,
             topology: Arc::clone(&topology),
@@ -158,6 +160,16 @@ pub fn start(
         })
         .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
         .map_err(remove_pid_file)?;
+        built_workers.push(built);
+    }
+    // Every inbox is known before any worker runs: a worker may hand a queued client of
+    // another its slot from its first turn.
+    let inboxes: Box<[Inbox]> = built_workers.iter().map(|(_, i)| i.clone()).collect();
+    let _ = shared.inboxes.set(inboxes);
+    for (index, (worker, inbox)) in built_workers.into_iter().enumerate() {
+        let handle = Worker::spawn(worker, inbox)
+            .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
+            .map_err(remove_pid_file)?;
         handles.push(handle);
     }
     let discovery = Discovery::spawn(invocation.args.clone(), pools, waker)

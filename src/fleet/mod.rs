@@ -30,6 +30,7 @@ use backend::{Backend, Seat};
 use health::{BreakerPolicy, CheckPolicy, Transition};
 use lease::Lease;
 use log::{info, warn};
+use queue::Queue;
 use select::{PickRequest, Selector};
 use std::io;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct Fleet {
     pool: PoolId,
     name: Arc<str>,
     stats: Arc<PoolStats>,
+    /// Its wait queue, the same for every generation.
+    queue: Arc<Queue>,
     balance: select::Balance,
     generation: u32,
     primaries: Group,
@@ -98,7 +101,7 @@ pub struct Fleet {
 /// How long a fail-open choice stands before the set is scanned again (ms).
 pub const FAIL_OPEN_CHOICE_MS: u64 = 100;
 
-/// The fail-open choice that says the pool is full (see [`Fleet::is_full`]).
+/// The fail-open choice that says the pool is full (see [`Unavailable::Full`]).
 const FULL: u32 = u32::MAX - 1;
 
 /// What the fail-open scan found.
@@ -108,6 +111,15 @@ enum Scan<'a> {
     /// The backend to fail open to.
     Chosen(&'a Arc<Backend>),
     /// Nothing to try.
+    None,
+}
+
+/// Why [`Fleet::pick_or_full`] found no backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every backend that takes sessions is at its `maxconn`.
+    Full,
+    /// No backend is left to try.
     None,
 }
 
@@ -135,6 +147,11 @@ impl Fleet {
     /// The pool's figures (the same for every generation).
     pub fn stats(&self) -> &PoolStats {
         &self.stats
+    }
+
+    /// The pool's wait queue (see [`queue`]).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
     }
 
     /// Which generation this is (counts reloads).
@@ -187,8 +204,14 @@ impl Fleet {
     }
 
     /// Leases the backend that should take a new session, never one in `tried`; `None` if
-    /// no backend is left to try.
+    /// no backend is left to try (or every one is full).
     pub fn pick(&self, request: &PickRequest) -> Option<Lease> {
+        self.pick_or_full(request).ok()
+    }
+
+    /// As [`Fleet::pick`], saying why there is none: every backend that takes sessions is
+    /// at its `maxconn` (a client may wait in the pool's queue), or none is left to try.
+    pub fn pick_or_full(&self, request: &PickRequest) -> Result<Lease, Unavailable> {
         for group in [&self.primaries, &self.backups] {
             // A pick races with other workers: the chosen backend may have just given its
             // half-open trial to someone else. Then look again (bounded: each retry sees a
@@ -213,25 +236,17 @@ impl Fleet {
                 };
                 let lease = Lease::counted(Arc::clone(backend), trial);
                 group.selector.refresh(&group.members, index, request.now);
-                return Some(lease);
+                return Ok(lease);
             }
         }
         // Failing open is never the breaker's trial: its outcome only counts if it succeeds.
         let chosen = self.fail_open(request)?;
         if !chosen.try_acquire() {
-            return None;
+            return Err(Unavailable::Full);
         }
         let lease = Lease::counted(Arc::clone(chosen), false);
         self.refresh(chosen, request.now);
-        Some(lease)
-    }
-
-    /// Whether the last pick that found nothing found the pool full (every backend that
-    /// takes sessions at its `maxconn`: a client may wait in the pool's queue) rather than
-    /// none up. O(1): the fail-open scan's answer, which stands for [`FAIL_OPEN_CHOICE_MS`].
-    pub fn is_full(&self, now: u64) -> bool {
-        self.fail_open_index.load(Ordering::Acquire) == FULL
-            && now < self.fail_open_until.load(Ordering::Acquire)
+        Ok(lease)
     }
 
     /// No untried backend takes sessions: one the health checks still pass if any, and
@@ -239,12 +254,12 @@ impl Fleet {
     /// set, so its answer stands for [`FAIL_OPEN_CHOICE_MS`] (every client meanwhile goes to
     /// the same backend anyway): a whole-fleet outage costs a worker one scan per interval,
     /// not one per client.
-    fn fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
+    fn fail_open(&self, request: &PickRequest) -> Result<&Arc<Backend>, Unavailable> {
         let now = request.now;
         let cached = self.fail_open_index.load(Ordering::Acquire);
         let fresh = now < self.fail_open_until.load(Ordering::Acquire);
         if cached == FULL && fresh {
-            return None;
+            return Err(Unavailable::Full);
         }
         let chosen = match self.at(cached as usize) {
             Some(b) if fresh && !request.tried.contains(&b.id) && b.has_room() => b,
@@ -267,7 +282,8 @@ impl Fleet {
                 }
                 match scanned {
                     Scan::Chosen(chosen) => chosen,
-                    Scan::Full | Scan::None => return None,
+                    Scan::Full => return Err(Unavailable::Full),
+                    Scan::None => return Err(Unavailable::None),
                 }
             }
         };
@@ -286,7 +302,7 @@ impl Fleet {
                 suppressed_note(n)
             );
         }
-        Some(chosen)
+        Ok(chosen)
     }
 
     /// The backend at `index` of [`Fleet::backends`] (primaries, then backups).
@@ -516,7 +532,7 @@ impl Fleet {
 /// Puts a generation together (the builder's last step): seats every backend and builds
 /// the selectors.
 pub(crate) fn assemble(
-    (pool, name, generation, stats): (PoolId, Arc<str>, u32, Arc<PoolStats>),
+    (pool, name, generation, stats, queue): (PoolId, Arc<str>, u32, Arc<PoolStats>, Arc<Queue>),
     primaries: Vec<Arc<Backend>>,
     backups: Vec<Arc<Backend>>,
     draining: Vec<Arc<Backend>>,
@@ -537,6 +553,7 @@ pub(crate) fn assemble(
         pool,
         name,
         stats,
+        queue,
         balance,
         generation,
         primaries: Group {

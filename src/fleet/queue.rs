@@ -383,7 +383,10 @@ mod tests {
         assert_eq!(q.len(), 3);
         assert_eq!(serve(&q, 10), [5, 1, 4]);
         assert_eq!(q.stats.full[Class::Low as usize].load(Ordering::Relaxed), 1);
-        assert_eq!(q.stats.full[Class::Normal as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            q.stats.full[Class::Normal as usize].load(Ordering::Relaxed),
+            1
+        );
         assert_eq!(
             q.stats.displaced[Class::Low as usize].load(Ordering::Relaxed),
             2

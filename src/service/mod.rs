@@ -8,10 +8,12 @@
 
 pub mod sources;
 
+use crate::config::protection::{Class, Priority, SourceLimits};
 use crate::fleet::backend::Backend;
 use crate::fleet::lease::Lease;
 use crate::fleet::{Fleet, PoolId, Verdict};
 use crate::stats::{SESSION_BUCKETS, SharedHistogram};
+use sources::Sources;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,7 +39,22 @@ pub struct Service {
     pub accept_proxy: Option<Duration>,
     /// Its own limit of sessions at once.
     pub max_conns: Option<usize>,
+    /// Its clients' classes by source (empty: all `normal`).
+    pub priority: Priority,
+    /// Per-source limits and the table that counts them (kept across reloads).
+    pub sources: Option<(SourceLimits, Arc<Sources>)>,
     pub stats: Arc<ServiceStats>,
+}
+
+impl Service {
+    /// The class of a client from `client` (after its PROXY protocol header, if any).
+    pub fn class_of(&self, client: std::net::IpAddr) -> Class {
+        if self.priority.is_empty() {
+            Class::Normal
+        } else {
+            self.priority.class_of(client)
+        }
+    }
 }
 
 /// A service's counters, summed over every worker (shared atomics: a service's clients
@@ -55,6 +72,14 @@ pub struct ServiceStats {
     pub shed_pool: AtomicU64,
     /// Clients closed because no backend could be reached.
     pub no_backend: AtomicU64,
+    /// Clients turned away because every backend was at its `maxconn` and the queue was
+    /// off or full (or put out of it for a higher class).
+    pub pool_full: AtomicU64,
+    /// Clients turned away, for any of the reasons above, by class (`Class as usize`).
+    pub shed_by_class: [AtomicU64; 3],
+    /// Clients reset by the per-source limits.
+    pub limited_conns: AtomicU64,
+    pub limited_rate: AtomicU64,
     /// How long its sessions lasted, from accept to close.
     pub session_duration: SharedHistogram,
 }
@@ -68,6 +93,10 @@ impl Default for ServiceStats {
             shed_service_max_conns: AtomicU64::new(0),
             shed_pool: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
+            pool_full: AtomicU64::new(0),
+            shed_by_class: Default::default(),
+            limited_conns: AtomicU64::new(0),
+            limited_rate: AtomicU64::new(0),
             session_duration: SharedHistogram::new(&SESSION_BUCKETS),
         }
     }
@@ -215,6 +244,8 @@ pub fn for_tests(retries: u32, accept_proxy: Option<Duration>) -> Arc<Service> {
         idle_timeout: None,
         accept_proxy,
         max_conns: None,
+        priority: Priority::default(),
+        sources: None,
         stats: Arc::default(),
     })
 }

@@ -273,7 +273,11 @@ mod tests {
             t.release(c.expect("counted"));
         }
         assert_eq!(t.admit(&l, ip(1), 1000), Err(Limited::Rate));
-        assert_eq!(t.admit(&l, ip(1), 1099), Err(Limited::Rate), "0.99 of a token");
+        assert_eq!(
+            t.admit(&l, ip(1), 1099),
+            Err(Limited::Rate),
+            "0.99 of a token"
+        );
         assert!(t.admit(&l, ip(1), 1100).is_ok(), "one token after 100 ms");
         assert_eq!(t.admit(&l, ip(1), 1100), Err(Limited::Rate));
         // A long pause refills the bucket only up to the burst.

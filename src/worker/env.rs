@@ -9,6 +9,7 @@ use crate::reactor::Throttle;
 use crate::reactor::timer::Timers;
 use crate::service::Topology;
 use crate::stats::WorkerStats;
+use crate::worker::handle::Shared;
 use crate::worker::pipes::PipePool;
 use crate::worker::pool::Pool;
 use mio::Registry;
@@ -57,6 +58,10 @@ pub struct Env<'a> {
     pub throttles: &'a Throttles,
     /// Backends whose breaker opened, with when their cool-down ends.
     pub cooling: &'a mut Vec<(Arc<Backend>, u64)>,
+    /// This worker's index, and what the workers share (their inboxes: a freed backend
+    /// slot goes to whoever waits for it, on any worker).
+    pub worker: usize,
+    pub shared: &'a Shared,
 }
 
 /// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
@@ -74,6 +79,8 @@ macro_rules! lend_env {
             stats: &$worker.stats,
             throttles: &$worker.throttles,
             cooling: &mut $worker.cooling,
+            worker: $worker.index,
+            shared: &$worker.shared,
         }
     };
 }

@@ -18,17 +18,20 @@
 //! Handlers return a [`Report`] of what happened (closed and why, needs a buffer, used up
 //! its turn); the worker acts on it.
 
-use crate::fleet::Verdict;
 use crate::fleet::lease::Lease;
+use crate::fleet::queue::{Class, Ticket, Waiter};
 use crate::fleet::select::PickRequest;
+use crate::fleet::{Fleet, PoolId, Unavailable, Verdict};
 use crate::net;
 use crate::reactor::ConnId;
 use crate::reactor::timer::TimerId;
-use crate::service::Service;
+use crate::service::sources::{Counted, Limited};
+use crate::service::{Service, ServiceStats};
 use crate::stats::{EndReason, ProxyError, SessionSummary};
 use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
 use crate::worker::proxy_header::{self, Received};
+use crate::worker::queueing;
 use crate::worker::{Env, TimerKey};
 use log::{debug, warn};
 use mio::event::Event;
@@ -36,6 +39,7 @@ use mio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What a handler did to the session, for the worker to act on.
@@ -69,6 +73,14 @@ enum Phase {
         attempts: u32,
         header_sent: u8,
     },
+    /// Every backend was at its `maxconn`: waiting in pool `pool`'s queue since `since`,
+    /// holding no buffer and no backend socket, the client's bytes left in the kernel.
+    Queued {
+        attempts: u32,
+        ticket: Ticket,
+        pool: PoolId,
+        since: Instant,
+    },
     Established,
 }
 
@@ -97,6 +109,12 @@ pub struct Session {
     client_addr: SocketAddr,
     /// The destination its PROXY protocol header named (`None`: our own address).
     proxied_to: Option<SocketAddr>,
+    /// Its priority class (from its source, once known).
+    class: Class,
+    /// How long it waited in its pool's queue, in all.
+    queue_wait: Option<Duration>,
+    /// Its place in its source's count (per-source limits).
+    source: Option<Counted>,
     /// Queued in the worker's buffer waiters.
     pub(crate) waiting_for_buffer: bool,
     /// Queued in the worker's run queue.
@@ -145,6 +163,7 @@ impl Session {
                 attempts: 0,
             });
         }
+        let class = service.class_of(client_addr.ip());
         let mut session = Session {
             id,
             service,
@@ -159,8 +178,11 @@ impl Session {
             started: env.now,
             connect_time: None,
             first_response: FirstResponse::NotSent,
+            class,
             client_addr,
             proxied_to: None,
+            queue_wait: None,
+            source: None,
             waiting_for_buffer: false,
             queued: false,
         };
@@ -180,9 +202,50 @@ impl Session {
         }
     }
 
-    /// Dials the first backend for the client (`Connecting` from here on).
+    /// The client is known (its PROXY protocol header, if any, taken): checks its source's
+    /// limits, then dials the first backend for it (`Connecting` from here on), or queues
+    /// it when every backend is full.
     fn connect(&mut self, env: &mut Env) -> Result<(), EndReason> {
-        let mut attempts = 0;
+        let client = self.client_addr.ip();
+        self.class = self.service.class_of(client);
+        if let Some((limits, table)) = &self.service.sources {
+            match table.admit(limits, client, env.now_ms) {
+                Ok(counted) => self.source = counted,
+                Err(limited) => {
+                    let stats = &self.service.stats;
+                    let (counter, reason) = match limited {
+                        Limited::Conns => (&stats.limited_conns, EndReason::LimitedConns),
+                        Limited::Rate => (&stats.limited_rate, EndReason::LimitedRate),
+                    };
+                    ServiceStats::add(counter, 1);
+                    debug!("client {}: {}", self.client_addr, limited.as_str());
+                    net::reset_on_close(&self.client);
+                    return Err(reason);
+                }
+            }
+        }
+        self.phase = Phase::Connecting {
+            attempts: 0,
+            header_sent: 0,
+        };
+        self.dial_next(env)
+    }
+
+    /// Dials the best backend left for the client. When every one is at its `maxconn`, the
+    /// client waits in its pool's queue if it has one (and behind anyone already waiting
+    /// there), else it is turned away.
+    fn dial_next(&mut self, env: &mut Env) -> Result<(), EndReason> {
+        let Phase::Connecting { mut attempts, .. } = self.phase else {
+            return Err(EndReason::NoBackend);
+        };
+        let Some(fleet) = env.topology.pool(self.service.pool).map(Arc::clone) else {
+            return Err(EndReason::NoBackend);
+        };
+        let queue = fleet.queue();
+        if queue.is_on() && !queue.is_empty() {
+            // A slot freed now is the waiters': this client goes behind them.
+            return self.wait(&fleet, attempts, env);
+        }
         let dialled = dial(
             self.id,
             &self.service,
@@ -195,21 +258,153 @@ impl Session {
             attempts,
             header_sent: 0,
         };
-        let (lease, backend) = dialled?;
+        match dialled {
+            Ok((lease, backend)) => {
+                self.connecting(lease, backend, env);
+                Ok(())
+            }
+            Err(Dialled::Full) if queue.is_on() => self.wait(&fleet, attempts, env),
+            Err(Dialled::Full) => {
+                net::reset_on_close(&self.client);
+                Err(EndReason::PoolFull)
+            }
+            Err(Dialled::End(reason)) => Err(reason),
+        }
+    }
+
+    /// A backend connect is under way on `backend`, for `lease`.
+    fn connecting(&mut self, lease: Lease, backend: TcpStream, env: &mut Env) {
+        // (A connect that failed left its socket here: dropped, so closed, now.)
         self.lease = Some(lease);
         self.backend = Some(backend);
+        self.duplex.backend_ready = Default::default();
         self.timer = Some(env.timers.insert(
             env.now + self.service.connect_timeout,
             TimerKey::Conn(self.id),
         ));
+    }
+
+    /// Joins `fleet`'s queue (`Queued` from here on), or is turned away if it is full.
+    fn wait(&mut self, fleet: &Fleet, attempts: u32, env: &mut Env) -> Result<(), EndReason> {
+        let waiter = Waiter {
+            worker: env.worker,
+            conn: self.id,
+            client: self.client_addr.ip(),
+            class: self.class,
+            since: env.now,
+            ticket: 0,
+        };
+        let Some(ticket) = queueing::join(fleet, env.shared, waiter) else {
+            debug!(
+                "client {} ({}): every backend is full and so is the queue",
+                self.client_addr,
+                self.class.as_str()
+            );
+            net::reset_on_close(&self.client);
+            return Err(EndReason::PoolFull);
+        };
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        self.phase = Phase::Queued {
+            attempts,
+            ticket,
+            pool: fleet.pool(),
+            since: env.now,
+        };
+        let timeout = fleet.queue().settings().timeout;
+        self.timer = Some(
+            env.timers
+                .insert(env.now + timeout, TimerKey::Conn(self.id)),
+        );
+        // A slot may have come free between the pick that found none and the joining.
+        queueing::serve(fleet, env.shared, env.now_ms);
         Ok(())
+    }
+
+    /// Whether it waits in a queue.
+    pub fn is_queued(&self) -> bool {
+        matches!(self.phase, Phase::Queued { .. })
+    }
+
+    /// Its pool's queue served it: `lease` is its slot (already counted). It connects to
+    /// that backend (and, should that fail, goes on as any connect does).
+    pub fn on_slot(&mut self, lease: Lease, env: &mut Env) -> Report {
+        let Phase::Queued {
+            attempts,
+            pool,
+            since,
+            ..
+        } = self.phase
+        else {
+            queueing::give_back(lease, env.topology, env.shared, env.now_ms);
+            return Report::default();
+        };
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        let waited = env.now.saturating_duration_since(since);
+        self.queue_wait = Some(self.queue_wait.unwrap_or_default() + waited);
+        if let Some(fleet) = env.topology.pool(pool) {
+            fleet.queue().stats.wait.observe(waited);
+        }
+        let attempts = attempts + 1;
+        self.phase = Phase::Connecting {
+            attempts,
+            header_sent: 0,
+        };
+        match open(self.id, &lease, env) {
+            Ok(backend) => {
+                self.connecting(lease, backend, env);
+                Report::default()
+            }
+            Err(e) => {
+                let failed = failed_open(lease, &e, &mut self.tried, env);
+                if failed == Some(EndReason::NoResources) {
+                    return Report::closed(EndReason::NoResources);
+                }
+                self.phase = Phase::Connecting {
+                    attempts,
+                    header_sent: 0,
+                };
+                match self.dial_next(env) {
+                    Ok(()) => Report::default(),
+                    Err(reason) => Report::closed(reason),
+                }
+            }
+        }
+    }
+
+    /// Put out of its pool's queue for a client of a higher class: reset.
+    pub fn put_out(&mut self) -> Report {
+        if !self.is_queued() {
+            return Report::default();
+        }
+        debug!(
+            "client {} ({}) put out of the queue for a client of a higher class",
+            self.client_addr,
+            self.class.as_str()
+        );
+        self.abort();
+        Report::closed(EndReason::PoolFull)
+    }
+
+    /// Leaves its pool's queue, if it waits in one: `true` if it did, `false` if it was
+    /// not waiting there any more (a slot is on its way).
+    fn leave_queue(&mut self, env: &Env) -> bool {
+        let Phase::Queued { ticket, pool, .. } = self.phase else {
+            return false;
+        };
+        env.topology
+            .pool(pool)
+            .is_some_and(|fleet| fleet.queue().leave(self.class, ticket))
     }
 
     /// Connect attempts made for this client so far.
     fn attempts(&self) -> u32 {
         match self.phase {
             Phase::Header => 0,
-            Phase::Connecting { attempts, .. } => attempts,
+            Phase::Connecting { attempts, .. } | Phase::Queued { attempts, .. } => attempts,
             Phase::Established => self.tried.len() as u32 + 1,
         }
     }
@@ -240,6 +435,17 @@ impl Session {
         }
         if self.phase == Phase::Header {
             return self.take_header(env);
+        }
+        if self.is_queued() {
+            // Only a client that is gone for good ends its wait (one that only shut its
+            // sending side still wants its answer).
+            if side == Side::Client
+                && (event.is_error() || (event.is_read_closed() && event.is_write_closed()))
+            {
+                self.leave_queue(env);
+                return Report::closed(EndReason::ClientReset);
+            }
+            return Report::default();
         }
         if side == Side::Backend && matches!(self.phase, Phase::Connecting { .. }) {
             if event.is_error() || event.is_write_closed() {
@@ -334,6 +540,22 @@ impl Session {
         if self.phase == Phase::Header {
             return self.refuse_header(ProxyError::Timeout, env);
         }
+        if let Phase::Queued { pool, .. } = self.phase {
+            let fleet = env.topology.pool(pool).map(Arc::clone);
+            if self.leave_queue(env) || fleet.is_none() {
+                if let Some(fleet) = fleet {
+                    fleet.queue().stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(
+                    "client {} waited in the queue too long: reset",
+                    self.client_addr
+                );
+                self.abort();
+                return Report::closed(EndReason::QueueTimeout);
+            }
+            // Served just now: its slot is on the way.
+            return Report::default();
+        }
         if matches!(self.phase, Phase::Connecting { .. }) {
             let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
             return self.connect_failed(error, env);
@@ -395,6 +617,8 @@ impl Session {
             bytes_up,
             bytes_down,
             retries: attempts.saturating_sub(1),
+            class: self.class,
+            queue_wait: self.queue_wait,
         }
     }
 
@@ -403,6 +627,12 @@ impl Session {
     pub fn release(&mut self, env: &mut Env) {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
+        }
+        // (If it was served meanwhile, its worker gives the slot back when it finds the
+        // session gone.)
+        self.leave_queue(env);
+        if let (Some(counted), Some((_, table))) = (self.source.take(), &self.service.sources) {
+            table.release(counted);
         }
         // No answer came (nothing was asked, or the protocol has the client talk alone):
         // what is known of the backend's speed is its connect time.
@@ -417,7 +647,7 @@ impl Session {
             pipes: env.pipes,
         });
         if let Some(lease) = self.lease.take() {
-            env.topology.release(lease, env.now_ms);
+            queueing::give_back(lease, env.topology, env.shared, env.now_ms);
         }
     }
 
@@ -450,37 +680,16 @@ impl Session {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
-        let Phase::Connecting { mut attempts, .. } = self.phase else {
+        if !matches!(self.phase, Phase::Connecting { .. }) {
             return Report::default();
-        };
+        }
         if let Some(mut lease) = self.lease.take() {
             note_failure(&mut lease, &error, env);
             self.tried.push(lease.backend().id);
-            env.topology.release(lease, env.now_ms);
+            queueing::give_back(lease, env.topology, env.shared, env.now_ms);
         }
-        match dial(
-            self.id,
-            &self.service,
-            self.client_addr,
-            &mut self.tried,
-            &mut attempts,
-            env,
-        ) {
-            Ok((lease, backend)) => {
-                // The old socket is dropped here: closed.
-                self.lease = Some(lease);
-                self.backend = Some(backend);
-                self.duplex.backend_ready = Default::default();
-                self.phase = Phase::Connecting {
-                    attempts,
-                    header_sent: 0,
-                };
-                self.timer = Some(env.timers.insert(
-                    env.now + self.service.connect_timeout,
-                    TimerKey::Conn(self.id),
-                ));
-                Report::default()
-            }
+        match self.dial_next(env) {
+            Ok(()) => Report::default(),
             Err(reason) => Report::closed(reason),
         }
     }
@@ -577,6 +786,14 @@ fn note_failure(lease: &mut Lease, error: &io::Error, env: &mut Env) {
     }
 }
 
+/// Why no backend connect was started.
+enum Dialled {
+    /// Every backend that could take the client is at its `maxconn`.
+    Full,
+    /// The session ends, for this reason.
+    End(EndReason),
+}
+
 /// Leases the best backend not yet tried and starts connecting to it. A connect that fails
 /// at once (unreachable network, say) counts against that backend and the next one is
 /// tried, up to `--retries` retries in all.
@@ -587,52 +804,74 @@ fn dial(
     tried: &mut Vec<u64>,
     attempts: &mut u32,
     env: &mut Env,
-) -> Result<(Lease, TcpStream), EndReason> {
-    let Some(fleet) = env.topology.pool(service.pool) else {
-        return Err(EndReason::NoBackend);
+) -> Result<(Lease, TcpStream), Dialled> {
+    let Some(fleet) = env.topology.pool(service.pool).map(Arc::clone) else {
+        return Err(Dialled::End(EndReason::NoBackend));
     };
     loop {
         if *attempts > service.retries {
-            return Err(EndReason::NoBackend);
+            return Err(Dialled::End(EndReason::NoBackend));
         }
         let request = PickRequest {
             client: Some(client.ip()),
             now: env.now_ms,
             tried,
         };
-        let Some(mut lease) = fleet.pick(&request) else {
-            return Err(EndReason::NoBackend);
+        let lease = match fleet.pick_or_full(&request) {
+            Ok(lease) => lease,
+            Err(Unavailable::Full) => return Err(Dialled::Full),
+            Err(Unavailable::None) => return Err(Dialled::End(EndReason::NoBackend)),
         };
         *attempts += 1;
-        let addr = lease.backend().addr;
-        let connected = net::connect(addr).and_then(|mut stream| {
-            env.registry
-                .register(
-                    &mut stream,
-                    id.token(Side::Backend as usize),
-                    net::session_interest(),
-                )
-                .map(|()| stream)
-        });
-        match connected {
+        match open(id, &lease, env) {
             Ok(stream) => return Ok((lease, stream)),
-            Err(e) if net::is_resource_exhaustion(&e) => {
-                if let Some(n) = env.throttles.fds.allow(env.now) {
-                    warn!(
-                        "cannot open a socket to {addr}: {e}{}",
-                        crate::reactor::suppressed_note(n)
-                    );
-                }
-                fleet.release(lease, env.now_ms);
-                return Err(EndReason::NoResources);
-            }
             Err(e) => {
-                note_failure(&mut lease, &e, env);
-                tried.push(lease.backend().id);
-                fleet.release(lease, env.now_ms);
+                if let Some(reason) = failed_open(lease, &e, tried, env) {
+                    return Err(Dialled::End(reason));
+                }
             }
         }
     }
+}
+
+/// Starts a non-blocking connect to the lease's backend, registered for the session.
+fn open(id: ConnId, lease: &Lease, env: &mut Env) -> io::Result<TcpStream> {
+    net::connect(lease.backend().addr).and_then(|mut stream| {
+        env.registry
+            .register(
+                &mut stream,
+                id.token(Side::Backend as usize),
+                net::session_interest(),
+            )
+            .map(|()| stream)
+    })
+}
+
+/// A connect that failed at once: out of descriptors ends the session (the backend is not
+/// to blame); anything else counts against the backend, which this client does not try
+/// again. The lease is given back either way.
+fn failed_open(
+    mut lease: Lease,
+    error: &io::Error,
+    tried: &mut Vec<u64>,
+    env: &mut Env,
+) -> Option<EndReason> {
+    let addr = lease.backend().addr;
+    let outcome = if net::is_resource_exhaustion(error) {
+        if let Some(n) = env.throttles.fds.allow(env.now) {
+            warn!(
+                "cannot open a socket to {addr}: {error}{}",
+                crate::reactor::suppressed_note(n)
+            );
+        }
+        Some(EndReason::NoResources)
+    } else {
+        note_failure(&mut lease, error, env);
+        tried.push(lease.backend().id);
+        None
+    };
+    queueing::give_back(lease, env.topology, env.shared, env.now_ms);
+    outcome
 }
 
 /// The connect phase and the PROXY protocol header, driven through a real `mio::Poll` on
@@ -642,20 +881,26 @@ fn dial(
 mod tests {
     use super::*;
     use crate::fleet::Fleet;
+    use crate::fleet::backend::ResolvedBackend;
     use crate::fleet::backend::{Backend, BackendStats};
     use crate::fleet::builder::Builder;
     use crate::fleet::builder::tests::{POLICY, spec};
+    use crate::fleet::queue::QueueSettings;
     use crate::fleet::select::Balance;
     use crate::reactor::timer::Timers;
     use crate::service::{self, Topology};
     use crate::stats::WorkerStats;
+    use crate::worker::INBOX;
     use crate::worker::env::Throttles;
+    use crate::worker::handle::{Command, Inbox, Shared};
     use crate::worker::pipes::PipePool;
     use crate::worker::pool::Pool;
     use mio::{Events, Poll};
+    use mio::{Token, Waker};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::sync::Arc;
+    use std::sync::mpsc::{self, Receiver};
 
     const ID: ConnId = ConnId {
         slot: 0,
@@ -678,17 +923,52 @@ mod tests {
         now: Instant,
         /// tcplb's listening socket: the session's client connection is accepted here.
         front: TcpListener,
+        /// What workers share; this worker's inbox is `inbox` (the queue's slots come there).
+        shared: Shared,
+        inbox: Receiver<Command>,
+        _control: Poll,
     }
 
     impl Rig {
         /// A worker with these backends (`127.0.0.1:port`, equal weights) and settings.
         fn new(ports: &[u16], retries: u32, accept_proxy: Option<Duration>) -> Rig {
-            let specs: Vec<_> = ports.iter().map(|&p| spec(p, 1, false)).collect();
+            Rig::with_queue(ports, retries, accept_proxy, None, QueueSettings::default())
+        }
+
+        /// The same, each backend taking `maxconn` sessions at once, with `queue`.
+        fn with_queue(
+            ports: &[u16],
+            retries: u32,
+            accept_proxy: Option<Duration>,
+            maxconn: Option<u32>,
+            queue: QueueSettings,
+        ) -> Rig {
+            let specs: Vec<_> = ports
+                .iter()
+                .map(|&p| ResolvedBackend {
+                    maxconn,
+                    ..spec(p, 1, false)
+                })
+                .collect();
             let now = Instant::now();
-            let fleet = Builder::new(POLICY, Balance::LeastActive).build(&specs).0;
+            let mut builder = Builder::new(POLICY, Balance::LeastActive);
+            builder.set_queue(queue);
+            let fleet = builder.build(&specs).0;
             let service = service::for_tests(retries, accept_proxy);
+            let poll = Poll::new().expect("poll");
+            let control = Poll::new().expect("poll");
+            let shared = Shared::for_tests(
+                1,
+                Arc::new(Waker::new(control.registry(), Token(0)).expect("waker")),
+            );
+            let (commands, inbox) = mpsc::channel();
+            let waker = Arc::new(Waker::new(poll.registry(), INBOX).expect("waker"));
+            let _ = shared.inboxes.set(Box::new([Inbox { commands, waker }]));
             Rig {
-                poll: Poll::new().expect("poll"),
+                shared,
+                inbox,
+                _control: control,
+                poll,
                 pool: Pool::new(16 * 1024, 8).expect("pool"),
                 pipes: PipePool::new(0, None),
                 topology: Topology::new(1, 16, [Arc::clone(&service)], [Arc::clone(&fleet)]),
@@ -715,11 +995,22 @@ mod tests {
                 stats: &self.stats,
                 throttles: &self.throttles,
                 cooling: &mut self.cooling,
+                worker: 0,
+                shared: &self.shared,
             }
         }
 
         /// A client that has already sent `early`, and the session started for it.
         fn client(&mut self, early: &[u8]) -> (StdStream, Result<Session, Rejected>) {
+            self.client_as(ID, early)
+        }
+
+        /// The same, for the session with id `id`.
+        fn client_as(
+            &mut self,
+            id: ConnId,
+            early: &[u8],
+        ) -> (StdStream, Result<Session, Rejected>) {
             let mut client =
                 StdStream::connect(self.front.local_addr().expect("addr")).expect("connect");
             client.write_all(early).expect("early bytes");
@@ -727,7 +1018,7 @@ mod tests {
             accepted.set_nonblocking(true).expect("non-blocking");
             let stream = TcpStream::from_std(accepted);
             let service = Arc::clone(&self.service);
-            let session = Session::start(ID, stream, peer, service, &mut self.env());
+            let session = Session::start(id, stream, peer, service, &mut self.env());
             (client, session)
         }
 
@@ -742,8 +1033,13 @@ mod tests {
                     .expect("poll");
                 self.now = Instant::now();
                 for event in events.iter() {
+                    if event.token() == INBOX {
+                        continue;
+                    }
                     let (id, socket) = ConnId::from_token(event.token());
-                    assert_eq!(id, ID);
+                    if id != session.id() {
+                        continue; // another session's (one ended, say)
+                    }
                     let side = if socket == Side::Client as usize {
                         Side::Client
                     } else {
@@ -897,5 +1193,120 @@ mod tests {
             Some(io::ErrorKind::WouldBlock),
             "no backend connection was made"
         );
+    }
+
+    const SECOND: ConnId = ConnId {
+        slot: 1,
+        generation: 2,
+    };
+
+    fn queue_of(size: usize) -> QueueSettings {
+        QueueSettings {
+            size,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A rig whose one backend takes one session at once, a session established on it,
+    /// and the backend's end of that session.
+    fn one_slot_taken(queue: QueueSettings) -> (Rig, TcpListener, Session, StdStream) {
+        let (live, port) = listening();
+        let mut rig = Rig::with_queue(&[port], 0, None, Some(1), queue);
+        let (client, session) = rig.client(b"first");
+        let mut first = session.expect("a session");
+        assert_eq!(rig.drive(&mut first), None);
+        drop(client);
+        let (taken, _) = live.accept().expect("the first session's connection");
+        (rig, live, first, taken)
+    }
+
+    #[test]
+    fn a_client_finding_every_backend_full_waits_without_a_buffer_and_gets_the_next_slot() {
+        let (mut rig, live, mut first, _taken) = one_slot_taken(queue_of(4));
+        let (_client, session) = rig.client_as(SECOND, b"waited bytes");
+        let mut second = session.expect("queued, not refused");
+        assert!(second.is_queued());
+        assert_eq!(rig.fleet.queue().len(), 1);
+        assert_eq!(
+            rig.pool.free(),
+            rig.pool.capacity(),
+            "a waiting client holds no buffer"
+        );
+        live.set_nonblocking(true).expect("non-blocking");
+        assert_eq!(
+            live.accept().map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "nobody was sent past the backend's maxconn"
+        );
+        assert!(rig.inbox.try_recv().is_err(), "no slot yet");
+
+        // The first session ends: its slot goes to the waiting client, through the inbox.
+        first.release(&mut rig.env());
+        let Ok(Command::Slot { conn, lease }) = rig.inbox.try_recv() else {
+            panic!("the freed slot was not handed over");
+        };
+        assert_eq!(conn, SECOND);
+        assert_eq!(rig.fleet.queue().len(), 0);
+        assert_eq!(second.on_slot(lease, &mut rig.env()), Report::default());
+        assert_eq!(rig.drive(&mut second), None);
+        live.set_nonblocking(false).expect("blocking");
+        assert_eq!(backend_reads(&live, 12), b"waited bytes");
+        let summary = second.summary(rig.now);
+        assert!(summary.queue_wait.is_some());
+        assert_eq!(rig.fleet.queue().stats.wait.snapshot().count, 1);
+        second.release(&mut rig.env());
+        assert!(rig.fleet.backends().all(|b| b.active() == 0));
+    }
+
+    #[test]
+    fn a_wait_past_the_timeout_resets_the_client_and_is_counted() {
+        let (mut rig, _live, mut first, _taken) = one_slot_taken(queue_of(4));
+        let (mut client, session) = rig.client_as(SECOND, b"x");
+        let mut second = session.expect("queued");
+        assert_eq!(
+            second.on_timer(&mut rig.env()).closed,
+            Some(EndReason::QueueTimeout)
+        );
+        assert_eq!(rig.fleet.queue().len(), 0);
+        assert_eq!(rig.fleet.queue().stats.timeouts.load(Ordering::Relaxed), 1);
+        second.release(&mut rig.env());
+        drop(second);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            client.read(&mut [0; 8]).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::ConnectionReset),
+            "a reset, not a clean close"
+        );
+        // The freed slot finds nobody waiting.
+        first.release(&mut rig.env());
+        assert!(rig.inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_queue_or_none_at_all_turns_the_client_away_at_once() {
+        for size in [0, 1] {
+            let (mut rig, _live, mut first, _taken) = one_slot_taken(queue_of(size));
+            let mut waiting = None;
+            if size == 1 {
+                let (client, session) = rig.client_as(SECOND, b"x");
+                waiting = Some((client, session.expect("queued")));
+            }
+            let third = ConnId {
+                slot: 2,
+                generation: 3,
+            };
+            let (_client, session) = rig.client_as(third, b"y");
+            match session {
+                Err(rejected) => assert_eq!(rejected.reason, EndReason::PoolFull),
+                Ok(_) => panic!("queue size {size}: the client was not turned away"),
+            }
+            if let Some((_client, mut second)) = waiting {
+                second.release(&mut rig.env());
+                assert_eq!(rig.fleet.queue().len(), 0, "a released waiter leaves");
+            }
+            first.release(&mut rig.env());
+        }
     }
 }
