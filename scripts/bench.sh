@@ -54,6 +54,11 @@ Options:
                    instead: four HTTP backends, one with 50 ms added; tcplb least-active and
                    least-latency, HAProxy leastconn, nginx least_conn: p50/p99, req/s and
                    proxy CPU per request (scripts/bench/latency.py)
+  --queue [--rounds N] [-n N] [-c N]
+                   instead: two HTTP backends of 10 slots each, ab -c 200 through tcplb
+                   (maxconn + queue), HAProxy (maxconn + timeout queue) and nginx stream
+                   (max_conns): failed requests, p50/p99, proxy CPU per request; and the
+                   queue's hand-over delay (scripts/bench/queue.py)
   --services [--services N]
                    instead: N services x 4 backends (default 1000) in one config file:
                    start-up time, and the longest round trip through an untouched
@@ -118,6 +123,14 @@ while (($#)); do
             (cd "$ROOT" && cargo build --release --quiet)
         fi
         exec python3 "$HELPERS/latency.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
+        ;;
+    --queue)
+        # Backend limits with a queue against HAProxy and nginx (scripts/bench/queue.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/queue.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
         ;;
     --services)
         # Many services in one process: start-up and reload stall (scripts/bench/services.py).
