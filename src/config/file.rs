@@ -16,6 +16,8 @@ use super::spec::printable;
 use super::table::{self, Opt};
 use super::values::Raw;
 use super::{Config, ConfigError};
+use std::fs::File;
+use std::io::Read as _;
 use std::path::Path;
 use std::sync::Arc;
 use toml::de::{DeTable, DeValue};
@@ -29,35 +31,56 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// beside it (they win over `[global]`).
 pub fn load(path: &Path, flags: &Written) -> Result<Config, ConfigError> {
     let shown = printable(&path.display().to_string()).into_owned();
-    let fail = |why: String| ConfigError::Usage(format!("cannot read config file {shown}: {why}"));
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    let bytes = read(path)
+        .map_err(|why| ConfigError::Usage(format!("cannot read config file {shown}: {why}")))?;
+    let mut config = parse_bytes(&bytes, &shown, flags)?;
+    config.file = Some(path.to_path_buf());
+    Ok(config)
+}
+
+/// The bytes of the file at `path`, at most [`MAX_FILE_BYTES`] of them: a file that grows
+/// while it is read, a pipe or a device such as `/dev/zero` cannot make it read on.
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
     if meta.is_dir() {
-        return Err(fail("it is a directory".to_string()));
+        return Err("it is a directory".to_string());
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(fail(format!(
+        return Err(format!(
             "it is {} bytes, more than the {MAX_FILE_BYTES} a config file may have",
             meta.len()
-        )));
+        ));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "it has more than the {MAX_FILE_BYTES} bytes a config file may have"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses and checks a config file's bytes (UTF-8 text, or an error naming the line and
+/// column of the first byte that is not); `file` names it in errors.
+pub fn parse_bytes(bytes: &[u8], file: &str, flags: &Written) -> Result<Config, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text, file, flags),
         Err(e) => {
-            let valid = e.utf8_error().valid_up_to();
-            let before = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+            // The bytes before the bad one are text.
+            let before = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
             let (line, column) = line_and_column(&before, before.len());
-            return Err(ConfigError::At {
-                file: shown,
+            Err(ConfigError::At {
+                file: file.to_string(),
                 line,
                 column,
                 error: Box::new(ConfigError::Usage("the file is not UTF-8 text".to_string())),
-            });
+            })
         }
-    };
-    let mut config = parse(&text, &shown, flags)?;
-    config.file = Some(path.to_path_buf());
-    Ok(config)
+    }
 }
 
 /// Parses and checks a config file's `text`; `file` names it in errors.
@@ -265,3 +288,7 @@ pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
 }
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;
