@@ -3,6 +3,7 @@
 //! parser could recurse on; and numbers and names as TOML writes them.
 
 use super::*;
+use crate::config::Config;
 use std::path::PathBuf;
 
 /// A directory of its own for one test, removed when dropped.
@@ -44,6 +45,10 @@ fn parse_err(text: &str) -> String {
         Err(e) => e.to_string(),
         Ok(c) => panic!("{text:?} read as {c:?}"),
     }
+}
+
+fn parse_ok(text: &str) -> Config {
+    parse(text, "t.toml", &Written::default()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
 }
 
 #[test]
@@ -199,4 +204,50 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
             "{e}"
         );
     }
+}
+
+/// `0x10` is 16: its digits alone read as ten, so `retries = 0x10` was taken as 10 (and
+/// `0b11` as eleven).
+#[test]
+fn integers_are_read_in_their_radix() {
+    let with = |key: &str, value: &str| {
+        GOOD.replace("[pools.web]\n", &format!("[pools.web]\n{key} = {value}\n"))
+    };
+    assert_eq!(parse_ok(&with("retries", "0b11")).pools[0].retries, 3);
+    assert_eq!(parse_ok(&with("retries", "0o7")).pools[0].retries, 7);
+    assert_eq!(parse_ok(&with("retries", "0xf")).pools[0].retries, 15);
+    assert_eq!(parse_ok(&with("retries", "+4")).pools[0].retries, 4);
+    assert_eq!(
+        parse_ok(&with("max-fails", "1_000")).pools[0]
+            .breaker
+            .max_fails,
+        1000
+    );
+    assert_eq!(
+        parse_err(&with("balance", "0x1f")),
+        "t.toml:6:11: invalid value 0x1f for balance: expected one of least-active, \
+         round-robin, random-two, source-hash"
+    );
+    assert_eq!(
+        parse_err(&with("retries", "0x11")),
+        "t.toml:6:11: invalid value '17' for retries: expected a whole number from 0 to 16"
+    );
+}
+
+/// A key is named as the file writes it, `retries`, not as the flag, `--retries`.
+#[test]
+fn a_bad_value_names_the_key_as_written_in_the_file() {
+    assert_eq!(
+        parse_err(&GOOD.replace("[pools.web]\n", "[pools.web]\nretries = -1\n")),
+        "t.toml:6:11: invalid value '-1' for retries: expected a whole number from 0 to 16"
+    );
+    assert_eq!(
+        parse_err(&GOOD.replace("127.0.0.1:8080", "8080")),
+        "t.toml:2:10: invalid listen address '8080': expected HOST:PORT, such as 127.0.0.1:8080"
+    );
+    assert_eq!(
+        parse_err(&GOOD.replace("pool = \"web\"", "pool = \"web\"\nidle-timeout = true")),
+        "t.toml:4:16: invalid value true for idle-timeout: expected a duration from 0 to 8760h, \
+         such as 250ms, 3s, 1.5s or 2m; a bare number is seconds"
+    );
 }
