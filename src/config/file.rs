@@ -86,8 +86,9 @@ pub fn parse_bytes(bytes: &[u8], file: &str, flags: &Written) -> Result<Config, 
 /// Parses and checks a config file's `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigError> {
     let file: Arc<str> = Arc::from(file);
+    let positions = Positions::new(text);
     let at = |offset: usize| {
-        let (line, column) = line_and_column(text, offset);
+        let (line, column) = positions.line_and_column(offset);
         Location::File {
             file: Arc::clone(&file),
             line,
@@ -276,17 +277,80 @@ fn check_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// The line and column (both from 1, the column in characters) of byte `offset` of `text`.
+/// The line and column (both from 1, the column in characters) of byte `offset` of `text`
+/// (an offset inside a character is that character's; one past the end, the end's).
 pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let mut start = offset;
-    while !text.is_char_boundary(start) {
-        start -= 1;
+    Positions::new(text).line_and_column(offset)
+}
+
+/// Bytes of text a count of characters is kept for, in [`Positions`].
+const BLOCK: usize = 4096;
+
+/// Lines and columns of byte offsets of one text, each found without reading the text from
+/// its start: a file of many thousand keys makes a location for each, and counting from the
+/// start every time took minutes for 30,000 services.
+pub struct Positions<'t> {
+    text: &'t str,
+    /// Where each line starts.
+    line_starts: Vec<usize>,
+    /// Characters before byte `i * BLOCK`, for `i` in `0..=len / BLOCK`.
+    chars_before: Vec<usize>,
+}
+
+impl<'t> Positions<'t> {
+    pub fn new(text: &'t str) -> Positions<'t> {
+        let bytes = text.as_bytes();
+        let mut line_starts = vec![0];
+        line_starts.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        let mut chars_before = Vec::with_capacity(bytes.len() / BLOCK + 1);
+        let mut chars = 0;
+        chars_before.push(0);
+        for block in bytes.chunks_exact(BLOCK) {
+            chars += starts_of_chars(block);
+            chars_before.push(chars);
+        }
+        Positions {
+            text,
+            line_starts,
+            chars_before,
+        }
     }
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+
+    /// Line and column of byte `offset`, as [`line_and_column`] says.
+    pub fn line_and_column(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // Line starts at or before `offset`: at least the first, at 0.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        // A line is short but for a rare one of many inline tables: count it, or look its
+        // characters up by blocks.
+        let chars = if offset - start <= BLOCK {
+            starts_of_chars(&self.text.as_bytes()[start..offset])
+        } else {
+            self.chars_to(offset) - self.chars_to(start)
+        };
+        (line, chars + 1)
+    }
+
+    /// Characters in the text before byte `offset` (a character boundary).
+    fn chars_to(&self, offset: usize) -> usize {
+        let block = offset / BLOCK;
+        self.chars_before[block] + starts_of_chars(&self.text.as_bytes()[block * BLOCK..offset])
+    }
+}
+
+/// Characters that start in `bytes` (UTF-8 continuation bytes are `0b10xx_xxxx`).
+fn starts_of_chars(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b & 0xc0 != 0x80).count()
 }
 
 #[cfg(test)]
