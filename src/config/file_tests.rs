@@ -279,3 +279,32 @@ fn many_services_are_read_in_linear_time() {
         "{services} services took {took:?}"
     );
 }
+
+/// What spans services is said at the service it is about.
+#[test]
+fn clashing_listeners_and_a_listener_on_a_backend_are_named() {
+    let two = |a: &str, b: &str, backend: &str| {
+        format!(
+            "[services.one]\nlisten = [\"{a}\"]\npool = \"p\"\n\n\
+             [services.two]\nlisten = [\"127.0.0.9:1\", \"{b}\"]\npool = \"p\"\n\n\
+             [pools.p]\nbackends = [\"{backend}\"]\n"
+        )
+    };
+    assert_eq!(
+        parse_err(&two("0.0.0.0:80", "[::]:80", "10.0.0.1:80")),
+        "t.toml:5:11: service 'two' listens on [::]:80, which service 'one' already listens \
+         on (0.0.0.0:80)"
+    );
+    assert_eq!(
+        parse_err(&two("LOCALHOST:80", "localhost:80", "10.0.0.1:80")),
+        "t.toml:5:11: service 'two' listens on localhost:80, which service 'one' already \
+         listens on (LOCALHOST:80)"
+    );
+    assert_eq!(
+        parse_err(&two("127.0.0.1:81", "0.0.0.0:80", "127.0.0.5:80")),
+        "t.toml:5:11: service 'two' listens on 0.0.0.0:80, which is a backend of its pool 'p' \
+         (127.0.0.5:80): sessions would loop back into tcplb"
+    );
+    let config = parse_ok(&two("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:80"));
+    assert_eq!(config.services.len(), 2);
+}
