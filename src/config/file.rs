@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::Read as _;
 use std::path::Path;
 use std::sync::Arc;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 
 /// The tables a file may have at its top.
 const SECTIONS: [&str; 4] = ["global", "defaults", "services", "pools"];
@@ -107,7 +107,7 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
     let mut defaults = Written::at(at(0));
     let mut services: Vec<(String, Written)> = Vec::new();
     let mut pools: Vec<(String, Written)> = Vec::new();
-    for (key, value) in document.iter() {
+    for (key, value) in in_written_order(document) {
         let name = key.get_ref().as_ref();
         let key_at = at(key.span().start);
         match name {
@@ -119,7 +119,7 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
                         "{name} must be tables: [{name}.NAME]"
                     ))));
                 };
-                for (child, body) in named.iter() {
+                for (child, body) in in_written_order(named) {
                     let child_name = child.get_ref().as_ref();
                     check_name(child_name).map_err(|e| at(child.span().start).wrap(e))?;
                     let title = format!("[{name}.{child_name}]");
@@ -228,7 +228,7 @@ fn settings<'a>(
         );
     };
     let mut written = Written::at(at(value.span().start));
-    for (key, value) in table.iter() {
+    for (key, value) in in_written_order(table) {
         let name = key.get_ref().as_ref();
         let key_at = at(key.span().start);
         let opt = match table::find(name) {
@@ -257,6 +257,19 @@ fn settings<'a>(
         written.push(opt, Raw::Toml(value.get_ref()), at(value.span().start));
     }
     Ok(written)
+}
+
+/// The entries of `table` in the order the file writes them (the parser keeps them sorted
+/// by name): services and pools run in that order, and of two mistakes the first is told.
+fn in_written_order<'t, 'a>(
+    table: &'t DeTable<'a>,
+) -> Vec<(
+    &'t toml::Spanned<DeString<'a>>,
+    &'t toml::Spanned<DeValue<'a>>,
+)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
 }
 
 /// Names of services and pools: letters, digits, `-`, `_` and `.`, as metric labels and log

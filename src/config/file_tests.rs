@@ -308,3 +308,28 @@ fn clashing_listeners_and_a_listener_on_a_backend_are_named() {
     let config = parse_ok(&two("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:80"));
     assert_eq!(config.services.len(), 2);
 }
+
+/// Services and pools come in the order the file writes them (the summary of `--check`
+/// lists them so), and of two unknown keys the first in the file is told: the toml parser
+/// keeps a table's entries sorted by name.
+#[test]
+fn services_pools_and_mistakes_come_in_the_order_written() {
+    let text = "[services.web]\nlisten = [\"127.0.0.1:1\"]\npool = \"web\"\n\n\
+                [services.cache]\nlisten = [\"127.0.0.1:2\"]\npool = \"cache\"\n\n\
+                [pools.web]\nbackends = [\"127.0.0.1:3\"]\n\n\
+                [pools.cache]\nbackends = [\"127.0.0.1:4\"]\n";
+    let config = parse_ok(text);
+    let names = |names: Vec<&str>| names.join(" ");
+    assert_eq!(
+        names(config.services.iter().map(|s| s.name.as_str()).collect()),
+        "web cache"
+    );
+    assert_eq!(
+        names(config.pools.iter().map(|p| p.name.as_str()).collect()),
+        "web cache"
+    );
+    assert_eq!(
+        parse_err(&text.replace("pool = \"web\"", "zzz = 1\naaa = 2")),
+        "t.toml:3:1: unknown key 'zzz' in [services.web]"
+    );
+}
