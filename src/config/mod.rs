@@ -392,4 +392,6 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
