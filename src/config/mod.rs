@@ -12,6 +12,7 @@
 //! | [`file`] | the config file's tables and keys, with `FILE:LINE:COLUMN` errors |
 //! | [`spec`] | a backend as written (`HOST:PORT,weight=2`), `HOST:PORT`, [`printable`] |
 //! | [`policy`] | balance, breaker and check settings as plain data |
+//! | `taken` | which listen addresses clash, or are a backend's, found by lookups |
 //! | [`units`] | numbers, sizes and durations as written |
 //!
 //! Pure but for reading the config file: no sockets, no name resolution. Every error names
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod protection;
 pub mod spec;
 pub mod table;
+mod taken;
 pub mod units;
 pub mod values;
 
@@ -40,6 +42,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+use taken::{BackendPlaces, Taken, clash};
 
 /// Default size of one pool buffer.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
@@ -167,11 +170,13 @@ impl Config {
                 ),
             ));
         }
-        // Addresses by port: only the same port can clash.
-        type Listener<'a> = (&'a (String, u16), &'a str);
-        let mut seen: HashMap<u16, Vec<Listener>> = HashMap::new();
+        let mut pools: HashMap<&str, (&PoolSpec, Option<BackendPlaces>)> = HashMap::new();
+        for pool in &self.pools {
+            pools.entry(&pool.name).or_insert((pool, None));
+        }
+        let mut taken = Taken::new();
         for (i, service) in self.services.iter().enumerate() {
-            let Some(pool) = self.pool(&service.pool) else {
+            let Some((pool, places)) = pools.get_mut(service.pool.as_str()) else {
                 let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
                 let hint = match table::closest(&service.pool, known.iter().copied()) {
                     Some(meant) => format!(" (did you mean '{meant}'?)"),
@@ -187,9 +192,9 @@ impl Config {
                     )),
                 ));
             };
+            let places = places.get_or_insert_with(|| BackendPlaces::new(&pool.backends));
             for addr in &service.listen {
-                let same_port = seen.get(&addr.1).map_or(&[][..], Vec::as_slice);
-                if let Some(&(other_addr, other)) = same_port.iter().find(|(a, _)| clash(a, addr)) {
+                if let Err((other_addr, other)) = taken.take(addr, service.name.as_str()) {
                     return Err((
                         Some(i),
                         ConfigError::Usage(format!(
@@ -201,14 +206,7 @@ impl Config {
                         )),
                     ));
                 }
-                if addr.1 != 0 {
-                    seen.entry(addr.1).or_default().push((addr, &service.name));
-                }
-                if let Some(b) = pool
-                    .backends
-                    .iter()
-                    .find(|b| same_place(addr, &(b.host.clone(), b.port)))
-                {
+                if let Some(b) = places.at(addr) {
                     return Err((
                         Some(i),
                         ConfigError::Usage(format!(
@@ -298,46 +296,6 @@ pub fn authority((host, port): &(String, u16)) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-/// Two listen addresses that cannot both be bound (the second bind would fail with only
-/// "Address already in use"): the same port, not 0 (each 0 picks a free port of its own),
-/// and the same host (names compared as written, without resolving them) or a wildcard
-/// address that takes the other's (`0.0.0.0` any IPv4 address; `[::]` any address, since
-/// it takes IPv4 too, unless beside `0.0.0.0` on the same port: then tcplb makes it take
-/// IPv6 only, as nginx does).
-fn clash(a: &(String, u16), b: &(String, u16)) -> bool {
-    use std::net::IpAddr;
-    let ((a, a_port), (b, b_port)) = (a, b);
-    if a_port != b_port || *a_port == 0 {
-        return false;
-    }
-    if a.eq_ignore_ascii_case(b) {
-        return true;
-    }
-    let covers = |wild: &IpAddr, other: &IpAddr| match wild {
-        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
-        IpAddr::V6(w) => w.is_unspecified(),
-    };
-    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
-        (Ok(a), Ok(b)) if a.is_unspecified() && b.is_unspecified() => a == b,
-        (Ok(a), Ok(b)) => a == b || covers(&a, &b) || covers(&b, &a),
-        _ => false,
-    }
-}
-
-/// A listen address and a backend that are the same place, as far as the text tells (the
-/// resolved addresses are checked again at start).
-fn same_place(listen: &(String, u16), backend: &(String, u16)) -> bool {
-    if listen.1 != backend.1 || listen.1 == 0 {
-        return false;
-    }
-    let (l, b) = (
-        listen.0.to_ascii_lowercase(),
-        backend.0.to_ascii_lowercase(),
-    );
-    let loopback = |h: &str| h == "localhost" || h.starts_with("127.") || h == "::1";
-    l == b || ((l == "0.0.0.0" || l == "::") && loopback(&b))
 }
 
 /// What the command line asks for.
@@ -440,5 +398,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use super::units::{
 use super::{ConfigError, MAX_WORKERS};
 use std::path::PathBuf;
 use std::time::Duration;
-use toml::de::DeValue;
+use toml::de::{DeInteger, DeValue};
 
 /// A value as written, before it is parsed.
 #[derive(Clone, Copy, Debug)]
@@ -246,9 +246,17 @@ fn scalar(name: &str, raw: Raw, expected: impl Fn() -> String) -> Result<String,
     match raw {
         Raw::Text(t) => Ok(t.to_string()),
         Raw::Toml(DeValue::String(s)) => Ok(s.to_string()),
-        Raw::Toml(DeValue::Integer(i)) => Ok(i.as_str().to_string()),
+        Raw::Toml(DeValue::Integer(i)) => Ok(integer(i)),
         Raw::Toml(DeValue::Float(f)) => Ok(f.as_str().to_string()),
         other => Err(bad(name, other, &expected())),
+    }
+}
+
+/// A TOML integer in decimal: `0x10` is 16 (its digits alone, `10`, would read as ten).
+fn integer(i: &DeInteger) -> String {
+    match i64::from_str_radix(i.as_str(), i.radix()) {
+        Ok(n) => n.to_string(),
+        Err(_) => i.to_string(),
     }
 }
 
@@ -281,7 +289,7 @@ fn strings(name: &str, raw: Raw, expected: &str) -> Result<Vec<String>, ConfigEr
 pub fn describe(value: &DeValue) -> String {
     match value {
         DeValue::String(s) => format!("'{s}'"),
-        DeValue::Integer(i) => i.as_str().to_string(),
+        DeValue::Integer(i) => i.to_string(),
         DeValue::Float(f) => f.as_str().to_string(),
         DeValue::Boolean(b) => b.to_string(),
         DeValue::Datetime(d) => d.to_string(),
