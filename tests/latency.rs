@@ -161,17 +161,21 @@ fn backends_that_speak_first_are_balanced_by_connect_time_and_load() {
     let b = Backend::start(2, identify_and_hold());
     let tcplb = Tcplb::start_config(&config(&[a.arg(), b.arg()], "1s"), &[]);
     let addr = tcplb.service_addr("api");
-    // Sequential sessions: neither is starved.
+    // Sequential sessions: neither is starved. A connect the machine's load delayed can
+    // class one backend slower for up to a few decay times (1 s) — peak EWMA takes the
+    // peak at once, by design — so the claim is over a few decay times, not 40 sessions
+    // (40 in a row once went [6, 34] while the suite ran beside other tests).
     let mut seen = [0usize; 3];
-    for _ in 0..40 {
+    let started = Instant::now();
+    while seen[1] < 10 || seen[2] < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "5 decay times of sequential sessions went {seen:?}"
+        );
         let (stream, id) = identify(addr);
         seen[id as usize] += 1;
         close_and_wait(stream);
     }
-    assert!(
-        seen[1] >= 10 && seen[2] >= 10,
-        "sequential sessions {seen:?}"
-    );
     // Held sessions: balanced by load.
     let held: Vec<TcpStream> = (0..20).map(|_| identify(addr).0).collect();
     wait_until(
