@@ -63,4 +63,5 @@ pub mod proxy_protocol;
 pub mod reactor;
 pub mod service;
 pub mod stats;
+pub mod tls_hello;
 pub mod worker;
