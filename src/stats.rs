@@ -239,6 +239,46 @@ impl ProxyError {
     }
 }
 
+/// What a client of a service with routes turned out to send first: the `result` of
+/// `tcplb_tls_inspect_total`, and the access log's `tls=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsInspect {
+    /// A ClientHello with a server name.
+    Sni,
+    /// A ClientHello without one.
+    NoSni,
+    /// Not TLS (or nothing at all before the client closed).
+    NotTls,
+    /// A ClientHello longer than `max-hello`.
+    TooBig,
+    /// Not a whole ClientHello within `sni-timeout`.
+    Timeout,
+    /// TLS records, but no well-formed ClientHello in them (or cut short by the client).
+    Malformed,
+}
+
+impl TlsInspect {
+    pub const ALL: [TlsInspect; 6] = [
+        TlsInspect::Sni,
+        TlsInspect::NoSni,
+        TlsInspect::NotTls,
+        TlsInspect::TooBig,
+        TlsInspect::Timeout,
+        TlsInspect::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsInspect::Sni => "sni",
+            TlsInspect::NoSni => "no_sni",
+            TlsInspect::NotTls => "not_tls",
+            TlsInspect::TooBig => "too_big",
+            TlsInspect::Timeout => "timeout",
+            TlsInspect::Malformed => "malformed",
+        }
+    }
+}
+
 /// How a session ended: for the access log, the counters and debug logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -262,6 +302,9 @@ pub enum EndReason {
     /// Reset for its PROXY protocol header (`--accept-proxy`): missing, malformed, too
     /// long, cut short or too slow.
     BadProxyHeader,
+    /// Reset: its service has routes, none took the client (no route matched, not TLS, a
+    /// hello too big, malformed or too slow) and the service has no pool of its own.
+    NoRoute,
 }
 
 impl EndReason {
@@ -278,6 +321,7 @@ impl EndReason {
             EndReason::ShedMaxConns => "shed_max_conns",
             EndReason::ShedPool => "shed_pool",
             EndReason::BadProxyHeader => "bad_proxy_header",
+            EndReason::NoRoute => "no_route",
         }
     }
 }
@@ -295,6 +339,8 @@ pub struct SessionSummary {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub retries: u32,
+    /// With routes: what the client's first bytes were, and the server name it asked for.
+    pub tls: Option<(TlsInspect, Option<std::sync::Arc<str>>)>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::admin::View;
 use crate::clock;
 use crate::fleet::backend::{Backend, BackendStats, State};
 use crate::service::ServiceStats;
-use crate::stats::{ProxyError, Snapshot, WorkerStats};
+use crate::stats::{ProxyError, Snapshot, TlsInspect, WorkerStats};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -465,6 +465,26 @@ fn services(view: &View, e: &mut Exposition) {
             &[("service", &s.name), ("reason", "pool")],
             ServiceStats::get(&st.shed_pool) as f64,
         );
+    }
+    // Only services with routes look at their clients' bytes: the family exists when one
+    // does.
+    let routed: Vec<_> = services.iter().filter(|s| s.routing.is_some()).collect();
+    if !routed.is_empty() {
+        let name = "tcplb_tls_inspect_total";
+        e.family(
+            name,
+            "counter",
+            "Clients of services with routes, by what they sent first: sni (a TLS ClientHello with a server name), no_sni (one without), not_tls, too_big (past max-hello), timeout (not whole within sni-timeout), malformed.",
+        );
+        for s in &routed {
+            for (i, result) in TlsInspect::ALL.iter().enumerate() {
+                e.sample(
+                    name,
+                    &[("service", &s.name), ("result", result.as_str())],
+                    ServiceStats::get(&s.stats.tls_inspect[i]) as f64,
+                );
+            }
+        }
     }
     let name = "tcplb_sessions_active";
     e.family(name, "gauge", "Client sessions open now, by service.");

@@ -191,6 +191,7 @@ impl Worker {
             bytes_up: 0,
             bytes_down: 0,
             retries: attempts.saturating_sub(1),
+            tls: None,
         };
         self.record(&summary, Some(service), reason);
     }

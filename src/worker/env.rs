@@ -57,6 +57,9 @@ pub struct Env<'a> {
     pub throttles: &'a Throttles,
     /// Backends whose breaker opened, with when their cool-down ends.
     pub cooling: &'a mut Vec<(Arc<Backend>, u64)>,
+    /// Where a client's TLS ClientHello is peeked at (see [`crate::worker::hello`]): empty
+    /// until a service with routes needs it.
+    pub scratch: &'a mut Vec<u8>,
 }
 
 /// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
@@ -74,6 +77,7 @@ macro_rules! lend_env {
             stats: &$worker.stats,
             throttles: &$worker.throttles,
             cooling: &mut $worker.cooling,
+            scratch: &mut $worker.scratch,
         }
     };
 }
