@@ -19,10 +19,22 @@ enum Verdict {
 }
 
 fn verdict(input: &[u8], cap: usize) -> Verdict {
-    let mut scratch = vec![0u8; cap];
-    match parse(input, cap, &mut scratch) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        // Dirty from the last input: the parser must not care what the scratch holds.
+        scratch.resize(cap.max(scratch.len()), 0xa5);
+        parsed(parse(input, cap, &mut scratch[..cap]), input.len(), cap)
+    })
+}
+
+/// What `parse` said of `len` bytes under `cap`, owned (and checked: incomplete asks for
+/// more than it had, and no more than the cap).
+fn parsed(parsed: Parsed, len: usize, cap: usize) -> Verdict {
+    match parsed {
         Parsed::Incomplete { needed } => {
-            assert!(needed > input.len().min(cap) && needed <= cap, "{needed}");
+            assert!(needed > len.min(cap) && needed <= cap, "{needed}");
             Verdict::Incomplete(needed)
         }
         Parsed::Hello(h) => Verdict::Hello(

@@ -87,8 +87,9 @@ pub fn inspect(
         }
     };
     match tls_hello::parse(&seen[..n], cap, gather) {
-        // The client closed having sent nothing, or half a hello.
-        Parsed::Incomplete { .. } if ready.read_closed => Inspected::failed(if n == 0 {
+        // The client closed having sent nothing, or half a hello (an empty peek is the end
+        // of the stream, whatever the event said).
+        Parsed::Incomplete { .. } if ready.read_closed || n == 0 => Inspected::failed(if n == 0 {
             TlsInspect::NotTls
         } else {
             TlsInspect::Malformed

@@ -1189,4 +1189,42 @@ mod tests {
         );
         session.release(&mut rig.env());
     }
+
+    #[test]
+    fn a_client_that_closes_before_its_hello_is_whole_goes_on_with_what_it_sent() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let (client, session) = rig.client(&sent[..40]);
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        let (mut conn, _) = default.accept().expect("the service's pool");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got: Vec<u8> = Vec::new();
+        // Pumped on the session's events: drive it while the backend reads.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 40 {
+            assert!(Instant::now() < deadline, "{} bytes", got.len());
+            let _ = rig.turn(&mut session);
+            conn.set_nonblocking(true).expect("non-blocking");
+            let mut buf = [0u8; 64];
+            match conn.read(&mut buf) {
+                Ok(n) => got.extend(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, &sent[..40]);
+        assert_eq!(inspected(&rig, TlsInspect::Malformed), 1);
+        session.release(&mut rig.env());
+    }
 }
