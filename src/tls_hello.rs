@@ -107,6 +107,9 @@ const HOST_NAME: u8 = 0;
 /// does not fit in it is [`Failure::TooBig`]); a hello in one record is read where it lies.
 pub fn parse<'a>(input: &'a [u8], cap: usize, scratch: &'a mut [u8]) -> Parsed<'a> {
     let input = &input[..input.len().min(cap)];
+    if cap < RECORD_HEADER + HANDSHAKE_HEADER {
+        return Parsed::Failed(Failure::TooBig); // no hello fits, whatever the bytes
+    }
     match input {
         [] => return incomplete(1, cap),
         [kind, ..] if *kind != CONTENT_HANDSHAKE => return Parsed::Failed(Failure::NotTls),
@@ -202,6 +205,14 @@ pub fn parse<'a>(input: &'a [u8], cap: usize, scratch: &'a mut [u8]) -> Parsed<'
             } else {
                 end + RECORD_HEADER + (want - left)
             };
+            if needed > cap && have == 0 && input.len() < cap {
+                // Too big, unless the message's first byte, yet to come within the cap,
+                // says it is no ClientHello at all: that verdict must not depend on how
+                // many bytes had come when the parser was asked.
+                return Parsed::Incomplete {
+                    needed: input.len() + 1,
+                };
+            }
             return incomplete(needed, cap);
         }
         record = end;
@@ -554,6 +565,30 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_does_not_depend_on_how_many_bytes_had_come() {
+        // (Found by the fuzzer.) Under a 9-byte cap, a record of 3 bytes cannot hold a
+        // hello's 4-byte header, and more records would pass the cap: too big, unless its
+        // first byte is not client_hello's, which no earlier look may rule out.
+        let cases: [(&[u8], Parsed); 3] = [
+            (&[22, 3, 1, 0, 3], Parsed::Incomplete { needed: 6 }),
+            (&[22, 3, 1, 0, 3, 28], Parsed::Failed(Failure::Malformed)),
+            (&[22, 3, 1, 0, 3, 1], Parsed::Failed(Failure::TooBig)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse(input, 9, &mut [0u8; 9]), want, "{input:?}");
+        }
+        // A cap below a record and a handshake header fits no hello at all.
+        assert_eq!(
+            parse(b"", 8, &mut [0u8; 8]),
+            Parsed::Failed(Failure::TooBig)
+        );
+        assert_eq!(
+            parse(b"GET", 8, &mut [0u8; 8]),
+            Parsed::Failed(Failure::TooBig)
+        );
+    }
+
+    #[test]
     fn malformed_hellos() {
         let good = message(Some(b"x.example.com"), &[b"h2"], 0);
         let name_at = good
@@ -706,11 +741,15 @@ mod tests {
                 start in prop_oneof![
                     Just(vec![22u8, 3, 1]),
                     Just(vec![22u8, 3, 3, 0, 40, 1, 0, 0]),
+                    // Records too short for a handshake header.
+                    Just(vec![22u8, 3, 1, 0, 3]),
+                    Just(vec![22u8, 3, 1, 0, 1, 1, 22, 3, 1, 0, 2]),
                     Just(Vec::new()),
                 ],
                 rest in proptest::collection::vec(any::<u8>(), 0..600),
-                cap in 9usize..700,
-                cut in 0usize..700,
+                // Small caps and short cuts often: verdicts near the cap and the start.
+                cap in prop_oneof![1usize..32, 1usize..700],
+                cut in prop_oneof![0usize..16, 0usize..700],
             ) {
                 let mut input = start;
                 input.extend(rest);
