@@ -291,9 +291,24 @@ for t in targets:
     lo, hi = spread[t]
     print(f"| {t} | {how[t]} | {rate[t]:,.0f} | {cpu[t]:.1f} ({lo:.1f}–{hi:.1f}) | {failed[t]} |")
 print()
-s = cpu["tcplb-sni"]
-print(f"- tcplb SNI routing / tcplb plain passthrough, CPU per connection: {s / cpu['tcplb-plain']:.3f}")
-print(f"- tcplb SNI routing / HAProxy req.ssl_sni: {s / cpu['haproxy-sni']:.3f}")
-print(f"- tcplb SNI routing / nginx ssl_preread: {s / cpu['nginx-sni']:.3f}")
+# Ratios of CPU per connection, each the median of the rounds' own ratios (a round's targets
+# ran minutes apart at most, under the same load), with the rounds' range.
+rounds_of = {}
+for r in recs:
+    if r["ok"] > 0:
+        rounds_of.setdefault(r["round"], {})[r["target"]] = r["cpu_ns"] / r["ok"]
+def paired(a, b):
+    xs = [v[a] / v[b] for v in rounds_of.values() if a in v and b in v]
+    return statistics.median(xs), min(xs), max(xs)
+print("| CPU per connection | ratio (median of the rounds' ratios) | rounds' range | target |")
+print("|---|---:|---:|---:|")
+for a, b, label, target in [
+    ("tcplb-sni", "tcplb-plain", "tcplb SNI routing / tcplb plain passthrough", "≤ 1.05"),
+    ("tcplb-sni", "haproxy-sni", "tcplb SNI routing / HAProxy req.ssl_sni", "≤ 1.0"),
+    ("tcplb-sni", "nginx-sni", "tcplb SNI routing / nginx ssl_preread", "≤ 1.0"),
+    ("tcplb-plain", "nginx-sni", "tcplb plain passthrough / nginx ssl_preread", ""),
+]:
+    med, lo, hi = paired(a, b)
+    print(f"| {label} | {med:.3f} | {lo:.3f}–{hi:.3f} | {target} |")
 PY
 log "saved $OUT.md and $OUT.jsonl"
