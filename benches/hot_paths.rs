@@ -18,7 +18,7 @@ use tcplb::fleet::builder::Builder;
 use tcplb::fleet::health::BreakerPolicy;
 use tcplb::fleet::lease::Lease;
 use tcplb::fleet::select::maglev::build_table;
-use tcplb::fleet::select::{Balance, HashSettings, PickRequest};
+use tcplb::fleet::select::{Balance, HashSettings, LatencySettings, PickRequest};
 use tcplb::proxy_protocol::{self, Version};
 use tcplb::worker::pipes::{PIPE_SIZE, PipePool};
 use tcplb::worker::pool::Pool;
@@ -132,6 +132,30 @@ fn random_two_pick(bencher: divan::Bencher, n: usize) {
 #[divan::bench(args = [4, 64, 1024])]
 fn source_hash_pick(bencher: divan::Bencher, n: usize) {
     bench_pick(bencher, Balance::SourceHash(HashSettings::default()), n);
+}
+
+/// Least-latency over backends with a spread of latency estimates (1 to 50 ms).
+#[divan::bench(args = [4, 64, 1024])]
+fn least_latency_pick(bencher: divan::Bencher, n: usize) {
+    let balance = Balance::LeastLatency(LatencySettings::default());
+    let (fleet, held) = loaded_fleet(balance, n);
+    for (i, b) in fleet.backends().enumerate() {
+        let ms = 1 + (i as u64 * 7919) % 50;
+        b.latency.observe(
+            std::time::Duration::from_millis(ms),
+            0,
+            Duration::from_secs(10),
+        );
+    }
+    fleet.tick(0);
+    let mut client = 0u32;
+    bencher.bench_local(|| {
+        client = client.wrapping_add(0x9E37_79B9);
+        if let Some(lease) = divan::black_box(fleet.pick(&request(client))) {
+            fleet.release(lease, 0);
+        }
+    });
+    drop(held);
 }
 
 /// Source-hash with bounded loads (F = 1.25): the totals kept on every lease and release.

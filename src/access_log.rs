@@ -2,7 +2,7 @@
 //! as `key=value` pairs:
 //!
 //! ```text
-//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
+//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
 //! ```
 //!
 //! A session of a service with `routes` ends its line with what the client sent first
@@ -226,6 +226,12 @@ impl AccessLogBatch {
             }
             None => b.extend_from_slice(b" connect_ms=-"),
         }
+        match session.first_response {
+            Some(d) => {
+                let _ = write!(b, " ttfb_ms={:.3}", d.as_secs_f64() * 1000.0);
+            }
+            None => b.extend_from_slice(b" ttfb_ms=-"),
+        }
         let _ = write!(
             b,
             " duration_ms={:.3} bytes_up={} bytes_down={} retries={} end={}",
@@ -441,6 +447,7 @@ mod tests {
             client_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             backend: None,
             connect_time: None,
+            first_response: None,
             duration: Duration::ZERO,
             bytes_up: 0,
             bytes_down: 0,
@@ -515,6 +522,7 @@ mod tests {
                 client_addr: "10.1.2.3:51234".parse().expect("addr"),
                 backend: Some("10.0.0.11:80".parse().expect("addr")),
                 connect_time: Some(Duration::from_micros(214)),
+                first_response: Some(Duration::from_micros(1_500)),
                 duration: Duration::from_micros(12_801),
                 bytes_up: 112,
                 bytes_down: 5120,
@@ -530,6 +538,7 @@ mod tests {
                 client_addr: "[::1]:9".parse().expect("addr"),
                 backend: None,
                 connect_time: None,
+                first_response: None,
                 duration: Duration::ZERO,
                 bytes_up: 0,
                 bytes_down: 0,
@@ -545,6 +554,7 @@ mod tests {
                 client_addr: "10.1.2.4:443".parse().expect("addr"),
                 backend: Some("10.0.0.12:443".parse().expect("addr")),
                 connect_time: Some(Duration::from_micros(100)),
+                first_response: None,
                 duration: Duration::from_millis(2),
                 bytes_up: 517,
                 bytes_down: 1200,
@@ -563,6 +573,7 @@ mod tests {
                 client_addr: "10.1.2.5:443".parse().expect("addr"),
                 backend: None,
                 connect_time: None,
+                first_response: None,
                 duration: Duration::from_secs(5),
                 bytes_up: 0,
                 bytes_down: 0,
@@ -580,16 +591,16 @@ mod tests {
         assert_eq!(
             text,
             "2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 \
-             connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 \
-             end=backend_fin\n\
+             connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 \
+             retries=0 end=backend_fin\n\
              1970-01-01T00:00:00.000Z service=web client=[::1]:9 backend=- connect_ms=- \
-             duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n\
+             ttfb_ms=- duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n\
              1970-01-01T00:00:00.000Z service=tls client=10.1.2.4:443 backend=10.0.0.12:443 \
-             connect_ms=0.100 duration_ms=2.000 bytes_up=517 bytes_down=1200 retries=0 \
+             connect_ms=0.100 ttfb_ms=- duration_ms=2.000 bytes_up=517 bytes_down=1200 retries=0 \
              end=client_fin tls=sni sni=api.example.com\n\
              1970-01-01T00:00:00.000Z service=tls client=10.1.2.5:443 backend=- connect_ms=- \
-             duration_ms=5000.000 bytes_up=0 bytes_down=0 retries=0 end=no_route tls=timeout \
-             sni=-\n"
+             ttfb_ms=- duration_ms=5000.000 bytes_up=0 bytes_down=0 retries=0 end=no_route \
+             tls=timeout sni=-\n"
         );
     }
 }

@@ -335,6 +335,9 @@ pub struct SessionSummary {
     /// The backend it ended on (`None` if it never got one).
     pub backend: Option<SocketAddr>,
     pub connect_time: Option<Duration>,
+    /// The backend's first-response time: from the client's first bytes sent to it to its
+    /// first bytes back (`None`: no exchange).
+    pub first_response: Option<Duration>,
     pub duration: Duration,
     pub bytes_up: u64,
     pub bytes_down: u64,

@@ -1187,6 +1187,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         "consecutive_failures",
         "bytes_sent",
         "bytes_received",
+        "latency_ms",
     ]
     .into();
     for entry in &all {
@@ -1199,6 +1200,15 @@ fn backends_json_has_every_field_with_the_right_values() {
         assert_eq!(keys, fields, "{entry}");
     }
     let n = data.len();
+    // The echo answered in well under a second; the backup never had a session.
+    let mut all = all;
+    let latency = all[0]["latency_ms"]
+        .as_f64()
+        .expect("a latency for the primary");
+    assert!(latency > 0.0 && latency < 1000.0, "{latency}");
+    all[0].as_object_mut().expect("object").remove("latency_ms");
+    assert_eq!(all[1]["latency_ms"], serde_json::Value::Null);
+    all[1].as_object_mut().expect("object").remove("latency_ms");
     assert_eq!(
         all[0],
         serde_json::json!({
@@ -1256,6 +1266,7 @@ impl AccessLine {
                 "client",
                 "backend",
                 "connect_ms",
+                "ttfb_ms",
                 "duration_ms",
                 "bytes_up",
                 "bytes_down",

@@ -86,7 +86,8 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
              \"backup\": {}, \"send_proxy\": {}, \"balance\": \"{balance}\", \
              \"state\": \"{}\", \"health_checks\": \"{checks}\", \"active\": {}, \
              \"connections_total\": {}, \"connect_failures_total\": {}, \
-             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}}}",
+             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \
+             \"latency_ms\": {}}}",
             json_string(&b.addr.to_string()),
             json_string(&b.name),
             b.weight(),
@@ -104,6 +105,10 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
             b.breaker().consecutive_failures(),
             Stat::get(&b.stats.bytes_sent),
             Stat::get(&b.stats.bytes_received),
+            match b.latency.estimate_ns() {
+                0 => "null".to_string(),
+                ns => format!("{:.3}", ns as f64 / 1e6),
+            },
         );
     }
     out.push_str("\n ]}");

@@ -251,6 +251,30 @@ pub fn render(view: &View, out: &mut String) {
         );
     }
 
+    // The first-response times least-latency balances by (its pools only: a histogram per
+    // backend of every pool would multiply the size of a large fleet's scrape).
+    let mut addrs: Vec<(String, &str, &crate::fleet::backend::Backend)> = Vec::new();
+    for fleet in view.topology.pools().filter(|f| f.ticks()) {
+        for b in fleet.backends().chain(fleet.draining()) {
+            addrs.push((b.addr.to_string(), fleet.name(), b));
+        }
+    }
+    let responses: Vec<_> = addrs
+        .iter()
+        .map(|(addr, pool, b)| {
+            (
+                vec![("pool", *pool), ("backend", addr.as_str())],
+                b.latency.responses.snapshot(),
+            )
+        })
+        .collect();
+    if !responses.is_empty() {
+        e.histograms(
+            "tcplb_backend_response_seconds",
+            "First-response time (client's first bytes out to the backend's first bytes back; the connect time where the backend speaks first or never answered), for least-latency pools.",
+            &responses,
+        );
+    }
     services(view, &mut e);
     let workers = view.workers;
     let total = |get: fn(&WorkerStats) -> u64| workers.iter().map(|w| get(w)).sum::<u64>() as f64;

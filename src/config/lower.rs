@@ -3,7 +3,7 @@
 //! the option table's default), parsed by its kind, and checked against the settings it
 //! depends on. The command line and a config file both end here, so they mean the same.
 
-use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings};
+use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings, LatencySettings};
 use super::table::{self, DefaultValue, Opt};
 use super::values::{self, Raw, Value};
 use super::{
@@ -414,6 +414,26 @@ fn balance(l: &Layers) -> Result<Balance, ConfigError> {
         Some(Value::Choice(name)) => Balance::from_name(name).ok_or_else(|| internal("balance"))?,
         _ => return Err(internal("balance")),
     };
+    if let Balance::LeastLatency(_) = balance {
+        return Ok(Balance::LeastLatency(LatencySettings {
+            decay: l.duration("latency-decay")?,
+        }));
+    }
+    if l.own("latency-decay") {
+        return Err(l.at(
+            "latency-decay",
+            ConfigError::Usage(format!(
+                "{} applies to {} least-latency only (the balance is {})",
+                shown("latency-decay", l),
+                if shown("latency-decay", l).starts_with("--") {
+                    "--balance"
+                } else {
+                    "balance ="
+                },
+                balance.name()
+            )),
+        ));
+    }
     let Balance::SourceHash(_) = balance else {
         for option in ["hash-table-size", "hash-balance-factor"] {
             if l.own(option) {

@@ -238,13 +238,16 @@ pub const OPTIONS: &[Opt] = &[
         .help("kernel pipes for moving bulk flows with splice, without a copy (Linux); each is 2 descriptors, held only while bytes sit in it; 0 = splice off"),
     opt("balance", Pool, Kind::Choice(&super::policy::NAMES), Value("least-active"))
         .hint("NAME")
-        .help("how a backend is chosen: least-active, round-robin, random-two or source-hash"),
+        .help("how a backend is chosen: least-active, round-robin, random-two, source-hash or least-latency"),
     opt("hash-table-size", Pool, Kind::Prime { max: super::policy::MAX_TABLE_SIZE as u64 }, Value("65537"))
         .hint("PRIME")
         .help("source-hash: slots in the Maglev table, a prime, at least the backends and best 100 times as many"),
     opt("hash-balance-factor", Pool, Kind::Factor, Off)
         .hint("F")
         .help("source-hash: bounded loads; no backend takes more than F times the mean active sessions per unit of weight, such as 1.25"),
+    opt("latency-decay", Pool, duration(Seconds, 100 * MILLISECOND, HOUR), Value("10s"))
+        .hint("DURATION")
+        .help("least-latency: the time constant of each backend's response-time average (how fast a recovered backend wins its share back)"),
     opt("accept-proxy", Service, Kind::Switch, Off)
         .help("every client starts with a PROXY protocol header (v1 or v2), which gives the real client address"),
     opt("proxy-timeout", Service, duration(Seconds, MILLISECOND, HOUR), Value("5s"))

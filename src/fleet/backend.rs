@@ -8,6 +8,7 @@
 //! backend kept across a reload keeps its counters and health.
 
 use crate::fleet::health::{Breaker, BreakerPolicy, BreakerState, SharedBreaker, SharedChecks};
+use crate::fleet::latency::Latency;
 use crate::proxy_protocol::Version;
 use crate::reactor::Throttle;
 use std::fmt;
@@ -113,6 +114,8 @@ pub struct Backend {
     /// A health check probe is under way (the prober's own mark).
     probing: AtomicBool,
     pub stats: BackendStats,
+    /// How fast it answers (least-latency's measure; kept for every pool).
+    pub latency: Latency,
     /// Keeps a burst of connect failures down to one warning.
     pub warn_throttle: Throttle,
 }
@@ -162,6 +165,7 @@ impl Backend {
             seat: AtomicU64::new(u64::MAX),
             probing: AtomicBool::new(false),
             stats: BackendStats::default(),
+            latency: Latency::default(),
             warn_throttle: Throttle::default(),
         }
     }

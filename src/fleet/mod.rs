@@ -17,6 +17,7 @@ pub mod backends_file;
 pub mod builder;
 pub mod discovery;
 pub mod health;
+pub mod latency;
 pub mod lease;
 pub mod resolver;
 pub mod select;
@@ -79,6 +80,7 @@ pub struct Fleet {
     pool: PoolId,
     name: Arc<str>,
     stats: Arc<PoolStats>,
+    balance: select::Balance,
     generation: u32,
     primaries: Group,
     backups: Group,
@@ -399,6 +401,27 @@ impl Fleet {
         }
     }
 
+    /// Whether its selectors want the control thread's [`Fleet::tick`]s.
+    pub fn ticks(&self) -> bool {
+        self.primaries.selector.ticks() || self.backups.selector.ticks()
+    }
+
+    /// Time passes, for selectors that keep something up to date over the whole group
+    /// (least-latency's median): the control thread's, O(n).
+    pub fn tick(&self, now: u64) {
+        for group in [&self.primaries, &self.backups] {
+            group.selector.tick(&group.members, now);
+        }
+    }
+
+    /// The time constant of its backends' latency estimates.
+    pub fn latency_decay(&self) -> std::time::Duration {
+        match self.balance {
+            select::Balance::LeastLatency(s) => s.decay,
+            _ => crate::config::policy::DEFAULT_LATENCY_DECAY,
+        }
+    }
+
     /// Replays every backend (once every worker has adopted this generation, to take in
     /// the changes made meanwhile on older ones).
     pub fn refresh_all(&self, now: u64) {
@@ -415,6 +438,8 @@ impl Fleet {
     /// older generation than the backend's seat must catch it up too, or once the newer
     /// generation is in use the backend would take every tied session for a while.
     pub fn rejoin(&self, backend: &Backend, now: u64) {
+        // Back after an absence: its old answer times say nothing of now.
+        backend.latency.reset();
         let group = if backend.is_backup() {
             &self.backups
         } else {
@@ -459,6 +484,7 @@ pub(crate) fn assemble(
         pool,
         name,
         stats,
+        balance,
         generation,
         primaries: Group {
             selector: select::build(balance, &primaries, now),

@@ -187,6 +187,7 @@ impl Worker {
             client_addr: client,
             backend: None,
             connect_time: None,
+            first_response: None,
             duration: Duration::ZERO,
             bytes_up: 0,
             bytes_down: 0,

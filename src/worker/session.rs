@@ -104,6 +104,8 @@ pub struct Session {
     started: Instant,
     /// How long the successful connect took (from the session's start).
     connect_time: Option<Duration>,
+    /// The backend's first-response time, as far as it is known.
+    first_response: FirstResponse,
     /// The client: its peer address, or the source its PROXY protocol header named.
     client_addr: SocketAddr,
     /// The destination its PROXY protocol header named (`None`: our own address).
@@ -117,6 +119,15 @@ pub struct Session {
     pub(crate) waiting_for_buffer: bool,
     /// Queued in the worker's run queue.
     pub(crate) queued: bool,
+}
+
+/// Where the measure of the backend's first-response time stands: nothing sent to it yet,
+/// the client's first bytes sent at a time, or measured (what least-latency learns from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstResponse {
+    NotSent,
+    Sent(Instant),
+    Measured(Duration),
 }
 
 /// A client that could not be given a session; the caller closes it.
@@ -166,6 +177,7 @@ impl Session {
             last_active: env.now,
             started: env.now,
             connect_time: None,
+            first_response: FirstResponse::NotSent,
             client_addr,
             proxied_to: None,
             target: service_pool,
@@ -491,6 +503,10 @@ impl Session {
                 .filter(|_| self.phase == Phase::Established)
                 .map(|l| l.backend().addr),
             connect_time: self.connect_time,
+            first_response: match self.first_response {
+                FirstResponse::Measured(d) => Some(d),
+                _ => None,
+            },
             duration: now.saturating_duration_since(self.started),
             bytes_up,
             bytes_down,
@@ -504,6 +520,14 @@ impl Session {
     pub fn release(&mut self, env: &mut Env) {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
+        }
+        // No answer came (nothing was asked, or the protocol has the client talk alone):
+        // what is known of the backend's speed is its connect time.
+        if self.phase == Phase::Established
+            && !matches!(self.first_response, FirstResponse::Measured(_))
+        {
+            let sample = self.connect_time.unwrap_or_default();
+            self.learn_latency(sample, env, false);
         }
         self.duplex.release(&mut Pools {
             buffers: env.pool,
@@ -609,11 +633,57 @@ impl Session {
                 crate::fleet::backend::BackendStats::add(&stats.bytes_sent, pumped.sent);
                 crate::fleet::backend::BackendStats::add(&stats.bytes_received, pumped.received);
             }
+            self.note_response(pumped.sent, pumped.received, env);
         }
         Report {
             closed: pumped.closed,
             need_buffer: pumped.need_buffer,
             yielded: pumped.yielded,
+        }
+    }
+}
+
+impl Session {
+    /// Follows the first exchange: the client's first bytes out, the backend's first bytes
+    /// back. A backend that speaks first is measured by its connect time.
+    fn note_response(&mut self, sent: u64, received: u64, env: &mut Env) {
+        match self.first_response {
+            FirstResponse::NotSent if received > 0 && sent == 0 => {
+                let sample = self.connect_time.unwrap_or_default();
+                self.learn_latency(sample, env, true);
+            }
+            // Out and back within one turn: as fast as this loop can tell.
+            FirstResponse::NotSent if received > 0 => {
+                self.learn_latency(Duration::from_micros(1), env, true);
+            }
+            FirstResponse::NotSent if sent > 0 => {
+                self.first_response = FirstResponse::Sent(Instant::now());
+            }
+            FirstResponse::Sent(at) if received > 0 => {
+                self.learn_latency(at.elapsed(), env, true);
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the backend's latency estimate about one sample (and, where the pool balances
+    /// by it, its selector).
+    fn learn_latency(&mut self, sample: Duration, env: &mut Env, answered: bool) {
+        if answered {
+            self.first_response = FirstResponse::Measured(sample);
+        }
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let backend = lease.backend();
+        let Some(fleet) = env.topology.pool(backend.pool) else {
+            return;
+        };
+        backend
+            .latency
+            .observe(sample, env.now_ms, fleet.latency_decay());
+        if fleet.ticks() {
+            fleet.refresh(backend, env.now_ms);
         }
     }
 }
