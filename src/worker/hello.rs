@@ -11,6 +11,13 @@
 //! only once the queue holds the bytes the parser said it needs next (at least the rest of
 //! the hello as far as it can tell): a hello sent a byte at a time is peeked a few times,
 //! not once per byte. The first edge peeks at once (usually the whole hello is there).
+//! Each look parses from the first byte again: with the scratch shared by every session, a
+//! peek from where the last one stopped (`SO_PEEK_OFF`, Linux 6.10) would need each session
+//! to keep what the parser had seen; the byte counts keep the looks few instead (a hello cut
+//! into one-byte records, the worst framing, takes a few dozen looks at 16 KiB).
+//!
+//! A decided hello costs the session one small allocation, for the server name it keeps
+//! for the access log; a service without routes never comes here.
 
 use crate::service::Routing;
 use crate::stats::TlsInspect;
