@@ -43,7 +43,8 @@ CLIENT_CPU=0 PROXY_CPU=1
 log() { printf '[tls %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf 'bench --tls: error: %s\n' "$*" >&2; exit 1; }
 for cmd in curl haproxy nginx openssl python3 taskset; do
-    command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/bench.sh --install installs what it needs)"
+    command -v "$cmd" >/dev/null ||
+        die "$cmd is missing (Debian: apt-get install curl haproxy nginx-light libnginx-mod-stream openssl python3 util-linux)"
 done
 curl --help all 2>/dev/null | grep -q -- '--parallel' || die "curl is too old for --parallel (7.66 or later)"
 (($(getconf _NPROCESSORS_ONLN) >= 2)) || die "needs 2 CPUs (proxy on CPU 1, clients on CPU 0)"
@@ -64,7 +65,7 @@ if ! nginx -V 2>&1 | grep -E -- '--with-stream( |$)' >/dev/null; then
     for f in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
         [[ -f $f ]] && STREAM_MODULE=$f
     done
-    [[ -n $STREAM_MODULE ]] || die "nginx has no stream module (libnginx-mod-stream)"
+    [[ -n $STREAM_MODULE ]] || die "nginx has no stream module (Debian: apt-get install libnginx-mod-stream)"
 fi
 
 TMP=$(mktemp -d -t tcplb-tls.XXXXXX)
