@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot paths (divan): the buffer pool, the kernel pipe pool,
 //! selection with every `--balance` algorithm over 4 / 64 / 1024 backends (a pick, the
-//! lease, its release), the PROXY protocol decoder and encoder, and a loopback echo round
-//! trip through a real worker.
+//! lease, its release), the PROXY protocol decoder and encoder, a ClientHello parsed and
+//! routed by its name among 1,000 routes, and a loopback echo round trip through a real
+//! worker.
 //!
 //! Run with `cargo bench`. These measure our own code in isolation; whole-system figures
 //! against HAProxy and nginx come from `scripts/bench.sh`.
@@ -17,7 +18,7 @@ use tcplb::fleet::builder::Builder;
 use tcplb::fleet::health::BreakerPolicy;
 use tcplb::fleet::lease::Lease;
 use tcplb::fleet::select::maglev::build_table;
-use tcplb::fleet::select::{Balance, HashSettings, PickRequest};
+use tcplb::fleet::select::{Balance, HashSettings, LatencySettings, PickRequest};
 use tcplb::proxy_protocol::{self, Version};
 use tcplb::worker::pipes::{PIPE_SIZE, PipePool};
 use tcplb::worker::pool::Pool;
@@ -42,6 +43,7 @@ fn backends(n: usize) -> Vec<ResolvedBackend> {
                 backup: false,
                 send_proxy: None,
                 agent_port: None,
+                maxconn: None,
             }
         })
         .collect()
@@ -135,6 +137,30 @@ fn source_hash_pick(bencher: divan::Bencher, n: usize) {
     bench_pick(bencher, Balance::SourceHash(HashSettings::default()), n);
 }
 
+/// Least-latency over backends with a spread of latency estimates (1 to 50 ms).
+#[divan::bench(args = [4, 64, 1024])]
+fn least_latency_pick(bencher: divan::Bencher, n: usize) {
+    let balance = Balance::LeastLatency(LatencySettings::default());
+    let (fleet, held) = loaded_fleet(balance, n);
+    for (i, b) in fleet.backends().enumerate() {
+        let ms = 1 + (i as u64 * 7919) % 50;
+        b.latency.observe(
+            std::time::Duration::from_millis(ms),
+            0,
+            Duration::from_secs(10),
+        );
+    }
+    fleet.tick(0);
+    let mut client = 0u32;
+    bencher.bench_local(|| {
+        client = client.wrapping_add(0x9E37_79B9);
+        if let Some(lease) = divan::black_box(fleet.pick(&request(client))) {
+            fleet.release(lease, 0);
+        }
+    });
+    drop(held);
+}
+
 /// Source-hash with bounded loads (F = 1.25): the totals kept on every lease and release.
 #[divan::bench(args = [4, 64, 1024])]
 fn source_hash_bounded_pick(bencher: divan::Bencher, n: usize) {
@@ -171,6 +197,40 @@ fn proxy_header_decode(bencher: divan::Bencher, version: &str) {
     );
     bencher
         .bench_local(|| divan::black_box(proxy_protocol::decode(divan::black_box(&header[..len]))));
+}
+
+/// What a service with routes does with a client's ClientHello (a real one, 517 bytes from
+/// Python's ssl): parse it, and look its name up among `n` exact routes and a wildcard.
+#[divan::bench(args = [10, 1000])]
+fn client_hello_parse_and_route(bencher: divan::Bencher, n: usize) {
+    use tcplb::service::routes::{Route, Routing, Target};
+    use tcplb::tls_hello::{DEFAULT_CAP, Parsed, parse};
+    let hello = include_bytes!("../tests/data/client_hello_python.bin");
+    let target = Target {
+        pool: 1,
+        connect_timeout: Duration::from_secs(3),
+        retries: 2,
+    };
+    let mut routes: Vec<Route> = (0..n)
+        .map(|i| Route {
+            sni: Some(format!("site-{i}.example.net")),
+            alpn: None,
+            target,
+        })
+        .collect();
+    routes.push(Route {
+        sni: Some("*.example.com".to_string()),
+        alpn: Some("h2".to_string()),
+        target,
+    });
+    let routing = Routing::new(routes, Duration::from_secs(5), DEFAULT_CAP);
+    let mut scratch = vec![0u8; DEFAULT_CAP];
+    bencher.bench_local(|| {
+        let Parsed::Hello(h) = parse(divan::black_box(hello), DEFAULT_CAP, &mut scratch) else {
+            panic!("a hello");
+        };
+        divan::black_box(routing.route(&h))
+    });
 }
 
 /// One small request/response round trip through tcplb on loopback: client → reactor →

@@ -20,6 +20,7 @@ read -r -a TCPLB_EXTRA <<<"${TCPLB_ARGS:-}"
 usage() {
     cat <<EOF
 Usage: $(basename "$0") [--quick] [--rounds N] [--base-port PORT] [--install]
+       $(basename "$0") --tls [--quick] [--rounds N] [--base-port PORT]
 
 Benchmarks tcplb against HAProxy (mode tcp, leastconn), HAProxy with splice forced
 on ("HAProxy splice": option splice-request + option splice-response) and nginx
@@ -45,17 +46,37 @@ Options:
   --rounds N       rounds to run (default 3; 1 with --quick)
   --base-port P    ports used: P+1..P+4 backends, P+10..P+14 proxies (default 28100)
   --install        apt-get install whatever is missing (needs root)
+  --tls [--quick] [--rounds N]
+                   instead: new TLS connections through tcplb routing by SNI (routes),
+                   tcplb plain passthrough, HAProxy (inspect-delay + req.ssl_sni) and nginx
+                   stream (ssl_preread + map): connections per second and proxy CPU per
+                   connection, interleaved rounds, medians (scripts/bench/tls.sh)
   --multicore [--quick] [--rounds N]
                    instead: tcplb --workers 1 and 2, HAProxy nbthread 2, nginx stream
                    worker_processes 2 with and without a shared zone, tcplb and nginx with
                    8 workers, on every CPU: CPU per request and balance error
                    (scripts/bench/multicore.sh)
+  --latency [--rounds N] [-n N] [-c N]
+                   instead: four HTTP backends, one with 50 ms added; tcplb least-active and
+                   least-latency, HAProxy leastconn, nginx least_conn: p50/p99, req/s and
+                   proxy CPU per request (scripts/bench/latency.py)
+  --queue [--rounds N] [-n N] [-c N]
+                   instead: two HTTP backends of 10 slots each, ab -c 200 through tcplb
+                   (maxconn + queue), HAProxy (maxconn + timeout queue) and nginx stream
+                   (max_conns): failed requests, p50/p99, proxy CPU per request; and the
+                   queue's hand-over delay (scripts/bench/queue.py)
+  --services [--services N]
+                   instead: N services x 4 backends (default 1000) in one config file:
+                   start-up time, and the longest round trip through an untouched
+                   service while reloads change another pool (scripts/bench/services.py)
   -h, --help       show this help
 
 Environment:
   TCPLB_ARGS       extra flags for tcplb, e.g. TCPLB_ARGS='--buffer-size 64k'
   TCPLB_BIN        tcplb binary to benchmark; if unset, the script runs
                    'cargo build --release' in the repo and uses target/release/tcplb
+  TCPLB_CONFIG     if set, also the same tcplb started with a config file of the same
+                   one service and pool ("tcplb config"), for what a config costs
   TCPLB_BASE_BIN   another tcplb binary to run beside it as "tcplb base" (same
                    TCPLB_ARGS), e.g. a release build of main before a change:
                      git worktree add /tmp/base main && (cd /tmp/base &&
@@ -101,6 +122,35 @@ while (($#)); do
         shift
         exec "$HELPERS/multicore.sh" "$@"
         ;;
+    --tls)
+        # TLS passthrough by name is its own run (scripts/bench/tls.sh).
+        shift
+        exec "$HELPERS/tls.sh" "$@"
+        ;;
+    --latency)
+        # Least-latency against least-active, HAProxy and nginx (scripts/bench/latency.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/latency.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
+        ;;
+    --queue)
+        # Backend limits with a queue against HAProxy and nginx (scripts/bench/queue.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/queue.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
+        ;;
+    --services)
+        # Many services in one process: start-up and reload stall (scripts/bench/services.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/services.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
+        ;;
     -h | --help)
         usage
         exit 0
@@ -136,12 +186,17 @@ declare -A PORT=(
     [tcplb]=$((BASE_PORT + 12))
     [haproxy-splice]=$((BASE_PORT + 13))
     [tcplb-base]=$((BASE_PORT + 14))
+    [tcplb-config]=$((BASE_PORT + 15))
 )
 TARGETS=(direct haproxy haproxy-splice nginx tcplb)
 PROXIES=(haproxy haproxy-splice nginx tcplb)
 if [[ -n ${TCPLB_BASE_BIN:-} ]]; then
     TARGETS+=(tcplb-base)
     PROXIES+=(tcplb-base)
+fi
+if [[ -n ${TCPLB_CONFIG:-} ]]; then
+    TARGETS+=(tcplb-config)
+    PROXIES+=(tcplb-config)
 fi
 
 # ---------------------------------------------------------------------------
@@ -247,7 +302,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
 for p in "${BACKEND_PORTS[@]}" "${PORT[haproxy]}" "${PORT[haproxy-splice]}" "${PORT[nginx]}" \
-    "${PORT[tcplb]}" "${PORT[tcplb-base]}"; do
+    "${PORT[tcplb]}" "${PORT[tcplb-base]}" "${PORT[tcplb-config]}"; do
     if port_busy "$p"; then
         die "port $p on 127.0.0.1 is busy (pick other ports with --base-port)"
     fi
@@ -537,6 +592,23 @@ if [[ -n ${TCPLB_BASE_BIN:-} ]]; then
         >"${LOGS[tcplb-base]}" 2>&1 &
     PIDS+=("$!")
     PROXY_PIDS[tcplb-base]=$!
+fi
+
+if [[ -n ${TCPLB_CONFIG:-} ]]; then
+    # The same binary and the same one service and pool, from a config file instead of
+    # flags: what a config file costs per session (issue 18: within 1.02x).
+    log "starting tcplb with a config file on :${PORT[tcplb-config]}"
+    LOGS[tcplb-config]=$TMP/tcplb-config.log
+    {
+        printf '[services.bench]\nlisten = ["127.0.0.1:%s"]\npool = "bench"\n\n' "${PORT[tcplb-config]}"
+        printf '[pools.bench]\nbackends = ['
+        printf '"%s", ' "${tcplb_backends[@]}"
+        printf ']\n'
+    } >"$TMP/tcplb-config.toml"
+    env RUST_LOG=warn taskset -c "$PROXY_CPU" "$TCPLB" --config "$TMP/tcplb-config.toml" \
+        ${TCPLB_EXTRA[@]+"${TCPLB_EXTRA[@]}"} >"${LOGS[tcplb-config]}" 2>&1 &
+    PIDS+=("$!")
+    PROXY_PIDS[tcplb-config]=$!
 fi
 
 for t in "${PROXIES[@]}"; do

@@ -2,8 +2,12 @@
 //! as `key=value` pairs:
 //!
 //! ```text
-//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
+//! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 class=normal backend=10.0.0.11:80 queue_ms=- connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
 //! ```
+//!
+//! A session of a service with `routes` ends its line with what the client sent first
+//! (`tls=`, as `tcplb_tls_inspect_total`'s `result`) and the server name it asked for
+//! (`sni=`, `-` for none): `... end=backend_fin tls=sni sni=api.example.com`.
 //!
 //! Each worker formats its lines into its own batch during a turn of its loop and hands the
 //! batch, once per turn, to the one writer thread every worker shares: a slow disk or a
@@ -207,8 +211,10 @@ impl AccessLogBatch {
         write_rfc3339_millis(b, now);
         let _ = write!(
             b,
-            " service={} client={}",
-            session.service, session.client_addr
+            " service={} client={} class={}",
+            session.service,
+            session.client_addr,
+            session.class.as_str()
         );
         match session.backend {
             Some(addr) => {
@@ -216,13 +222,25 @@ impl AccessLogBatch {
             }
             None => b.extend_from_slice(b" backend=-"),
         }
+        match session.queue_wait {
+            Some(d) => {
+                let _ = write!(b, " queue_ms={:.3}", d.as_secs_f64() * 1000.0);
+            }
+            None => b.extend_from_slice(b" queue_ms=-"),
+        }
         match session.connect_time {
             Some(d) => {
                 let _ = write!(b, " connect_ms={:.3}", d.as_secs_f64() * 1000.0);
             }
             None => b.extend_from_slice(b" connect_ms=-"),
         }
-        let _ = writeln!(
+        match session.first_response {
+            Some(d) => {
+                let _ = write!(b, " ttfb_ms={:.3}", d.as_secs_f64() * 1000.0);
+            }
+            None => b.extend_from_slice(b" ttfb_ms=-"),
+        }
+        let _ = write!(
             b,
             " duration_ms={:.3} bytes_up={} bytes_down={} retries={} end={}",
             session.duration.as_secs_f64() * 1000.0,
@@ -231,6 +249,17 @@ impl AccessLogBatch {
             session.retries,
             ended.as_str()
         );
+        // A service with routes: what the client sent first, and the name it asked for
+        // (visible ASCII: the parser took nothing else).
+        if let Some((result, name)) = &session.tls {
+            let _ = write!(
+                b,
+                " tls={} sni={}",
+                result.as_str(),
+                name.as_deref().unwrap_or("-")
+            );
+        }
+        b.push(b'\n');
         self.lines += 1;
     }
 
@@ -400,6 +429,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::TlsInspect;
     use std::time::Duration;
 
     fn stamp(secs: u64, millis: u64) -> String {
@@ -425,10 +455,14 @@ mod tests {
             client_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             backend: None,
             connect_time: None,
+            first_response: None,
             duration: Duration::ZERO,
             bytes_up: 0,
             bytes_down: 0,
             retries: 0,
+            class: crate::stats::Class::Normal,
+            queue_wait: None,
+            tls: None,
         }
     }
 
@@ -498,10 +532,14 @@ mod tests {
                 client_addr: "10.1.2.3:51234".parse().expect("addr"),
                 backend: Some("10.0.0.11:80".parse().expect("addr")),
                 connect_time: Some(Duration::from_micros(214)),
+                first_response: Some(Duration::from_micros(1_500)),
                 duration: Duration::from_micros(12_801),
                 bytes_up: 112,
                 bytes_down: 5120,
                 retries: 0,
+                class: crate::stats::Class::High,
+                queue_wait: Some(Duration::from_micros(2_250)),
+                tls: None,
             },
             EndReason::BackendClosed,
             UNIX_EPOCH + Duration::from_millis(1_795_404_271_123),
@@ -512,12 +550,55 @@ mod tests {
                 client_addr: "[::1]:9".parse().expect("addr"),
                 backend: None,
                 connect_time: None,
+                first_response: None,
                 duration: Duration::ZERO,
                 bytes_up: 0,
                 bytes_down: 0,
                 retries: 2,
+                class: crate::stats::Class::Normal,
+                queue_wait: None,
+                tls: None,
             },
             EndReason::NoBackend,
+            UNIX_EPOCH,
+        );
+        log.record(
+            &SessionSummary {
+                service: std::sync::Arc::from("tls"),
+                client_addr: "10.1.2.4:443".parse().expect("addr"),
+                backend: Some("10.0.0.12:443".parse().expect("addr")),
+                connect_time: Some(Duration::from_micros(100)),
+                first_response: None,
+                duration: Duration::from_millis(2),
+                bytes_up: 517,
+                bytes_down: 1200,
+                retries: 0,
+                class: crate::stats::Class::Normal,
+                queue_wait: None,
+                tls: Some((
+                    TlsInspect::Sni,
+                    Some(std::sync::Arc::from("api.example.com")),
+                )),
+            },
+            EndReason::ClientClosed,
+            UNIX_EPOCH,
+        );
+        log.record(
+            &SessionSummary {
+                service: std::sync::Arc::from("tls"),
+                client_addr: "10.1.2.5:443".parse().expect("addr"),
+                backend: None,
+                connect_time: None,
+                first_response: None,
+                duration: Duration::from_secs(5),
+                bytes_up: 0,
+                bytes_down: 0,
+                retries: 0,
+                class: crate::stats::Class::Normal,
+                queue_wait: None,
+                tls: Some((TlsInspect::Timeout, None)),
+            },
+            EndReason::NoRoute,
             UNIX_EPOCH,
         );
         log.flush();
@@ -527,11 +608,20 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         assert_eq!(
             text,
-            "2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 backend=10.0.0.11:80 \
-             connect_ms=0.214 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 \
-             end=backend_fin\n\
-             1970-01-01T00:00:00.000Z service=web client=[::1]:9 backend=- connect_ms=- \
-             duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n"
+            "2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 class=high \
+             backend=10.0.0.11:80 queue_ms=2.250 connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 \
+             retries=0 end=backend_fin\n\
+             1970-01-01T00:00:00.000Z service=web client=[::1]:9 class=normal backend=- \
+             queue_ms=- connect_ms=- \
+             ttfb_ms=- duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n\
+             1970-01-01T00:00:00.000Z service=tls client=10.1.2.4:443 class=normal \
+             backend=10.0.0.12:443 queue_ms=- \
+             connect_ms=0.100 ttfb_ms=- duration_ms=2.000 bytes_up=517 bytes_down=1200 retries=0 \
+             end=client_fin tls=sni sni=api.example.com\n\
+             1970-01-01T00:00:00.000Z service=tls client=10.1.2.5:443 class=normal backend=- \
+             queue_ms=- connect_ms=- \
+             ttfb_ms=- duration_ms=5000.000 bytes_up=0 bytes_down=0 retries=0 end=no_route \
+             tls=timeout sni=-\n"
         );
     }
 }

@@ -239,6 +239,46 @@ impl ProxyError {
     }
 }
 
+/// What a client of a service with routes turned out to send first: the `result` of
+/// `tcplb_tls_inspect_total`, and the access log's `tls=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsInspect {
+    /// A ClientHello with a server name.
+    Sni,
+    /// A ClientHello without one.
+    NoSni,
+    /// Not TLS (or nothing at all before the client closed).
+    NotTls,
+    /// A ClientHello longer than `max-hello`.
+    TooBig,
+    /// Not a whole ClientHello within `sni-timeout`.
+    Timeout,
+    /// TLS records, but no well-formed ClientHello in them (or cut short by the client).
+    Malformed,
+}
+
+impl TlsInspect {
+    pub const ALL: [TlsInspect; 6] = [
+        TlsInspect::Sni,
+        TlsInspect::NoSni,
+        TlsInspect::NotTls,
+        TlsInspect::TooBig,
+        TlsInspect::Timeout,
+        TlsInspect::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsInspect::Sni => "sni",
+            TlsInspect::NoSni => "no_sni",
+            TlsInspect::NotTls => "not_tls",
+            TlsInspect::TooBig => "too_big",
+            TlsInspect::Timeout => "timeout",
+            TlsInspect::Malformed => "malformed",
+        }
+    }
+}
+
 /// How a session ended: for the access log, the counters and debug logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -265,6 +305,18 @@ pub enum EndReason {
     /// Reset for its PROXY protocol header (`--accept-proxy`): missing, malformed, too
     /// long, cut short or too slow.
     BadProxyHeader,
+    /// Turned away: every backend that could take it was at its `maxconn`, and its pool's
+    /// queue was off or full (or it was put out of the queue for a higher-class client).
+    PoolFull,
+    /// Reset after waiting in its pool's queue for `queue-timeout`.
+    QueueTimeout,
+    /// Reset: its source had `max-conns-per-source` sessions open.
+    LimitedConns,
+    /// Reset: its source had used up `conn-rate-per-source`.
+    LimitedRate,
+    /// Reset: its service has routes, none took the client (no route matched, not TLS, a
+    /// hello too big, malformed or too slow) and the service has no pool of its own.
+    NoRoute,
 }
 
 impl EndReason {
@@ -282,9 +334,16 @@ impl EndReason {
             EndReason::ShedMaxConns => "shed_max_conns",
             EndReason::ShedPool => "shed_pool",
             EndReason::BadProxyHeader => "bad_proxy_header",
+            EndReason::PoolFull => "pool_full",
+            EndReason::QueueTimeout => "queue_timeout",
+            EndReason::LimitedConns => "per_source_conns",
+            EndReason::LimitedRate => "per_source_rate",
+            EndReason::NoRoute => "no_route",
         }
     }
 }
+
+pub use crate::config::protection::Class;
 
 /// What is left of a session once it has ended: for the access log and the counters.
 #[derive(Clone, Debug)]
@@ -295,10 +354,19 @@ pub struct SessionSummary {
     /// The backend it ended on (`None` if it never got one).
     pub backend: Option<SocketAddr>,
     pub connect_time: Option<Duration>,
+    /// The backend's first-response time: from the client's first bytes sent to it to its
+    /// first bytes back (`None`: no exchange).
+    pub first_response: Option<Duration>,
     pub duration: Duration,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub retries: u32,
+    /// Its priority class.
+    pub class: Class,
+    /// How long it waited in its pool's queue (`None`: it did not wait).
+    pub queue_wait: Option<Duration>,
+    /// With routes: what the client's first bytes were, and the server name it asked for.
+    pub tls: Option<(TlsInspect, Option<std::sync::Arc<str>>)>,
 }
 
 #[cfg(test)]

@@ -1196,6 +1196,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         "checks",
         "last_check",
         "agent",
+        "latency_ms",
     ]
     .into();
     for entry in &all {
@@ -1208,6 +1209,15 @@ fn backends_json_has_every_field_with_the_right_values() {
         assert_eq!(keys, fields, "{entry}");
     }
     let n = data.len();
+    // The echo answered in well under a second; the backup never had a session.
+    let mut all = all;
+    let latency = all[0]["latency_ms"]
+        .as_f64()
+        .expect("a latency for the primary");
+    assert!(latency > 0.0 && latency < 1000.0, "{latency}");
+    all[0].as_object_mut().expect("object").remove("latency_ms");
+    assert_eq!(all[1]["latency_ms"], serde_json::Value::Null);
+    all[1].as_object_mut().expect("object").remove("latency_ms");
     assert_eq!(
         all[0],
         serde_json::json!({
@@ -1267,8 +1277,11 @@ impl AccessLine {
             [
                 "service",
                 "client",
+                "class",
                 "backend",
+                "queue_ms",
                 "connect_ms",
+                "ttfb_ms",
                 "duration_ms",
                 "bytes_up",
                 "bytes_down",

@@ -21,9 +21,14 @@ import re
 import statistics
 import sys
 
-ALL_TARGETS = ["direct", "haproxy", "haproxy-splice", "nginx", "tcplb", "tcplb-base"]
+ALL_TARGETS = ["direct", "haproxy", "haproxy-splice", "nginx", "tcplb", "tcplb-base",
+               "tcplb-config"]
 TARGET_TITLES = {"direct": "direct", "haproxy": "HAProxy", "haproxy-splice": "HAProxy splice",
-                 "nginx": "nginx stream", "tcplb": "tcplb", "tcplb-base": "tcplb base"}
+                 "nginx": "nginx stream", "tcplb": "tcplb", "tcplb-base": "tcplb base",
+                 "tcplb-config": "tcplb config"}
+# More ratio columns: (numerator, denominator, title), where both are in the run.
+RATIO_PAIRS = [("tcplb-config", "tcplb-base", "config/base"),
+               ("tcplb-config", "tcplb", "config/flags")]
 # Ratio columns: tcplb ÷ each of these (those present in the run).
 RATIO_TO = ["haproxy", "haproxy-splice", "nginx", "tcplb-base"]
 RATIO_TITLES = {"haproxy": "tcplb/HAProxy", "haproxy-splice": "tcplb/HAProxy splice",
@@ -236,8 +241,9 @@ def render(meta, recs, agg):
              f"keep-alive connections held open")
     L.append("")
     ratio_to = [t for t in RATIO_TO if t in TARGETS]
+    pairs = [p for p in RATIO_PAIRS if p[0] in TARGETS and p[1] in TARGETS]
     head = ["scenario", "metric"] + [TARGET_TITLES[t] for t in TARGETS] + \
-        [RATIO_TITLES[t] for t in ratio_to]
+        [RATIO_TITLES[t] for t in ratio_to] + [p[2] for p in pairs]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|")
     for scenario, title, key, how, headline in ROWS:
@@ -246,9 +252,10 @@ def render(meta, recs, agg):
             continue
         cells = [fmt(vals[t]) for t in TARGETS]
         if how == "sum":
-            ratios = ["" for _ in ratio_to]
+            ratios = ["" for _ in ratio_to] + ["" for _ in pairs]
         else:
-            ratios = [ratio(vals.get("tcplb"), vals[t]) for t in ratio_to]
+            ratios = [ratio(vals.get("tcplb"), vals[t]) for t in ratio_to] + \
+                [ratio(vals.get(a), vals.get(b)) for a, b, _ in pairs]
         if headline:
             title = f"**{title}**"
             ratios = [f"**{r}**" if r not in ("", "-") else r for r in ratios]

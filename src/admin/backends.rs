@@ -13,7 +13,7 @@ use crate::admin::json::json_string;
 use crate::clock;
 use crate::fleet::Fleet;
 use crate::fleet::backend::BackendStats as Stat;
-use crate::service::ServiceStats;
+use crate::service::{Service, ServiceStats};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
@@ -29,20 +29,23 @@ pub fn render(view: &View, out: &mut String) {
             .iter()
             .map(|a| json_string(&a.to_string()))
             .collect();
-        let pool = view
-            .topology
-            .pool(service.pool)
+        let pool = service
+            .pool
+            .and_then(|t| view.topology.pool(t.pool))
             .map_or_else(|| "null".to_string(), |f| json_string(f.name()));
         let stats = &service.stats;
         let _ = write!(
             out,
             "\n  {{\"name\": {}, \"pool\": {pool}, \"listen\": [{}], \"active\": {}, \
-             \"accepted_total\": {}, \"no_backend_total\": {}}}",
+             \"accepted_total\": {}, \"no_backend_total\": {}, \"pool_full_total\": {}, \
+             \"limits\": {}}}",
             json_string(&service.name),
             listen.join(", "),
             stats.active.load(Ordering::Relaxed),
             ServiceStats::get(&stats.accepted),
             ServiceStats::get(&stats.no_backend),
+            ServiceStats::get(&stats.pool_full),
+            limits(service),
         );
     }
     out.push_str("\n],\n\"pools\": [");
@@ -53,6 +56,53 @@ pub fn render(view: &View, out: &mut String) {
         pool(view, fleet, out);
     }
     out.push_str("\n]}\n");
+}
+
+/// A service's per-source limits and priority rules, as JSON (`null`: none).
+fn limits(service: &Service) -> String {
+    let mut out = String::from("{");
+    if let Some((limits, table)) = &service.sources {
+        let _ = write!(
+            out,
+            "\"max_conns_per_source\": {}, \"conn_rate_per_source\": {}, \
+             \"source_prefix\": {{\"v4\": {}, \"v6\": {}}}, \"sources\": {}, \
+             \"limited_total\": {{\"per_source_conns\": {}, \"per_source_rate\": {}}}",
+            limits
+                .max_conns
+                .map_or_else(|| "null".to_string(), |n| n.to_string()),
+            limits
+                .rate
+                .map_or_else(|| "null".to_string(), |r| json_string(&r.to_string())),
+            limits.prefix_v4,
+            limits.prefix_v6,
+            table.len(),
+            ServiceStats::get(&service.stats.limited_conns),
+            ServiceStats::get(&service.stats.limited_rate),
+        );
+    }
+    if !service.priority.is_empty() {
+        if out.len() > 1 {
+            out.push_str(", ");
+        }
+        let rules: Vec<String> = service
+            .priority
+            .rules
+            .iter()
+            .map(|(block, class)| {
+                format!(
+                    "{{\"source\": {}, \"class\": \"{}\"}}",
+                    json_string(&block.to_string()),
+                    class.as_str()
+                )
+            })
+            .collect();
+        let _ = write!(out, "\"priority\": [{}]", rules.join(", "));
+    }
+    if out.len() == 1 {
+        return "null".to_string();
+    }
+    out.push('}');
+    out
 }
 
 /// One pool: its settings, the services that use it, its backends.
@@ -66,11 +116,20 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
         .map(|s| json_string(&s.name))
         .collect();
     let pool_name = json_string(fleet.name());
+    let queue = fleet.queue();
+    let settings = queue.settings();
+    let [low, normal, high] = queue.by_class();
     let _ = write!(
         out,
         "\n {{\"name\": {pool_name}, \"balance\": \"{balance}\", \"services\": [{}], \
-         \"backends\": [",
-        services.join(", ")
+         \"queue\": {{\"size\": {}, \"timeout_ms\": {}, \"waiting\": {}, \
+         \"waiting_by_class\": {{\"high\": {high}, \"normal\": {normal}, \"low\": {low}}}, \
+         \"timeouts_total\": {}}}, \"backends\": [",
+        services.join(", "),
+        settings.size,
+        settings.timeout.as_millis(),
+        low + normal + high,
+        queue.stats.timeouts.load(Ordering::Relaxed),
     );
     for (i, b) in fleet.backends().chain(fleet.draining()).enumerate() {
         if i > 0 {
@@ -87,7 +146,8 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
              \"backup\": {}, \"send_proxy\": {}, \"balance\": \"{balance}\", \
              \"state\": \"{}\", \"health_checks\": \"{checks}\", \"active\": {}, \
              \"connections_total\": {}, \"connect_failures_total\": {}, \
-             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, {}}}",
+             \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \
+             \"latency_ms\": {}, \"maxconn\": {}, {}}}",
             json_string(&b.addr.to_string()),
             json_string(&b.name),
             b.weight(),
@@ -105,6 +165,12 @@ fn pool(view: &View, fleet: &Fleet, out: &mut String) {
             b.breaker().consecutive_failures(),
             Stat::get(&b.stats.bytes_sent),
             Stat::get(&b.stats.bytes_received),
+            match b.latency.estimate_ns() {
+                0 => "null".to_string(),
+                ns => format!("{:.3}", ns as f64 / 1e6),
+            },
+            b.maxconn()
+                .map_or_else(|| "null".to_string(), |m| m.to_string()),
             super::show::runtime_members(fleet, b, now),
         );
     }

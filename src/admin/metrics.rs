@@ -9,8 +9,9 @@
 use crate::admin::View;
 use crate::clock;
 use crate::fleet::backend::{Backend, BackendStats, State};
+use crate::fleet::queue::{Class, Queue};
 use crate::service::ServiceStats;
-use crate::stats::{ProxyError, Snapshot, WorkerStats};
+use crate::stats::{ProxyError, Snapshot, TlsInspect, WorkerStats};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -202,7 +203,7 @@ pub fn render(view: &View, out: &mut String) {
         })
     };
 
-    let gauges: [PerBackend; 4] = [
+    let gauges: [PerBackend; 5] = [
         (
             "tcplb_backend_active_connections",
             "gauge",
@@ -226,6 +227,12 @@ pub fn render(view: &View, out: &mut String) {
             "gauge",
             "1 if the backend takes new sessions (health checks pass, circuit breaker closed).",
             |b, now| u64::from(b.state(now) == State::Up),
+        ),
+        (
+            "tcplb_backend_max_connections",
+            "gauge",
+            "The backend's maxconn: sessions it takes at once (0: no limit of its own).",
+            |b, _| b.maxconn().map_or(0, u64::from),
         ),
     ];
     for (name, kind, help, value) in gauges {
@@ -251,6 +258,31 @@ pub fn render(view: &View, out: &mut String) {
         );
     }
 
+    // The first-response times least-latency balances by (its pools only: a histogram per
+    // backend of every pool would multiply the size of a large fleet's scrape).
+    let mut addrs: Vec<(String, &str, &crate::fleet::backend::Backend)> = Vec::new();
+    for fleet in view.topology.pools().filter(|f| f.ticks()) {
+        for b in fleet.backends().chain(fleet.draining()) {
+            addrs.push((b.addr.to_string(), fleet.name(), b));
+        }
+    }
+    let responses: Vec<_> = addrs
+        .iter()
+        .map(|(addr, pool, b)| {
+            (
+                vec![("pool", *pool), ("backend", addr.as_str())],
+                b.latency.responses.snapshot(),
+            )
+        })
+        .collect();
+    if !responses.is_empty() {
+        e.histograms(
+            "tcplb_backend_response_seconds",
+            "First-response time (client's first bytes out to the backend's first bytes back; the connect time where the backend speaks first or never answered), for least-latency pools.",
+            &responses,
+        );
+    }
+    queues(view, &mut e);
     services(view, &mut e);
     let workers = view.workers;
     let total = |get: fn(&WorkerStats) -> u64| workers.iter().map(|w| get(w)).sum::<u64>() as f64;
@@ -423,6 +455,47 @@ pub fn render(view: &View, out: &mut String) {
     );
 }
 
+/// Each pool's wait queue.
+fn queues(view: &View, e: &mut Exposition) {
+    let pools: Vec<_> = view.topology.pools().collect();
+    type PerQueue = (&'static str, &'static str, &'static str, fn(&Queue) -> f64);
+    let families: [PerQueue; 3] = [
+        (
+            "tcplb_queue_length",
+            "gauge",
+            "Clients waiting in the pool's queue for a backend slot now.",
+            |q| q.len() as f64,
+        ),
+        (
+            "tcplb_queue_size",
+            "gauge",
+            "Clients the pool's queue takes at most (queue-size; 0: no queue).",
+            |q| q.settings().size as f64,
+        ),
+        (
+            "tcplb_queue_timeouts_total",
+            "counter",
+            "Clients reset after waiting queue-timeout in the pool's queue.",
+            |q| q.stats.timeouts.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        e.family(name, kind, help);
+        for fleet in &pools {
+            e.sample(name, &[("pool", fleet.name())], value(fleet.queue()));
+        }
+    }
+    let waits: Vec<_> = pools
+        .iter()
+        .map(|f| (vec![("pool", &**f.name())], f.queue().stats.wait.snapshot()))
+        .collect();
+    e.histograms(
+        "tcplb_queue_wait_seconds",
+        "How long clients served from the pool's queue waited for their slot.",
+        &waits,
+    );
+}
+
 /// The per-service families, and how reloads went.
 fn services(view: &View, e: &mut Exposition) {
     let services: Vec<_> = view.topology.services().collect();
@@ -465,6 +538,92 @@ fn services(view: &View, e: &mut Exposition) {
             &[("service", &s.name), ("reason", "pool")],
             ServiceStats::get(&st.shed_pool) as f64,
         );
+        e.sample(
+            name,
+            &[("service", &s.name), ("reason", "pool_full")],
+            ServiceStats::get(&st.pool_full) as f64,
+        );
+    }
+    let name = "tcplb_connections_shed_by_class_total";
+    e.family(
+        name,
+        "counter",
+        "Clients turned away at once (every reason of tcplb_connections_shed_total), by service and priority class.",
+    );
+    for s in &services {
+        for class in Class::ALL {
+            e.sample(
+                name,
+                &[("service", &s.name), ("class", class.as_str())],
+                ServiceStats::get(&s.stats.shed_by_class[class as usize]) as f64,
+            );
+        }
+    }
+    let name = "tcplb_connections_limited_total";
+    e.family(
+        name,
+        "counter",
+        "Clients reset by the per-source limits, by service and reason: per_source_conns (max-conns-per-source), per_source_rate (conn-rate-per-source).",
+    );
+    for s in &services {
+        for (reason, counter) in [
+            ("per_source_conns", &s.stats.limited_conns),
+            ("per_source_rate", &s.stats.limited_rate),
+        ] {
+            e.sample(
+                name,
+                &[("service", &s.name), ("reason", reason)],
+                ServiceStats::get(counter) as f64,
+            );
+        }
+    }
+    let limited: Vec<_> = services
+        .iter()
+        .filter_map(|s| Some((s, &s.sources.as_ref()?.1)))
+        .collect();
+    if !limited.is_empty() {
+        let name = "tcplb_source_table_sources";
+        e.family(
+            name,
+            "gauge",
+            "Client sources the per-source limits remember now, by service (at most source-table-size).",
+        );
+        for (s, table) in &limited {
+            e.sample(name, &[("service", &s.name)], table.len() as f64);
+        }
+        let name = "tcplb_source_table_untracked_total";
+        e.family(
+            name,
+            "counter",
+            "Clients let in without a per-source count because the table was full of sources with sessions open (raise source-table-size).",
+        );
+        for (s, table) in &limited {
+            e.sample(
+                name,
+                &[("service", &s.name)],
+                table.stats.untracked.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    // Only services with routes look at their clients' bytes: the family exists when one
+    // does.
+    let routed: Vec<_> = services.iter().filter(|s| s.routing.is_some()).collect();
+    if !routed.is_empty() {
+        let name = "tcplb_tls_inspect_total";
+        e.family(
+            name,
+            "counter",
+            "Clients of services with routes, by what they sent first: sni (a TLS ClientHello with a server name), no_sni (one without), not_tls, too_big (past max-hello), timeout (not whole within sni-timeout), malformed.",
+        );
+        for s in &routed {
+            for (i, result) in TlsInspect::ALL.iter().enumerate() {
+                e.sample(
+                    name,
+                    &[("service", &s.name), ("result", result.as_str())],
+                    ServiceStats::get(&s.stats.tls_inspect[i]) as f64,
+                );
+            }
+        }
     }
     let name = "tcplb_sessions_active";
     e.family(name, "gauge", "Client sessions open now, by service.");

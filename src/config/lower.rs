@@ -3,10 +3,15 @@
 //! the option table's default), parsed by its kind, and checked against the settings it
 //! depends on. The command line and a config file both end here, so they mean the same.
 
-use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings, MarkedDown, RuntimePolicy};
+use super::policy::{
+    Balance, BreakerPolicy, CheckPolicy, HashSettings, LatencySettings, MarkedDown, RuntimePolicy,
+};
+use super::protection::{Priority, QueueSettings, SourceLimits};
 use super::table::{self, DefaultValue, Opt};
 use super::values::{self, Raw, Value};
-use super::{ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, ServiceSpec, spec::BackendSpec};
+use super::{
+    ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, RoutingSpec, ServiceSpec, spec::BackendSpec,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +76,11 @@ impl<'a> Written<'a> {
     /// Where `name` was written here, if it was.
     pub fn location(&self, name: &str) -> Option<&Location> {
         self.get(name).map(|(_, _, at)| at)
+    }
+
+    /// `name`'s value as written here, if it was.
+    pub fn raw(&self, name: &str) -> Option<Raw<'a>> {
+        self.get(name).map(|(_, raw, _)| *raw)
     }
 }
 
@@ -269,13 +279,17 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         Some(Value::Addresses(a)) => a,
         _ => return Err(internal("listen")),
     };
+    let routing = routing(l)?;
     let pool = match l.value("pool")? {
-        Some(Value::Name(p)) => p,
-        None if !listen_required => String::new(),
+        Some(Value::Name(p)) => Some(p),
+        None if !listen_required || routing.is_some() => None,
         _ => {
             return Err(table_error(
                 l,
-                format!("service '{name}' has no pool: give it pool = \"NAME\""),
+                format!(
+                    "service '{name}' has no pool: give it pool = \"NAME\" (or routes = \
+                     [...] to choose one by the TLS server name)"
+                ),
             ));
         }
     };
@@ -307,6 +321,7 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         name: name.to_string(),
         listen,
         pool,
+        routing,
         // In a file, its own or `[defaults]`'s (the process's is `[global]`'s, in other
         // layers); on the command line `--max-conns` is the process's alone.
         max_conns: if listen_required && l.given("max-conns") {
@@ -323,7 +338,64 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         } else {
             None
         },
+        priority: match l.value("priority")? {
+            Some(Value::Priority(p)) => p,
+            _ => Priority::default(),
+        },
+        source_limits: source_limits(l)?,
     })
+}
+
+/// `max-conns-per-source`, `conn-rate-per-source` and the settings that go with them.
+fn source_limits(l: &Layers) -> Result<Option<SourceLimits>, ConfigError> {
+    let max_conns = l.opt_whole("max-conns-per-source")?.map(|n| n as u32);
+    let rate = match l.value("conn-rate-per-source")? {
+        Some(Value::Rate(r)) => Some(r),
+        _ => None,
+    };
+    if max_conns.is_none() && rate.is_none() {
+        for option in ["source-prefix-v4", "source-prefix-v6", "source-table-size"] {
+            if l.own(option) {
+                return Err(l.at(
+                    option,
+                    ConfigError::Usage(format!(
+                        "{} applies to the per-source limits only: give {} or {} too",
+                        shown(option, l),
+                        shown("max-conns-per-source", l),
+                        shown("conn-rate-per-source", l)
+                    )),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    Ok(Some(SourceLimits {
+        max_conns,
+        rate,
+        prefix_v4: l.whole("source-prefix-v4")? as u8,
+        prefix_v6: l.whole("source-prefix-v6")? as u8,
+        table_size: l.whole("source-table-size")? as usize,
+    }))
+}
+
+/// `routes` and the settings that go with them (which apply to nothing without routes).
+fn routing(l: &Layers) -> Result<Option<RoutingSpec>, ConfigError> {
+    let Some(Value::Routes(routes)) = l.value("routes")? else {
+        for option in ["sni-timeout", "max-hello"] {
+            if l.own(option) {
+                return Err(l.at(
+                    option,
+                    ConfigError::Usage(format!("{option} applies to a service with routes only")),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    Ok(Some(RoutingSpec {
+        routes,
+        sni_timeout: l.duration("sni-timeout")?,
+        max_hello: l.whole("max-hello")? as usize,
+    }))
 }
 
 fn table_error(l: &Layers, message: String) -> ConfigError {
@@ -382,6 +454,26 @@ pub fn pool(name: &str, l: &Layers, positional: &[String]) -> Result<PoolSpec, C
         resolve_interval: l.nonzero_duration("resolve-interval")?,
         connect_timeout: l.duration("connect-timeout")?,
         retries: l.whole("retries")? as u32,
+        queue: queue(l)?,
+    })
+}
+
+/// `queue-size` and `queue-timeout`.
+fn queue(l: &Layers) -> Result<QueueSettings, ConfigError> {
+    let size = l.whole("queue-size")? as usize;
+    if size == 0 && l.own("queue-timeout") {
+        return Err(l.at(
+            "queue-timeout",
+            ConfigError::Usage(format!(
+                "{} applies to a queue: give {} too",
+                shown("queue-timeout", l),
+                shown("queue-size", l)
+            )),
+        ));
+    }
+    Ok(QueueSettings {
+        size,
+        timeout: l.duration("queue-timeout")?,
     })
 }
 
@@ -426,6 +518,26 @@ fn balance(l: &Layers) -> Result<Balance, ConfigError> {
         Some(Value::Choice(name)) => Balance::from_name(name).ok_or_else(|| internal("balance"))?,
         _ => return Err(internal("balance")),
     };
+    if let Balance::LeastLatency(_) = balance {
+        return Ok(Balance::LeastLatency(LatencySettings {
+            decay: l.duration("latency-decay")?,
+        }));
+    }
+    if l.own("latency-decay") {
+        return Err(l.at(
+            "latency-decay",
+            ConfigError::Usage(format!(
+                "{} applies to {} least-latency only (the balance is {})",
+                shown("latency-decay", l),
+                if shown("latency-decay", l).starts_with("--") {
+                    "--balance"
+                } else {
+                    "balance ="
+                },
+                balance.name()
+            )),
+        ));
+    }
     let Balance::SourceHash(_) = balance else {
         for option in ["hash-table-size", "hash-balance-factor"] {
             if l.own(option) {

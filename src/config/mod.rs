@@ -13,6 +13,8 @@
 //! | [`health`] | a pool's `health = { ... }` table: an application check as written |
 //! | [`spec`] | a backend as written (`HOST:PORT,weight=2`), `HOST:PORT`, [`printable`] |
 //! | [`policy`] | balance, breaker and check settings as plain data |
+//! | [`routes`] | a service's TLS routes (SNI, ALPN → pool) as written, checked |
+//! | `taken` | which listen addresses clash, or are a backend's, found by lookups |
 //! | [`units`] | numbers, sizes and durations as written |
 //!
 //! Pure but for reading the config file: no sockets, no name resolution. Every error names
@@ -25,13 +27,17 @@ mod flags;
 pub mod health;
 mod lower;
 pub mod policy;
+pub mod protection;
+pub mod routes;
 pub mod spec;
 pub mod table;
+mod taken;
 pub mod units;
 pub mod values;
 
 pub use flags::{DEFAULT_NAME, parse_args};
 pub use lower::Location;
+pub use routes::{RouteSpec, RoutingSpec};
 pub use spec::{BackendSpec, MAX_WEIGHT, Origin, parse_host_port, printable};
 pub use table::usage;
 pub use units::{parse_duration, parse_number};
@@ -41,6 +47,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+use taken::{BackendPlaces, Taken, clash};
 
 /// Default size of one pool buffer.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
@@ -110,8 +117,11 @@ pub struct ServiceSpec {
     pub name: String,
     /// `HOST:PORT`s to listen on (host may be a name; port 0 picks a free port).
     pub listen: Vec<(String, u16)>,
-    /// The pool its sessions go to.
-    pub pool: String,
+    /// The pool its sessions go to (with `routing`: those no route takes; `None`: such
+    /// clients are reset).
+    pub pool: Option<String>,
+    /// Routes by the TLS ClientHello (`routes`); `None`: the bytes are never looked at.
+    pub routing: Option<RoutingSpec>,
     /// Its own limit of sessions at once (the process's `max-conns` holds too).
     pub max_conns: Option<usize>,
     pub backlog: i32,
@@ -122,6 +132,10 @@ pub struct ServiceSpec {
     /// Its own connect timeout and retries; `None`: its pool's.
     pub connect_timeout: Option<Duration>,
     pub retries: Option<u32>,
+    /// Its clients' classes by source (empty: every client is `normal`).
+    pub priority: protection::Priority,
+    /// Per-source limits; `None` = off.
+    pub source_limits: Option<protection::SourceLimits>,
 }
 
 /// A pool: backends and how one is chosen.
@@ -144,6 +158,8 @@ pub struct PoolSpec {
     pub connect_timeout: Duration,
     /// Connect attempts on other backends after a failed one.
     pub retries: u32,
+    /// Its wait queue for clients that find every backend at its `maxconn`.
+    pub queue: protection::QueueSettings,
 }
 
 impl Config {
@@ -157,11 +173,11 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// Checks what spans services and pools: every service names a pool that exists, no
-    /// two services listen on one address, no service listens where a backend is, the
-    /// admin endpoint is not a service's address. The error comes with the index of the
-    /// service it is about, if it is about one.
-    pub fn validate(&self) -> Result<(), (Option<usize>, ConfigError)> {
+    /// Checks what spans services and pools: every service and every route names a pool
+    /// that exists, no two services listen on one address, no service listens where a
+    /// backend of its pools is, the admin endpoint is not a service's address. The error
+    /// comes with where it is about ([`Where`]), if it is about a service or a route.
+    pub fn validate(&self) -> Result<(), (Option<Where>, ConfigError)> {
         if self.services.is_empty() {
             return Err((
                 None,
@@ -170,31 +186,40 @@ impl Config {
                 ),
             ));
         }
-        // Addresses by port: only the same port can clash.
-        type Listener<'a> = (&'a (String, u16), &'a str);
-        let mut seen: HashMap<u16, Vec<Listener>> = HashMap::new();
+        let mut pools: HashMap<&str, (&PoolSpec, Option<BackendPlaces>)> = HashMap::new();
+        for pool in &self.pools {
+            pools.entry(&pool.name).or_insert((pool, None));
+        }
+        let mut taken = Taken::new();
         for (i, service) in self.services.iter().enumerate() {
-            let Some(pool) = self.pool(&service.pool) else {
-                let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
-                let hint = match table::closest(&service.pool, known.iter().copied()) {
-                    Some(meant) => format!(" (did you mean '{meant}'?)"),
-                    None if known.is_empty() => " (add a [pools.NAME] table)".to_string(),
-                    None => format!(" (the pools are {})", known.join(", ")),
-                };
-                return Err((
-                    Some(i),
-                    ConfigError::Usage(format!(
-                        "service '{}' names pool '{}', which is not defined{hint}",
+            // Its own pool, then its routes': each must exist.
+            let mut own: Vec<&str> = Vec::new();
+            if let Some(name) = &service.pool {
+                if !pools.contains_key(name.as_str()) {
+                    let what = format!("service '{}' names pool", service.name);
+                    return Err((Some(Where::Service(i)), self.undefined_pool(&what, name)));
+                }
+                own.push(name);
+            }
+            for (j, route) in service.routes().iter().enumerate() {
+                if !pools.contains_key(route.pool.as_str()) {
+                    let what = format!(
+                        "service '{}': route {} ({}) names pool",
                         service.name,
-                        printable(&service.pool)
-                    )),
-                ));
-            };
-            for addr in &service.listen {
-                let same_port = seen.get(&addr.1).map_or(&[][..], Vec::as_slice);
-                if let Some(&(other_addr, other)) = same_port.iter().find(|(a, _)| clash(a, addr)) {
+                        j + 1,
+                        route.describe()
+                    );
                     return Err((
-                        Some(i),
+                        Some(Where::Route(i, j)),
+                        self.undefined_pool(&what, &route.pool),
+                    ));
+                }
+                own.push(&route.pool);
+            }
+            for addr in &service.listen {
+                if let Err((other_addr, other)) = taken.take(addr, service.name.as_str()) {
+                    return Err((
+                        Some(Where::Service(i)),
                         ConfigError::Usage(format!(
                             "service '{}' listens on {}, which service '{other}' already \
                              listens on ({})",
@@ -204,29 +229,42 @@ impl Config {
                         )),
                     ));
                 }
-                if addr.1 != 0 {
-                    seen.entry(addr.1).or_default().push((addr, &service.name));
-                }
-                if let Some(b) = pool
-                    .backends
-                    .iter()
-                    .find(|b| same_place(addr, &(b.host.clone(), b.port)))
-                {
-                    return Err((
-                        Some(i),
-                        ConfigError::Usage(format!(
-                            "service '{}' listens on {}, which is a backend of its pool '{}' \
-                             ({}): sessions would loop back into tcplb",
-                            service.name,
-                            authority(addr),
-                            pool.name,
-                            b.authority()
-                        )),
-                    ));
+                for name in &own {
+                    let Some((pool, places)) = pools.get_mut(name) else {
+                        continue;
+                    };
+                    let places = places.get_or_insert_with(|| BackendPlaces::new(&pool.backends));
+                    if let Some(b) = places.at(addr) {
+                        return Err((
+                            Some(Where::Service(i)),
+                            ConfigError::Usage(format!(
+                                "service '{}' listens on {}, which is a backend of its pool '{}' \
+                                 ({}): sessions would loop back into tcplb",
+                                service.name,
+                                authority(addr),
+                                pool.name,
+                                b.authority()
+                            )),
+                        ));
+                    }
                 }
             }
         }
         self.check_admin_address().map_err(|e| (None, e))
+    }
+
+    /// "`what` 'NAME', which is not defined", with the pool meant if it is a slip.
+    fn undefined_pool(&self, what: &str, name: &str) -> ConfigError {
+        let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+        let hint = match table::closest(name, known.iter().copied()) {
+            Some(meant) => format!(" (did you mean '{meant}'?)"),
+            None if known.is_empty() => " (add a [pools.NAME] table)".to_string(),
+            None => format!(" (the pools are {})", known.join(", ")),
+        };
+        ConfigError::Usage(format!(
+            "{what} '{}', which is not defined{hint}",
+            printable(name)
+        ))
     }
 
     /// The admin endpoint cannot share a service's address.
@@ -260,37 +298,101 @@ impl Config {
     }
 
     /// One line per service for `--check`: `web: 0.0.0.0:80, [::]:80 -> pool web (3
-    /// backends, least-active)`.
+    /// backends, least-active)`; a service with routes says how many, to which pools, and
+    /// where the rest go.
     pub fn summary(&self) -> Vec<String> {
         self.services
             .iter()
             .map(|s| {
                 let listen: Vec<String> = s.listen.iter().map(authority).collect();
-                let pool = match self.pool(&s.pool) {
-                    Some(p) => {
-                        let mut from = format!(
-                            "{} backend{}",
-                            p.backends.len(),
-                            if p.backends.len() == 1 { "" } else { "s" }
-                        );
-                        if let Some(file) = &p.backends_file {
-                            from.push_str(&format!(
-                                " + {}",
-                                printable(&file.display().to_string())
-                            ));
-                        }
-                        format!("{from}, {}", p.balance.describe())
-                    }
-                    None => "undefined".to_string(),
-                };
+                let pool = s
+                    .pool
+                    .as_ref()
+                    .map(|name| format!("pool {name} ({})", self.describe_pool(name)));
                 format!(
-                    "service {}: {} -> pool {} ({pool})",
+                    "service {}: {} -> {}",
                     s.name,
                     listen.join(", "),
-                    s.pool
+                    s.destination(pool)
                 )
             })
             .collect()
+    }
+
+    /// `3 backends + FILE, least-active`: a pool as `--check` shows it.
+    fn describe_pool(&self, name: &str) -> String {
+        let Some(p) = self.pool(name) else {
+            return "undefined".to_string();
+        };
+        let mut from = format!(
+            "{} backend{}",
+            p.backends.len(),
+            if p.backends.len() == 1 { "" } else { "s" }
+        );
+        if let Some(file) = &p.backends_file {
+            from.push_str(&format!(" + {}", printable(&file.display().to_string())));
+        }
+        format!("{from}, {}", p.balance.describe())
+    }
+}
+
+/// What a [`Config::validate`] error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Where {
+    /// The service with this index.
+    Service(usize),
+    /// Route `.1` (an index) of service `.0`.
+    Route(usize, usize),
+}
+
+impl ServiceSpec {
+    /// Its routes, in the order written (none without `routes`).
+    pub fn routes(&self) -> &[RouteSpec] {
+        self.routing.as_ref().map_or(&[], |r| r.routes.as_slice())
+    }
+
+    /// Where its clients go, as a line of a log or `--check` shows it: `pool web`, or `2 TLS
+    /// routes to pools api, web; otherwise pool web` (or `otherwise reset`). `pool` is how
+    /// to show its own pool, if not just `pool NAME`.
+    pub fn destination(&self, pool: Option<String>) -> String {
+        let pool = pool
+            .or_else(|| self.pool.as_ref().map(|p| format!("pool {p}")))
+            .unwrap_or_else(|| "reset".to_string());
+        let Some(routing) = &self.routing else {
+            return pool;
+        };
+        let mut names: Vec<&str> = routing.routes.iter().map(|r| r.pool.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let n = routing.routes.len();
+        format!(
+            "{n} TLS route{} to pool{} {}; otherwise {pool}",
+            if n == 1 { "" } else { "s" },
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )
+    }
+
+    /// Every pool it sends clients to: its own, then its routes' (a name may repeat).
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        self.pool
+            .as_deref()
+            .into_iter()
+            .chain(self.routes().iter().map(|r| r.pool.as_str()))
+    }
+}
+
+/// What a TOML value is, for an error about its type.
+pub fn describe(value: &toml::de::DeValue) -> String {
+    use toml::de::DeValue;
+    match value {
+        DeValue::String(s) => format!("'{s}'"),
+        DeValue::Integer(i) => i.to_string(),
+        DeValue::Float(f) => f.as_str().to_string(),
+        DeValue::Boolean(b) => b.to_string(),
+        DeValue::Datetime(d) => d.to_string(),
+        DeValue::Array(_) => "a list".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
     }
 }
 
@@ -301,46 +403,6 @@ pub fn authority((host, port): &(String, u16)) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-/// Two listen addresses that cannot both be bound (the second bind would fail with only
-/// "Address already in use"): the same port, not 0 (each 0 picks a free port of its own),
-/// and the same host (names compared as written, without resolving them) or a wildcard
-/// address that takes the other's (`0.0.0.0` any IPv4 address; `[::]` any address, since
-/// it takes IPv4 too, unless beside `0.0.0.0` on the same port: then tcplb makes it take
-/// IPv6 only, as nginx does).
-fn clash(a: &(String, u16), b: &(String, u16)) -> bool {
-    use std::net::IpAddr;
-    let ((a, a_port), (b, b_port)) = (a, b);
-    if a_port != b_port || *a_port == 0 {
-        return false;
-    }
-    if a.eq_ignore_ascii_case(b) {
-        return true;
-    }
-    let covers = |wild: &IpAddr, other: &IpAddr| match wild {
-        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
-        IpAddr::V6(w) => w.is_unspecified(),
-    };
-    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
-        (Ok(a), Ok(b)) if a.is_unspecified() && b.is_unspecified() => a == b,
-        (Ok(a), Ok(b)) => a == b || covers(&a, &b) || covers(&b, &a),
-        _ => false,
-    }
-}
-
-/// A listen address and a backend that are the same place, as far as the text tells (the
-/// resolved addresses are checked again at start).
-fn same_place(listen: &(String, u16), backend: &(String, u16)) -> bool {
-    if listen.1 != backend.1 || listen.1 == 0 {
-        return false;
-    }
-    let (l, b) = (
-        listen.0.to_ascii_lowercase(),
-        backend.0.to_ascii_lowercase(),
-    );
-    let loopback = |h: &str| h == "localhost" || h.starts_with("127.") || h == "::1";
-    l == b || ((l == "0.0.0.0" || l == "::") && loopback(&b))
 }
 
 /// What the command line asks for.
@@ -383,6 +445,12 @@ pub enum ConfigError {
         shown: Vec<ConfigError>,
         total: usize,
     },
+    /// Inside a value of a config file, at this byte offset of the file: the file's reader
+    /// turns it into an [`ConfigError::At`] with the line and column.
+    Nested {
+        offset: usize,
+        error: Box<ConfigError>,
+    },
     /// Somewhere in a config file.
     At {
         file: String,
@@ -420,6 +488,7 @@ impl fmt::Display for ConfigError {
                 printable(why)
             ),
             ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
+            ConfigError::Nested { error, .. } => write!(f, "{error}"),
             ConfigError::BadLines { shown, total } => {
                 write!(f, "{total} bad lines: ")?;
                 for (i, error) in shown.iter().enumerate() {
@@ -443,5 +512,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -219,6 +219,24 @@ impl Default for HashSettings {
     }
 }
 
+/// Settings of `--balance least-latency`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencySettings {
+    /// The EWMA's time constant (`latency-decay`).
+    pub decay: Duration,
+}
+
+/// The default `latency-decay`.
+pub const DEFAULT_LATENCY_DECAY: Duration = Duration::from_secs(10);
+
+impl Default for LatencySettings {
+    fn default() -> LatencySettings {
+        LatencySettings {
+            decay: DEFAULT_LATENCY_DECAY,
+        }
+    }
+}
+
 /// The algorithm `--balance` names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Balance {
@@ -227,10 +245,17 @@ pub enum Balance {
     RoundRobin,
     RandomTwo,
     SourceHash(HashSettings),
+    LeastLatency(LatencySettings),
 }
 
 /// The names `--balance` takes, in the order `--help` lists them.
-pub const NAMES: [&str; 4] = ["least-active", "round-robin", "random-two", "source-hash"];
+pub const NAMES: [&str; 5] = [
+    "least-active",
+    "round-robin",
+    "random-two",
+    "source-hash",
+    "least-latency",
+];
 
 impl Balance {
     /// The algorithm called `name` (source-hash with its default settings).
@@ -240,6 +265,7 @@ impl Balance {
             "round-robin" => Balance::RoundRobin,
             "random-two" => Balance::RandomTwo,
             "source-hash" => Balance::SourceHash(HashSettings::default()),
+            "least-latency" => Balance::LeastLatency(LatencySettings::default()),
             _ => return None,
         })
     }
@@ -250,6 +276,7 @@ impl Balance {
             Balance::RoundRobin => NAMES[1],
             Balance::RandomTwo => NAMES[2],
             Balance::SourceHash(_) => NAMES[3],
+            Balance::LeastLatency(_) => NAMES[4],
         }
     }
 
@@ -267,6 +294,7 @@ impl Balance {
                 ),
                 None => format!("{} (table {})", self.name(), s.table_size),
             },
+            Balance::LeastLatency(s) => format!("{} (decay {:?})", self.name(), s.decay),
             _ => self.name().to_string(),
         }
     }

@@ -94,6 +94,16 @@ pub enum Kind {
     Mode,
     /// A user or group: a name or a number.
     Account,
+    /// `N/s`, `N/m` or `N/h`: a rate.
+    Rate,
+    /// Source blocks and classes: `CIDR=CLASS,...` on the command line, a list of
+    /// `{ source = CIDR, class = CLASS }` in a file.
+    Priority,
+    /// A file-only inline table whose keys stand for the settings `NAME-KEY`
+    /// (`queue = { size = 100 }` is `queue-size = 100`).
+    Group(&'static [&'static str]),
+    /// A service's TLS routes: a list of `{ sni, alpn, pool }` tables (a file only).
+    Routes,
 }
 
 /// A setting's default.
@@ -193,7 +203,7 @@ const fn whole(min: u64, max: u64) -> Kind {
 }
 
 use BareUnit::{Milliseconds, Seconds};
-use DefaultValue::{Computed, Off, Required, Value};
+use DefaultValue::{Computed, Off, Value};
 use Scope::{Command, Global, GlobalAndService, Pool, Service, ServiceAndPool};
 
 /// Every setting, in the order `--help` lists them.
@@ -208,9 +218,9 @@ pub const OPTIONS: &[Opt] = &[
         .short("l")
         .hint("HOST:PORT")
         .help("address to accept clients on"),
-    opt("pool", Service, Kind::PoolName, Required)
+    opt("pool", Service, Kind::PoolName, Computed("required without routes"))
         .file_only()
-        .help("the pool a service's sessions go to"),
+        .help("the pool a service's sessions go to (with routes: those no route takes)"),
     opt("backends", Pool, Kind::Backends, Computed("positional BACKEND arguments"))
         .file_only()
         .help("the pool's backends, in the command line's BACKEND syntax"),
@@ -243,18 +253,62 @@ pub const OPTIONS: &[Opt] = &[
         .help("kernel pipes for moving bulk flows with splice, without a copy (Linux); each is 2 descriptors, held only while bytes sit in it; 0 = splice off"),
     opt("balance", Pool, Kind::Choice(&super::policy::NAMES), Value("least-active"))
         .hint("NAME")
-        .help("how a backend is chosen: least-active, round-robin, random-two or source-hash"),
+        .help("how a backend is chosen: least-active, round-robin, random-two, source-hash or least-latency"),
     opt("hash-table-size", Pool, Kind::Prime { max: super::policy::MAX_TABLE_SIZE as u64 }, Value("65537"))
         .hint("PRIME")
         .help("source-hash: slots in the Maglev table, a prime, at least the backends and best 100 times as many"),
     opt("hash-balance-factor", Pool, Kind::Factor, Off)
         .hint("F")
         .help("source-hash: bounded loads; no backend takes more than F times the mean active sessions per unit of weight, such as 1.25"),
+    opt("latency-decay", Pool, duration(Seconds, 100 * MILLISECOND, HOUR), Value("10s"))
+        .hint("DURATION")
+        .help("least-latency: the time constant of each backend's response-time average (how fast a recovered backend wins its share back)"),
+    opt("queue-size", Pool, whole(0, 1_000_000), Value("0"))
+        .hint("N")
+        .help("clients that may wait for a slot when every backend is at its maxconn; past it they are reset at once; 0 = no queue"),
+    opt("queue-timeout", Pool, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
+        .hint("DURATION")
+        .help("with queue-size: reset a client that has waited this long for a slot"),
+    opt("queue", Pool, Kind::Group(&["size", "timeout"]), Off)
+        .file_only()
+        .help("{ size = N, timeout = DURATION }: queue-size and queue-timeout in one"),
+    opt("max-conns-per-source", Service, whole(1, 1_000_000), Off)
+        .hint("N")
+        .help("sessions at once from one client source (see source-prefix); past it its new clients are reset"),
+    opt("conn-rate-per-source", Service, Kind::Rate, Off)
+        .hint("N/s")
+        .help("new sessions from one client source, such as 50/s or 600/m (a token bucket whose burst is N); past it they are reset"),
+    opt("source-prefix-v4", Service, whole(1, 32), Value("32"))
+        .hint("BITS")
+        .help("for the per-source limits, an IPv4 client counts as its address masked to this many bits"),
+    opt("source-prefix-v6", Service, whole(1, 128), Value("64"))
+        .hint("BITS")
+        .help("the same for IPv6 clients"),
+    opt("source-prefix", Service, Kind::Group(&["v4", "v6"]), Off)
+        .file_only()
+        .help("{ v4 = BITS, v6 = BITS }: source-prefix-v4 and source-prefix-v6 in one"),
+    opt("source-table-size", Service, whole(16, 10_000_000), Value("65536"))
+        .hint("N")
+        .help("sources the per-source limits remember at most (about 100 bytes each); one with a session open is never forgotten"),
+    opt("priority", Service, Kind::Priority, Off)
+        .hint("CIDR=CLASS,...")
+        .help("each client's class by source, first match wins (default normal): high is served from a queue first, low is turned away first"),
     opt("accept-proxy", Service, Kind::Switch, Off)
         .help("every client starts with a PROXY protocol header (v1 or v2), which gives the real client address"),
     opt("proxy-timeout", Service, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
         .hint("DURATION")
         .help("with accept-proxy: reset a client whose header is not complete after this long"),
+    opt("routes", Service, Kind::Routes, Off)
+        .file_only()
+        .help("route each TLS client by the server name (SNI) and protocols (ALPN) of its ClientHello, without terminating TLS: a list of { sni = \"NAME\" or \"*.DOMAIN\", alpn = \"PROTOCOL\", pool = \"NAME\" }; the rest go to the service's pool (reset without one)"),
+    opt("sni-timeout", Service, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
+        .file_only()
+        .hint("DURATION")
+        .help("with routes: a ClientHello not whole this long after the client (or its PROXY header) came goes where no route matched"),
+    opt("max-hello", Service, Kind::Size { min: 1024, max: 64 << 10 }, Value("16k"))
+        .file_only()
+        .hint("BYTES")
+        .help("with routes: the most bytes a ClientHello may take, from 1k to 64k; a bigger one goes where no route matched"),
     opt("max-fails", Pool, whole(0, 1_000_000), Value("3"))
         .hint("N")
         .help("failed connects in a row that take a backend out; 0 = never"),
@@ -395,8 +449,9 @@ DURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h (decimals allowed). A 
 number is seconds, except for --connect-timeout, where it is milliseconds.
 
 A config file (--config) holds [global], [defaults], [services.NAME] and [pools.NAME]
-tables whose keys are the options above without '--', plus 'pool' (a service's pool)
-and 'backends' (a pool's BACKENDs); see docs/configuration.md. With one, only the
+tables whose keys are the options above without '--', plus 'pool' (a service's pool),
+'routes' (TLS routes by server name) and 'backends' (a pool's BACKENDs); see
+docs/configuration.md. With one, only the
 process-wide options (those of [global]) may be given beside it, and win over the file.
 
 Signals:
@@ -473,7 +528,9 @@ mod tests {
     fn names_are_unique_and_look_like_flags() {
         for (i, a) in OPTIONS.iter().enumerate() {
             assert!(
-                a.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                a.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
                 "{}",
                 a.name
             );

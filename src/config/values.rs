@@ -2,15 +2,16 @@
 //! parsed by the kind the option table gives it. Flags and file keys go through the same
 //! parser, so `3s` means the same in both and the error names the same range.
 
+use super::protection::{Cidr, Priority, Rate, parse_class};
 use super::spec::{BackendSpec, parse_host_port};
 use super::table::{BareUnit, Kind, Opt};
 use super::units::{
     MILLISECONDS, SECONDS, parse_duration, parse_number, parse_size, show_duration,
 };
-use super::{ConfigError, MAX_WORKERS};
+use super::{ConfigError, MAX_WORKERS, describe};
 use std::path::PathBuf;
 use std::time::Duration;
-use toml::de::DeValue;
+use toml::de::{DeInteger, DeValue};
 
 /// A value as written, before it is parsed.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +46,9 @@ pub enum Value {
     Mode(u32),
     /// A user or group, as written.
     Account(String),
+    Rate(Rate),
+    Priority(Priority),
+    Routes(Vec<super::routes::RouteSpec>),
 }
 
 /// Parses `raw` as `opt` says; `name` is how a message names it (`--retries` on the
@@ -183,6 +187,12 @@ pub fn parse(opt: &Opt, name: &str, raw: Raw) -> Result<Value, ConfigError> {
                 Err(bad_text(&name, &text, expected))
             }
         }
+        Kind::Routes => match raw {
+            Raw::Toml(value) => super::routes::parse(&name, value).map(Value::Routes),
+            _ => Err(ConfigError::Usage(format!(
+                "{name} is written in a config file only"
+            ))),
+        },
         Kind::Backends => {
             let texts = strings(&name, raw, "a list of BACKEND specs")?;
             let specs = texts
@@ -191,7 +201,61 @@ pub fn parse(opt: &Opt, name: &str, raw: Raw) -> Result<Value, ConfigError> {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Value::Backends(specs))
         }
+        Kind::Rate => {
+            let expected = "a rate such as 50/s, 600/m or 1000/h (1 to 1000000 per unit)";
+            let text = string(&name, raw, expected)?;
+            Rate::parse(&text)
+                .map(Value::Rate)
+                .ok_or_else(|| bad_text(&name, &text, expected))
+        }
+        Kind::Priority => priority(&name, raw).map(Value::Priority),
+        Kind::Group(_) => Err(ConfigError::Usage(format!(
+            "{name} is a table of settings, not a value"
+        ))),
     }
+}
+
+/// A `priority` list: `CIDR=CLASS,...` as text, or TOML `[{ source = CIDR, class = CLASS }]`
+/// (an item may also be the text `CIDR=CLASS`).
+fn priority(name: &str, raw: Raw) -> Result<Priority, ConfigError> {
+    const EXPECTED: &str = "a list of { source = \"CIDR\", class = \"high|normal|low\" }";
+    let usage = |why: String| ConfigError::Usage(format!("{name}: {why}"));
+    let items = match raw {
+        Raw::Text(text) => return Priority::parse_flag(text).map_err(usage),
+        Raw::Toml(DeValue::String(text)) => return Priority::parse_flag(text).map_err(usage),
+        Raw::Toml(DeValue::Array(items)) => items,
+        other => return Err(bad(name, other, EXPECTED)),
+    };
+    let mut rules = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(text) => rules.extend(Priority::parse_flag(text).map_err(usage)?.rules),
+            DeValue::Table(table) => {
+                let (mut source, mut class) = (None, None);
+                for (key, value) in table.iter() {
+                    let DeValue::String(text) = value.get_ref() else {
+                        return Err(bad(name, Raw::Toml(value.get_ref()), "a string"));
+                    };
+                    match key.get_ref().as_ref() {
+                        "source" => source = Some(Cidr::parse(text).map_err(usage)?),
+                        "class" => class = Some(parse_class(text).map_err(usage)?),
+                        other => {
+                            return Err(usage(format!(
+                                "unknown key '{}' in a rule (a rule has source and class)",
+                                super::spec::printable(other)
+                            )));
+                        }
+                    }
+                }
+                match (source, class) {
+                    (Some(source), Some(class)) => rules.push((source, class)),
+                    _ => return Err(usage("a rule needs both source and class".to_string())),
+                }
+            }
+            other => return Err(bad(name, Raw::Toml(other), EXPECTED)),
+        }
+    }
+    Ok(Priority { rules })
 }
 
 /// `1.25` as 125 (hundredths), from 1 to 100 with at most two decimals.
@@ -223,9 +287,17 @@ fn scalar(name: &str, raw: Raw, expected: impl Fn() -> String) -> Result<String,
     match raw {
         Raw::Text(t) => Ok(t.to_string()),
         Raw::Toml(DeValue::String(s)) => Ok(s.to_string()),
-        Raw::Toml(DeValue::Integer(i)) => Ok(i.as_str().to_string()),
+        Raw::Toml(DeValue::Integer(i)) => Ok(integer(i)),
         Raw::Toml(DeValue::Float(f)) => Ok(f.as_str().to_string()),
         other => Err(bad(name, other, &expected())),
+    }
+}
+
+/// A TOML integer in decimal: `0x10` is 16 (its digits alone, `10`, would read as ten).
+fn integer(i: &DeInteger) -> String {
+    match i64::from_str_radix(i.as_str(), i.radix()) {
+        Ok(n) => n.to_string(),
+        Err(_) => i.to_string(),
     }
 }
 
@@ -251,19 +323,6 @@ fn strings(name: &str, raw: Raw, expected: &str) -> Result<Vec<String>, ConfigEr
             })
             .collect(),
         other => Err(bad(name, other, expected)),
-    }
-}
-
-/// What a TOML value is, for an error about its type.
-pub fn describe(value: &DeValue) -> String {
-    match value {
-        DeValue::String(s) => format!("'{s}'"),
-        DeValue::Integer(i) => i.as_str().to_string(),
-        DeValue::Float(f) => f.as_str().to_string(),
-        DeValue::Boolean(b) => b.to_string(),
-        DeValue::Datetime(d) => d.to_string(),
-        DeValue::Array(_) => "a list".to_string(),
-        DeValue::Table(_) => "a table".to_string(),
     }
 }
 

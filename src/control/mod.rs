@@ -130,7 +130,13 @@ pub enum TimerKey {
     ProbationEnd,
     /// Look at the processes an upgrade started ([`WATCH_INTERVAL`]).
     UpgradeWatch,
+    /// Time for the pools whose balance keeps figures over the whole pool (least-latency's
+    /// median) to update them ([`BALANCE_TICK`]).
+    BalanceTick,
 }
+
+/// How often pools that ask for it (least-latency) get their O(n) upkeep.
+const BALANCE_TICK: Duration = Duration::from_millis(500);
 
 /// What `max-conns` must fit in: the open-file limit and the descriptors kept aside (see
 /// `limits`). A reload fits a new `max-conns` the way start-up did.
@@ -262,6 +268,7 @@ impl Control {
         for fleet in rollout.current().pools() {
             prober.schedule(fleet, &mut timers, now);
         }
+        timers.insert(now + BALANCE_TICK, TimerKey::BalanceTick);
         Ok(Control {
             poll,
             events: Events::with_capacity(256),
@@ -785,6 +792,19 @@ impl Control {
                 }
                 TimerKey::UpgradeDeadline => self.upgrade_deadline(),
                 TimerKey::ProbationEnd => self.probation_end(),
+                TimerKey::BalanceTick => {
+                    let now = clock::millis(self.now);
+                    for fleet in self.rollout.current().pools() {
+                        if fleet.ticks() {
+                            fleet.tick(now);
+                        }
+                        // Slots freed where no session ended (a backend came up, a reload
+                        // raised a maxconn): waiters get them within a tick.
+                        crate::worker::queueing::serve(fleet, &self.shared, now);
+                    }
+                    self.timers
+                        .insert(self.now + BALANCE_TICK, TimerKey::BalanceTick);
+                }
                 TimerKey::UpgradeWatch => self.on_watch(),
             }
         }

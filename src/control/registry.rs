@@ -4,7 +4,9 @@
 
 use crate::config::{PoolSpec, ServiceSpec};
 use crate::fleet::PoolId;
-use crate::service::{Service, ServiceId, ServiceStats};
+use crate::service::routes::Route;
+use crate::service::sources::Sources;
+use crate::service::{Routing, Service, ServiceId, ServiceStats, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,6 +16,13 @@ pub struct Entry {
     pub service: Arc<Service>,
 }
 
+/// What a service keeps across reloads: its counters, and its sources' counts.
+#[derive(Clone, Default)]
+pub struct Kept {
+    pub stats: Arc<ServiceStats>,
+    pub sources: Option<Arc<Sources>>,
+}
+
 #[derive(Default)]
 pub struct Registry {
     entries: Vec<Entry>,
@@ -21,38 +30,84 @@ pub struct Registry {
     next_id: ServiceId,
 }
 
-/// What a service's sessions get: its own settings, and its pool's where it has none.
+/// Finds a pool by name: its id and spec (the pools of the config being applied).
+pub type PoolLookup<'a> = dyn Fn(&str) -> Option<(PoolId, &'a PoolSpec)> + 'a;
+
+/// What a service's sessions get: its own settings, and each pool's where it has none.
+/// `None` if a pool it names is not found (the config was validated: it is).
 pub fn build(
     id: ServiceId,
     spec: &ServiceSpec,
-    pool: (PoolId, &PoolSpec),
+    pools: &PoolLookup,
     listen: Vec<SocketAddr>,
-    stats: Arc<ServiceStats>,
-) -> Arc<Service> {
-    let (pool_id, pool) = pool;
-    Arc::new(Service {
+    kept: Kept,
+) -> Option<Arc<Service>> {
+    let target = |name: &str| {
+        let (pool_id, pool) = pools(name)?;
+        Some(Target {
+            pool: pool_id,
+            connect_timeout: spec.connect_timeout.unwrap_or(pool.connect_timeout),
+            retries: spec.retries.unwrap_or(pool.retries),
+        })
+    };
+    let pool = match &spec.pool {
+        Some(name) => Some(target(name)?),
+        None => None,
+    };
+    let routing = match &spec.routing {
+        None => None,
+        Some(r) => {
+            let routes = r
+                .routes
+                .iter()
+                .map(|route| {
+                    Some(Route {
+                        sni: route.sni.clone(),
+                        alpn: route.alpn.clone(),
+                        target: target(&route.pool)?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Routing::new(routes, r.sni_timeout, r.max_hello))
+        }
+    };
+    // The table outlives a change of limits (its counts are of sessions still open); a
+    // new size applies as sources come.
+    let sources = spec.source_limits.map(|limits| {
+        let table = match kept.sources {
+            Some(table) => {
+                table.resize(limits.table_size);
+                table
+            }
+            None => Arc::new(Sources::new(limits.table_size)),
+        };
+        (limits, table)
+    });
+    Some(Arc::new(Service {
         id,
         name: Arc::from(spec.name.as_str()),
         listen,
-        pool: pool_id,
-        connect_timeout: spec.connect_timeout.unwrap_or(pool.connect_timeout),
-        retries: spec.retries.unwrap_or(pool.retries),
+        pool,
+        routing,
         idle_timeout: spec.idle_timeout,
         accept_proxy: spec.accept_proxy,
         max_conns: spec.max_conns,
-        stats,
-    })
+        priority: spec.priority.clone(),
+        sources,
+        stats: kept.stats,
+    }))
 }
 
 /// Whether two builds of a service give its sessions the same settings.
 fn same_settings(a: &Service, b: &Service) -> bool {
     a.pool == b.pool
+        && a.routing == b.routing
         && a.listen == b.listen
-        && a.connect_timeout == b.connect_timeout
-        && a.retries == b.retries
         && a.idle_timeout == b.idle_timeout
         && a.accept_proxy == b.accept_proxy
         && a.max_conns == b.max_conns
+        && a.priority == b.priority
+        && a.sources.as_ref().map(|(l, _)| l) == b.sources.as_ref().map(|(l, _)| l)
 }
 
 impl Registry {
@@ -69,23 +124,24 @@ impl Registry {
         self.entries.iter().map(|e| Arc::clone(&e.service))
     }
 
-    /// Adds a service listening on `listen`; returns it.
+    /// Adds a service listening on `listen`; returns it (`None`, and nothing added, if a
+    /// pool it names is not in `pools`).
     pub fn add(
         &mut self,
         spec: &ServiceSpec,
-        pool: (PoolId, &PoolSpec),
+        pools: &PoolLookup,
         listen: Vec<SocketAddr>,
-    ) -> Arc<Service> {
-        let id = self.free_ids.pop().unwrap_or_else(|| {
+    ) -> Option<Arc<Service>> {
+        let id = self.free_ids.last().copied().unwrap_or(self.next_id);
+        let service = build(id, spec, pools, listen, Kept::default())?;
+        if self.free_ids.pop().is_none() {
             self.next_id += 1;
-            self.next_id - 1
-        });
-        let service = build(id, spec, pool, listen, Arc::default());
+        }
         self.entries.push(Entry {
             spec: spec.clone(),
             service: Arc::clone(&service),
         });
-        service
+        Some(service)
     }
 
     /// Makes `spec` the service's spec. Returns the service if its sessions' settings
@@ -94,17 +150,20 @@ impl Registry {
     pub fn update(
         &mut self,
         spec: &ServiceSpec,
-        pool: (PoolId, &PoolSpec),
+        pools: &PoolLookup,
         listen: Vec<SocketAddr>,
     ) -> Option<Arc<Service>> {
         let entry = self.entries.iter_mut().find(|e| e.spec.name == spec.name)?;
         let service = build(
             entry.service.id,
             spec,
-            pool,
+            pools,
             listen,
-            Arc::clone(&entry.service.stats),
-        );
+            Kept {
+                stats: Arc::clone(&entry.service.stats),
+                sources: entry.service.sources.as_ref().map(|(_, t)| Arc::clone(t)),
+            },
+        )?;
         entry.spec = spec.clone();
         if same_settings(&service, &entry.service) {
             return None;

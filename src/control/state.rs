@@ -121,6 +121,7 @@ fn parse_line(line: &str, handed: &mut Handed) -> Option<()> {
                 backup: spec.backup,
                 send_proxy: spec.send_proxy,
                 agent_port: spec.agent_port,
+                maxconn: spec.maxconn,
             };
             overlay(handed, pool).added.push((resolved, spec));
         }

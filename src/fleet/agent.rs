@@ -10,7 +10,7 @@
 //! | `up` | healthy again (undoes `down`) |
 //! | `down`, `fail`, `stopped` | down: no new sessions until `up` |
 //! | `N%` | weight N % of the configured one (`0%` drains) |
-//! | `maxconn:N` | kept and shown (enforced once backends have connection limits) |
+//! | `maxconn:N` | the backend's `maxconn` until the agent says another (0: no limit) |
 //!
 //! Pure: the prober reads the line, [`parse`] says what it means, and the fleet applies it
 //! to the backend's [`AgentState`].

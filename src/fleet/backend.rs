@@ -16,6 +16,7 @@
 //! backend kept across a reload keeps its counters, health and runtime state.
 
 use crate::fleet::health::{Breaker, BreakerPolicy, BreakerState, SharedBreaker, SharedChecks};
+use crate::fleet::latency::Latency;
 use crate::proxy_protocol::Version;
 use crate::reactor::Throttle;
 use std::fmt;
@@ -44,6 +45,8 @@ pub struct ResolvedBackend {
     pub send_proxy: Option<Version>,
     /// The port its agent answers on (`agent-port=N`), if it has one.
     pub agent_port: Option<u16>,
+    /// Sessions it takes at once (`maxconn=N`); `None`: no limit of its own.
+    pub maxconn: Option<u32>,
 }
 
 /// What an operator (or the backend's agent) says about a backend, apart from its health.
@@ -100,7 +103,7 @@ pub struct AgentState {
     pub down: bool,
     /// 100 until it says otherwise.
     pub percent: u32,
-    /// Its `maxconn:N` (kept and shown; enforced once backends have connection limits).
+    /// Its `maxconn:N`: the backend's `maxconn` while it stands (0: no limit).
     pub maxconn: Option<u32>,
 }
 
@@ -274,6 +277,11 @@ pub struct Backend {
     up_since: AtomicU64,
     /// Its pool's slow-start window (ms; 0: off).
     slow_start: AtomicU64,
+    /// Sessions it takes at once (0: no limit of its own): its agent's `maxconn:N` if it
+    /// said one, else the configured one.
+    maxconn: AtomicU32,
+    /// The `maxconn` the configuration gives it (0: none).
+    configured_maxconn: AtomicU32,
     backup: AtomicBool,
     /// The PROXY protocol version it is sent: 0 none, 1, 2.
     send_proxy: AtomicU8,
@@ -290,6 +298,8 @@ pub struct Backend {
     /// What the last checks said (the control thread's alone: never locked by a worker).
     notes: Mutex<Notes>,
     pub stats: BackendStats,
+    /// How fast it answers (least-latency's measure; kept for every pool).
+    pub latency: Latency,
     /// Keeps a burst of connect failures down to one warning.
     pub warn_throttle: Throttle,
 }
@@ -335,6 +345,8 @@ impl Backend {
             agent_port: AtomicU32::new(u32::from(spec.agent_port.unwrap_or(0))),
             up_since: AtomicU64::new(0),
             slow_start: AtomicU64::new(0),
+            maxconn: AtomicU32::new(spec.maxconn.unwrap_or(0)),
+            configured_maxconn: AtomicU32::new(spec.maxconn.unwrap_or(0)),
             backup: AtomicBool::new(spec.backup),
             send_proxy: AtomicU8::new(proxy_code(spec.send_proxy)),
             removed: AtomicBool::new(false),
@@ -345,6 +357,7 @@ impl Backend {
             agent_probing: AtomicBool::new(false),
             notes: Mutex::new(Notes::default()),
             stats: BackendStats::default(),
+            latency: Latency::default(),
             warn_throttle: Throttle::default(),
         }
     }
@@ -392,6 +405,49 @@ impl Backend {
     pub(crate) fn acquire(&self) {
         self.load.active.fetch_add(1, Ordering::AcqRel);
         self.load.picks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a new session if it has room for one (below its `maxconn`): one atomic
+    /// compare-and-swap, so two workers never both take its last slot.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let max = self.maxconn.load(Ordering::Acquire);
+        if max == 0 {
+            self.acquire();
+            return true;
+        }
+        let taken = self
+            .load
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < max).then_some(a + 1)
+            })
+            .is_ok();
+        if taken {
+            self.load.picks.fetch_add(1, Ordering::AcqRel);
+        }
+        taken
+    }
+
+    /// Whether it would take one more session (below its `maxconn`, if it has one).
+    pub fn has_room(&self) -> bool {
+        let max = self.maxconn.load(Ordering::Acquire);
+        max == 0 || self.active() < max
+    }
+
+    /// The `maxconn` the configuration gives it.
+    pub fn configured_maxconn(&self) -> Option<u32> {
+        match self.configured_maxconn.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Its `maxconn` now (`None`: no limit of its own): its agent's, else the configured.
+    pub fn maxconn(&self) -> Option<u32> {
+        match self.maxconn.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     pub(crate) fn release(&self) {
@@ -541,7 +597,16 @@ impl Backend {
 
     /// Records what its agent said; returns what it had said before.
     pub fn set_agent(&self, state: AgentState) -> AgentState {
-        self.update_runtime(|r| r.agent = state).agent
+        let was = self.update_runtime(|r| r.agent = state).agent;
+        self.apply_maxconn(state.maxconn);
+        was
+    }
+
+    /// Its `maxconn` from now on: the agent's if it said one, else the configured one.
+    fn apply_maxconn(&self, agent: Option<u32>) {
+        let configured = self.configured_maxconn.load(Ordering::Acquire);
+        self.maxconn
+            .store(agent.unwrap_or(configured), Ordering::Release);
     }
 
     /// The port its agent answers on.
@@ -591,6 +656,9 @@ impl Backend {
         self.weight.store(spec.weight.max(1), Ordering::Release);
         self.agent_port
             .store(u32::from(spec.agent_port.unwrap_or(0)), Ordering::Release);
+        self.configured_maxconn
+            .store(spec.maxconn.unwrap_or(0), Ordering::Release);
+        self.apply_maxconn(self.runtime().agent.maxconn);
         self.backup.store(spec.backup, Ordering::Release);
         self.send_proxy
             .store(proxy_code(spec.send_proxy), Ordering::Release);
@@ -599,6 +667,7 @@ impl Backend {
     /// Whether its options differ from `spec`'s.
     pub(crate) fn options_differ(&self, spec: &ResolvedBackend) -> bool {
         self.configured_weight() != spec.weight.max(1)
+            || self.configured_maxconn() != spec.maxconn
             || self.is_backup() != spec.backup
             || self.send_proxy() != spec.send_proxy
             || self.agent_port() != spec.agent_port
@@ -708,6 +777,7 @@ mod tests {
                 backup: false,
                 send_proxy: None,
                 agent_port: None,
+                maxconn: None,
             },
         )
     }
@@ -786,6 +856,7 @@ mod tests {
             backup: false,
             send_proxy: None,
             agent_port: None,
+            maxconn: None,
         };
         b.set_options(&spec);
         assert_eq!(b.weight_set(), Some(4), "unchanged in the file: kept");

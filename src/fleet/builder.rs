@@ -9,6 +9,7 @@
 
 use crate::clock;
 use crate::fleet::backend::{Backend, ResolvedBackend};
+use crate::fleet::queue::{Queue, QueueSettings};
 use crate::fleet::select::{self, Balance};
 use crate::fleet::{Fleet, Policy, PoolId, PoolStats, assemble};
 use std::collections::{HashMap, HashSet};
@@ -68,6 +69,8 @@ pub struct Builder {
     pool: PoolId,
     name: Arc<str>,
     stats: Arc<PoolStats>,
+    /// Its wait queue (who waits outlives a generation).
+    queue: Arc<Queue>,
     policy: Policy,
     balance: Balance,
 }
@@ -89,9 +92,15 @@ impl Builder {
             pool,
             name,
             stats: Arc::default(),
+            queue: Arc::default(),
             policy,
             balance,
         }
+    }
+
+    /// The pool's queue settings: in effect at once (the queue is every generation's).
+    pub fn set_queue(&mut self, settings: QueueSettings) {
+        self.queue.configure(settings);
     }
 
     /// The pool's settings changed: the next generation is built with these.
@@ -173,6 +182,7 @@ impl Builder {
                 Arc::clone(&self.name),
                 self.generation,
                 Arc::clone(&self.stats),
+                Arc::clone(&self.queue),
             ),
             primaries,
             backups,
@@ -231,6 +241,7 @@ pub(crate) mod tests {
             backup,
             send_proxy: None,
             agent_port: None,
+            maxconn: None,
         }
     }
 
@@ -315,6 +326,7 @@ pub(crate) mod tests {
                 backup: false,
                 send_proxy: None,
                 agent_port: None,
+                maxconn: None,
             })
             .collect();
         let started = std::time::Instant::now();

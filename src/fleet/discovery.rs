@@ -248,6 +248,7 @@ impl Pools {
                 );
             }
             warn_duplicates(&spec.name, &set);
+            warn_idle_queue(spec, &set);
             // A set the balance cannot serve whole (a backend that would never be chosen)
             // is refused like one that does not parse.
             let fits = Builder::check(spec.balance, &set)
@@ -269,6 +270,7 @@ impl Pools {
                 .unwrap_or_default();
             overlay.catch_up(&set);
             let current = overlay.apply(&set);
+            builder.set_queue(spec.queue);
             let (fleet, _) = builder.build(&current);
             fleets.push(fleet);
             pools.plans.push(Plan {
@@ -342,6 +344,7 @@ impl Pools {
             {
                 warn!("{}{warning}", prefix(&spec.name));
             }
+            warn_idle_queue(spec, &set);
             prepared.push(Prepared { file_specs, set });
         }
         // Then build what changed.
@@ -354,8 +357,9 @@ impl Pools {
                 Some(i) => (old_plans.swap_remove(i), false),
                 None => {
                     let id = self.allocate_id();
-                    let builder =
+                    let mut builder =
                         Builder::for_pool(id, Arc::clone(&name), policy(spec), spec.balance);
+                    builder.set_queue(spec.queue);
                     let plan = Plan {
                         id,
                         spec: spec.clone(),
@@ -372,6 +376,7 @@ impl Pools {
             let settings_changed = plan.spec != *spec;
             if settings_changed {
                 plan.builder.set_policy(policy(spec), spec.balance);
+                plan.builder.set_queue(spec.queue);
                 plan.next_resolve = spec.resolve_interval.map(|i| Instant::now() + i);
                 plan.spec = spec.clone();
             }
@@ -589,6 +594,17 @@ impl Pools {
 
 /// Warns once for each address listed more than once (it is used once, with the options it
 /// was first listed with): the same spec twice, or a name and an address that resolve alike.
+/// A queue only ever holds clients when every backend is at its `maxconn`: one that has
+/// none is never full.
+fn warn_idle_queue(spec: &PoolSpec, backends: &[ResolvedBackend]) {
+    if spec.queue.size > 0 && backends.iter().any(|b| b.maxconn.is_none()) {
+        warn!(
+            "{}queue-size is set, but a backend without maxconn is never full: clients wait              only while every backend is at its maxconn (give each one ,maxconn=N)",
+            prefix(&spec.name)
+        );
+    }
+}
+
 fn warn_duplicates(pool: &str, backends: &[ResolvedBackend]) {
     const SHOWN: usize = 8;
     let mut seen: HashMap<SocketAddr, Vec<&str>> = HashMap::with_capacity(backends.len());

@@ -12,9 +12,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Counts a new session on `backend`.
-    pub(crate) fn new(backend: Arc<Backend>, trial: bool) -> Lease {
-        backend.acquire();
+    /// The lease of a session already counted on `backend` ([`Backend::try_acquire`]).
+    pub(crate) fn counted(backend: Arc<Backend>, trial: bool) -> Lease {
         Lease { backend, trial }
     }
 

@@ -21,7 +21,9 @@ pub mod backends_file;
 pub mod builder;
 pub mod discovery;
 pub mod health;
+pub mod latency;
 pub mod lease;
+pub mod queue;
 pub mod resolver;
 pub mod select;
 
@@ -33,6 +35,7 @@ use backend::{Admin, Backend, Seat};
 use health::{BreakerPolicy, CheckPolicy, Transition};
 use lease::Lease;
 use log::{info, warn};
+use queue::Queue;
 use select::{PickRequest, Selector};
 use std::io;
 use std::sync::Arc;
@@ -95,10 +98,12 @@ pub struct Fleet {
     pool: PoolId,
     name: Arc<str>,
     stats: Arc<PoolStats>,
+    /// Its wait queue, the same for every generation.
+    queue: Arc<Queue>,
+    balance: select::Balance,
     generation: u32,
     primaries: Group,
     backups: Group,
-    balance: select::Balance,
     /// Some backend has an `agent-port`.
     has_agents: bool,
     /// Removed backends that still had sessions when this generation was built.
@@ -117,6 +122,28 @@ pub const RAMP_TICK_MS: u64 = 100;
 
 /// How long a fail-open choice stands before the set is scanned again (ms).
 pub const FAIL_OPEN_CHOICE_MS: u64 = 100;
+
+/// The fail-open choice that says the pool is full (see [`Unavailable::Full`]).
+const FULL: u32 = u32::MAX - 1;
+
+/// What the fail-open scan found.
+enum Scan<'a> {
+    /// A backend takes sessions, but none has room: the pool is full.
+    Full,
+    /// The backend to fail open to.
+    Chosen(&'a Arc<Backend>),
+    /// Nothing to try.
+    None,
+}
+
+/// Why [`Fleet::pick_or_full`] found no backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every backend that takes sessions is at its `maxconn`.
+    Full,
+    /// No backend is left to try.
+    None,
+}
 
 /// A connect outcome's consequence for the worker that saw it.
 #[derive(Debug, PartialEq, Eq)]
@@ -142,6 +169,11 @@ impl Fleet {
     /// The pool's figures (the same for every generation).
     pub fn stats(&self) -> &PoolStats {
         &self.stats
+    }
+
+    /// The pool's wait queue (see [`queue`]).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
     }
 
     /// Which generation this is (counts reloads).
@@ -206,8 +238,14 @@ impl Fleet {
     }
 
     /// Leases the backend that should take a new session, never one in `tried`; `None` if
-    /// no backend is left to try.
+    /// no backend is left to try (or every one is full).
     pub fn pick(&self, request: &PickRequest) -> Option<Lease> {
+        self.pick_or_full(request).ok()
+    }
+
+    /// As [`Fleet::pick`], saying why there is none: every backend that takes sessions is
+    /// at its `maxconn` (a client may wait in the pool's queue), or none is left to try.
+    pub fn pick_or_full(&self, request: &PickRequest) -> Result<Lease, Unavailable> {
         for group in [&self.primaries, &self.backups] {
             // A pick races with other workers: the chosen backend may have just given its
             // half-open trial to someone else. Then look again (bounded: each retry sees a
@@ -217,23 +255,32 @@ impl Fleet {
                     break;
                 };
                 let backend = &group.members[index];
+                // Its last slot may have gone to another worker meanwhile.
+                if !backend.try_acquire() {
+                    group.selector.refresh(&group.members, index, request.now);
+                    continue;
+                }
                 let taken = backend
                     .shared_breaker()
                     .update(|b| b.allows(request.now).then(|| b.on_pick(request.now)));
                 let Some(trial) = taken else {
+                    backend.release();
                     group.selector.refresh(&group.members, index, request.now);
                     continue;
                 };
-                let lease = Lease::new(Arc::clone(backend), trial);
+                let lease = Lease::counted(Arc::clone(backend), trial);
                 group.selector.refresh(&group.members, index, request.now);
-                return Some(lease);
+                return Ok(lease);
             }
         }
         // Failing open is never the breaker's trial: its outcome only counts if it succeeds.
         let chosen = self.fail_open(request)?;
-        let lease = Lease::new(Arc::clone(chosen), false);
+        if !chosen.try_acquire() {
+            return Err(Unavailable::Full);
+        }
+        let lease = Lease::counted(Arc::clone(chosen), false);
         self.refresh(chosen, request.now);
-        Some(lease)
+        Ok(lease)
     }
 
     /// No untried backend takes sessions: one the health checks still pass if any, and
@@ -241,27 +288,41 @@ impl Fleet {
     /// set, so its answer stands for [`FAIL_OPEN_CHOICE_MS`] (every client meanwhile goes to
     /// the same backend anyway): a whole-fleet outage costs a worker one scan per interval,
     /// not one per client.
-    fn fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
+    fn fail_open(&self, request: &PickRequest) -> Result<&Arc<Backend>, Unavailable> {
         let now = request.now;
-        let cached = self.fail_open_index.load(Ordering::Acquire) as usize;
-        let chosen = match self.at(cached) {
+        let cached = self.fail_open_index.load(Ordering::Acquire);
+        let fresh = now < self.fail_open_until.load(Ordering::Acquire);
+        if cached == FULL && fresh {
+            return Err(Unavailable::Full);
+        }
+        let chosen = match self.at(cached as usize) {
             Some(b)
-                if now < self.fail_open_until.load(Ordering::Acquire)
-                    && !request.tried.contains(&b.id)
-                    && b.admin_ready() =>
+                if fresh && !request.tried.contains(&b.id) && b.has_room() && b.admin_ready() =>
             {
                 b
             }
             _ => {
-                let chosen = self.scan_for_fail_open(request)?;
+                let scanned = self.scan_for_fail_open(request);
                 if request.tried.is_empty() {
-                    if let Some(index) = self.backends().position(|b| Arc::ptr_eq(b, chosen)) {
-                        self.fail_open_index.store(index as u32, Ordering::Release);
+                    let index = match scanned {
+                        Scan::Full => Some(FULL),
+                        Scan::Chosen(chosen) => self
+                            .backends()
+                            .position(|b| Arc::ptr_eq(b, chosen))
+                            .map(|i| i as u32),
+                        Scan::None => None,
+                    };
+                    if let Some(index) = index {
+                        self.fail_open_index.store(index, Ordering::Release);
                         self.fail_open_until
                             .store(now + FAIL_OPEN_CHOICE_MS, Ordering::Release);
                     }
                 }
-                chosen
+                match scanned {
+                    Scan::Chosen(chosen) => chosen,
+                    Scan::Full => return Err(Unavailable::Full),
+                    Scan::None => return Err(Unavailable::None),
+                }
             }
         };
         if let Some(n) = self.fail_open_throttle.allow(clock::instant(now)) {
@@ -279,7 +340,7 @@ impl Fleet {
                 suppressed_note(n)
             );
         }
-        Some(chosen)
+        Ok(chosen)
     }
 
     /// The backend at `index` of [`Fleet::backends`] (primaries, then backups).
@@ -293,13 +354,22 @@ impl Fleet {
     }
 
     /// The whole-set scan behind [`Fleet::fail_open`].
-    fn scan_for_fail_open(&self, request: &PickRequest) -> Option<&Arc<Backend>> {
+    fn scan_for_fail_open(&self, request: &PickRequest) -> Scan<'_> {
         let now = request.now;
+        // A backend that takes sessions but is at its maxconn is full, not failing: the
+        // pool is at capacity, and nobody is sent past a backend's limit.
+        if self
+            .backends()
+            .any(|b| !request.tried.contains(&b.id) && b.state(now).takes_sessions())
+        {
+            return Scan::Full;
+        }
         // Never one the operator or its agent holds out (drain, maint).
         let untried = self
             .backends()
-            .filter(|b| !request.tried.contains(&b.id) && b.admin_ready());
-        untried.min_by(|a, b| {
+            .filter(|b| !request.tried.contains(&b.id) && b.admin_ready())
+            .filter(|b| b.has_room());
+        let chosen = untried.min_by(|a, b| {
             let (a_at, b_at) = (
                 a.allowed_from(now, self.policy.breaker),
                 b.allowed_from(now, self.policy.breaker),
@@ -308,7 +378,8 @@ impl Fleet {
                 .cmp(&a.checks_up())
                 .then_with(|| a_at.cmp(&b_at))
                 .then_with(|| a.active().cmp(&b.active()))
-        })
+        });
+        chosen.map_or(Scan::None, Scan::Chosen)
     }
 
     /// Ends a lease: the session is over (or moves to another backend). Its backend's
@@ -524,6 +595,27 @@ impl Fleet {
         }
     }
 
+    /// Whether its selectors want the control thread's [`Fleet::tick`]s.
+    pub fn ticks(&self) -> bool {
+        self.primaries.selector.ticks() || self.backups.selector.ticks()
+    }
+
+    /// Time passes, for selectors that keep something up to date over the whole group
+    /// (least-latency's median): the control thread's, O(n).
+    pub fn tick(&self, now: u64) {
+        for group in [&self.primaries, &self.backups] {
+            group.selector.tick(&group.members, now);
+        }
+    }
+
+    /// The time constant of its backends' latency estimates.
+    pub fn latency_decay(&self) -> std::time::Duration {
+        match self.balance {
+            select::Balance::LeastLatency(s) => s.decay,
+            _ => crate::config::policy::DEFAULT_LATENCY_DECAY,
+        }
+    }
+
     /// Replays every backend (once every worker has adopted this generation, to take in
     /// the changes made meanwhile on older ones).
     pub fn refresh_all(&self, now: u64) {
@@ -540,6 +632,8 @@ impl Fleet {
     /// older generation than the backend's seat must catch it up too, or once the newer
     /// generation is in use the backend would take every tied session for a while.
     pub fn rejoin(&self, backend: &Backend, now: u64) {
+        // Back after an absence: its old answer times say nothing of now.
+        backend.latency.reset();
         let group = if backend.is_backup() {
             &self.backups
         } else {
@@ -563,7 +657,7 @@ impl Fleet {
 /// Puts a generation together (the builder's last step): seats every backend and builds
 /// the selectors.
 pub(crate) fn assemble(
-    (pool, name, generation, stats): (PoolId, Arc<str>, u32, Arc<PoolStats>),
+    (pool, name, generation, stats, queue): (PoolId, Arc<str>, u32, Arc<PoolStats>, Arc<Queue>),
     primaries: Vec<Arc<Backend>>,
     backups: Vec<Arc<Backend>>,
     draining: Vec<Arc<Backend>>,
@@ -590,6 +684,8 @@ pub(crate) fn assemble(
         pool,
         name,
         stats,
+        queue,
+        balance,
         generation,
         primaries: Group {
             selector: select::build(balance, &primaries, now),
@@ -599,7 +695,6 @@ pub(crate) fn assemble(
             selector: select::build(balance, &backups, now),
             members: backups,
         },
-        balance,
         has_agents,
         draining,
         policy,

@@ -51,6 +51,7 @@ impl Resolver {
                 backup: spec.backup,
                 send_proxy: spec.send_proxy,
                 agent_port: spec.agent_port,
+                maxconn: spec.maxconn,
             }));
         }
         (set, failures)
@@ -83,6 +84,7 @@ mod tests {
                     backup: false,
                     send_proxy: None,
                     agent_port: None,
+                    maxconn: None,
                 },
                 ResolvedBackend {
                     addr: "[::1]:81".parse().expect("addr"),
@@ -91,6 +93,7 @@ mod tests {
                     backup: true,
                     send_proxy: Some(crate::proxy_protocol::Version::V2),
                     agent_port: None,
+                    maxconn: None,
                 },
             ]
         );

@@ -5,11 +5,20 @@
 //!
 //! A service's counters ([`ServiceStats`]) are its own `Arc`, kept by name across reloads,
 //! so a reload that changes a service's settings does not reset what `/metrics` shows.
+//! A service with `routes` has them compiled here ([`routes`]): the pool a TLS client's
+//! ClientHello asks for is a hash lookup.
 
+pub mod routes;
+
+pub mod sources;
+
+use crate::config::protection::{Class, Priority, SourceLimits};
 use crate::fleet::backend::Backend;
 use crate::fleet::lease::Lease;
 use crate::fleet::{Fleet, PoolId, Verdict};
-use crate::stats::{SESSION_BUCKETS, SharedHistogram};
+use crate::stats::{SESSION_BUCKETS, SharedHistogram, TlsInspect};
+pub use routes::{Routing, Target};
+use sources::Sources;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,22 +29,46 @@ use std::time::Duration;
 pub type ServiceId = u32;
 
 /// One service's settings, for the sessions of its clients.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Service {
     pub id: ServiceId,
     pub name: Arc<str>,
     /// Where it listens (as bound: a port 0 resolved).
     pub listen: Vec<std::net::SocketAddr>,
-    /// The pool its sessions go to.
-    pub pool: PoolId,
-    pub connect_timeout: Duration,
-    pub retries: u32,
+    /// Where its clients go (with `routing`: those no route takes); `None`: they are reset.
+    pub pool: Option<Target>,
+    /// Routes by the TLS ClientHello; `None`: the client's bytes are never looked at.
+    pub routing: Option<Routing>,
     pub idle_timeout: Option<Duration>,
     /// Clients start with a PROXY protocol header, due within this long.
     pub accept_proxy: Option<Duration>,
     /// Its own limit of sessions at once.
     pub max_conns: Option<usize>,
+    /// Its clients' classes by source (empty: all `normal`).
+    pub priority: Priority,
+    /// Per-source limits and the table that counts them (kept across reloads).
+    pub sources: Option<(SourceLimits, Arc<Sources>)>,
     pub stats: Arc<ServiceStats>,
+}
+
+impl Service {
+    /// The class of a client from `client` (after its PROXY protocol header, if any).
+    pub fn class_of(&self, client: std::net::IpAddr) -> Class {
+        if self.priority.is_empty() {
+            Class::Normal
+        } else {
+            self.priority.class_of(client)
+        }
+    }
+
+    /// Every pool it sends clients to: its own, then its routes' (a pool may repeat).
+    pub fn pools(&self) -> impl Iterator<Item = PoolId> + '_ {
+        let routes = self.routing.as_ref().map_or(&[][..], |r| r.routes());
+        self.pool
+            .iter()
+            .map(|t| t.pool)
+            .chain(routes.iter().map(|r| r.target.pool))
+    }
 }
 
 /// A service's counters, summed over every worker (shared atomics: a service's clients
@@ -53,8 +86,18 @@ pub struct ServiceStats {
     pub shed_pool: AtomicU64,
     /// Clients closed because no backend could be reached.
     pub no_backend: AtomicU64,
+    /// Clients turned away because every backend was at its `maxconn` and the queue was
+    /// off or full (or put out of it for a higher class).
+    pub pool_full: AtomicU64,
+    /// Clients turned away, for any of the reasons above, by class (`Class as usize`).
+    pub shed_by_class: [AtomicU64; 3],
+    /// Clients reset by the per-source limits.
+    pub limited_conns: AtomicU64,
+    pub limited_rate: AtomicU64,
     /// How long its sessions lasted, from accept to close.
     pub session_duration: SharedHistogram,
+    /// With routes: what each client's first bytes turned out to be, by [`TlsInspect`].
+    pub tls_inspect: [AtomicU64; TlsInspect::ALL.len()],
 }
 
 impl Default for ServiceStats {
@@ -66,7 +109,12 @@ impl Default for ServiceStats {
             shed_service_max_conns: AtomicU64::new(0),
             shed_pool: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
+            pool_full: AtomicU64::new(0),
+            shed_by_class: Default::default(),
+            limited_conns: AtomicU64::new(0),
+            limited_rate: AtomicU64::new(0),
             session_duration: SharedHistogram::new(&SESSION_BUCKETS),
+            tls_inspect: Default::default(),
         }
     }
 }
@@ -197,7 +245,8 @@ impl Topology {
 
     /// The services whose sessions go to `pool`.
     pub fn services_of(&self, pool: PoolId) -> impl Iterator<Item = &Arc<Service>> {
-        self.services().filter(move |s| s.pool == pool)
+        self.services()
+            .filter(move |s| s.pools().any(|p| p == pool))
     }
 }
 
@@ -208,12 +257,17 @@ pub fn for_tests(retries: u32, accept_proxy: Option<Duration>) -> Arc<Service> {
         id: 0,
         name: Arc::from("default"),
         listen: Vec::new(),
-        pool: 0,
-        connect_timeout: Duration::from_secs(5),
-        retries,
+        pool: Some(Target {
+            pool: 0,
+            connect_timeout: Duration::from_secs(5),
+            retries,
+        }),
+        routing: None,
         idle_timeout: None,
         accept_proxy,
         max_conns: None,
+        priority: Priority::default(),
+        sources: None,
         stats: Arc::default(),
     })
 }

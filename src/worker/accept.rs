@@ -1,8 +1,10 @@
 //! Accepting clients on a worker: up to a turn's worth per turn, each admitted as a session
 //! of its listener's service or shed at once (past `max-conns` for the whole process or for
-//! the service, or when this worker's buffer pool is nearly empty); out of descriptors,
-//! accepting pauses without spinning.
+//! the service, or when this worker's buffer pool is nearly empty; a `low`-class client
+//! sooner, at 90% of a limit or 10% of the buffers left); out of descriptors, accepting
+//! pauses without spinning.
 
+use crate::config::protection::Class;
 use crate::net;
 use crate::reactor::suppressed_note;
 use crate::service::{Service, ServiceId, ServiceStats};
@@ -23,6 +25,10 @@ const ACCEPTS_PER_TURN: usize = 256;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// New clients are shed when fewer than 1/SHED_POOL_FRACTION of the buffers are free.
 const SHED_POOL_FRACTION: usize = 20;
+/// Low-class clients are shed when fewer than 1/LOW_SHED_POOL_FRACTION are free...
+const LOW_SHED_POOL_FRACTION: usize = 10;
+/// ... and past a limit less 1/LOW_RESERVE of it.
+const LOW_RESERVE: usize = 10;
 
 impl Worker {
     /// Accepts waiting clients on every listener with some, up to a turn's worth each.
@@ -119,15 +125,27 @@ impl Worker {
         ServiceStats::add(&stats.accepted, 1);
         let open = self.shared.sessions.fetch_add(1, Ordering::AcqRel);
         let service_open = stats.active.fetch_add(1, Ordering::AcqRel);
-        let shed = if open >= self.topology.max_conns() {
+        // A low-class client is turned away first: past 90% of a limit, or with fewer
+        // than 10% of the buffers free; the others keep the rest.
+        let low = service.class_of(addr.ip()) == Class::Low;
+        let limit = |max: usize| if low { max - max / LOW_RESERVE } else { max };
+        let pool_fraction = if low {
+            LOW_SHED_POOL_FRACTION
+        } else {
+            SHED_POOL_FRACTION
+        };
+        let shed = if open >= limit(self.topology.max_conns()) {
             self.stats.shed_max_conns.add(1);
             ServiceStats::add(&stats.shed_max_conns, 1);
             Some(EndReason::ShedMaxConns)
-        } else if service.max_conns.is_some_and(|max| service_open >= max) {
+        } else if service
+            .max_conns
+            .is_some_and(|max| service_open >= limit(max))
+        {
             self.stats.shed_max_conns.add(1);
             ServiceStats::add(&stats.shed_service_max_conns, 1);
             Some(EndReason::ShedMaxConns)
-        } else if self.pool.free() * SHED_POOL_FRACTION < self.pool.capacity() {
+        } else if self.pool.free() * pool_fraction < self.pool.capacity() {
             self.stats.shed_pool.add(1);
             ServiceStats::add(&stats.shed_pool, 1);
             Some(EndReason::ShedPool)
@@ -187,10 +205,14 @@ impl Worker {
             client_addr: client,
             backend: None,
             connect_time: None,
+            first_response: None,
             duration: Duration::ZERO,
             bytes_up: 0,
             bytes_down: 0,
             retries: attempts.saturating_sub(1),
+            class: service.class_of(client.ip()),
+            queue_wait: None,
+            tls: None,
         };
         self.record(&summary, Some(service), reason);
     }

@@ -9,6 +9,7 @@ use crate::reactor::Throttle;
 use crate::reactor::timer::Timers;
 use crate::service::Topology;
 use crate::stats::WorkerStats;
+use crate::worker::handle::Shared;
 use crate::worker::pipes::PipePool;
 use crate::worker::pool::Pool;
 use mio::Registry;
@@ -58,6 +59,13 @@ pub struct Env<'a> {
     /// Backends whose selector must see them again at a time (ms): a breaker's cool-down
     /// ends, or a slow-start ramp climbs.
     pub cooling: &'a mut Vec<(Arc<Backend>, u64)>,
+    /// This worker's index, and what the workers share (their inboxes: a freed backend
+    /// slot goes to whoever waits for it, on any worker).
+    pub worker: usize,
+    pub shared: &'a Shared,
+    /// Where a client's TLS ClientHello is peeked at (see [`crate::worker::hello`]): empty
+    /// until a service with routes needs it.
+    pub scratch: &'a mut Vec<u8>,
 }
 
 /// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
@@ -75,6 +83,9 @@ macro_rules! lend_env {
             stats: &$worker.stats,
             throttles: &$worker.throttles,
             cooling: &mut $worker.cooling,
+            worker: $worker.index,
+            shared: &$worker.shared,
+            scratch: &mut $worker.scratch,
         }
     };
 }

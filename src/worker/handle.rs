@@ -3,6 +3,8 @@
 //! ([`WorkerConfig`]) and the control thread's [`Handle`] on it.
 
 use crate::access_log::AccessLogBatch;
+use crate::fleet::lease::Lease;
+use crate::reactor::ConnId;
 use crate::service::{Service, ServiceId, Topology};
 use crate::stats::WorkerStats;
 use crate::worker::pipes::PipePool;
@@ -11,9 +13,9 @@ use log::warn;
 use mio::Waker;
 use mio::net::TcpListener;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
 
 /// What the control thread tells a worker.
 #[derive(Debug)]
@@ -49,6 +51,12 @@ pub enum Command {
     /// Cut every session on the backend with this id now, with a reset both ways (`tcplb
     /// ctl kill sessions`, or `on-marked-down = "shutdown-sessions"`).
     CutBackend(u64),
+    /// From whichever worker freed it: a backend slot (already counted) for this worker's
+    /// session `conn`, which was waiting in its pool's queue.
+    Slot { conn: ConnId, lease: Lease },
+    /// Session `conn`, waiting in its pool's queue, was put out for a client of a higher
+    /// class: reset it.
+    PutOut { conn: ConnId },
 }
 
 /// What a worker that has exited leaves in [`Shared::adopted`].
@@ -69,6 +77,55 @@ pub struct Shared {
     pub listening: Box<[AtomicBool]>,
     /// Wakes the control thread (a worker adopted a generation, or exited).
     pub control: Arc<Waker>,
+    /// Every worker's inbox, by index: set once, before any worker starts, so a worker
+    /// that frees a backend slot can hand it to a client queued on another.
+    pub inboxes: OnceLock<Box<[Inbox]>>,
+}
+
+impl Shared {
+    /// Sends `command` to worker `index`; hands it back if that worker is gone (or the
+    /// inboxes are not set).
+    pub fn send_to(&self, index: usize, command: Command) -> Result<(), Command> {
+        match self.inboxes.get().and_then(|all| all.get(index)) {
+            Some(inbox) => inbox.send(command),
+            None => Err(command),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// What `workers` workers share, for tests: `control` wakes the test's control poll.
+    pub fn for_tests(workers: usize, control: Arc<Waker>) -> Shared {
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+        Shared {
+            sessions: AtomicUsize::new(0),
+            adopted: (0..workers).map(|_| AtomicU32::new(0)).collect(),
+            running: AtomicUsize::new(workers),
+            accepting: AtomicUsize::new(workers),
+            listening: (0..workers).map(|_| AtomicBool::new(true)).collect(),
+            control,
+            inboxes: OnceLock::new(),
+        }
+    }
+}
+
+/// Where a worker's commands go: its channel, and the waker of its poll.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    pub(super) commands: Sender<Command>,
+    pub(super) waker: Arc<Waker>,
+}
+
+impl Inbox {
+    /// Sends a command and wakes the worker; hands the command back if the worker is gone.
+    pub fn send(&self, command: Command) -> Result<(), Command> {
+        self.commands.send(command).map_err(|e| e.0)?;
+        if let Err(e) = self.waker.wake() {
+            warn!("cannot wake a worker: {e}");
+        }
+        Ok(())
+    }
 }
 
 /// What a worker needs to start.
@@ -87,18 +144,13 @@ pub struct WorkerConfig {
 
 /// The control thread's handle on a running worker.
 pub struct Handle {
-    pub(super) commands: Sender<Command>,
-    pub(super) waker: Arc<Waker>,
+    pub(super) inbox: Inbox,
     pub thread: std::thread::JoinHandle<()>,
 }
 
 impl Handle {
-    /// Sends a command and wakes the worker.
+    /// Sends a command and wakes the worker (a worker that has exited takes nothing).
     pub fn send(&self, command: Command) {
-        if self.commands.send(command).is_ok() {
-            if let Err(e) = self.waker.wake() {
-                warn!("cannot wake a worker: {e}");
-            }
-        }
+        let _ = self.inbox.send(command);
     }
 }

@@ -26,9 +26,11 @@ pub mod direction;
 pub mod duplex;
 pub mod env;
 pub mod handle;
+pub mod hello;
 pub mod pipes;
 pub mod pool;
 pub mod proxy_header;
+pub mod queueing;
 pub mod session;
 pub mod splice;
 pub mod stream;
@@ -57,9 +59,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::reactor::ConnId;
 pub(crate) use env::lend_env;
 pub use env::{Env, Throttles, TimerKey};
-pub use handle::{Command, Handle, Shared, WORKER_GONE, WorkerConfig};
+pub use handle::{Command, Handle, Inbox, Shared, WORKER_GONE, WorkerConfig};
 
-const INBOX: Token = Token(usize::MAX);
+pub(crate) const INBOX: Token = Token(usize::MAX);
 /// Listener `i` (its slot) has the token `LISTENERS_TOP - i`. Session tokens never come
 /// this high: that would take a session slot near 2^31 - 2^20, far past the most sessions a
 /// worker can hold.
@@ -128,25 +130,28 @@ pub struct Worker {
     /// Removed services whose sessions are cut at a timer of ours.
     retired: Slab<Arc<Service>>,
     access_log: Option<AccessLogBatch>,
+    /// Where the ClientHellos of services with routes are peeked at (one for the worker;
+    /// grown to twice the largest `max-hello` when first needed).
+    scratch: Vec<u8>,
     state: LoopState,
 }
 
 impl Worker {
-    /// Starts a worker thread.
-    pub fn spawn(config: WorkerConfig) -> io::Result<Handle> {
+    /// Builds a worker, not yet running, and its inbox.
+    pub fn build(config: WorkerConfig) -> io::Result<(Worker, Inbox)> {
         let (commands, inbox) = mpsc::channel();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
-        let index = config.index;
         let worker = Worker::new(poll, inbox, config)?;
+        Ok((worker, Inbox { commands, waker }))
+    }
+
+    /// Starts a built worker's thread.
+    pub fn spawn(worker: Worker, inbox: Inbox) -> io::Result<Handle> {
         let thread = std::thread::Builder::new()
-            .name(format!("worker-{index}"))
+            .name(format!("worker-{}", worker.index))
             .spawn(move || worker.run())?;
-        Ok(Handle {
-            commands,
-            waker,
-            thread,
-        })
+        Ok(Handle { inbox, thread })
     }
 
     fn new(poll: Poll, inbox: Receiver<Command>, config: WorkerConfig) -> io::Result<Worker> {
@@ -197,6 +202,7 @@ impl Worker {
             cooling: Vec::new(),
             retired: Slab::new(),
             access_log: config.access_log,
+            scratch: Vec::new(),
             state: LoopState::Running,
         })
     }
@@ -372,6 +378,17 @@ impl Worker {
             summary.bytes_up,
             summary.bytes_down
         );
+        if matches!(
+            reason,
+            EndReason::ShedMaxConns | EndReason::ShedPool | EndReason::PoolFull
+        ) {
+            if let Some(service) = service {
+                ServiceStats::add(&service.stats.shed_by_class[summary.class as usize], 1);
+                if reason == EndReason::PoolFull {
+                    ServiceStats::add(&service.stats.pool_full, 1);
+                }
+            }
+        }
         if reason == EndReason::NoBackend {
             self.stats.no_backend.add(1);
             if let Some(service) = service {
@@ -449,6 +466,20 @@ impl Worker {
                         self.timers.insert(deadline, TimerKey::Retire(slot));
                     }
                 }
+                Command::Slot { conn, lease } => {
+                    let waiting = self
+                        .sessions
+                        .get(conn.slot as usize)
+                        .is_some_and(|s| s.id() == conn && s.is_queued());
+                    if waiting {
+                        self.with_session(conn, |session, env| session.on_slot(lease, env));
+                    } else {
+                        // It went (reset, timed out) while its slot was on the way.
+                        let now_ms = clock::millis(self.now);
+                        queueing::give_back(lease, &self.topology, &self.shared, now_ms);
+                    }
+                }
+                Command::PutOut { conn } => self.with_session(conn, |session, _| session.put_out()),
                 Command::Drain => self.drain(),
                 Command::CutBackend(backend) => self.cut_backend(backend),
                 Command::Stop => {
@@ -653,6 +684,10 @@ impl Worker {
                     if let Some(backend) = self.cooldowns.try_remove(slot) {
                         let now = clock::millis(self.now);
                         self.topology.refresh(&backend, now);
+                        // Back in the running: it may take someone waiting.
+                        if let Some(fleet) = self.topology.pool(backend.pool) {
+                            queueing::serve(fleet, &self.shared, now);
+                        }
                         // Still climbing its slow-start ramp: again in a moment.
                         if backend.settle_ramp(now) {
                             let next = now + crate::fleet::RAMP_TICK_MS;
@@ -717,7 +752,6 @@ mod tests {
     use crate::fleet::builder::tests::{POLICY, spec};
     use crate::fleet::select::Balance;
     use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
     use std::sync::mpsc::Sender;
 
     /// A worker whose one backend is `backend`, its command channel and waker, and the
@@ -746,14 +780,7 @@ mod tests {
             )),
             pool: Pool::new(16 * 1024, 8).expect("pool"),
             pipes: PipePool::new(0, None),
-            shared: Arc::new(Shared {
-                sessions: AtomicUsize::new(0),
-                adopted: vec![AtomicU32::new(0)].into_boxed_slice(),
-                running: AtomicUsize::new(1),
-                accepting: AtomicUsize::new(1),
-                listening: vec![AtomicBool::new(true)].into_boxed_slice(),
-                control,
-            }),
+            shared: Arc::new(Shared::for_tests(1, control)),
             stats: Arc::new(WorkerStats::default()),
             access_log: None,
         };

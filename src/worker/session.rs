@@ -2,7 +2,11 @@
 //!
 //! ```text
 //!   start ─┬─(--accept-proxy)─► Header ──complete──┐    bad, cut short, too slow ──► reset
-//!          └───────────────────────────────────────┴─► Connecting ──writable──► Established
+//!          ├────────────────────────────────────────┤
+//!          │             ┌─────(routes)─────────────┴─► Hello ──a route, or the service's
+//!          │             │                                 │    own pool (no route matched,
+//!          │             │        no route, no pool: reset ◄┤    not TLS, too big, too slow)
+//!          └─────────────┴─(no routes)─────────────────────┴─► Connecting ──writable──► Established
 //!                │  ▲    (a send-proxy backend is sent its header first)           │
 //!   refused,     │  │ next backend                                                 │
 //!   unreachable, ▼  │                  both directions done, or a reset / error on ◄─┘
@@ -13,22 +17,29 @@
 //! the kernel, so a retry loses none of them and a connecting session holds no buffer.
 //! Once established, a [`Duplex`] moves the bytes both ways. With `--accept-proxy` the
 //! client's PROXY protocol header is taken first, exactly it and no byte more
-//! ([`proxy_header`]): the backend is chosen for the client it names.
+//! ([`proxy_header`]): the backend is chosen for the client it names. A service with
+//! `routes` then looks at the client's TLS ClientHello without taking it off the socket
+//! ([`hello`]) and connects the pool its server name and protocols ask for; a service
+//! without routes never looks at the client's bytes.
 //!
 //! Handlers return a [`Report`] of what happened (closed and why, needs a buffer, used up
 //! its turn); the worker acts on it.
 
-use crate::fleet::Verdict;
 use crate::fleet::lease::Lease;
+use crate::fleet::queue::{Class, Ticket, Waiter};
 use crate::fleet::select::PickRequest;
+use crate::fleet::{Fleet, PoolId, Unavailable, Verdict};
 use crate::net;
 use crate::reactor::ConnId;
 use crate::reactor::timer::TimerId;
-use crate::service::Service;
-use crate::stats::{EndReason, ProxyError, SessionSummary};
+use crate::service::sources::{Counted, Limited};
+use crate::service::{Service, ServiceStats, Target};
+use crate::stats::{EndReason, ProxyError, SessionSummary, TlsInspect};
 use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
+use crate::worker::hello::{self, Inspected};
 use crate::worker::proxy_header::{self, Received};
+use crate::worker::queueing;
 use crate::worker::{Env, TimerKey};
 use log::{debug, warn};
 use mio::event::Event;
@@ -36,6 +47,7 @@ use mio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What a handler did to the session, for the worker to act on.
@@ -63,11 +75,24 @@ impl Report {
 enum Phase {
     /// Waiting for the client's PROXY protocol header (`--accept-proxy`).
     Header,
+    /// Waiting for the client's TLS ClientHello (a service with routes): `needed` bytes must
+    /// be queued before it is looked at again (0: not looked at yet).
+    Hello {
+        needed: u32,
+    },
     /// Waiting for a non-blocking connect; counts the attempts made for this client, and
     /// the bytes of the backend's PROXY protocol header written so far.
     Connecting {
         attempts: u32,
         header_sent: u8,
+    },
+    /// Every backend was at its `maxconn`: waiting in pool `pool`'s queue since `since`,
+    /// holding no buffer and no backend socket, the client's bytes left in the kernel.
+    Queued {
+        attempts: u32,
+        ticket: Ticket,
+        pool: PoolId,
+        since: Instant,
     },
     Established,
 }
@@ -91,14 +116,36 @@ pub struct Session {
     started: Instant,
     /// How long the successful connect took (from the session's start).
     connect_time: Option<Duration>,
+    /// The backend's first-response time, as far as it is known.
+    first_response: FirstResponse,
     /// The client: its peer address, or the source its PROXY protocol header named.
     client_addr: SocketAddr,
     /// The destination its PROXY protocol header named (`None`: our own address).
     proxied_to: Option<SocketAddr>,
+    /// Its priority class (from its source, once known).
+    class: Class,
+    /// How long it waited in its pool's queue, in all.
+    queue_wait: Option<Duration>,
+    /// Its place in its source's count (per-source limits).
+    source: Option<Counted>,
+    /// Where it goes: the service's pool, or the one its route names (`None`: not chosen
+    /// yet, or nowhere).
+    target: Option<Target>,
+    /// With routes: what the client's first bytes were, and the server name it asked for.
+    tls: Option<(TlsInspect, Option<Arc<str>>)>,
     /// Queued in the worker's buffer waiters.
     pub(crate) waiting_for_buffer: bool,
     /// Queued in the worker's run queue.
     pub(crate) queued: bool,
+}
+
+/// Where the measure of the backend's first-response time stands: nothing sent to it yet,
+/// the client's first bytes sent at a time, or measured (what least-latency learns from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstResponse {
+    NotSent,
+    Sent(Instant),
+    Measured(Duration),
 }
 
 /// A client that could not be given a session; the caller closes it.
@@ -134,6 +181,8 @@ impl Session {
                 attempts: 0,
             });
         }
+        let class = service.class_of(client_addr.ip());
+        let service_pool = service.pool;
         let mut session = Session {
             id,
             service,
@@ -147,8 +196,14 @@ impl Session {
             last_active: env.now,
             started: env.now,
             connect_time: None,
+            first_response: FirstResponse::NotSent,
+            class,
             client_addr,
             proxied_to: None,
+            queue_wait: None,
+            source: None,
+            target: service_pool,
+            tls: None,
             waiting_for_buffer: false,
             queued: false,
         };
@@ -158,7 +213,15 @@ impl Session {
             session.timer = Some(env.timers.insert(env.now + timeout, TimerKey::Conn(id)));
             return Ok(session);
         }
-        match session.connect(env) {
+        let admitted = session.admit(env).and_then(|()| {
+            if session.service.routing.is_some() {
+                // As the header: the hello's edge comes with the next poll.
+                session.await_hello(env);
+                return Ok(());
+            }
+            session.connect(env)
+        });
+        match admitted {
             Ok(()) => Ok(session),
             Err(reason) => Err(Rejected {
                 attempts: session.attempts(),
@@ -168,12 +231,77 @@ impl Session {
         }
     }
 
-    /// Dials the first backend for the client (`Connecting` from here on).
+    /// The client is known (its PROXY protocol header, if any, taken): its class, and its
+    /// source's limits; a client past them is reset. Comes before its hello is waited for,
+    /// so a source past its limits holds nothing for `sni-timeout`.
+    fn admit(&mut self, env: &mut Env) -> Result<(), EndReason> {
+        let client = self.client_addr.ip();
+        self.class = self.service.class_of(client);
+        let Some((limits, table)) = &self.service.sources else {
+            return Ok(());
+        };
+        match table.admit(limits, client, env.now_ms) {
+            Ok(counted) => {
+                self.source = counted;
+                Ok(())
+            }
+            Err(limited) => {
+                let stats = &self.service.stats;
+                let (counter, reason) = match limited {
+                    Limited::Conns => (&stats.limited_conns, EndReason::LimitedConns),
+                    Limited::Rate => (&stats.limited_rate, EndReason::LimitedRate),
+                };
+                ServiceStats::add(counter, 1);
+                debug!("client {}: {}", self.client_addr, limited.as_str());
+                net::reset_on_close(&self.client);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Waits for the client's ClientHello, for up to the service's `sni-timeout`.
+    fn await_hello(&mut self, env: &mut Env) {
+        self.phase = Phase::Hello { needed: 0 };
+        if let Some(routing) = &self.service.routing {
+            let due = env.now + routing.sni_timeout;
+            self.timer = Some(env.timers.insert(due, TimerKey::Conn(self.id)));
+        }
+    }
+
+    /// Dials the first backend for the client (`Connecting` from here on), or queues it
+    /// when every backend is full.
     fn connect(&mut self, env: &mut Env) -> Result<(), EndReason> {
-        let mut attempts = 0;
+        if self.target.is_none() {
+            return Err(EndReason::NoRoute);
+        }
+        self.phase = Phase::Connecting {
+            attempts: 0,
+            header_sent: 0,
+        };
+        self.dial_next(env)
+    }
+
+    /// Dials the best backend left for the client. When every one is at its `maxconn`, the
+    /// client waits in its pool's queue if it has one (and behind anyone already waiting
+    /// there), else it is turned away.
+    fn dial_next(&mut self, env: &mut Env) -> Result<(), EndReason> {
+        let Phase::Connecting { mut attempts, .. } = self.phase else {
+            return Err(EndReason::NoBackend);
+        };
+        let Some(target) = self.target else {
+            return Err(EndReason::NoRoute);
+        };
+        let Some(fleet) = env.topology.pool(target.pool).map(Arc::clone) else {
+            return Err(EndReason::NoBackend);
+        };
+        let queue = fleet.queue();
+        if queue.is_on() && !queue.is_empty() {
+            // A slot freed now is the waiters': this client goes behind them.
+            return self.wait(&fleet, attempts, env);
+        }
         let dialled = dial(
             self.id,
-            &self.service,
+            target,
             self.client_addr,
             &mut self.tried,
             &mut attempts,
@@ -183,21 +311,155 @@ impl Session {
             attempts,
             header_sent: 0,
         };
-        let (lease, backend) = dialled?;
+        match dialled {
+            Ok((lease, backend)) => {
+                self.connecting(lease, backend, env);
+                Ok(())
+            }
+            Err(Dialled::Full) if queue.is_on() => self.wait(&fleet, attempts, env),
+            Err(Dialled::Full) => {
+                net::reset_on_close(&self.client);
+                Err(EndReason::PoolFull)
+            }
+            Err(Dialled::End(reason)) => Err(reason),
+        }
+    }
+
+    /// A backend connect is under way on `backend`, for `lease`.
+    fn connecting(&mut self, lease: Lease, backend: TcpStream, env: &mut Env) {
+        // (A connect that failed left its socket here: dropped, so closed, now.)
         self.lease = Some(lease);
         self.backend = Some(backend);
-        self.timer = Some(env.timers.insert(
-            env.now + self.service.connect_timeout,
-            TimerKey::Conn(self.id),
-        ));
+        self.duplex.backend_ready = Default::default();
+        if let Some(target) = self.target {
+            self.timer = Some(
+                env.timers
+                    .insert(env.now + target.connect_timeout, TimerKey::Conn(self.id)),
+            );
+        }
+    }
+
+    /// Joins `fleet`'s queue (`Queued` from here on), or is turned away if it is full.
+    fn wait(&mut self, fleet: &Fleet, attempts: u32, env: &mut Env) -> Result<(), EndReason> {
+        let waiter = Waiter {
+            worker: env.worker,
+            conn: self.id,
+            client: self.client_addr.ip(),
+            class: self.class,
+            since: env.now,
+            ticket: 0,
+        };
+        let Some(ticket) = queueing::join(fleet, env.shared, waiter) else {
+            debug!(
+                "client {} ({}): every backend is full and so is the queue",
+                self.client_addr,
+                self.class.as_str()
+            );
+            net::reset_on_close(&self.client);
+            return Err(EndReason::PoolFull);
+        };
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        self.phase = Phase::Queued {
+            attempts,
+            ticket,
+            pool: fleet.pool(),
+            since: env.now,
+        };
+        let timeout = fleet.queue().settings().timeout;
+        self.timer = Some(
+            env.timers
+                .insert(env.now + timeout, TimerKey::Conn(self.id)),
+        );
+        // A slot may have come free between the pick that found none and the joining.
+        queueing::serve(fleet, env.shared, env.now_ms);
         Ok(())
+    }
+
+    /// Whether it waits in a queue.
+    pub fn is_queued(&self) -> bool {
+        matches!(self.phase, Phase::Queued { .. })
+    }
+
+    /// Its pool's queue served it: `lease` is its slot (already counted). It connects to
+    /// that backend (and, should that fail, goes on as any connect does).
+    pub fn on_slot(&mut self, lease: Lease, env: &mut Env) -> Report {
+        let Phase::Queued {
+            attempts,
+            pool,
+            since,
+            ..
+        } = self.phase
+        else {
+            queueing::give_back(lease, env.topology, env.shared, env.now_ms);
+            return Report::default();
+        };
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        let waited = env.now.saturating_duration_since(since);
+        self.queue_wait = Some(self.queue_wait.unwrap_or_default() + waited);
+        if let Some(fleet) = env.topology.pool(pool) {
+            fleet.queue().stats.wait.observe(waited);
+        }
+        let attempts = attempts + 1;
+        self.phase = Phase::Connecting {
+            attempts,
+            header_sent: 0,
+        };
+        match open(self.id, &lease, env) {
+            Ok(backend) => {
+                self.connecting(lease, backend, env);
+                Report::default()
+            }
+            Err(e) => {
+                let failed = failed_open(lease, &e, &mut self.tried, env);
+                if failed == Some(EndReason::NoResources) {
+                    return Report::closed(EndReason::NoResources);
+                }
+                self.phase = Phase::Connecting {
+                    attempts,
+                    header_sent: 0,
+                };
+                match self.dial_next(env) {
+                    Ok(()) => Report::default(),
+                    Err(reason) => Report::closed(reason),
+                }
+            }
+        }
+    }
+
+    /// Put out of its pool's queue for a client of a higher class: reset.
+    pub fn put_out(&mut self) -> Report {
+        if !self.is_queued() {
+            return Report::default();
+        }
+        debug!(
+            "client {} ({}) put out of the queue for a client of a higher class",
+            self.client_addr,
+            self.class.as_str()
+        );
+        self.abort();
+        Report::closed(EndReason::PoolFull)
+    }
+
+    /// Leaves its pool's queue, if it waits in one: `true` if it did, `false` if it was
+    /// not waiting there any more (a slot is on its way).
+    fn leave_queue(&mut self, env: &Env) -> bool {
+        let Phase::Queued { ticket, pool, .. } = self.phase else {
+            return false;
+        };
+        env.topology
+            .pool(pool)
+            .is_some_and(|fleet| fleet.queue().leave(self.class, ticket))
     }
 
     /// Connect attempts made for this client so far.
     fn attempts(&self) -> u32 {
         match self.phase {
-            Phase::Header => 0,
-            Phase::Connecting { attempts, .. } => attempts,
+            Phase::Header | Phase::Hello { .. } => 0,
+            Phase::Connecting { attempts, .. } | Phase::Queued { attempts, .. } => attempts,
             Phase::Established => self.tried.len() as u32 + 1,
         }
     }
@@ -234,6 +496,20 @@ impl Session {
         if self.phase == Phase::Header {
             return self.take_header(env);
         }
+        if matches!(self.phase, Phase::Hello { .. }) {
+            return self.take_hello(env);
+        }
+        if self.is_queued() {
+            // Only a client that is gone for good ends its wait (one that only shut its
+            // sending side still wants its answer).
+            if side == Side::Client
+                && (event.is_error() || (event.is_read_closed() && event.is_write_closed()))
+            {
+                self.leave_queue(env);
+                return Report::closed(EndReason::ClientReset);
+            }
+            return Report::default();
+        }
         if side == Side::Backend && matches!(self.phase, Phase::Connecting { .. }) {
             if event.is_error() || event.is_write_closed() {
                 let error = self
@@ -269,10 +545,85 @@ impl Session {
                 if let Some(timer) = self.timer.take() {
                     env.timers.cancel(timer);
                 }
+                if let Err(reason) = self.admit(env) {
+                    return Report::closed(reason);
+                }
+                if self.service.routing.is_some() {
+                    // The hello may have come with the header: look at once (the header
+                    // was read, so no new edge would say so).
+                    self.await_hello(env);
+                    return self.take_hello(env);
+                }
                 match self.connect(env) {
                     Ok(()) => Report::default(),
                     Err(reason) => Report::closed(reason),
                 }
+            }
+        }
+    }
+
+    /// A service with routes: looks at the client's ClientHello, and once it is whole (or
+    /// cannot be) connects where it goes.
+    fn take_hello(&mut self, env: &mut Env) -> Report {
+        let (Phase::Hello { needed }, Some(routing)) =
+            (&mut self.phase, self.service.routing.as_ref())
+        else {
+            return Report::default();
+        };
+        match hello::inspect(
+            &self.client,
+            &mut self.duplex.client_ready,
+            needed,
+            routing,
+            env.scratch,
+        ) {
+            Inspected::Waiting => Report::default(),
+            Inspected::Reset => Report::closed(EndReason::ClientReset),
+            Inspected::Decided {
+                result,
+                route,
+                name,
+            } => self.routed(result, route, name, env),
+        }
+    }
+
+    /// The hello is decided: counts what it was, and connects the route's pool, or the
+    /// service's own; with neither, the client is reset.
+    fn routed(
+        &mut self,
+        result: TlsInspect,
+        route: Option<usize>,
+        name: Option<Arc<str>>,
+        env: &mut Env,
+    ) -> Report {
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        ServiceStats::add(&self.service.stats.tls_inspect[result as usize], 1);
+        let routed = route.and_then(|i| self.service.routing.as_ref()?.target(i));
+        debug!(
+            "{}: {} {}; {}",
+            self.client_addr,
+            result.as_str(),
+            name.as_deref().unwrap_or("-"),
+            match (route, self.service.pool) {
+                (Some(i), _) => format!("route {}", i + 1),
+                (None, Some(_)) => "no route: the service's pool".to_string(),
+                (None, None) => "no route: reset".to_string(),
+            }
+        );
+        self.tls = Some((result, name));
+        self.target = routed.or(self.service.pool);
+        // Whatever has come waits in the kernel for the backend: read it once connected
+        // (no new edge may come for it).
+        self.duplex.client_ready.readable = true;
+        match self.connect(env) {
+            Ok(()) => Report::default(),
+            Err(reason) => {
+                if reason == EndReason::NoRoute {
+                    net::reset_on_close(&self.client);
+                }
+                Report::closed(reason)
             }
         }
     }
@@ -327,6 +678,25 @@ impl Session {
         if self.phase == Phase::Header {
             return self.refuse_header(ProxyError::Timeout, env);
         }
+        if matches!(self.phase, Phase::Hello { .. }) {
+            return self.routed(TlsInspect::Timeout, None, None, env);
+        }
+        if let Phase::Queued { pool, .. } = self.phase {
+            let fleet = env.topology.pool(pool).map(Arc::clone);
+            if self.leave_queue(env) || fleet.is_none() {
+                if let Some(fleet) = fleet {
+                    fleet.queue().stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(
+                    "client {} waited in the queue too long: reset",
+                    self.client_addr
+                );
+                self.abort();
+                return Report::closed(EndReason::QueueTimeout);
+            }
+            // Served just now: its slot is on the way.
+            return Report::default();
+        }
         if matches!(self.phase, Phase::Connecting { .. }) {
             let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
             return self.connect_failed(error, env);
@@ -380,10 +750,17 @@ impl Session {
                 .filter(|_| self.phase == Phase::Established)
                 .map(|l| l.backend().addr),
             connect_time: self.connect_time,
+            first_response: match self.first_response {
+                FirstResponse::Measured(d) => Some(d),
+                _ => None,
+            },
             duration: now.saturating_duration_since(self.started),
             bytes_up,
             bytes_down,
             retries: attempts.saturating_sub(1),
+            class: self.class,
+            queue_wait: self.queue_wait,
+            tls: self.tls.clone(),
         }
     }
 
@@ -393,12 +770,26 @@ impl Session {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
+        // (If it was served meanwhile, its worker gives the slot back when it finds the
+        // session gone.)
+        self.leave_queue(env);
+        if let (Some(counted), Some((_, table))) = (self.source.take(), &self.service.sources) {
+            table.release(counted);
+        }
+        // No answer came (nothing was asked, or the protocol has the client talk alone):
+        // what is known of the backend's speed is its connect time.
+        if self.phase == Phase::Established
+            && !matches!(self.first_response, FirstResponse::Measured(_))
+        {
+            let sample = self.connect_time.unwrap_or_default();
+            self.learn_latency(sample, env, false);
+        }
         self.duplex.release(&mut Pools {
             buffers: env.pool,
             pipes: env.pipes,
         });
         if let Some(lease) = self.lease.take() {
-            env.topology.release(lease, env.now_ms);
+            queueing::give_back(lease, env.topology, env.shared, env.now_ms);
         }
     }
 
@@ -435,37 +826,16 @@ impl Session {
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
-        let Phase::Connecting { mut attempts, .. } = self.phase else {
+        if !matches!(self.phase, Phase::Connecting { .. }) {
             return Report::default();
-        };
+        }
         if let Some(mut lease) = self.lease.take() {
             note_failure(&mut lease, &error, env);
             self.tried.push(lease.backend().id);
-            env.topology.release(lease, env.now_ms);
+            queueing::give_back(lease, env.topology, env.shared, env.now_ms);
         }
-        match dial(
-            self.id,
-            &self.service,
-            self.client_addr,
-            &mut self.tried,
-            &mut attempts,
-            env,
-        ) {
-            Ok((lease, backend)) => {
-                // The old socket is dropped here: closed.
-                self.lease = Some(lease);
-                self.backend = Some(backend);
-                self.duplex.backend_ready = Default::default();
-                self.phase = Phase::Connecting {
-                    attempts,
-                    header_sent: 0,
-                };
-                self.timer = Some(env.timers.insert(
-                    env.now + self.service.connect_timeout,
-                    TimerKey::Conn(self.id),
-                ));
-                Report::default()
-            }
+        match self.dial_next(env) {
+            Ok(()) => Report::default(),
             Err(reason) => Report::closed(reason),
         }
     }
@@ -498,11 +868,57 @@ impl Session {
                 crate::fleet::backend::BackendStats::add(&stats.bytes_sent, pumped.sent);
                 crate::fleet::backend::BackendStats::add(&stats.bytes_received, pumped.received);
             }
+            self.note_response(pumped.sent, pumped.received, env);
         }
         Report {
             closed: pumped.closed,
             need_buffer: pumped.need_buffer,
             yielded: pumped.yielded,
+        }
+    }
+}
+
+impl Session {
+    /// Follows the first exchange: the client's first bytes out, the backend's first bytes
+    /// back. A backend that speaks first is measured by its connect time.
+    fn note_response(&mut self, sent: u64, received: u64, env: &mut Env) {
+        match self.first_response {
+            FirstResponse::NotSent if received > 0 && sent == 0 => {
+                let sample = self.connect_time.unwrap_or_default();
+                self.learn_latency(sample, env, true);
+            }
+            // Out and back within one turn: as fast as this loop can tell.
+            FirstResponse::NotSent if received > 0 => {
+                self.learn_latency(Duration::from_micros(1), env, true);
+            }
+            FirstResponse::NotSent if sent > 0 => {
+                self.first_response = FirstResponse::Sent(Instant::now());
+            }
+            FirstResponse::Sent(at) if received > 0 => {
+                self.learn_latency(at.elapsed(), env, true);
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the backend's latency estimate about one sample (and, where the pool balances
+    /// by it, its selector).
+    fn learn_latency(&mut self, sample: Duration, env: &mut Env, answered: bool) {
+        if answered {
+            self.first_response = FirstResponse::Measured(sample);
+        }
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let backend = lease.backend();
+        let Some(fleet) = env.topology.pool(backend.pool) else {
+            return;
+        };
+        backend
+            .latency
+            .observe(sample, env.now_ms, fleet.latency_decay());
+        if fleet.ticks() {
+            fleet.refresh(backend, env.now_ms);
         }
     }
 }
@@ -516,62 +932,92 @@ fn note_failure(lease: &mut Lease, error: &io::Error, env: &mut Env) {
     }
 }
 
-/// Leases the best backend not yet tried and starts connecting to it. A connect that fails
-/// at once (unreachable network, say) counts against that backend and the next one is
-/// tried, up to `--retries` retries in all.
+/// Why no backend connect was started.
+enum Dialled {
+    /// Every backend that could take the client is at its `maxconn`.
+    Full,
+    /// The session ends, for this reason.
+    End(EndReason),
+}
+
+/// Leases the best backend of `target`'s pool not yet tried and starts connecting to it. A
+/// connect that fails at once (unreachable network, say) counts against that backend and
+/// the next one is tried, up to `retries` retries in all.
 fn dial(
     id: ConnId,
-    service: &Service,
+    target: Target,
     client: SocketAddr,
     tried: &mut Vec<u64>,
     attempts: &mut u32,
     env: &mut Env,
-) -> Result<(Lease, TcpStream), EndReason> {
-    let Some(fleet) = env.topology.pool(service.pool) else {
-        return Err(EndReason::NoBackend);
+) -> Result<(Lease, TcpStream), Dialled> {
+    let Some(fleet) = env.topology.pool(target.pool).map(Arc::clone) else {
+        return Err(Dialled::End(EndReason::NoBackend));
     };
     loop {
-        if *attempts > service.retries {
-            return Err(EndReason::NoBackend);
+        if *attempts > target.retries {
+            return Err(Dialled::End(EndReason::NoBackend));
         }
         let request = PickRequest {
             client: Some(client.ip()),
             now: env.now_ms,
             tried,
         };
-        let Some(mut lease) = fleet.pick(&request) else {
-            return Err(EndReason::NoBackend);
+        let lease = match fleet.pick_or_full(&request) {
+            Ok(lease) => lease,
+            Err(Unavailable::Full) => return Err(Dialled::Full),
+            Err(Unavailable::None) => return Err(Dialled::End(EndReason::NoBackend)),
         };
         *attempts += 1;
-        let addr = lease.backend().addr;
-        let connected = net::connect(addr).and_then(|mut stream| {
-            env.registry
-                .register(
-                    &mut stream,
-                    id.token(Side::Backend as usize),
-                    net::session_interest(),
-                )
-                .map(|()| stream)
-        });
-        match connected {
+        match open(id, &lease, env) {
             Ok(stream) => return Ok((lease, stream)),
-            Err(e) if net::is_resource_exhaustion(&e) => {
-                if let Some(n) = env.throttles.fds.allow(env.now) {
-                    warn!(
-                        "cannot open a socket to {addr}: {e}{}",
-                        crate::reactor::suppressed_note(n)
-                    );
-                }
-                fleet.release(lease, env.now_ms);
-                return Err(EndReason::NoResources);
-            }
             Err(e) => {
-                note_failure(&mut lease, &e, env);
-                tried.push(lease.backend().id);
-                fleet.release(lease, env.now_ms);
+                if let Some(reason) = failed_open(lease, &e, tried, env) {
+                    return Err(Dialled::End(reason));
+                }
             }
         }
     }
+}
+
+/// Starts a non-blocking connect to the lease's backend, registered for the session.
+fn open(id: ConnId, lease: &Lease, env: &mut Env) -> io::Result<TcpStream> {
+    net::connect(lease.backend().addr).and_then(|mut stream| {
+        env.registry
+            .register(
+                &mut stream,
+                id.token(Side::Backend as usize),
+                net::session_interest(),
+            )
+            .map(|()| stream)
+    })
+}
+
+/// A connect that failed at once: out of descriptors ends the session (the backend is not
+/// to blame); anything else counts against the backend, which this client does not try
+/// again. The lease is given back either way.
+fn failed_open(
+    mut lease: Lease,
+    error: &io::Error,
+    tried: &mut Vec<u64>,
+    env: &mut Env,
+) -> Option<EndReason> {
+    let addr = lease.backend().addr;
+    let outcome = if net::is_resource_exhaustion(error) {
+        if let Some(n) = env.throttles.fds.allow(env.now) {
+            warn!(
+                "cannot open a socket to {addr}: {error}{}",
+                crate::reactor::suppressed_note(n)
+            );
+        }
+        Some(EndReason::NoResources)
+    } else {
+        note_failure(&mut lease, error, env);
+        tried.push(lease.backend().id);
+        None
+    };
+    queueing::give_back(lease, env.topology, env.shared, env.now_ms);
+    outcome
 }
 
 /// The connect phase and the PROXY protocol header, driven through a real `mio::Poll` on
@@ -581,20 +1027,26 @@ fn dial(
 mod tests {
     use super::*;
     use crate::fleet::Fleet;
+    use crate::fleet::backend::ResolvedBackend;
     use crate::fleet::backend::{Backend, BackendStats};
     use crate::fleet::builder::Builder;
     use crate::fleet::builder::tests::{POLICY, spec};
+    use crate::fleet::queue::QueueSettings;
     use crate::fleet::select::Balance;
     use crate::reactor::timer::Timers;
     use crate::service::{self, Topology};
     use crate::stats::WorkerStats;
+    use crate::worker::INBOX;
     use crate::worker::env::Throttles;
+    use crate::worker::handle::{Command, Inbox, Shared};
     use crate::worker::pipes::PipePool;
     use crate::worker::pool::Pool;
     use mio::{Events, Poll};
+    use mio::{Token, Waker};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::sync::Arc;
+    use std::sync::mpsc::{self, Receiver};
 
     const ID: ConnId = ConnId {
         slot: 0,
@@ -614,20 +1066,56 @@ mod tests {
         stats: WorkerStats,
         throttles: Throttles,
         cooling: Vec<(Arc<Backend>, u64)>,
+        scratch: Vec<u8>,
         now: Instant,
         /// tcplb's listening socket: the session's client connection is accepted here.
         front: TcpListener,
+        /// What workers share; this worker's inbox is `inbox` (the queue's slots come there).
+        shared: Shared,
+        inbox: Receiver<Command>,
+        _control: Poll,
     }
 
     impl Rig {
         /// A worker with these backends (`127.0.0.1:port`, equal weights) and settings.
         fn new(ports: &[u16], retries: u32, accept_proxy: Option<Duration>) -> Rig {
-            let specs: Vec<_> = ports.iter().map(|&p| spec(p, 1, false)).collect();
+            Rig::with_queue(ports, retries, accept_proxy, None, QueueSettings::default())
+        }
+
+        /// The same, each backend taking `maxconn` sessions at once, with `queue`.
+        fn with_queue(
+            ports: &[u16],
+            retries: u32,
+            accept_proxy: Option<Duration>,
+            maxconn: Option<u32>,
+            queue: QueueSettings,
+        ) -> Rig {
+            let specs: Vec<_> = ports
+                .iter()
+                .map(|&p| ResolvedBackend {
+                    maxconn,
+                    ..spec(p, 1, false)
+                })
+                .collect();
             let now = Instant::now();
-            let fleet = Builder::new(POLICY, Balance::LeastActive).build(&specs).0;
+            let mut builder = Builder::new(POLICY, Balance::LeastActive);
+            builder.set_queue(queue);
+            let fleet = builder.build(&specs).0;
             let service = service::for_tests(retries, accept_proxy);
+            let poll = Poll::new().expect("poll");
+            let control = Poll::new().expect("poll");
+            let shared = Shared::for_tests(
+                1,
+                Arc::new(Waker::new(control.registry(), Token(0)).expect("waker")),
+            );
+            let (commands, inbox) = mpsc::channel();
+            let waker = Arc::new(Waker::new(poll.registry(), INBOX).expect("waker"));
+            let _ = shared.inboxes.set(Box::new([Inbox { commands, waker }]));
             Rig {
-                poll: Poll::new().expect("poll"),
+                shared,
+                inbox,
+                _control: control,
+                poll,
                 pool: Pool::new(16 * 1024, 8).expect("pool"),
                 pipes: PipePool::new(0, None),
                 topology: Topology::new(1, 16, [Arc::clone(&service)], [Arc::clone(&fleet)]),
@@ -637,9 +1125,50 @@ mod tests {
                 stats: WorkerStats::default(),
                 throttles: Throttles::default(),
                 cooling: Vec::new(),
+                scratch: Vec::new(),
                 now,
                 front: TcpListener::bind("127.0.0.1:0").expect("bind"),
             }
+        }
+
+        /// A worker whose service routes `a.example.com` to a pool (id 1) of `routed`
+        /// backends; its own pool (id 0) has `ports`, or it has none.
+        fn routing(
+            ports: Option<&[u16]>,
+            routed: &[u16],
+            accept_proxy: Option<Duration>,
+            sni_timeout: Duration,
+        ) -> Rig {
+            let mut rig = Rig::new(ports.unwrap_or(&[]), 0, accept_proxy);
+            let specs: Vec<_> = routed.iter().map(|&p| spec(p, 1, false)).collect();
+            let other = Builder::for_pool(1, Arc::from("routed"), POLICY, Balance::LeastActive)
+                .build(&specs)
+                .0;
+            let target = |pool| Target {
+                pool,
+                connect_timeout: Duration::from_secs(5),
+                retries: 0,
+            };
+            let route = crate::service::routes::Route {
+                sni: Some("a.example.com".to_string()),
+                alpn: None,
+                target: target(1),
+            };
+            let mut service = Service::clone(&rig.service);
+            service.pool = ports.map(|_| target(0));
+            service.routing = Some(crate::service::Routing::new(
+                vec![route],
+                sni_timeout,
+                crate::tls_hello::DEFAULT_CAP,
+            ));
+            rig.service = Arc::new(service);
+            rig.topology = Topology::new(
+                1,
+                16,
+                [Arc::clone(&rig.service)],
+                [Arc::clone(&rig.fleet), other],
+            );
+            rig
         }
 
         fn env(&mut self) -> Env<'_> {
@@ -654,11 +1183,40 @@ mod tests {
                 stats: &self.stats,
                 throttles: &self.throttles,
                 cooling: &mut self.cooling,
+                worker: 0,
+                shared: &self.shared,
+                scratch: &mut self.scratch,
             }
+        }
+
+        /// Hands the session the events of one poll (waiting up to 100 ms for some).
+        fn turn(&mut self, session: &mut Session) -> Option<EndReason> {
+            let mut events = Events::with_capacity(16);
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+            self.now = Instant::now();
+            for event in events.iter() {
+                let (_, socket) = ConnId::from_token(event.token());
+                let side = Side::from_socket(socket);
+                if let Some(reason) = session.on_ready(side, event, &mut self.env()).closed {
+                    return Some(reason);
+                }
+            }
+            None
         }
 
         /// A client that has already sent `early`, and the session started for it.
         fn client(&mut self, early: &[u8]) -> (StdStream, Result<Session, Rejected>) {
+            self.client_as(ID, early)
+        }
+
+        /// The same, for the session with id `id`.
+        fn client_as(
+            &mut self,
+            id: ConnId,
+            early: &[u8],
+        ) -> (StdStream, Result<Session, Rejected>) {
             let mut client =
                 StdStream::connect(self.front.local_addr().expect("addr")).expect("connect");
             client.write_all(early).expect("early bytes");
@@ -666,7 +1224,7 @@ mod tests {
             accepted.set_nonblocking(true).expect("non-blocking");
             let stream = TcpStream::from_std(accepted);
             let service = Arc::clone(&self.service);
-            let session = Session::start(ID, stream, peer, service, &mut self.env());
+            let session = Session::start(id, stream, peer, service, &mut self.env());
             (client, session)
         }
 
@@ -681,8 +1239,13 @@ mod tests {
                     .expect("poll");
                 self.now = Instant::now();
                 for event in events.iter() {
+                    if event.token() == INBOX {
+                        continue;
+                    }
                     let (id, socket) = ConnId::from_token(event.token());
-                    assert_eq!(id, ID);
+                    if id != session.id() {
+                        continue; // another session's (one ended, say)
+                    }
                     let side = if socket == Side::Client as usize {
                         Side::Client
                     } else {
@@ -836,5 +1399,339 @@ mod tests {
             Some(io::ErrorKind::WouldBlock),
             "no backend connection was made"
         );
+    }
+
+    const SECOND: ConnId = ConnId {
+        slot: 1,
+        generation: 2,
+    };
+
+    fn queue_of(size: usize) -> QueueSettings {
+        QueueSettings {
+            size,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A rig whose one backend takes one session at once, a session established on it,
+    /// and the backend's end of that session.
+    fn one_slot_taken(queue: QueueSettings) -> (Rig, TcpListener, Session, StdStream) {
+        let (live, port) = listening();
+        let mut rig = Rig::with_queue(&[port], 0, None, Some(1), queue);
+        let (client, session) = rig.client(b"first");
+        let mut first = session.expect("a session");
+        assert_eq!(rig.drive(&mut first), None);
+        drop(client);
+        let (taken, _) = live.accept().expect("the first session's connection");
+        (rig, live, first, taken)
+    }
+
+    #[test]
+    fn a_client_finding_every_backend_full_waits_without_a_buffer_and_gets_the_next_slot() {
+        let (mut rig, live, mut first, _taken) = one_slot_taken(queue_of(4));
+        let (_client, session) = rig.client_as(SECOND, b"waited bytes");
+        let mut second = session.expect("queued, not refused");
+        assert!(second.is_queued());
+        assert_eq!(rig.fleet.queue().len(), 1);
+        assert_eq!(
+            rig.pool.free(),
+            rig.pool.capacity(),
+            "a waiting client holds no buffer"
+        );
+        live.set_nonblocking(true).expect("non-blocking");
+        assert_eq!(
+            live.accept().map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "nobody was sent past the backend's maxconn"
+        );
+        assert!(rig.inbox.try_recv().is_err(), "no slot yet");
+
+        // The first session ends: its slot goes to the waiting client, through the inbox.
+        first.release(&mut rig.env());
+        let Ok(Command::Slot { conn, lease }) = rig.inbox.try_recv() else {
+            panic!("the freed slot was not handed over");
+        };
+        assert_eq!(conn, SECOND);
+        assert_eq!(rig.fleet.queue().len(), 0);
+        assert_eq!(second.on_slot(lease, &mut rig.env()), Report::default());
+        assert_eq!(rig.drive(&mut second), None);
+        live.set_nonblocking(false).expect("blocking");
+        assert_eq!(backend_reads(&live, 12), b"waited bytes");
+        let summary = second.summary(rig.now);
+        assert!(summary.queue_wait.is_some());
+        assert_eq!(rig.fleet.queue().stats.wait.snapshot().count, 1);
+        second.release(&mut rig.env());
+        assert!(rig.fleet.backends().all(|b| b.active() == 0));
+    }
+
+    #[test]
+    fn a_wait_past_the_timeout_resets_the_client_and_is_counted() {
+        let (mut rig, _live, mut first, _taken) = one_slot_taken(queue_of(4));
+        let (mut client, session) = rig.client_as(SECOND, b"x");
+        let mut second = session.expect("queued");
+        assert_eq!(
+            second.on_timer(&mut rig.env()).closed,
+            Some(EndReason::QueueTimeout)
+        );
+        assert_eq!(rig.fleet.queue().len(), 0);
+        assert_eq!(rig.fleet.queue().stats.timeouts.load(Ordering::Relaxed), 1);
+        second.release(&mut rig.env());
+        drop(second);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(
+            client.read(&mut [0; 8]).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::ConnectionReset),
+            "a reset, not a clean close"
+        );
+        // The freed slot finds nobody waiting.
+        first.release(&mut rig.env());
+        assert!(rig.inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_queue_or_none_at_all_turns_the_client_away_at_once() {
+        for size in [0, 1] {
+            let (mut rig, _live, mut first, _taken) = one_slot_taken(queue_of(size));
+            let mut waiting = None;
+            if size == 1 {
+                let (client, session) = rig.client_as(SECOND, b"x");
+                waiting = Some((client, session.expect("queued")));
+            }
+            let third = ConnId {
+                slot: 2,
+                generation: 3,
+            };
+            let (_client, session) = rig.client_as(third, b"y");
+            match session {
+                Err(rejected) => assert_eq!(rejected.reason, EndReason::PoolFull),
+                Ok(_) => panic!("queue size {size}: the client was not turned away"),
+            }
+            if let Some((_client, mut second)) = waiting {
+                second.release(&mut rig.env());
+                assert_eq!(rig.fleet.queue().len(), 0, "a released waiter leaves");
+            }
+            first.release(&mut rig.env());
+        }
+    }
+
+    /// A ClientHello naming `name`, padded to over 1 KiB, in one record.
+    fn hello(name: &str) -> Vec<u8> {
+        use crate::tls_hello::testing::{message, records};
+        records(&message(Some(name.as_bytes()), &[b"h2"], 1000), &[])
+    }
+
+    fn inspected(rig: &Rig, result: TlsInspect) -> u64 {
+        ServiceStats::get(&rig.service.stats.tls_inspect[result as usize])
+    }
+
+    #[test]
+    fn a_hello_is_routed_by_its_name_and_reaches_the_backend_unchanged() {
+        let (default, default_port) = listening();
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[routed_port],
+            None,
+            Duration::from_secs(5),
+        );
+        let mut sent = hello("A.Example.COM");
+        sent.extend(b"then the rest of the handshake");
+        let (_client, session) = rig.client(&sent);
+        let mut session = session.expect("a session");
+        // (drive checks that no buffer is taken before the backend is connected.)
+        assert_eq!(rig.drive(&mut session), None);
+
+        assert_eq!(
+            backend_reads(&routed, sent.len()),
+            sent,
+            "every byte, unchanged"
+        );
+        let summary = session.summary(rig.now);
+        assert_eq!(
+            summary.backend,
+            Some(
+                rig.topology
+                    .pool(1)
+                    .expect("pool")
+                    .backends()
+                    .next()
+                    .expect("one")
+                    .addr
+            )
+        );
+        let (result, name) = summary.tls.expect("inspected");
+        assert_eq!(
+            (result, name.as_deref()),
+            (TlsInspect::Sni, Some("A.Example.COM"))
+        );
+        assert_eq!(inspected(&rig, TlsInspect::Sni), 1);
+        default.set_nonblocking(true).expect("non-blocking");
+        assert!(
+            default.accept().is_err(),
+            "the service's own pool was not dialled"
+        );
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_hello_in_pieces_is_looked_at_once_its_bytes_are_there() {
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(None, &[routed_port], None, Duration::from_secs(5));
+        let sent = hello("a.example.com");
+        let (mut client, session) = rig.client(&sent[..3]);
+        let mut session = session.expect("a session");
+        assert_eq!(rig.turn(&mut session), None);
+        // Three bytes say a record header is coming, and a handshake header: 9 at least.
+        assert_eq!(session.phase, Phase::Hello { needed: 9 });
+        client.write_all(&sent[3..12]).expect("more");
+        assert_eq!(rig.turn(&mut session), None);
+        // Now the hello's length is known: nothing more is looked at before all of it.
+        assert_eq!(
+            session.phase,
+            Phase::Hello {
+                needed: sent.len() as u32
+            }
+        );
+        client.write_all(&sent[12..100]).expect("more");
+        assert_eq!(rig.turn(&mut session), None);
+        assert_eq!(
+            session.phase,
+            Phase::Hello {
+                needed: sent.len() as u32
+            }
+        );
+        client.write_all(&sent[100..]).expect("the rest");
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(backend_reads(&routed, sent.len()), sent);
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_client_that_is_not_tls_goes_to_the_services_own_pool() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let (_client, session) = rig.client(b"GET / HTTP/1.0\r\n\r\n");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(backend_reads(&default, 18), b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(inspected(&rig, TlsInspect::NotTls), 1);
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn without_a_pool_of_its_own_a_client_no_route_takes_is_reset() {
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(None, &[routed_port], None, Duration::from_secs(5));
+        let (mut client, session) = rig.client(&hello("b.example.com"));
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), Some(EndReason::NoRoute));
+        assert_eq!(inspected(&rig, TlsInspect::Sni), 1);
+        session.release(&mut rig.env());
+        drop(session);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let read = client.read(&mut [0u8; 16]);
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+        routed.set_nonblocking(true).expect("non-blocking");
+        assert!(routed.accept().is_err(), "no backend was dialled");
+    }
+
+    #[test]
+    fn a_hello_too_slow_goes_to_the_services_pool_with_what_came() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let (_client, session) = rig.client(&sent[..20]);
+        let mut session = session.expect("a session");
+        assert_eq!(rig.turn(&mut session), None);
+        assert!(matches!(session.phase, Phase::Hello { .. }));
+        // sni-timeout: the 20 bytes that came go to the service's own pool.
+        assert_eq!(session.on_timer(&mut rig.env()), Report::default());
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(backend_reads(&default, 20), &sent[..20]);
+        let (result, name) = session.summary(rig.now).tls.expect("inspected");
+        assert_eq!((result, name), (TlsInspect::Timeout, None));
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_hello_in_the_segment_of_a_proxy_header_is_routed_at_once() {
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(
+            None,
+            &[routed_port],
+            Some(Duration::from_secs(5)),
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let mut segment = b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 443\r\n".to_vec();
+        segment.extend(&sent);
+        let (_client, session) = rig.client(&segment);
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(
+            backend_reads(&routed, sent.len()),
+            sent,
+            "the hello, not the header"
+        );
+        assert_eq!(
+            session.summary(rig.now).client_addr,
+            SocketAddr::from(([192, 0, 2, 7], 5555))
+        );
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_client_that_closes_before_its_hello_is_whole_goes_on_with_what_it_sent() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let (client, session) = rig.client(&sent[..40]);
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        let (mut conn, _) = default.accept().expect("the service's pool");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got: Vec<u8> = Vec::new();
+        // Pumped on the session's events: drive it while the backend reads.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 40 {
+            assert!(Instant::now() < deadline, "{} bytes", got.len());
+            let _ = rig.turn(&mut session);
+            conn.set_nonblocking(true).expect("non-blocking");
+            let mut buf = [0u8; 64];
+            match conn.read(&mut buf) {
+                Ok(n) => got.extend(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, &sent[..40]);
+        assert_eq!(inspected(&rig, TlsInspect::Malformed), 1);
+        session.release(&mut rig.env());
     }
 }

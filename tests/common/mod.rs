@@ -8,6 +8,7 @@
 //! | [`bytes`] | byte patterns and hashes to check every byte that crosses |
 //! | [`ctl`] | `tcplb ctl` against a running tcplb's control socket |
 //! | [`proxy`] | client addresses, PROXY protocol headers, real HAProxy and nginx |
+//! | [`tls`] | certificates, real TLS servers and clients (Python `ssl`) for routing by SNI |
 //!
 //! Everything is re-exported here, so a test file says `use common::*;`.
 #![allow(dead_code)]
@@ -18,6 +19,7 @@ pub mod bytes;
 pub mod ctl;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 // (A test file uses some of each.)
 #[allow(unused_imports)]

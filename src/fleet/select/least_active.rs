@@ -1,13 +1,14 @@
 //! Least active sessions per unit of weight, shared by every worker, in O(1) per pick.
 //!
 //! A tournament tree over a group's backends: every internal node holds the index of the
-//! best backend in its subtree, so the root names the backend to pick. "Best" compares
-//! `active / share` (cross-multiplied, no division; the share is the weight, less while the
-//! backend is on its slow-start ramp); a tie goes to the backend with the
-//! fewest sessions ever given per unit of weight (`picks / weight`), so equal backends take
-//! turns and weighted ones share in proportion even when no session is held; a tie in that
-//! too goes to the lower index. A backend that does not take sessions now (down, its trial
-//! under way, draining) never wins.
+//! best backend in its subtree, so the root names the backend to pick. "Best" is a [`Key`]:
+//! for least-active ([`ByLoad`]) it compares `active / share` (cross-multiplied, no
+//! division; the share is the weight, less while the backend is on its slow-start ramp); a
+//! tie goes to the backend with the fewest sessions ever given per unit of weight
+//! (`picks / weight`), so equal backends take turns and weighted ones share in proportion
+//! even when no session is held; a tie in that too goes to the lower index.
+//! (Least-latency, `least_latency.rs`, is the same tree with another key.) A backend that
+//! does not take sessions now (down, its trial under way, draining) never wins.
 //!
 //! A change to one backend (a session taken or released, a state change) replays the
 //! matches on its path to the root: O(log n) atomic loads and compare-and-swaps, no lock.
@@ -29,30 +30,63 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// No backend in the subtree takes sessions.
 const NONE: u32 = u32::MAX;
 
+/// How two backends compare: `Less` when `a` should get the next session before `b`.
+pub trait Key: Send + Sync + std::fmt::Debug {
+    /// `Less` if `a` is the better pick at `now`.
+    fn compare(&self, a: &Backend, b: &Backend, now: u64) -> CmpOrdering;
+}
+
+/// Least `active / share` first, then least `picks / weight`.
+#[derive(Debug, Default)]
+pub struct ByLoad;
+
+impl Key for ByLoad {
+    fn compare(&self, a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
+        compare(a, b, now)
+    }
+}
+
+/// A tournament tree over a group, by `K`.
 #[derive(Debug)]
-pub struct LeastActive {
+pub struct Tree<K> {
     /// Leaves in the tree: a power of two, at least the group's size.
     leaves: usize,
     /// `nodes[1]` is the root; node `k` has children `2k` and `2k + 1`; `leaves..2*leaves`
     /// would be the leaves, which are implicit (leaf `i` is backend `i`). Each word is
     /// `version << 32 | winner`.
     nodes: Box<[AtomicU64]>,
+    key: K,
 }
+
+/// Least active sessions per unit of weight.
+pub type LeastActive = Tree<ByLoad>;
 
 impl LeastActive {
     /// A tree over `members`, built from their state at `now`.
     pub fn new(members: &[Arc<Backend>], now: u64) -> LeastActive {
+        Tree::with_key(members, now, ByLoad)
+    }
+}
+
+impl<K: Key> Tree<K> {
+    /// A tree over `members` by `key`, built from their state at `now`.
+    pub fn with_key(members: &[Arc<Backend>], now: u64, key: K) -> Tree<K> {
         let leaves = members.len().max(1).next_power_of_two();
         let nodes = (0..leaves)
             .map(|_| AtomicU64::new(u64::from(NONE)))
             .collect();
-        let tree = LeastActive { leaves, nodes };
+        let tree = Tree { leaves, nodes, key };
         tree.rebuild(members, now);
         tree
     }
 
+    /// The key it compares by.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
     /// Recomputes every node bottom-up (at build, and to catch up after a reload).
-    pub fn rebuild(&self, members: &[Arc<Backend>], now: u64) {
+    pub(super) fn rebuild(&self, members: &[Arc<Backend>], now: u64) {
         for i in 0..members.len() {
             self.replay(members, i, now);
         }
@@ -62,7 +96,7 @@ impl LeastActive {
         if node >= self.leaves {
             let i = node - self.leaves;
             match members.get(i) {
-                Some(b) if b.state(now).takes_sessions() => i as u32,
+                Some(b) if b.state(now).takes_sessions() && b.has_room() => i as u32,
                 _ => NONE,
             }
         } else {
@@ -72,14 +106,14 @@ impl LeastActive {
 
     /// Replays the matches from leaf `index` up to the root (node 1; with a single leaf,
     /// node 1 is that leaf and there is nothing to replay).
-    fn replay(&self, members: &[Arc<Backend>], index: usize, now: u64) {
+    pub(super) fn replay(&self, members: &[Arc<Backend>], index: usize, now: u64) {
         let mut node = (index + self.leaves) / 2;
         while node >= 1 {
             loop {
                 let old = self.nodes[node].load(Ordering::Acquire);
                 let left = self.winner_of(2 * node, members, now);
                 let right = self.winner_of(2 * node + 1, members, now);
-                let winner = better(members, left, right, now);
+                let winner = self.better(members, left, right, now);
                 let new = (old >> 32).wrapping_add(1) << 32 | u64::from(winner);
                 if self.nodes[node]
                     .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
@@ -111,7 +145,7 @@ impl LeastActive {
         }
         let b = &members[winner as usize];
         let usable = !request.tried.contains(&b.id);
-        if usable && b.state(request.now).takes_sessions() {
+        if usable && b.state(request.now).takes_sessions() && b.has_room() {
             return winner;
         }
         if usable {
@@ -122,7 +156,35 @@ impl LeastActive {
         }
         let left = self.best_below(2 * node, members, request, stale);
         let right = self.best_below(2 * node + 1, members, request, stale);
-        better(members, left, right, request.now)
+        self.better(members, left, right, request.now)
+    }
+
+    /// The better of two candidates (either may be `NONE`) at `now`.
+    fn better(&self, members: &[Arc<Backend>], a: u32, b: u32, now: u64) -> u32 {
+        match (a, b) {
+            (NONE, x) | (x, NONE) => x,
+            (a, b) => match self
+                .key
+                .compare(&members[a as usize], &members[b as usize], now)
+            {
+                CmpOrdering::Greater => b,
+                CmpOrdering::Equal if b < a => b,
+                _ => a,
+            },
+        }
+    }
+
+    /// The pick itself (see [`Selector::pick`]).
+    pub fn pick_best(&self, members: &[Arc<Backend>], request: &PickRequest) -> Option<usize> {
+        let mut stale = Stale {
+            found: [NONE; 4],
+            len: 0,
+        };
+        let chosen = self.best_below(1, members, request, &mut stale);
+        for &index in &stale.found[..stale.len] {
+            self.replay(members, index as usize, request.now);
+        }
+        (chosen != NONE).then_some(chosen as usize)
     }
 }
 
@@ -141,20 +203,8 @@ impl Stale {
     }
 }
 
-/// The better of two candidates (either may be `NONE`).
-fn better(members: &[Arc<Backend>], a: u32, b: u32, now: u64) -> u32 {
-    match (a, b) {
-        (NONE, x) | (x, NONE) => x,
-        (a, b) => match compare(&members[a as usize], &members[b as usize], now) {
-            CmpOrdering::Greater => b,
-            CmpOrdering::Equal if b < a => b,
-            _ => a,
-        },
-    }
-}
-
 /// Least `active / share` first, then least `picks / weight`.
-fn compare(a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
+pub fn compare(a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
     let ((wa, sa), (wb, sb)) = (a.weight_and_share(now), b.weight_and_share(now));
     // Sessions (u32) times a share (at most 256 × SHARE_UNIT): no overflow in u64.
     (u64::from(a.active()) * sb)
@@ -170,15 +220,7 @@ impl Selector for LeastActive {
     }
 
     fn pick(&self, members: &[Arc<Backend>], request: &PickRequest) -> Option<usize> {
-        let mut stale = Stale {
-            found: [NONE; 4],
-            len: 0,
-        };
-        let chosen = self.best_below(1, members, request, &mut stale);
-        for &index in &stale.found[..stale.len] {
-            self.replay(members, index as usize, request.now);
-        }
-        (chosen != NONE).then_some(chosen as usize)
+        self.pick_best(members, request)
     }
 
     fn refresh(&self, members: &[Arc<Backend>], index: usize, now: u64) {
@@ -374,7 +416,12 @@ mod tests {
             let stored = (tree.nodes[node].load(Ordering::Acquire) & 0xffff_ffff) as u32;
             let l = tree.winner_of(2 * node, m, 0);
             let r = tree.winner_of(2 * node + 1, m, 0);
-            assert_eq!(stored, better(m, l, r, 0), "node {node} of {}", tree.leaves);
+            assert_eq!(
+                stored,
+                tree.better(m, l, r, 0),
+                "node {node} of {}",
+                tree.leaves
+            );
         }
     }
 

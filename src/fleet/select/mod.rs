@@ -7,6 +7,7 @@
 //! | `round-robin` | [`round_robin::RoundRobin`] | the next turn of a smooth weighted [`schedule`] |
 //! | `random-two` | [`random_two::RandomTwo`] | the less loaded of two drawn by weight |
 //! | `source-hash` | [`maglev::Maglev`] | the client address through a Maglev table |
+//! | `least-latency` | [`least_latency::LeastLatency`] | a tournament tree: least `latency × (active + 1) / weight` |
 //!
 //! A selector is built with each fleet generation over that generation's group, is shared
 //! by every worker, and must pick without a lock and in time independent of the group's
@@ -15,6 +16,7 @@
 //! `request.now` or that is in `request.tried`.
 
 pub mod least_active;
+pub mod least_latency;
 pub mod maglev;
 pub mod random_two;
 pub mod round_robin;
@@ -37,10 +39,12 @@ pub struct PickRequest<'a> {
 }
 
 impl PickRequest<'_> {
-    /// Whether `backend` may be given this session: it takes sessions now and has not been
-    /// tried for this client.
+    /// Whether `backend` may be given this session: it takes sessions now, has room (below
+    /// its `maxconn`) and has not been tried for this client.
     pub fn allows(&self, backend: &Backend) -> bool {
-        backend.state(self.now).takes_sessions() && !self.tried.contains(&backend.id)
+        backend.state(self.now).takes_sessions()
+            && backend.has_room()
+            && !self.tried.contains(&backend.id)
     }
 }
 
@@ -66,9 +70,20 @@ pub trait Selector: Send + Sync + fmt::Debug {
 
     /// Anything may have changed (after a reload was adopted by every worker).
     fn refresh_all(&self, _members: &[Arc<Backend>], _now: u64) {}
+
+    /// Whether it wants [`Selector::tick`]s.
+    fn ticks(&self) -> bool {
+        false
+    }
+
+    /// Time passes (the control thread, about twice a second, for selectors that ask):
+    /// work that may be O(n), never done on a worker.
+    fn tick(&self, _members: &[Arc<Backend>], _now: u64) {}
 }
 
-pub use crate::config::policy::{Balance, DEFAULT_TABLE_SIZE, HashSettings, MAX_TABLE_SIZE, NAMES};
+pub use crate::config::policy::{
+    Balance, DEFAULT_TABLE_SIZE, HashSettings, LatencySettings, MAX_TABLE_SIZE, NAMES,
+};
 
 /// Whether groups of `primaries` and `backups` backends suit `balance`: `Err(why)` when
 /// some backend would never be chosen, `Ok(Some(warning))` when the spread would be uneven
@@ -93,6 +108,11 @@ pub fn build(balance: Balance, members: &[Arc<Backend>], now: u64) -> Box<dyn Se
         Balance::RoundRobin => Box::new(round_robin::RoundRobin::new(members)),
         Balance::RandomTwo => Box::new(random_two::RandomTwo::new(members)),
         Balance::SourceHash(settings) => Box::new(maglev::Maglev::new(members, settings, now)),
+        Balance::LeastLatency(settings) => Box::new(least_latency::LeastLatency::new(
+            members,
+            settings.decay,
+            now,
+        )),
     }
 }
 
@@ -144,6 +164,7 @@ pub(crate) mod testing {
                 backup: false,
                 send_proxy: None,
                 agent_port: None,
+                maxconn: None,
             },
         ))
     }

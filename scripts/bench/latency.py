@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Least-latency balancing, measured side by side (scripts/bench.sh --latency):
+
+Four HTTP backends (nginx), one of them behind a proxy that holds each response's first
+bytes back for 50 ms (a slow backend: a GC pause, a degraded disk). `ab -n N -c 16`
+through tcplb least-active, tcplb least-latency, HAProxy leastconn and nginx stream
+least_conn (nginx's least_time is NGINX Plus only), rounds interleaved: median
+requests/s, p50 and p99 latency, and proxy CPU per request (utime + stime from /proc).
+Each proxy runs on CPU 1; the backends, the delay proxy and ab on CPU 0.
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_listening(port, proc, name, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{name} exited during start-up")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{name} does not listen on {port}")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def delay_proxy(listen_port, upstream_port, delay):
+    """A TCP proxy that holds the first bytes of every response back for `delay` s."""
+
+    async def pipe(reader, writer, first_delay):
+        try:
+            first = True
+            while data := await reader.read(65536):
+                if first and first_delay:
+                    await asyncio.sleep(first_delay)
+                first = False
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    async def handle(client_r, client_w):
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", upstream_port)
+        except OSError:
+            client_w.close()
+            return
+        await asyncio.gather(pipe(client_r, up_w, 0), pipe(up_r, client_w, delay))
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
+
+
+def ab(port, n, c):
+    out = subprocess.run(
+        ["taskset", "-c", "0", "ab", "-q", "-n", str(n), "-c", str(c),
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    pct = dict((int(a), int(b)) for a, b in re.findall(r"^\s+(\d+)%\s+(\d+)", out, re.M))
+    return rps, pct.get(50), pct.get(99), failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-n", type=int, default=4000)
+    ap.add_argument("-c", type=int, default=16)
+    ap.add_argument("--delay-ms", type=int, default=50)
+    args = ap.parse_args()
+    for tool in ("nginx", "haproxy", "ab", "taskset"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            raise SystemExit(f"{tool} is needed (scripts/bench.sh --install)")
+    tmp = tempfile.mkdtemp(prefix="tcplb-latency-")
+    procs = []
+
+    def stop_all(*_):
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
+    try:
+        nginx_ports = [free_port() for _ in range(4)]
+        servers = "\n".join(
+            f"  server {{ listen 127.0.0.1:{p}; location / {{ return 200 'ok\\n'; }} }}"
+            for p in nginx_ports)
+        os.makedirs(f"{tmp}/backend", exist_ok=True)
+        with open(f"{tmp}/backend/nginx.conf", "w") as f:
+            f.write(f"""worker_processes 1; daemon off; pid {tmp}/backend/nginx.pid;
+error_log {tmp}/backend/error.log warn; events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {tmp}/backend;
+{servers}
+}}
+""")
+        procs.append(subprocess.Popen(
+            ["taskset", "-c", "0", "nginx", "-p", f"{tmp}/backend", "-c",
+             f"{tmp}/backend/nginx.conf", "-e", f"{tmp}/backend/error.log"]))
+        for p in nginx_ports:
+            wait_listening(p, procs[-1], "backend nginx")
+        slow_port = free_port()
+        delay_proxy(slow_port, nginx_ports[3], args.delay_ms / 1000)
+        wait_listening(slow_port, None, "the delay proxy")
+        backends = [f"127.0.0.1:{p}" for p in nginx_ports[:3]] + [f"127.0.0.1:{slow_port}"]
+
+        ports = {name: free_port() for name in
+                 ("tcplb least-active", "tcplb least-latency", "HAProxy leastconn",
+                  "nginx least_conn")}
+        pids = {}
+        for name, balance in (("tcplb least-active", "least-active"),
+                              ("tcplb least-latency", "least-latency")):
+            p = subprocess.Popen(
+                ["taskset", "-c", "1", args.binary, "--listen",
+                 f"127.0.0.1:{ports[name]}", "--workers", "1", "--balance", balance]
+                + backends, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+            procs.append(p)
+            pids[name] = [p.pid]
+        haproxy_cfg = f"{tmp}/haproxy.cfg"
+        with open(haproxy_cfg, "w") as f:
+            f.write("global\n    nbthread 1\n    maxconn 4000\ndefaults\n    mode tcp\n"
+                    "    balance leastconn\n    timeout connect 3s\n    timeout client 60s\n"
+                    "    timeout server 60s\nfrontend fe\n"
+                    f"    bind 127.0.0.1:{ports['HAProxy leastconn']}\n    default_backend be\n"
+                    "backend be\n" + "".join(f"    server b{i} {b}\n"
+                                             for i, b in enumerate(backends)))
+        p = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-db", "-f", haproxy_cfg],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        pids["HAProxy leastconn"] = [p.pid]
+        module = "/usr/lib/nginx/modules/ngx_stream_module.so"
+        os.makedirs(f"{tmp}/stream", exist_ok=True)
+        with open(f"{tmp}/stream/nginx.conf", "w") as f:
+            f.write((f"load_module {module};\n" if os.path.exists(module) else "")
+                    + f"worker_processes 1; daemon off; pid {tmp}/stream/nginx.pid;\n"
+                    f"error_log {tmp}/stream/error.log warn; events {{ worker_connections 4096; }}\n"
+                    "stream { upstream b { least_conn;\n"
+                    + "".join(f"  server {b};\n" for b in backends)
+                    + f"}} server {{ listen 127.0.0.1:{ports['nginx least_conn']}; proxy_pass b; }} }}\n")
+        p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", f"{tmp}/stream", "-c",
+                              f"{tmp}/stream/nginx.conf", "-e", f"{tmp}/stream/error.log"])
+        procs.append(p)
+        for name, port in ports.items():
+            wait_listening(port, None, name)
+        time.sleep(0.5)
+        workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
+                                 text=True).stdout.split()
+        pids["nginx least_conn"] = [p.pid] + [int(w) for w in workers]
+
+        results = {name: [] for name in ports}
+        for r in range(args.rounds):
+            for name, port in ports.items():
+                ab(port, args.n // 10, args.c)  # warm-up: the estimates learn
+                before = cpu_ticks(pids[name])
+                rps, p50, p99, failed = ab(port, args.n, args.c)
+                ticks = cpu_ticks(pids[name]) - before
+                results[name].append((rps, p50, p99, failed, ticks / CLK_TCK / args.n))
+                print(f"round {r + 1} {name}: {rps:.0f} req/s, p50 {p50} ms, p99 {p99} ms, "
+                      f"{failed} failed", file=sys.stderr)
+    finally:
+        stop_all()
+
+    med = {n: [statistics.median(x[i] for x in v) for i in range(5)]
+           for n, v in results.items()}
+    base = med["tcplb least-active"]
+    print(f"Least-latency, measured: 4 backends, one +{args.delay_ms} ms; "
+          f"ab -n {args.n} -c {args.c}; {args.rounds} rounds (medians)")
+    print()
+    print("| proxy | req/s | p50 ms | p99 ms | failed | proxy CPU µs/req | p99 vs least-active |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, (rps, p50, p99, failed, cpu) in med.items():
+        print(f"| {name} | {rps:.0f} | {p50:.0f} | {p99:.0f} | {failed:.0f} | "
+              f"{cpu * 1e6:.1f} | {p99 / base[2]:.2f} |")
+    ll, la = med["tcplb least-latency"], med["tcplb least-active"]
+    print()
+    print(f"least-latency CPU per request / least-active: {ll[4] / la[4]:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
