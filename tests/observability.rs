@@ -1188,6 +1188,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         "bytes_sent",
         "bytes_received",
         "latency_ms",
+        "maxconn",
     ]
     .into();
     for entry in &all {
