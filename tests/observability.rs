@@ -1197,6 +1197,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         "last_check",
         "agent",
         "latency_ms",
+        "maxconn",
     ]
     .into();
     for entry in &all {
@@ -1224,7 +1225,7 @@ fn backends_json_has_every_field_with_the_right_values() {
             "pool": "default", "address": primary.arg(), "name": primary.arg(), "weight": 2, "backup": false,
             "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 1,
             "connect_failures_total": 0, "consecutive_failures": 0,
-            "bytes_sent": n, "bytes_received": n,
+            "bytes_sent": n, "bytes_received": n, "maxconn": null,
             "admin": "ready", "weight_configured": 2, "weight_set": null, "weight_effective": 2,
             "slow_start": null, "checks": "off", "last_check": null, "agent": null,
         })
@@ -1235,7 +1236,7 @@ fn backends_json_has_every_field_with_the_right_values() {
             "pool": "default", "address": backup.arg(), "name": backup.arg(), "weight": 1, "backup": true,
             "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 0,
             "connect_failures_total": 0, "consecutive_failures": 0,
-            "bytes_sent": 0, "bytes_received": 0,
+            "bytes_sent": 0, "bytes_received": 0, "maxconn": null,
             "admin": "ready", "weight_configured": 1, "weight_set": null, "weight_effective": 1,
             "slow_start": null, "checks": "off", "last_check": null, "agent": null,
         })
