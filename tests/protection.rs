@@ -519,13 +519,20 @@ fn nth_source(n: u32) -> IpAddr {
 }
 
 #[test]
-fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited_limited() {
+fn a_flood_of_ten_times_the_table_in_sources_keeps_it_bounded_and_the_limited_limited() {
+    // 20,000 sources through a table of 2,000 in the suite (about 8 s); the figure
+    // in docs/behaviour.md is of TCPLB_FLOOD_SOURCES=100000 (a table of 10,000), by hand.
+    let sources: u32 = std::env::var("TCPLB_FLOOD_SOURCES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let table = sources / 10;
     let backend = Backend::start(1, echo());
     let tcplb = Tcplb::start_config(
         &config(
             &[backend.arg()],
             "",
-            "max-conns-per-source = 2\nsource-table-size = 10000",
+            &format!("max-conns-per-source = 2\nsource-table-size = {table}"),
         ),
         &[],
     );
@@ -543,13 +550,12 @@ fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited
         || "the abuser's sessions never opened".to_string(),
     );
     let rss_before = tcplb.rss_kib();
-    const SOURCES: u32 = 100_000;
     let threads = 4;
     let flood: Vec<_> = (0..threads)
         .map(|t| {
             thread::spawn(move || {
-                for n in (1 + t..=SOURCES).step_by(threads as usize) {
-                    // Connect and leave with a reset: no TIME_WAIT on 100,000 addresses.
+                for n in (1 + t..=sources).step_by(threads as usize) {
+                    // Connect and leave with a reset: no TIME_WAIT on every address.
                     let stream = connect_from(nth_source(n), addr);
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 }
@@ -565,7 +571,7 @@ fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited
             // (A connection reset while still in the listen queue may never be accepted:
             // nearly all is enough.)
             m.get("tcplb_connections_accepted_total", &[("service", "db")])
-                >= f64::from(SOURCES) * 0.99
+                >= f64::from(sources) * 0.99
                 && m.get("tcplb_sessions_active", &[("service", "db")]) == 2.0
         },
         || {
@@ -579,18 +585,18 @@ fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited
     );
     let rss_after = tcplb.rss_kib();
     let metrics = tcplb.metrics();
-    let sources = metrics.get("tcplb_source_table_sources", &[("service", "db")]);
-    assert!(sources <= 10_000.0 + 16.0, "{sources} sources kept");
+    let kept = metrics.get("tcplb_source_table_sources", &[("service", "db")]);
+    assert!(kept <= f64::from(table) + 16.0, "{kept} sources kept");
     assert!(
-        sources >= 5_000.0,
-        "only {sources} kept: the table was not used"
+        kept >= f64::from(table) / 2.0,
+        "only {kept} kept: the table was not used"
     );
     assert_eq!(
         metrics.get("tcplb_source_table_untracked_total", &[("service", "db")]),
         0.0
     );
     println!(
-        "100,000 sources through a table of 10,000: {sources} kept, RSS {rss_before} KiB -> \
+        "{sources} sources through a table of {table}: {kept} kept, RSS {rss_before} KiB -> \
          {rss_after} KiB"
     );
     assert!(

@@ -783,6 +783,39 @@ mod tests {
     }
 
     #[test]
+    fn an_agents_maxconn_stands_for_the_configured_one_while_it_says_so() {
+        let b = backend();
+        let mut spec = ResolvedBackend {
+            addr: b.addr,
+            name: b.name.clone(),
+            weight: 1,
+            backup: false,
+            send_proxy: None,
+            agent_port: Some(81),
+            maxconn: Some(2),
+        };
+        b.set_options(&spec);
+        assert_eq!(b.maxconn(), Some(2));
+        b.set_agent(AgentState {
+            maxconn: Some(1),
+            ..AgentState::default()
+        });
+        assert_eq!((b.maxconn(), b.configured_maxconn()), (Some(1), Some(2)));
+        assert!(b.try_acquire());
+        assert!(!b.try_acquire(), "the agent's limit of 1 holds");
+        // A reload that changes the configured limit does not undo the agent's word.
+        spec.maxconn = Some(3);
+        b.set_options(&spec);
+        assert_eq!(b.maxconn(), Some(1));
+        // The agent stops saying it: the configured limit again.
+        b.set_agent(AgentState::default());
+        assert_eq!(b.maxconn(), Some(3));
+        assert!(b.try_acquire());
+        b.release();
+        b.release();
+    }
+
+    #[test]
     fn one_state_from_checks_breaker_and_removal() {
         let policy = BreakerPolicy {
             max_fails: 1,
