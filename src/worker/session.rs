@@ -1735,3 +1735,15 @@ mod tests {
         session.release(&mut rig.env());
     }
 }
+#[cfg(test)]
+mod size {
+    /// An idle connection costs its session and the kernel's sockets, nothing else (no
+    /// buffer): the session's size is part of what an idle connection costs, so it grows
+    /// only on purpose. 408 bytes before the queue, classes, per-source limits and TLS
+    /// routes; 528 with them.
+    #[test]
+    fn a_session_stays_small() {
+        let size = std::mem::size_of::<super::Session>();
+        assert!(size <= 528, "a Session is {size} bytes");
+    }
+}
