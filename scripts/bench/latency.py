@@ -12,10 +12,6 @@ Each proxy runs on CPU 1; the backends, the delay proxy and ab on CPU 0.
 import argparse
 import asyncio
 import os
-import re
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,37 +19,14 @@ import tempfile
 import threading
 import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from common import CLK_TCK, Procs, ab, cpu_ticks, free_port, need, nginx_backends, wait_listening
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
-def wait_listening(port, proc, name, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"{name} exited during start-up")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{name} does not listen on {port}")
 
 
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+
 
 
 def delay_proxy(listen_port, upstream_port, delay):
@@ -92,15 +65,6 @@ def delay_proxy(listen_port, upstream_port, delay):
     threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
 
 
-def ab(port, n, c):
-    out = subprocess.run(
-        ["taskset", "-c", "0", "ab", "-q", "-n", str(n), "-c", str(c),
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
-    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
-    pct = dict((int(a), int(b)) for a, b in re.findall(r"^\s+(\d+)%\s+(\d+)", out, re.M))
-    return rps, pct.get(50), pct.get(99), failed
 
 
 def main():
@@ -111,41 +75,11 @@ def main():
     ap.add_argument("-c", type=int, default=16)
     ap.add_argument("--delay-ms", type=int, default=50)
     args = ap.parse_args()
-    for tool in ("nginx", "haproxy", "ab", "taskset"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            raise SystemExit(f"{tool} is needed (scripts/bench.sh --install)")
+    need("nginx", "haproxy", "ab", "taskset")
     tmp = tempfile.mkdtemp(prefix="tcplb-latency-")
-    procs = []
-
-    def stop_all(*_):
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
+    procs = Procs()
     try:
-        nginx_ports = [free_port() for _ in range(4)]
-        servers = "\n".join(
-            f"  server {{ listen 127.0.0.1:{p}; location / {{ return 200 'ok\\n'; }} }}"
-            for p in nginx_ports)
-        os.makedirs(f"{tmp}/backend", exist_ok=True)
-        with open(f"{tmp}/backend/nginx.conf", "w") as f:
-            f.write(f"""worker_processes 1; daemon off; pid {tmp}/backend/nginx.pid;
-error_log {tmp}/backend/error.log warn; events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {tmp}/backend;
-{servers}
-}}
-""")
-        procs.append(subprocess.Popen(
-            ["taskset", "-c", "0", "nginx", "-p", f"{tmp}/backend", "-c",
-             f"{tmp}/backend/nginx.conf", "-e", f"{tmp}/backend/error.log"]))
-        for p in nginx_ports:
-            wait_listening(p, procs[-1], "backend nginx")
+        nginx_ports = nginx_backends(tmp, procs, 4, "")
         slow_port = free_port()
         delay_proxy(slow_port, nginx_ports[3], args.delay_ms / 1000)
         wait_listening(slow_port, None, "the delay proxy")
@@ -205,7 +139,7 @@ http {{ access_log off; client_body_temp_path {tmp}/backend;
                 print(f"round {r + 1} {name}: {rps:.0f} req/s, p50 {p50} ms, p99 {p99} ms, "
                       f"{failed} failed", file=sys.stderr)
     finally:
-        stop_all()
+        procs.stop_all()
 
     med = {n: [statistics.median(x[i] for x in v) for i in range(5)]
            for n, v in results.items()}
