@@ -114,15 +114,7 @@ fn parse_line(line: &str, handed: &mut Handed) -> Option<()> {
         ["added", pool, addr, spec] => {
             let addr: SocketAddr = addr.parse().ok()?;
             let spec = BackendSpec::parse(spec).ok()?;
-            let resolved = ResolvedBackend {
-                addr,
-                name: spec.authority(),
-                weight: spec.weight,
-                backup: spec.backup,
-                send_proxy: spec.send_proxy,
-                agent_port: spec.agent_port,
-                maxconn: spec.maxconn,
-            };
+            let resolved = ResolvedBackend::at(addr, &spec);
             overlay(handed, pool).added.push((resolved, spec));
         }
         ["deleted", pool, addr] => {

@@ -7,6 +7,21 @@ use crate::net;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+impl ResolvedBackend {
+    /// `spec` resolved to `addr`: its options, named as it was written.
+    pub fn at(addr: SocketAddr, spec: &BackendSpec) -> ResolvedBackend {
+        ResolvedBackend {
+            addr,
+            name: spec.authority(),
+            weight: spec.weight,
+            backup: spec.backup,
+            send_proxy: spec.send_proxy,
+            agent_port: spec.agent_port,
+            maxconn: spec.maxconn,
+        }
+    }
+}
+
 /// Resolves specs, remembering each name's last good addresses.
 #[derive(Debug, Default)]
 pub struct Resolver {
@@ -44,15 +59,11 @@ impl Resolver {
                     kept
                 }
             };
-            set.extend(addrs.into_iter().map(|addr| ResolvedBackend {
-                addr,
-                name: spec.authority(),
-                weight: spec.weight,
-                backup: spec.backup,
-                send_proxy: spec.send_proxy,
-                agent_port: spec.agent_port,
-                maxconn: spec.maxconn,
-            }));
+            set.extend(
+                addrs
+                    .into_iter()
+                    .map(|addr| ResolvedBackend::at(addr, spec)),
+            );
         }
         (set, failures)
     }
