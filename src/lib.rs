@@ -44,7 +44,8 @@
 //! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
 //!   line and the config file; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure); [`net`]:
 //!   socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking logs and
-//!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`].
+//!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`]; [`version`]: the
+//!   version, git commit and build date.
 //!
 //! The crate is a library so that tests and benchmarks reach the internals; the `tcplb`
 //! binary (`src/main.rs`) is a thin wrapper around it.
@@ -63,4 +64,5 @@ pub mod proxy_protocol;
 pub mod reactor;
 pub mod service;
 pub mod stats;
+pub mod version;
 pub mod worker;
