@@ -39,6 +39,7 @@ pub mod upgrade;
 
 use crate::access_log::AccessLog;
 use crate::admin::ReloadStats;
+use crate::admin::history::{self, History};
 use crate::admin::http::Endpoint;
 use crate::clock;
 use crate::fleet::PoolId;
@@ -107,6 +108,8 @@ pub enum TimerKey {
     ProbationEnd,
     /// Look at the processes an upgrade started ([`WATCH_INTERVAL`]).
     UpgradeWatch,
+    /// Time to sample the dashboard's history ([`crate::admin::history::INTERVAL`]).
+    HistoryTick,
     /// Time for the pools whose balance keeps figures over the whole pool (least-latency's
     /// median) to update them ([`BALANCE_TICK`]).
     BalanceTick,
@@ -164,6 +167,8 @@ pub struct Control {
     global: crate::config::Global,
     fd_budget: Option<FdBudget>,
     reloads: ReloadStats,
+    /// The dashboard's history (`/api/stats`), sampled every [`TimerKey::HistoryTick`].
+    history: History,
     workers: Vec<Handle>,
     worker_stats: Vec<Arc<WorkerStats>>,
     shared: Arc<Shared>,
@@ -224,6 +229,7 @@ impl Control {
             prober.schedule(fleet, &mut timers, now);
         }
         timers.insert(now + BALANCE_TICK, TimerKey::BalanceTick);
+        timers.insert(now, TimerKey::HistoryTick);
         Ok(Control {
             poll,
             events: Events::with_capacity(256),
@@ -243,6 +249,7 @@ impl Control {
             global,
             fd_budget,
             reloads: ReloadStats::default(),
+            history: History::default(),
             workers,
             worker_stats,
             shared,
@@ -571,9 +578,25 @@ impl Control {
                         .insert(self.now + BALANCE_TICK, TimerKey::BalanceTick);
                 }
                 TimerKey::UpgradeWatch => self.on_watch(),
+                TimerKey::HistoryTick => self.sample_history(),
             }
         }
         self.fired = fired;
+    }
+
+    /// Takes the dashboard's samples (only with the admin endpoint on: nobody else reads
+    /// them) and arms the next.
+    fn sample_history(&mut self) {
+        if self.admin.local_addr().is_none() {
+            return;
+        }
+        let (cpu, resident) = (history::cpu_time(), history::resident_bytes());
+        let mut history = std::mem::take(&mut self.history);
+        let view = view!(self);
+        history.sample(&view, cpu, resident);
+        self.history = history;
+        self.timers
+            .insert(self.now + history::INTERVAL, TimerKey::HistoryTick);
     }
 }
 
@@ -597,6 +620,7 @@ macro_rules! view {
                 .as_ref()
                 .map($crate::access_log::AccessLog::dropped),
             reloads: $control.reloads,
+            history: &$control.history,
         }
     };
 }
