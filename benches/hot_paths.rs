@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot paths (divan): the buffer pool, the kernel pipe pool,
 //! selection with every `--balance` algorithm over 4 / 64 / 1024 backends (a pick, the
-//! lease, its release), the PROXY protocol decoder and encoder, and a loopback echo round
-//! trip through a real worker.
+//! lease, its release), the PROXY protocol decoder and encoder, a ClientHello parsed and
+//! routed by its name among 1,000 routes, and a loopback echo round trip through a real
+//! worker.
 //!
 //! Run with `cargo bench`. These measure our own code in isolation; whole-system figures
 //! against HAProxy and nginx come from `scripts/bench.sh`.
@@ -194,6 +195,40 @@ fn proxy_header_decode(bencher: divan::Bencher, version: &str) {
     );
     bencher
         .bench_local(|| divan::black_box(proxy_protocol::decode(divan::black_box(&header[..len]))));
+}
+
+/// What a service with routes does with a client's ClientHello (a real one, 517 bytes from
+/// Python's ssl): parse it, and look its name up among `n` exact routes and a wildcard.
+#[divan::bench(args = [10, 1000])]
+fn client_hello_parse_and_route(bencher: divan::Bencher, n: usize) {
+    use tcplb::service::routes::{Route, Routing, Target};
+    use tcplb::tls_hello::{DEFAULT_CAP, Parsed, parse};
+    let hello = include_bytes!("../tests/data/client_hello_python.bin");
+    let target = Target {
+        pool: 1,
+        connect_timeout: Duration::from_secs(3),
+        retries: 2,
+    };
+    let mut routes: Vec<Route> = (0..n)
+        .map(|i| Route {
+            sni: Some(format!("site-{i}.example.net")),
+            alpn: None,
+            target,
+        })
+        .collect();
+    routes.push(Route {
+        sni: Some("*.example.com".to_string()),
+        alpn: Some("h2".to_string()),
+        target,
+    });
+    let routing = Routing::new(routes, Duration::from_secs(5), DEFAULT_CAP);
+    let mut scratch = vec![0u8; DEFAULT_CAP];
+    bencher.bench_local(|| {
+        let Parsed::Hello(h) = parse(divan::black_box(hello), DEFAULT_CAP, &mut scratch) else {
+            panic!("a hello");
+        };
+        divan::black_box(routing.route(&h))
+    });
 }
 
 /// One small request/response round trip through tcplb on loopback: client → reactor →

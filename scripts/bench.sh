@@ -20,6 +20,7 @@ read -r -a TCPLB_EXTRA <<<"${TCPLB_ARGS:-}"
 usage() {
     cat <<EOF
 Usage: $(basename "$0") [--quick] [--rounds N] [--base-port PORT] [--install]
+       $(basename "$0") --tls [--quick] [--rounds N] [--base-port PORT]
 
 Benchmarks tcplb against HAProxy (mode tcp, leastconn), HAProxy with splice forced
 on ("HAProxy splice": option splice-request + option splice-response) and nginx
@@ -45,6 +46,11 @@ Options:
   --rounds N       rounds to run (default 3; 1 with --quick)
   --base-port P    ports used: P+1..P+4 backends, P+10..P+14 proxies (default 28100)
   --install        apt-get install whatever is missing (needs root)
+  --tls [--quick] [--rounds N]
+                   instead: new TLS connections through tcplb routing by SNI (routes),
+                   tcplb plain passthrough, HAProxy (inspect-delay + req.ssl_sni) and nginx
+                   stream (ssl_preread + map): connections per second and proxy CPU per
+                   connection, interleaved rounds, medians (scripts/bench/tls.sh)
   --multicore [--quick] [--rounds N]
                    instead: tcplb --workers 1 and 2, HAProxy nbthread 2, nginx stream
                    worker_processes 2 with and without a shared zone, tcplb and nginx with
@@ -115,6 +121,11 @@ while (($#)); do
         # The multi-core comparison is its own run (scripts/bench/multicore.sh).
         shift
         exec "$HELPERS/multicore.sh" "$@"
+        ;;
+    --tls)
+        # TLS passthrough by name is its own run (scripts/bench/tls.sh).
+        shift
+        exec "$HELPERS/tls.sh" "$@"
         ;;
     --latency)
         # Least-latency against least-active, HAProxy and nginx (scripts/bench/latency.py).

@@ -5,6 +5,10 @@
 //! 2026-11-23T03:24:31.123Z service=web client=10.1.2.3:51234 class=normal backend=10.0.0.11:80 queue_ms=- connect_ms=0.214 ttfb_ms=1.500 duration_ms=12.801 bytes_up=112 bytes_down=5120 retries=0 end=backend_fin
 //! ```
 //!
+//! A session of a service with `routes` ends its line with what the client sent first
+//! (`tls=`, as `tcplb_tls_inspect_total`'s `result`) and the server name it asked for
+//! (`sni=`, `-` for none): `... end=backend_fin tls=sni sni=api.example.com`.
+//!
 //! Each worker formats its lines into its own batch during a turn of its loop and hands the
 //! batch, once per turn, to the one writer thread every worker shares: a slow disk or a
 //! stalled pipe never blocks an event loop, and lines from different workers never
@@ -236,7 +240,7 @@ impl AccessLogBatch {
             }
             None => b.extend_from_slice(b" ttfb_ms=-"),
         }
-        let _ = writeln!(
+        let _ = write!(
             b,
             " duration_ms={:.3} bytes_up={} bytes_down={} retries={} end={}",
             session.duration.as_secs_f64() * 1000.0,
@@ -245,6 +249,17 @@ impl AccessLogBatch {
             session.retries,
             ended.as_str()
         );
+        // A service with routes: what the client sent first, and the name it asked for
+        // (visible ASCII: the parser took nothing else).
+        if let Some((result, name)) = &session.tls {
+            let _ = write!(
+                b,
+                " tls={} sni={}",
+                result.as_str(),
+                name.as_deref().unwrap_or("-")
+            );
+        }
+        b.push(b'\n');
         self.lines += 1;
     }
 
@@ -414,6 +429,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::TlsInspect;
     use std::time::Duration;
 
     fn stamp(secs: u64, millis: u64) -> String {
@@ -446,6 +462,7 @@ mod tests {
             retries: 0,
             class: crate::stats::Class::Normal,
             queue_wait: None,
+            tls: None,
         }
     }
 
@@ -522,6 +539,7 @@ mod tests {
                 retries: 0,
                 class: crate::stats::Class::High,
                 queue_wait: Some(Duration::from_micros(2_250)),
+                tls: None,
             },
             EndReason::BackendClosed,
             UNIX_EPOCH + Duration::from_millis(1_795_404_271_123),
@@ -539,8 +557,48 @@ mod tests {
                 retries: 2,
                 class: crate::stats::Class::Normal,
                 queue_wait: None,
+                tls: None,
             },
             EndReason::NoBackend,
+            UNIX_EPOCH,
+        );
+        log.record(
+            &SessionSummary {
+                service: std::sync::Arc::from("tls"),
+                client_addr: "10.1.2.4:443".parse().expect("addr"),
+                backend: Some("10.0.0.12:443".parse().expect("addr")),
+                connect_time: Some(Duration::from_micros(100)),
+                first_response: None,
+                duration: Duration::from_millis(2),
+                bytes_up: 517,
+                bytes_down: 1200,
+                retries: 0,
+                class: crate::stats::Class::Normal,
+                queue_wait: None,
+                tls: Some((
+                    TlsInspect::Sni,
+                    Some(std::sync::Arc::from("api.example.com")),
+                )),
+            },
+            EndReason::ClientClosed,
+            UNIX_EPOCH,
+        );
+        log.record(
+            &SessionSummary {
+                service: std::sync::Arc::from("tls"),
+                client_addr: "10.1.2.5:443".parse().expect("addr"),
+                backend: None,
+                connect_time: None,
+                first_response: None,
+                duration: Duration::from_secs(5),
+                bytes_up: 0,
+                bytes_down: 0,
+                retries: 0,
+                class: crate::stats::Class::Normal,
+                queue_wait: None,
+                tls: Some((TlsInspect::Timeout, None)),
+            },
+            EndReason::NoRoute,
             UNIX_EPOCH,
         );
         log.flush();
@@ -555,7 +613,15 @@ mod tests {
              retries=0 end=backend_fin\n\
              1970-01-01T00:00:00.000Z service=web client=[::1]:9 class=normal backend=- \
              queue_ms=- connect_ms=- \
-             ttfb_ms=- duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n"
+             ttfb_ms=- duration_ms=0.000 bytes_up=0 bytes_down=0 retries=2 end=no_backend\n\
+             1970-01-01T00:00:00.000Z service=tls client=10.1.2.4:443 class=normal \
+             backend=10.0.0.12:443 queue_ms=- \
+             connect_ms=0.100 ttfb_ms=- duration_ms=2.000 bytes_up=517 bytes_down=1200 retries=0 \
+             end=client_fin tls=sni sni=api.example.com\n\
+             1970-01-01T00:00:00.000Z service=tls client=10.1.2.5:443 class=normal backend=- \
+             queue_ms=- connect_ms=- \
+             ttfb_ms=- duration_ms=5000.000 bytes_up=0 bytes_down=0 retries=0 end=no_route \
+             tls=timeout sni=-\n"
         );
     }
 }

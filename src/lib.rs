@@ -22,7 +22,8 @@
 //! - [`worker`]: the data path. Each worker accepts on its own `SO_REUSEPORT` listener (or
 //!   shares one, or takes several: [`control::sockets`]) and runs its sessions
 //!   ([`worker::session`]): with `--accept-proxy` the client's PROXY header is taken first
-//!   ([`worker::proxy_header`]); a backend is leased from the fleet, connected (retrying
+//!   ([`worker::proxy_header`]); a service with `routes` looks at the client's TLS ClientHello
+//!   without taking it ([`worker::hello`]) to choose the pool; a backend is leased from the fleet, connected (retrying
 //!   others; a `send-proxy` backend is sent its header), then a [`worker::duplex::Duplex`] of
 //!   two [`worker::direction::Direction`]s moves bytes through fixed-size buffers from the
 //!   worker's [`worker::pool`], or, for bulk flows on Linux, with `splice(2)` through
@@ -42,7 +43,8 @@
 //! - [`service`]: services and the [`service::Topology`] (every service and pool) the workers
 //!   see.
 //! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
-//!   line and the config file; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure); [`net`]:
+//!   line and the config file; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure);
+//!   [`tls_hello`]: a TLS ClientHello's server name and protocols, for routing by them (pure); [`net`]:
 //!   socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking logs and
 //!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`]; [`version`]: the
 //!   version, git commit and build date.
@@ -64,5 +66,6 @@ pub mod proxy_protocol;
 pub mod reactor;
 pub mod service;
 pub mod stats;
+pub mod tls_hello;
 pub mod version;
 pub mod worker;

@@ -239,6 +239,46 @@ impl ProxyError {
     }
 }
 
+/// What a client of a service with routes turned out to send first: the `result` of
+/// `tcplb_tls_inspect_total`, and the access log's `tls=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsInspect {
+    /// A ClientHello with a server name.
+    Sni,
+    /// A ClientHello without one.
+    NoSni,
+    /// Not TLS (or nothing at all before the client closed).
+    NotTls,
+    /// A ClientHello longer than `max-hello`.
+    TooBig,
+    /// Not a whole ClientHello within `sni-timeout`.
+    Timeout,
+    /// TLS records, but no well-formed ClientHello in them (or cut short by the client).
+    Malformed,
+}
+
+impl TlsInspect {
+    pub const ALL: [TlsInspect; 6] = [
+        TlsInspect::Sni,
+        TlsInspect::NoSni,
+        TlsInspect::NotTls,
+        TlsInspect::TooBig,
+        TlsInspect::Timeout,
+        TlsInspect::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsInspect::Sni => "sni",
+            TlsInspect::NoSni => "no_sni",
+            TlsInspect::NotTls => "not_tls",
+            TlsInspect::TooBig => "too_big",
+            TlsInspect::Timeout => "timeout",
+            TlsInspect::Malformed => "malformed",
+        }
+    }
+}
+
 /// How a session ended: for the access log, the counters and debug logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -271,6 +311,9 @@ pub enum EndReason {
     LimitedConns,
     /// Reset: its source had used up `conn-rate-per-source`.
     LimitedRate,
+    /// Reset: its service has routes, none took the client (no route matched, not TLS, a
+    /// hello too big, malformed or too slow) and the service has no pool of its own.
+    NoRoute,
 }
 
 impl EndReason {
@@ -291,6 +334,7 @@ impl EndReason {
             EndReason::QueueTimeout => "queue_timeout",
             EndReason::LimitedConns => "per_source_conns",
             EndReason::LimitedRate => "per_source_rate",
+            EndReason::NoRoute => "no_route",
         }
     }
 }
@@ -317,6 +361,8 @@ pub struct SessionSummary {
     pub class: Class,
     /// How long it waited in its pool's queue (`None`: it did not wait).
     pub queue_wait: Option<Duration>,
+    /// With routes: what the client's first bytes were, and the server name it asked for.
+    pub tls: Option<(TlsInspect, Option<std::sync::Arc<str>>)>,
 }
 
 #[cfg(test)]

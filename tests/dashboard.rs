@@ -1,11 +1,12 @@
 //! The admin dashboard in a real browser: headless Chromium (Debian's `chromium`, which
 //! scripts/setup installs; without it these tests say so and pass as skipped) loads `/`
-//! from a running tcplb with two services and their pools, and the tests read what the page
-//! shows from its DOM: every service, pool and backend with its state in words; a backend
-//! killed meanwhile shown down with the reason within a few seconds; nothing requested from
-//! any host but the admin port; readable at a phone's width; a thousand backends rendered
-//! and updated without holding the page up. Screenshots go to
-//! `target/tmp/dashboard/` (the README's is docs/dashboard.png, taken from there).
+//! from a running tcplb with three services (one routing by TLS server name) and two
+//! pools, and the tests read what the page shows from its DOM: every service (its routes
+//! too), pool and backend with its state in words; a backend killed meanwhile shown down
+//! with the reason within a few seconds; nothing requested from any host but the admin
+//! port; readable at a phone's width; a thousand backends rendered and updated without
+//! holding the page up. Screenshots go to `target/tmp/dashboard/` (the README's is
+//! docs/dashboard.png, taken from there).
 //!
 //! Plus `/api/stats` against its documented schema (no browser needed).
 
@@ -91,6 +92,8 @@ fn the_dashboard_shows_every_service_pool_and_backend_and_a_backend_going_down()
         "[global]\nadmin = \"127.0.0.1:0\"\n\n\
          [services.web]\nlisten = [\"127.0.0.1:0\"]\npool = \"web\"\n\n\
          [services.db]\nlisten = [\"127.0.0.1:0\"]\npool = \"db\"\n\n\
+         [services.tls]\nlisten = [\"127.0.0.1:0\"]\n\
+         routes = [{{ sni = \"db.example.com\", pool = \"db\" }}]\n\n\
          [pools.web]\nbackends = [\"{}\", \"{}\", \"{},backup\"]\n\n\
          [pools.db]\nbackends = [\"{}\", \"{}\"]\nhealth-interval = \"200ms\"\nfall = 1\nrise = 1\n",
         web[0].arg(),
@@ -126,7 +129,14 @@ fn the_dashboard_shows_every_service_pool_and_backend_and_a_backend_going_down()
         .filter_map(Value::as_str)
         .collect();
     services.sort_unstable();
-    assert_eq!(services, ["db", "web"], "{page:#}");
+    assert_eq!(services, ["db", "tls", "web"], "{page:#}");
+    let routes = browser.eval("document.querySelector('[data-service=tls]').textContent");
+    assert!(
+        routes
+            .as_str()
+            .is_some_and(|t| t.contains("TLS routes: db.example.com → db")),
+        "{routes}"
+    );
     let mut pools: Vec<&str> = page["pools"]
         .as_array()
         .expect("pools")
@@ -342,6 +352,8 @@ fn api_stats_follows_its_schema() {
     let toml = format!(
         "[global]\nadmin = \"127.0.0.1:0\"\n\n\
          [services.web]\nlisten = [\"127.0.0.1:0\"]\npool = \"web\"\n\n\
+         [services.tls]\nlisten = [\"127.0.0.1:0\"]\n\
+         routes = [{{ sni = \"api.example.com\", alpn = \"h2\", pool = \"web\" }}]\n\n\
          [pools.web]\nbackends = [\"{}\", \"{},backup\"]\nhealth-interval = \"200ms\"\n",
         b[0].arg(),
         b[1].arg(),
@@ -450,6 +462,14 @@ fn api_stats_follows_its_schema() {
         ],
     );
     let service = &s["services"][0];
+    assert_eq!(service["name"], "web");
+    assert_eq!(service["routes"], serde_json::json!([]));
+    let routed = &s["services"][1];
+    assert_eq!(routed["pool"], Value::Null);
+    assert_eq!(
+        routed["routes"],
+        serde_json::json!([{"sni": "api.example.com", "alpn": "h2", "pool": "web"}])
+    );
     check(
         "service",
         service,
@@ -463,6 +483,7 @@ fn api_stats_follows_its_schema() {
             ("limited_total", "number"),
             ("queued", "number"),
             ("limits", "object|null"),
+            ("routes", "array"),
             ("now", "object"),
             ("history", "object"),
         ],

@@ -1198,6 +1198,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         "bytes_sent",
         "bytes_received",
         "latency_ms",
+        "maxconn",
     ]
     .into();
     for entry in &all {
@@ -1225,7 +1226,7 @@ fn backends_json_has_every_field_with_the_right_values() {
             "pool": "default", "address": primary.arg(), "name": primary.arg(), "weight": 2, "backup": false,
             "send_proxy": null, "balance": "least-active", "state": "up", "reason": null, "health_checks": "off", "active": 0, "connections_total": 1,
             "connect_failures_total": 0, "consecutive_failures": 0,
-            "bytes_sent": n, "bytes_received": n,
+            "bytes_sent": n, "bytes_received": n, "maxconn": null,
         })
     );
     assert_eq!(
@@ -1234,7 +1235,7 @@ fn backends_json_has_every_field_with_the_right_values() {
             "pool": "default", "address": backup.arg(), "name": backup.arg(), "weight": 1, "backup": true,
             "send_proxy": null, "balance": "least-active", "state": "up", "reason": null, "health_checks": "off", "active": 0, "connections_total": 0,
             "connect_failures_total": 0, "consecutive_failures": 0,
-            "bytes_sent": 0, "bytes_received": 0,
+            "bytes_sent": 0, "bytes_received": 0, "maxconn": null,
         })
     );
     // An active session shows.

@@ -57,9 +57,9 @@ pub fn service_members(view: &View, service: &Service, out: &mut String) {
         .iter()
         .map(|a| json_string(&a.to_string()))
         .collect();
-    let pool = view
-        .topology
-        .pool(service.pool)
+    let pool = service
+        .pool
+        .and_then(|t| view.topology.pool(t.pool))
         .map_or_else(|| "null".to_string(), |f| json_string(f.name()));
     let stats = &service.stats;
     let _ = write!(

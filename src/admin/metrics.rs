@@ -11,7 +11,7 @@ use crate::clock;
 use crate::fleet::backend::{Backend, BackendStats, State};
 use crate::fleet::queue::{Class, Queue};
 use crate::service::ServiceStats;
-use crate::stats::{ProxyError, Snapshot, WorkerStats};
+use crate::stats::{ProxyError, Snapshot, TlsInspect, WorkerStats};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -603,6 +603,26 @@ fn services(view: &View, e: &mut Exposition) {
                 &[("service", &s.name)],
                 table.stats.untracked.load(Ordering::Relaxed) as f64,
             );
+        }
+    }
+    // Only services with routes look at their clients' bytes: the family exists when one
+    // does.
+    let routed: Vec<_> = services.iter().filter(|s| s.routing.is_some()).collect();
+    if !routed.is_empty() {
+        let name = "tcplb_tls_inspect_total";
+        e.family(
+            name,
+            "counter",
+            "Clients of services with routes, by what they sent first: sni (a TLS ClientHello with a server name), no_sni (one without), not_tls, too_big (past max-hello), timeout (not whole within sni-timeout), malformed.",
+        );
+        for s in &routed {
+            for (i, result) in TlsInspect::ALL.iter().enumerate() {
+                e.sample(
+                    name,
+                    &[("service", &s.name), ("result", result.as_str())],
+                    ServiceStats::get(&s.stats.tls_inspect[i]) as f64,
+                );
+            }
         }
     }
     let name = "tcplb_sessions_active";

@@ -54,7 +54,8 @@ pub struct View<'a> {
 
 impl View<'_> {
     /// Whether the service called `name` (every service, for `None`) would take a new
-    /// client now: the process serves and its pool has a backend that takes sessions.
+    /// client now: the process serves and its pool (one of its pools, with routes) has a
+    /// backend that takes sessions.
     /// Without a name: whether any service would (the process is worth sending clients
     /// to; a pool whose backends are all down is the backends' fault, and another
     /// balancer would find them down too).
@@ -68,9 +69,9 @@ impl View<'_> {
         match name {
             Some(name) => {
                 let service = self.topology.services().find(|s| &*s.name == name)?;
-                Some(self.running && up(service.pool))
+                Some(self.running && service.pools().any(up))
             }
-            None => Some(self.running && self.topology.services().any(|s| up(s.pool))),
+            None => Some(self.running && self.topology.services().any(|s| s.pools().any(up))),
         }
     }
 }

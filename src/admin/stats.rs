@@ -58,10 +58,14 @@ pub fn render(view: &View, out: &mut String) {
         service_members(view, service, out);
         let s = &service.stats;
         let get = ServiceStats::get;
-        let queued = view
-            .topology
-            .pool(service.pool)
-            .map_or(0, |f| f.queue().by_class().iter().sum::<usize>());
+        let mut pools: Vec<_> = service.pools().collect();
+        pools.sort_unstable();
+        pools.dedup();
+        let queued: usize = pools
+            .iter()
+            .filter_map(|&p| view.topology.pool(p))
+            .map(|f| f.queue().by_class().iter().sum::<usize>())
+            .sum();
         let _ = write!(
             out,
             ", \"shed_total\": {}, \"limited_total\": {}, \"queued\": {queued}",
@@ -71,6 +75,7 @@ pub fn render(view: &View, out: &mut String) {
                 + get(&s.pool_full),
             get(&s.limited_conns) + get(&s.limited_rate),
         );
+        routes(view, service, out);
         current_and_history(history.services.get(&*service.name), &SERVICE_SERIES, out);
         out.push('}');
     }
@@ -127,6 +132,29 @@ pub fn backend_history(view: &View, id: u64, out: &mut String) -> Option<()> {
     }
     out.push_str("}\n");
     Some(())
+}
+
+/// `, "routes": [...]`: a service's routes by the TLS ClientHello, in file order (`[]`:
+/// none): `{"sni": "*.example.com", "alpn": null, "pool": "web"}`.
+fn routes(view: &View, service: &crate::service::Service, out: &mut String) {
+    out.push_str(", \"routes\": [");
+    let routes = service.routing.as_ref().map_or(&[][..], |r| r.routes());
+    for (i, route) in routes.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let text = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_string);
+        let _ = write!(
+            out,
+            "{{\"sni\": {}, \"alpn\": {}, \"pool\": {}}}",
+            text(&route.sni),
+            text(&route.alpn),
+            view.topology
+                .pool(route.target.pool)
+                .map_or("null".to_string(), |f| json_string(f.name())),
+        );
+    }
+    out.push(']');
 }
 
 /// The process: uptime, version, workers, sessions, pools of buffers and pipes, reloads.

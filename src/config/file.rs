@@ -3,7 +3,7 @@
 //! ```toml
 //! [global]           # process-wide: workers, admin, access-log, max-conns, ...
 //! [defaults]         # what every service and pool inherits unless it says otherwise
-//! [services.NAME]    # listen = [...], pool = "NAME", and service settings
+//! [services.NAME]    # listen = [...], pool = "NAME" and/or routes = [...], service settings
 //! [pools.NAME]       # backends = [...] or backends-file, balance, checks, ...
 //! ```
 //!
@@ -15,7 +15,7 @@ use super::lower::{self, Layers, Location, Written};
 use super::spec::printable;
 use super::table::{self, Opt};
 use super::values::Raw;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, Where};
 use std::fs::File;
 use std::io::Read as _;
 use std::path::Path;
@@ -152,11 +152,10 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
     let global = lower::global(&Layers::new(vec![flags, &global]))?;
     let mut service_specs = Vec::with_capacity(services.len());
     for (name, written) in &services {
-        service_specs.push(lower::service(
-            name,
-            &Layers::new(vec![written, &defaults]),
-            true,
-        )?);
+        service_specs.push(
+            lower::service(name, &Layers::new(vec![written, &defaults]), true)
+                .map_err(|e| placed(e, &at))?,
+        );
     }
     let mut pool_specs = Vec::with_capacity(pools.len());
     for (name, written) in &pools {
@@ -176,11 +175,49 @@ pub fn parse(text: &str, file: &str, flags: &Written) -> Result<Config, ConfigEr
         .iter()
         .map(|(_, w)| w.at.clone().unwrap_or_else(|| at(0)))
         .collect();
-    config.validate().map_err(|(index, error)| match index {
-        Some(i) => locations[i].wrap(error),
+    config.validate().map_err(|(place, error)| match place {
+        Some(Where::Service(i)) => locations[i].wrap(error),
+        Some(Where::Route(i, j)) => route_location(&services[i].1, j, &at)
+            .unwrap_or_else(|| locations[i].clone())
+            .wrap(error),
         None => at(0).wrap(error),
     })?;
     Ok(config)
+}
+
+/// Where route `j` of a service's `routes` list is written.
+fn route_location(
+    written: &Written,
+    j: usize,
+    at: &impl Fn(usize) -> Location,
+) -> Option<Location> {
+    match written.raw("routes")? {
+        Raw::Toml(DeValue::Array(items)) => items.get(j).map(|item| at(item.span().start)),
+        _ => None,
+    }
+}
+
+/// An error from inside a value (a route of a list) placed where it was written, rather
+/// than where the value starts.
+fn placed(error: ConfigError, at: &impl Fn(usize) -> Location) -> ConfigError {
+    match error {
+        ConfigError::Nested { offset, error } => at(offset).wrap(*error),
+        ConfigError::At {
+            file,
+            line,
+            column,
+            error,
+        } => match *error {
+            ConfigError::Nested { offset, error } => at(offset).wrap(*error),
+            inner => ConfigError::At {
+                file,
+                line,
+                column,
+                error: Box::new(inner),
+            },
+        },
+        other => other,
+    }
 }
 
 /// Which kind of table settings are read from.
@@ -206,7 +243,10 @@ impl Section {
 
     /// Settings that name one service's or pool's own things, never inherited.
     fn per_table(opt: &Opt) -> bool {
-        matches!(opt.name, "listen" | "pool" | "backends" | "backends-file")
+        matches!(
+            opt.name,
+            "listen" | "pool" | "routes" | "backends" | "backends-file"
+        )
     }
 
     /// Where a setting that is not allowed here goes instead.

@@ -97,7 +97,7 @@ fn from_flags(written: &Written, backends: &[String]) -> Result<Config, ConfigEr
     let mut pool = lower::pool(DEFAULT_NAME, &layers, backends)?;
     pool.name = DEFAULT_NAME.to_string();
     let mut service = service;
-    service.pool = DEFAULT_NAME.to_string();
+    service.pool = Some(DEFAULT_NAME.to_string());
     let global = lower::global(&layers)?;
     // On the command line --max-conns is the process's limit; the service has no other.
     let config = Config {

@@ -7,7 +7,9 @@ use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings, LatencySe
 use super::protection::{Priority, QueueSettings, SourceLimits};
 use super::table::{self, DefaultValue, Opt};
 use super::values::{self, Raw, Value};
-use super::{ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, ServiceSpec, spec::BackendSpec};
+use super::{
+    ConfigError, DEFAULT_POOL_BYTES, Global, PoolSpec, RoutingSpec, ServiceSpec, spec::BackendSpec,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +74,11 @@ impl<'a> Written<'a> {
     /// Where `name` was written here, if it was.
     pub fn location(&self, name: &str) -> Option<&Location> {
         self.get(name).map(|(_, _, at)| at)
+    }
+
+    /// `name`'s value as written here, if it was.
+    pub fn raw(&self, name: &str) -> Option<Raw<'a>> {
+        self.get(name).map(|(_, raw, _)| *raw)
     }
 }
 
@@ -261,13 +268,17 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         Some(Value::Addresses(a)) => a,
         _ => return Err(internal("listen")),
     };
+    let routing = routing(l)?;
     let pool = match l.value("pool")? {
-        Some(Value::Name(p)) => p,
-        None if !listen_required => String::new(),
+        Some(Value::Name(p)) => Some(p),
+        None if !listen_required || routing.is_some() => None,
         _ => {
             return Err(table_error(
                 l,
-                format!("service '{name}' has no pool: give it pool = \"NAME\""),
+                format!(
+                    "service '{name}' has no pool: give it pool = \"NAME\" (or routes = \
+                     [...] to choose one by the TLS server name)"
+                ),
             ));
         }
     };
@@ -299,6 +310,7 @@ pub fn service(name: &str, l: &Layers, listen_required: bool) -> Result<ServiceS
         name: name.to_string(),
         listen,
         pool,
+        routing,
         // In a file, its own or `[defaults]`'s (the process's is `[global]`'s, in other
         // layers); on the command line `--max-conns` is the process's alone.
         max_conns: if listen_required && l.given("max-conns") {
@@ -352,6 +364,26 @@ fn source_limits(l: &Layers) -> Result<Option<SourceLimits>, ConfigError> {
         prefix_v4: l.whole("source-prefix-v4")? as u8,
         prefix_v6: l.whole("source-prefix-v6")? as u8,
         table_size: l.whole("source-table-size")? as usize,
+    }))
+}
+
+/// `routes` and the settings that go with them (which apply to nothing without routes).
+fn routing(l: &Layers) -> Result<Option<RoutingSpec>, ConfigError> {
+    let Some(Value::Routes(routes)) = l.value("routes")? else {
+        for option in ["sni-timeout", "max-hello"] {
+            if l.own(option) {
+                return Err(l.at(
+                    option,
+                    ConfigError::Usage(format!("{option} applies to a service with routes only")),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    Ok(Some(RoutingSpec {
+        routes,
+        sni_timeout: l.duration("sni-timeout")?,
+        max_hello: l.whole("max-hello")? as usize,
     }))
 }
 

@@ -12,6 +12,7 @@
 //! | [`file`] | the config file's tables and keys, with `FILE:LINE:COLUMN` errors |
 //! | [`spec`] | a backend as written (`HOST:PORT,weight=2`), `HOST:PORT`, [`printable`] |
 //! | [`policy`] | balance, breaker and check settings as plain data |
+//! | [`routes`] | a service's TLS routes (SNI, ALPN → pool) as written, checked |
 //! | `taken` | which listen addresses clash, or are a backend's, found by lookups |
 //! | [`units`] | numbers, sizes and durations as written |
 //!
@@ -25,6 +26,7 @@ mod flags;
 mod lower;
 pub mod policy;
 pub mod protection;
+pub mod routes;
 pub mod spec;
 pub mod table;
 mod taken;
@@ -33,6 +35,7 @@ pub mod values;
 
 pub use flags::{DEFAULT_NAME, parse_args};
 pub use lower::Location;
+pub use routes::{RouteSpec, RoutingSpec};
 pub use spec::{BackendSpec, MAX_WEIGHT, Origin, parse_host_port, printable};
 pub use table::usage;
 pub use units::{parse_duration, parse_number};
@@ -106,8 +109,11 @@ pub struct ServiceSpec {
     pub name: String,
     /// `HOST:PORT`s to listen on (host may be a name; port 0 picks a free port).
     pub listen: Vec<(String, u16)>,
-    /// The pool its sessions go to.
-    pub pool: String,
+    /// The pool its sessions go to (with `routing`: those no route takes; `None`: such
+    /// clients are reset).
+    pub pool: Option<String>,
+    /// Routes by the TLS ClientHello (`routes`); `None`: the bytes are never looked at.
+    pub routing: Option<RoutingSpec>,
     /// Its own limit of sessions at once (the process's `max-conns` holds too).
     pub max_conns: Option<usize>,
     pub backlog: i32,
@@ -157,11 +163,11 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// Checks what spans services and pools: every service names a pool that exists, no
-    /// two services listen on one address, no service listens where a backend is, the
-    /// admin endpoint is not a service's address. The error comes with the index of the
-    /// service it is about, if it is about one.
-    pub fn validate(&self) -> Result<(), (Option<usize>, ConfigError)> {
+    /// Checks what spans services and pools: every service and every route names a pool
+    /// that exists, no two services listen on one address, no service listens where a
+    /// backend of its pools is, the admin endpoint is not a service's address. The error
+    /// comes with where it is about ([`Where`]), if it is about a service or a route.
+    pub fn validate(&self) -> Result<(), (Option<Where>, ConfigError)> {
         if self.services.is_empty() {
             return Err((
                 None,
@@ -176,27 +182,34 @@ impl Config {
         }
         let mut taken = Taken::new();
         for (i, service) in self.services.iter().enumerate() {
-            let Some((pool, places)) = pools.get_mut(service.pool.as_str()) else {
-                let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
-                let hint = match table::closest(&service.pool, known.iter().copied()) {
-                    Some(meant) => format!(" (did you mean '{meant}'?)"),
-                    None if known.is_empty() => " (add a [pools.NAME] table)".to_string(),
-                    None => format!(" (the pools are {})", known.join(", ")),
-                };
-                return Err((
-                    Some(i),
-                    ConfigError::Usage(format!(
-                        "service '{}' names pool '{}', which is not defined{hint}",
+            // Its own pool, then its routes': each must exist.
+            let mut own: Vec<&str> = Vec::new();
+            if let Some(name) = &service.pool {
+                if !pools.contains_key(name.as_str()) {
+                    let what = format!("service '{}' names pool", service.name);
+                    return Err((Some(Where::Service(i)), self.undefined_pool(&what, name)));
+                }
+                own.push(name);
+            }
+            for (j, route) in service.routes().iter().enumerate() {
+                if !pools.contains_key(route.pool.as_str()) {
+                    let what = format!(
+                        "service '{}': route {} ({}) names pool",
                         service.name,
-                        printable(&service.pool)
-                    )),
-                ));
-            };
-            let places = places.get_or_insert_with(|| BackendPlaces::new(&pool.backends));
+                        j + 1,
+                        route.describe()
+                    );
+                    return Err((
+                        Some(Where::Route(i, j)),
+                        self.undefined_pool(&what, &route.pool),
+                    ));
+                }
+                own.push(&route.pool);
+            }
             for addr in &service.listen {
                 if let Err((other_addr, other)) = taken.take(addr, service.name.as_str()) {
                     return Err((
-                        Some(i),
+                        Some(Where::Service(i)),
                         ConfigError::Usage(format!(
                             "service '{}' listens on {}, which service '{other}' already \
                              listens on ({})",
@@ -206,22 +219,42 @@ impl Config {
                         )),
                     ));
                 }
-                if let Some(b) = places.at(addr) {
-                    return Err((
-                        Some(i),
-                        ConfigError::Usage(format!(
-                            "service '{}' listens on {}, which is a backend of its pool '{}' \
-                             ({}): sessions would loop back into tcplb",
-                            service.name,
-                            authority(addr),
-                            pool.name,
-                            b.authority()
-                        )),
-                    ));
+                for name in &own {
+                    let Some((pool, places)) = pools.get_mut(name) else {
+                        continue;
+                    };
+                    let places = places.get_or_insert_with(|| BackendPlaces::new(&pool.backends));
+                    if let Some(b) = places.at(addr) {
+                        return Err((
+                            Some(Where::Service(i)),
+                            ConfigError::Usage(format!(
+                                "service '{}' listens on {}, which is a backend of its pool '{}' \
+                                 ({}): sessions would loop back into tcplb",
+                                service.name,
+                                authority(addr),
+                                pool.name,
+                                b.authority()
+                            )),
+                        ));
+                    }
                 }
             }
         }
         self.check_admin_address().map_err(|e| (None, e))
+    }
+
+    /// "`what` 'NAME', which is not defined", with the pool meant if it is a slip.
+    fn undefined_pool(&self, what: &str, name: &str) -> ConfigError {
+        let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+        let hint = match table::closest(name, known.iter().copied()) {
+            Some(meant) => format!(" (did you mean '{meant}'?)"),
+            None if known.is_empty() => " (add a [pools.NAME] table)".to_string(),
+            None => format!(" (the pools are {})", known.join(", ")),
+        };
+        ConfigError::Usage(format!(
+            "{what} '{}', which is not defined{hint}",
+            printable(name)
+        ))
     }
 
     /// The admin endpoint cannot share a service's address.
@@ -255,37 +288,101 @@ impl Config {
     }
 
     /// One line per service for `--check`: `web: 0.0.0.0:80, [::]:80 -> pool web (3
-    /// backends, least-active)`.
+    /// backends, least-active)`; a service with routes says how many, to which pools, and
+    /// where the rest go.
     pub fn summary(&self) -> Vec<String> {
         self.services
             .iter()
             .map(|s| {
                 let listen: Vec<String> = s.listen.iter().map(authority).collect();
-                let pool = match self.pool(&s.pool) {
-                    Some(p) => {
-                        let mut from = format!(
-                            "{} backend{}",
-                            p.backends.len(),
-                            if p.backends.len() == 1 { "" } else { "s" }
-                        );
-                        if let Some(file) = &p.backends_file {
-                            from.push_str(&format!(
-                                " + {}",
-                                printable(&file.display().to_string())
-                            ));
-                        }
-                        format!("{from}, {}", p.balance.describe())
-                    }
-                    None => "undefined".to_string(),
-                };
+                let pool = s
+                    .pool
+                    .as_ref()
+                    .map(|name| format!("pool {name} ({})", self.describe_pool(name)));
                 format!(
-                    "service {}: {} -> pool {} ({pool})",
+                    "service {}: {} -> {}",
                     s.name,
                     listen.join(", "),
-                    s.pool
+                    s.destination(pool)
                 )
             })
             .collect()
+    }
+
+    /// `3 backends + FILE, least-active`: a pool as `--check` shows it.
+    fn describe_pool(&self, name: &str) -> String {
+        let Some(p) = self.pool(name) else {
+            return "undefined".to_string();
+        };
+        let mut from = format!(
+            "{} backend{}",
+            p.backends.len(),
+            if p.backends.len() == 1 { "" } else { "s" }
+        );
+        if let Some(file) = &p.backends_file {
+            from.push_str(&format!(" + {}", printable(&file.display().to_string())));
+        }
+        format!("{from}, {}", p.balance.describe())
+    }
+}
+
+/// What a [`Config::validate`] error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Where {
+    /// The service with this index.
+    Service(usize),
+    /// Route `.1` (an index) of service `.0`.
+    Route(usize, usize),
+}
+
+impl ServiceSpec {
+    /// Its routes, in the order written (none without `routes`).
+    pub fn routes(&self) -> &[RouteSpec] {
+        self.routing.as_ref().map_or(&[], |r| r.routes.as_slice())
+    }
+
+    /// Where its clients go, as a line of a log or `--check` shows it: `pool web`, or `2 TLS
+    /// routes to pools api, web; otherwise pool web` (or `otherwise reset`). `pool` is how
+    /// to show its own pool, if not just `pool NAME`.
+    pub fn destination(&self, pool: Option<String>) -> String {
+        let pool = pool
+            .or_else(|| self.pool.as_ref().map(|p| format!("pool {p}")))
+            .unwrap_or_else(|| "reset".to_string());
+        let Some(routing) = &self.routing else {
+            return pool;
+        };
+        let mut names: Vec<&str> = routing.routes.iter().map(|r| r.pool.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let n = routing.routes.len();
+        format!(
+            "{n} TLS route{} to pool{} {}; otherwise {pool}",
+            if n == 1 { "" } else { "s" },
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )
+    }
+
+    /// Every pool it sends clients to: its own, then its routes' (a name may repeat).
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        self.pool
+            .as_deref()
+            .into_iter()
+            .chain(self.routes().iter().map(|r| r.pool.as_str()))
+    }
+}
+
+/// What a TOML value is, for an error about its type.
+pub fn describe(value: &toml::de::DeValue) -> String {
+    use toml::de::DeValue;
+    match value {
+        DeValue::String(s) => format!("'{s}'"),
+        DeValue::Integer(i) => i.to_string(),
+        DeValue::Float(f) => f.as_str().to_string(),
+        DeValue::Boolean(b) => b.to_string(),
+        DeValue::Datetime(d) => d.to_string(),
+        DeValue::Array(_) => "a list".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
     }
 }
 
@@ -338,6 +435,12 @@ pub enum ConfigError {
         shown: Vec<ConfigError>,
         total: usize,
     },
+    /// Inside a value of a config file, at this byte offset of the file: the file's reader
+    /// turns it into an [`ConfigError::At`] with the line and column.
+    Nested {
+        offset: usize,
+        error: Box<ConfigError>,
+    },
     /// Somewhere in a config file.
     At {
         file: String,
@@ -375,6 +478,7 @@ impl fmt::Display for ConfigError {
                 printable(why)
             ),
             ConfigError::BadLine { line, error } => write!(f, "line {line}: {error}"),
+            ConfigError::Nested { error, .. } => write!(f, "{error}"),
             ConfigError::BadLines { shown, total } => {
                 write!(f, "{total} bad lines: ")?;
                 for (i, error) in shown.iter().enumerate() {

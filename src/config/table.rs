@@ -95,6 +95,8 @@ pub enum Kind {
     /// A file-only inline table whose keys stand for the settings `NAME-KEY`
     /// (`queue = { size = 100 }` is `queue-size = 100`).
     Group(&'static [&'static str]),
+    /// A service's TLS routes: a list of `{ sni, alpn, pool }` tables (a file only).
+    Routes,
 }
 
 /// A setting's default.
@@ -194,7 +196,7 @@ const fn whole(min: u64, max: u64) -> Kind {
 }
 
 use BareUnit::{Milliseconds, Seconds};
-use DefaultValue::{Computed, Off, Required, Value};
+use DefaultValue::{Computed, Off, Value};
 use Scope::{Command, Global, GlobalAndService, Pool, Service, ServiceAndPool};
 
 /// Every setting, in the order `--help` lists them.
@@ -209,9 +211,9 @@ pub const OPTIONS: &[Opt] = &[
         .short("l")
         .hint("HOST:PORT")
         .help("address to accept clients on"),
-    opt("pool", Service, Kind::PoolName, Required)
+    opt("pool", Service, Kind::PoolName, Computed("required without routes"))
         .file_only()
-        .help("the pool a service's sessions go to"),
+        .help("the pool a service's sessions go to (with routes: those no route takes)"),
     opt("backends", Pool, Kind::Backends, Computed("positional BACKEND arguments"))
         .file_only()
         .help("the pool's backends, in the command line's BACKEND syntax"),
@@ -289,6 +291,17 @@ pub const OPTIONS: &[Opt] = &[
     opt("proxy-timeout", Service, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
         .hint("DURATION")
         .help("with accept-proxy: reset a client whose header is not complete after this long"),
+    opt("routes", Service, Kind::Routes, Off)
+        .file_only()
+        .help("route each TLS client by the server name (SNI) and protocols (ALPN) of its ClientHello, without terminating TLS: a list of { sni = \"NAME\" or \"*.DOMAIN\", alpn = \"PROTOCOL\", pool = \"NAME\" }; the rest go to the service's pool (reset without one)"),
+    opt("sni-timeout", Service, duration(Seconds, MILLISECOND, HOUR), Value("5s"))
+        .file_only()
+        .hint("DURATION")
+        .help("with routes: a ClientHello not whole this long after the client (or its PROXY header) came goes where no route matched"),
+    opt("max-hello", Service, Kind::Size { min: 1024, max: 64 << 10 }, Value("16k"))
+        .file_only()
+        .hint("BYTES")
+        .help("with routes: the most bytes a ClientHello may take, from 1k to 64k; a bigger one goes where no route matched"),
     opt("max-fails", Pool, whole(0, 1_000_000), Value("3"))
         .hint("N")
         .help("failed connects in a row that take a backend out; 0 = never"),
@@ -408,8 +421,9 @@ DURATION is a number with a unit: 250ms, 3s, 1.5s, 2m, 1h (decimals allowed). A 
 number is seconds, except for --connect-timeout, where it is milliseconds.
 
 A config file (--config) holds [global], [defaults], [services.NAME] and [pools.NAME]
-tables whose keys are the options above without '--', plus 'pool' (a service's pool)
-and 'backends' (a pool's BACKENDs); see docs/configuration.md. With one, only the
+tables whose keys are the options above without '--', plus 'pool' (a service's pool),
+'routes' (TLS routes by server name) and 'backends' (a pool's BACKENDs); see
+docs/configuration.md. With one, only the
 process-wide options (those of [global]) may be given beside it, and win over the file.
 
 Signals:

@@ -302,7 +302,7 @@ mod tests {
             .map(|i| ServiceSpec {
                 name: format!("s{i}"),
                 listen: vec![(ip(i + 1), 80)],
-                pool: "p".to_string(),
+                pool: Some("p".to_string()),
                 ..base.services[0].clone()
             })
             .collect();

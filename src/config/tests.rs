@@ -43,7 +43,7 @@ fn flat(c: Config) -> Flat {
     assert_eq!(c.pools.len(), 1);
     let (s, p, g) = (&c.services[0], &c.pools[0], &c.global);
     assert_eq!(
-        (s.name.as_str(), s.pool.as_str()),
+        (s.name.as_str(), s.pool.as_deref().unwrap_or_default()),
         (DEFAULT_NAME, DEFAULT_NAME)
     );
     Flat {

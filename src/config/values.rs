@@ -8,7 +8,7 @@ use super::table::{BareUnit, Kind, Opt};
 use super::units::{
     MILLISECONDS, SECONDS, parse_duration, parse_number, parse_size, show_duration,
 };
-use super::{ConfigError, MAX_WORKERS};
+use super::{ConfigError, MAX_WORKERS, describe};
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::de::{DeInteger, DeValue};
@@ -43,6 +43,7 @@ pub enum Value {
     Backends(Vec<BackendSpec>),
     Rate(Rate),
     Priority(Priority),
+    Routes(Vec<super::routes::RouteSpec>),
 }
 
 /// Parses `raw` as `opt` says; `name` is how a message names it (`--retries` on the
@@ -152,6 +153,12 @@ pub fn parse(opt: &Opt, name: &str, raw: Raw) -> Result<Value, ConfigError> {
                 .map(Value::Factor)
                 .ok_or_else(|| bad_text(&name, &text, expected))
         }
+        Kind::Routes => match raw {
+            Raw::Toml(value) => super::routes::parse(&name, value).map(Value::Routes),
+            _ => Err(ConfigError::Usage(format!(
+                "{name} is written in a config file only"
+            ))),
+        },
         Kind::Backends => {
             let texts = strings(&name, raw, "a list of BACKEND specs")?;
             let specs = texts
@@ -282,19 +289,6 @@ fn strings(name: &str, raw: Raw, expected: &str) -> Result<Vec<String>, ConfigEr
             })
             .collect(),
         other => Err(bad(name, other, expected)),
-    }
-}
-
-/// What a TOML value is, for an error about its type.
-pub fn describe(value: &DeValue) -> String {
-    match value {
-        DeValue::String(s) => format!("'{s}'"),
-        DeValue::Integer(i) => i.to_string(),
-        DeValue::Float(f) => f.as_str().to_string(),
-        DeValue::Boolean(b) => b.to_string(),
-        DeValue::Datetime(d) => d.to_string(),
-        DeValue::Array(_) => "a list".to_string(),
-        DeValue::Table(_) => "a table".to_string(),
     }
 }
 

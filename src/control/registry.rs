@@ -4,8 +4,9 @@
 
 use crate::config::{PoolSpec, ServiceSpec};
 use crate::fleet::PoolId;
+use crate::service::routes::Route;
 use crate::service::sources::Sources;
-use crate::service::{Service, ServiceId, ServiceStats};
+use crate::service::{Routing, Service, ServiceId, ServiceStats, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,15 +30,47 @@ pub struct Registry {
     next_id: ServiceId,
 }
 
-/// What a service's sessions get: its own settings, and its pool's where it has none.
+/// Finds a pool by name: its id and spec (the pools of the config being applied).
+pub type PoolLookup<'a> = dyn Fn(&str) -> Option<(PoolId, &'a PoolSpec)> + 'a;
+
+/// What a service's sessions get: its own settings, and each pool's where it has none.
+/// `None` if a pool it names is not found (the config was validated: it is).
 pub fn build(
     id: ServiceId,
     spec: &ServiceSpec,
-    pool: (PoolId, &PoolSpec),
+    pools: &PoolLookup,
     listen: Vec<SocketAddr>,
     kept: Kept,
-) -> Arc<Service> {
-    let (pool_id, pool) = pool;
+) -> Option<Arc<Service>> {
+    let target = |name: &str| {
+        let (pool_id, pool) = pools(name)?;
+        Some(Target {
+            pool: pool_id,
+            connect_timeout: spec.connect_timeout.unwrap_or(pool.connect_timeout),
+            retries: spec.retries.unwrap_or(pool.retries),
+        })
+    };
+    let pool = match &spec.pool {
+        Some(name) => Some(target(name)?),
+        None => None,
+    };
+    let routing = match &spec.routing {
+        None => None,
+        Some(r) => {
+            let routes = r
+                .routes
+                .iter()
+                .map(|route| {
+                    Some(Route {
+                        sni: route.sni.clone(),
+                        alpn: route.alpn.clone(),
+                        target: target(&route.pool)?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Routing::new(routes, r.sni_timeout, r.max_hello))
+        }
+    };
     // The table outlives a change of limits (its counts are of sessions still open); a
     // new size applies as sources come.
     let sources = spec.source_limits.map(|limits| {
@@ -50,28 +83,26 @@ pub fn build(
         };
         (limits, table)
     });
-    Arc::new(Service {
+    Some(Arc::new(Service {
         id,
         name: Arc::from(spec.name.as_str()),
         listen,
-        pool: pool_id,
-        connect_timeout: spec.connect_timeout.unwrap_or(pool.connect_timeout),
-        retries: spec.retries.unwrap_or(pool.retries),
+        pool,
+        routing,
         idle_timeout: spec.idle_timeout,
         accept_proxy: spec.accept_proxy,
         max_conns: spec.max_conns,
         priority: spec.priority.clone(),
         sources,
         stats: kept.stats,
-    })
+    }))
 }
 
 /// Whether two builds of a service give its sessions the same settings.
 fn same_settings(a: &Service, b: &Service) -> bool {
     a.pool == b.pool
+        && a.routing == b.routing
         && a.listen == b.listen
-        && a.connect_timeout == b.connect_timeout
-        && a.retries == b.retries
         && a.idle_timeout == b.idle_timeout
         && a.accept_proxy == b.accept_proxy
         && a.max_conns == b.max_conns
@@ -93,23 +124,24 @@ impl Registry {
         self.entries.iter().map(|e| Arc::clone(&e.service))
     }
 
-    /// Adds a service listening on `listen`; returns it.
+    /// Adds a service listening on `listen`; returns it (`None`, and nothing added, if a
+    /// pool it names is not in `pools`).
     pub fn add(
         &mut self,
         spec: &ServiceSpec,
-        pool: (PoolId, &PoolSpec),
+        pools: &PoolLookup,
         listen: Vec<SocketAddr>,
-    ) -> Arc<Service> {
-        let id = self.free_ids.pop().unwrap_or_else(|| {
+    ) -> Option<Arc<Service>> {
+        let id = self.free_ids.last().copied().unwrap_or(self.next_id);
+        let service = build(id, spec, pools, listen, Kept::default())?;
+        if self.free_ids.pop().is_none() {
             self.next_id += 1;
-            self.next_id - 1
-        });
-        let service = build(id, spec, pool, listen, Kept::default());
+        }
         self.entries.push(Entry {
             spec: spec.clone(),
             service: Arc::clone(&service),
         });
-        service
+        Some(service)
     }
 
     /// Makes `spec` the service's spec. Returns the service if its sessions' settings
@@ -118,20 +150,20 @@ impl Registry {
     pub fn update(
         &mut self,
         spec: &ServiceSpec,
-        pool: (PoolId, &PoolSpec),
+        pools: &PoolLookup,
         listen: Vec<SocketAddr>,
     ) -> Option<Arc<Service>> {
         let entry = self.entries.iter_mut().find(|e| e.spec.name == spec.name)?;
         let service = build(
             entry.service.id,
             spec,
-            pool,
+            pools,
             listen,
             Kept {
                 stats: Arc::clone(&entry.service.stats),
                 sources: entry.service.sources.as_ref().map(|(_, t)| Arc::clone(t)),
             },
-        );
+        )?;
         entry.spec = spec.clone();
         if same_settings(&service, &entry.service) {
             return None;

@@ -130,12 +130,8 @@ impl Control {
             }
         }
         let (mut added, mut updated) = (0, 0);
+        let lookup = |name: &str| Some((*ids.get(name)?, config.pool(name)?));
         for spec in &config.services {
-            let (Some(&pool_id), Some(pool)) =
-                (ids.get(spec.pool.as_str()), config.pool(&spec.pool))
-            else {
-                continue; // validated: every service's pool exists
-            };
             match self.registry.get(&spec.name) {
                 None => {
                     if let Err(e) = self.sockets.bind_service(spec, &config) {
@@ -143,9 +139,14 @@ impl Control {
                         warn!("reload: service {} not added: {e}", spec.name);
                         continue;
                     }
-                    let service =
+                    // (Validated: every pool it names exists.)
+                    let Some(service) =
                         self.registry
-                            .add(spec, (pool_id, pool), self.sockets.addrs(&spec.name));
+                            .add(spec, &lookup, self.sockets.addrs(&spec.name))
+                    else {
+                        self.sockets.remove(&spec.name);
+                        continue;
+                    };
                     let addrs: Vec<String> = self
                         .sockets
                         .addrs(&spec.name)
@@ -153,10 +154,10 @@ impl Control {
                         .map(|a| a.to_string())
                         .collect();
                     lines.push(format!(
-                        "reload: service {} added, listening on {} for pool {}",
+                        "reload: service {} added, listening on {} for {}",
                         spec.name,
                         addrs.join(", "),
-                        spec.pool
+                        spec.destination(None)
                     ));
                     listen.push((service.id, spec.name.clone(), None));
                     added += 1;
@@ -189,11 +190,7 @@ impl Control {
                                 kept.listen = old_spec.listen.clone();
                                 kept.backlog = old_spec.backlog;
                                 let listen = self.sockets.addrs(&spec.name);
-                                if self
-                                    .registry
-                                    .update(&kept, (pool_id, pool), listen)
-                                    .is_some()
-                                {
+                                if self.registry.update(&kept, &lookup, listen).is_some() {
                                     updated += 1;
                                 }
                                 continue;
@@ -201,11 +198,7 @@ impl Control {
                         }
                     }
                     let listen = self.sockets.addrs(&spec.name);
-                    if self
-                        .registry
-                        .update(spec, (pool_id, pool), listen)
-                        .is_some()
-                    {
+                    if self.registry.update(spec, &lookup, listen).is_some() {
                         lines.push(format!("reload: service {} settings changed", spec.name));
                         updated += 1;
                     }

@@ -82,16 +82,23 @@ pub fn start(
     let pipe_pools =
         (0..workers).map(|i| PipePool::new(share(global.pipes, workers, i), Some(PIPE_SIZE)));
 
-    // The services, each with its pool.
+    // The services, each with its pools.
     let mut registry = Registry::default();
+    let lookup = |name: &str| Some((pools.id_of(name)?, config.pool(name)?));
     for spec in &config.services {
-        let (Some(pool), Some(pool_id)) = (config.pool(&spec.pool), pools.id_of(&spec.pool)) else {
+        if registry
+            .add(spec, &lookup, sockets.addrs(&spec.name))
+            .is_none()
+        {
+            let missing = spec
+                .pools()
+                .find(|p| lookup(p).is_none())
+                .unwrap_or_default();
             return Err(Failure::Input(format!(
-                "service {} names pool {}, which is not defined",
-                spec.name, spec.pool
+                "service {} names pool {missing}, which is not defined",
+                spec.name
             )));
-        };
-        registry.add(spec, (pool_id, pool), sockets.addrs(&spec.name));
+        }
     }
     let topology = Arc::new(Topology::new(
         0,
@@ -296,19 +303,21 @@ fn service_lines(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> V
                 .iter()
                 .map(|a| a.to_string())
                 .collect();
-            let pool = match (
-                config.pool(&s.pool),
-                fleets.iter().find(|f| **f.name() == *s.pool),
-            ) {
-                (Some(spec), Some(fleet)) => format!(
-                    "pool {}, {}, {} backend{}",
-                    s.pool,
-                    spec.balance.describe(),
-                    fleet.len(),
-                    if fleet.len() == 1 { "" } else { "s" }
-                ),
-                _ => format!("pool {}", s.pool),
-            };
+            let pool = s.pool.as_deref().map(|name| {
+                match (
+                    config.pool(name),
+                    fleets.iter().find(|f| **f.name() == *name),
+                ) {
+                    (Some(spec), Some(fleet)) => format!(
+                        "pool {name}, {}, {} backend{}",
+                        spec.balance.describe(),
+                        fleet.len(),
+                        if fleet.len() == 1 { "" } else { "s" }
+                    ),
+                    _ => format!("pool {name}"),
+                }
+            });
+            let pool = s.destination(pool);
             let proxy = if s.accept_proxy.is_some() {
                 "; accepting PROXY protocol headers"
             } else {
@@ -443,26 +452,28 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) -> Optio
 fn refuse_loops(config: &Config, sockets: &Sockets, fleets: &[Arc<Fleet>]) -> Result<(), Failure> {
     let mut host = None;
     for spec in &config.services {
-        let Some(fleet) = fleets.iter().find(|f| **f.name() == *spec.pool) else {
-            continue;
-        };
-        for local in sockets.addrs(&spec.name) {
-            // Only a wildcard listener needs this host's addresses.
-            if local.ip().is_unspecified() && host.is_none() {
-                host = Some(net::local_addresses().unwrap_or_else(|e| {
-                    warn!(
-                        "cannot list this host's addresses ({e}); checking backends against \
+        for fleet in fleets
+            .iter()
+            .filter(|f| spec.pools().any(|p| p == &**f.name()))
+        {
+            for local in sockets.addrs(&spec.name) {
+                // Only a wildcard listener needs this host's addresses.
+                if local.ip().is_unspecified() && host.is_none() {
+                    host = Some(net::local_addresses().unwrap_or_else(|e| {
+                        warn!(
+                            "cannot list this host's addresses ({e}); checking backends against \
                          loopback"
-                    );
-                    Default::default()
-                }));
-            }
-            let addresses = host.clone().unwrap_or_default();
-            let v6_only = sockets.v6_only(local);
-            if let Some(b) = fleet.backends().find(|b| {
-                net::reaches_listener(local, v6_only, b.addr, |ip| addresses.contains(&ip))
-            }) {
-                return Err(Failure::Input(loop_message(spec.name.as_str(), b, local)));
+                        );
+                        Default::default()
+                    }));
+                }
+                let addresses = host.clone().unwrap_or_default();
+                let v6_only = sockets.v6_only(local);
+                if let Some(b) = fleet.backends().find(|b| {
+                    net::reaches_listener(local, v6_only, b.addr, |ip| addresses.contains(&ip))
+                }) {
+                    return Err(Failure::Input(loop_message(spec.name.as_str(), b, local)));
+                }
             }
         }
     }

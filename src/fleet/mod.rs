@@ -318,12 +318,15 @@ impl Fleet {
     /// The whole-set scan behind [`Fleet::fail_open`].
     fn scan_for_fail_open(&self, request: &PickRequest) -> Scan<'_> {
         let now = request.now;
-        // A backend that takes sessions but is at its maxconn is full, not failing: the
-        // pool is at capacity, and nobody is sent past a backend's limit.
-        if self
+        // Backends that take sessions but are all at their maxconn are full, not failing:
+        // the pool is at capacity, and nobody is sent past a backend's limit. (One that
+        // takes sessions and has room is found below: the selection had not seen it come
+        // back yet — its cool-down just ended, and this worker's timer has not said so.)
+        let mut takers = self
             .backends()
-            .any(|b| !request.tried.contains(&b.id) && b.state(now).takes_sessions())
-        {
+            .filter(|b| !request.tried.contains(&b.id) && b.state(now).takes_sessions())
+            .peekable();
+        if takers.peek().is_some() && takers.all(|b| !b.has_room()) {
             return Scan::Full;
         }
         let untried = self
@@ -729,6 +732,26 @@ mod tests {
             f.any_taking_sessions(10 * S),
             "cooled down: ready for a trial, so taking sessions"
         );
+    }
+
+    #[test]
+    fn a_backend_whose_cool_down_just_ended_is_picked_before_the_selection_has_seen_it() {
+        // Both down; at 10 s both cool-downs are over, but no timer has told the selection
+        // (as on a worker whose timer has not fired yet): the client still gets a backend,
+        // not "every backend is full".
+        let f = fleet(&[1, 1]);
+        fail(&f, 0, 2, 0);
+        fail(&f, 1, 2, 0);
+        let later = 10 * S;
+        assert!(f.backends().all(|b| b.state(0) == State::Down));
+        assert!(f.backends().all(|b| b.state(later).takes_sessions()));
+        let request = PickRequest {
+            client: None,
+            now: later,
+            tried: &[],
+        };
+        let lease = f.pick_or_full(&request).expect("a backend, not full");
+        f.release(lease, later);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!
 //! A service's counters ([`ServiceStats`]) are its own `Arc`, kept by name across reloads,
 //! so a reload that changes a service's settings does not reset what `/metrics` shows.
+//! A service with `routes` has them compiled here ([`routes`]): the pool a TLS client's
+//! ClientHello asks for is a hash lookup.
+
+pub mod routes;
 
 pub mod sources;
 
@@ -12,7 +16,8 @@ use crate::config::protection::{Class, Priority, SourceLimits};
 use crate::fleet::backend::Backend;
 use crate::fleet::lease::Lease;
 use crate::fleet::{Fleet, PoolId, Verdict};
-use crate::stats::{SESSION_BUCKETS, SharedHistogram};
+use crate::stats::{SESSION_BUCKETS, SharedHistogram, TlsInspect};
+pub use routes::{Routing, Target};
 use sources::Sources;
 use std::io;
 use std::sync::Arc;
@@ -24,16 +29,16 @@ use std::time::Duration;
 pub type ServiceId = u32;
 
 /// One service's settings, for the sessions of its clients.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Service {
     pub id: ServiceId,
     pub name: Arc<str>,
     /// Where it listens (as bound: a port 0 resolved).
     pub listen: Vec<std::net::SocketAddr>,
-    /// The pool its sessions go to.
-    pub pool: PoolId,
-    pub connect_timeout: Duration,
-    pub retries: u32,
+    /// Where its clients go (with `routing`: those no route takes); `None`: they are reset.
+    pub pool: Option<Target>,
+    /// Routes by the TLS ClientHello; `None`: the client's bytes are never looked at.
+    pub routing: Option<Routing>,
     pub idle_timeout: Option<Duration>,
     /// Clients start with a PROXY protocol header, due within this long.
     pub accept_proxy: Option<Duration>,
@@ -54,6 +59,15 @@ impl Service {
         } else {
             self.priority.class_of(client)
         }
+    }
+
+    /// Every pool it sends clients to: its own, then its routes' (a pool may repeat).
+    pub fn pools(&self) -> impl Iterator<Item = PoolId> + '_ {
+        let routes = self.routing.as_ref().map_or(&[][..], |r| r.routes());
+        self.pool
+            .iter()
+            .map(|t| t.pool)
+            .chain(routes.iter().map(|r| r.target.pool))
     }
 }
 
@@ -82,6 +96,8 @@ pub struct ServiceStats {
     pub limited_rate: AtomicU64,
     /// How long its sessions lasted, from accept to close.
     pub session_duration: SharedHistogram,
+    /// With routes: what each client's first bytes turned out to be, by [`TlsInspect`].
+    pub tls_inspect: [AtomicU64; TlsInspect::ALL.len()],
 }
 
 impl Default for ServiceStats {
@@ -98,6 +114,7 @@ impl Default for ServiceStats {
             limited_conns: AtomicU64::new(0),
             limited_rate: AtomicU64::new(0),
             session_duration: SharedHistogram::new(&SESSION_BUCKETS),
+            tls_inspect: Default::default(),
         }
     }
 }
@@ -227,7 +244,8 @@ impl Topology {
 
     /// The services whose sessions go to `pool`.
     pub fn services_of(&self, pool: PoolId) -> impl Iterator<Item = &Arc<Service>> {
-        self.services().filter(move |s| s.pool == pool)
+        self.services()
+            .filter(move |s| s.pools().any(|p| p == pool))
     }
 }
 
@@ -238,9 +256,12 @@ pub fn for_tests(retries: u32, accept_proxy: Option<Duration>) -> Arc<Service> {
         id: 0,
         name: Arc::from("default"),
         listen: Vec::new(),
-        pool: 0,
-        connect_timeout: Duration::from_secs(5),
-        retries,
+        pool: Some(Target {
+            pool: 0,
+            connect_timeout: Duration::from_secs(5),
+            retries,
+        }),
+        routing: None,
         idle_timeout: None,
         accept_proxy,
         max_conns: None,

@@ -212,6 +212,7 @@ impl Worker {
             retries: attempts.saturating_sub(1),
             class: service.class_of(client.ip()),
             queue_wait: None,
+            tls: None,
         };
         self.record(&summary, Some(service), reason);
     }

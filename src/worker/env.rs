@@ -62,6 +62,9 @@ pub struct Env<'a> {
     /// slot goes to whoever waits for it, on any worker).
     pub worker: usize,
     pub shared: &'a Shared,
+    /// Where a client's TLS ClientHello is peeked at (see [`crate::worker::hello`]): empty
+    /// until a service with routes needs it.
+    pub scratch: &'a mut Vec<u8>,
 }
 
 /// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
@@ -81,6 +84,7 @@ macro_rules! lend_env {
             cooling: &mut $worker.cooling,
             worker: $worker.index,
             shared: &$worker.shared,
+            scratch: &mut $worker.scratch,
         }
     };
 }

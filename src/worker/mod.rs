@@ -26,6 +26,7 @@ pub mod direction;
 pub mod duplex;
 pub mod env;
 pub mod handle;
+pub mod hello;
 pub mod pipes;
 pub mod pool;
 pub mod proxy_header;
@@ -129,6 +130,9 @@ pub struct Worker {
     /// Removed services whose sessions are cut at a timer of ours.
     retired: Slab<Arc<Service>>,
     access_log: Option<AccessLogBatch>,
+    /// Where the ClientHellos of services with routes are peeked at (one for the worker;
+    /// grown to twice the largest `max-hello` when first needed).
+    scratch: Vec<u8>,
     state: LoopState,
 }
 
@@ -198,6 +202,7 @@ impl Worker {
             cooling: Vec::new(),
             retired: Slab::new(),
             access_log: config.access_log,
+            scratch: Vec::new(),
             state: LoopState::Running,
         })
     }

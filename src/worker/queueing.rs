@@ -67,6 +67,11 @@ pub fn give_back(lease: Lease, topology: &Topology, shared: &Shared, now_ms: u64
     let Some(fleet) = topology.pool(pool) else {
         return;
     };
+    // A pool without a queue pays no fence. (A queue a reload has just turned on, seen
+    // off here, is served by the control thread's next tick.)
+    if !fleet.queue().is_on() {
+        return;
+    }
     // The slot was freed above; whoever joined the queue before this fence is seen below,
     // and whoever joins after it sees the slot when it calls `serve`.
     fence(Ordering::SeqCst);

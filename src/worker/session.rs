@@ -2,7 +2,11 @@
 //!
 //! ```text
 //!   start ─┬─(--accept-proxy)─► Header ──complete──┐    bad, cut short, too slow ──► reset
-//!          └───────────────────────────────────────┴─► Connecting ──writable──► Established
+//!          ├────────────────────────────────────────┤
+//!          │             ┌─────(routes)─────────────┴─► Hello ──a route, or the service's
+//!          │             │                                 │    own pool (no route matched,
+//!          │             │        no route, no pool: reset ◄┤    not TLS, too big, too slow)
+//!          └─────────────┴─(no routes)─────────────────────┴─► Connecting ──writable──► Established
 //!                │  ▲    (a send-proxy backend is sent its header first)           │
 //!   refused,     │  │ next backend                                                 │
 //!   unreachable, ▼  │                  both directions done, or a reset / error on ◄─┘
@@ -13,7 +17,10 @@
 //! the kernel, so a retry loses none of them and a connecting session holds no buffer.
 //! Once established, a [`Duplex`] moves the bytes both ways. With `--accept-proxy` the
 //! client's PROXY protocol header is taken first, exactly it and no byte more
-//! ([`proxy_header`]): the backend is chosen for the client it names.
+//! ([`proxy_header`]): the backend is chosen for the client it names. A service with
+//! `routes` then looks at the client's TLS ClientHello without taking it off the socket
+//! ([`hello`]) and connects the pool its server name and protocols ask for; a service
+//! without routes never looks at the client's bytes.
 //!
 //! Handlers return a [`Report`] of what happened (closed and why, needs a buffer, used up
 //! its turn); the worker acts on it.
@@ -26,10 +33,11 @@ use crate::net;
 use crate::reactor::ConnId;
 use crate::reactor::timer::TimerId;
 use crate::service::sources::{Counted, Limited};
-use crate::service::{Service, ServiceStats};
-use crate::stats::{EndReason, ProxyError, SessionSummary};
+use crate::service::{Service, ServiceStats, Target};
+use crate::stats::{EndReason, ProxyError, SessionSummary, TlsInspect};
 use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
+use crate::worker::hello::{self, Inspected};
 use crate::worker::proxy_header::{self, Received};
 use crate::worker::queueing;
 use crate::worker::{Env, TimerKey};
@@ -67,6 +75,11 @@ impl Report {
 enum Phase {
     /// Waiting for the client's PROXY protocol header (`--accept-proxy`).
     Header,
+    /// Waiting for the client's TLS ClientHello (a service with routes): `needed` bytes must
+    /// be queued before it is looked at again (0: not looked at yet).
+    Hello {
+        needed: u32,
+    },
     /// Waiting for a non-blocking connect; counts the attempts made for this client, and
     /// the bytes of the backend's PROXY protocol header written so far.
     Connecting {
@@ -115,6 +128,11 @@ pub struct Session {
     queue_wait: Option<Duration>,
     /// Its place in its source's count (per-source limits).
     source: Option<Counted>,
+    /// Where it goes: the service's pool, or the one its route names (`None`: not chosen
+    /// yet, or nowhere).
+    target: Option<Target>,
+    /// With routes: what the client's first bytes were, and the server name it asked for.
+    tls: Option<(TlsInspect, Option<Arc<str>>)>,
     /// Queued in the worker's buffer waiters.
     pub(crate) waiting_for_buffer: bool,
     /// Queued in the worker's run queue.
@@ -164,6 +182,7 @@ impl Session {
             });
         }
         let class = service.class_of(client_addr.ip());
+        let service_pool = service.pool;
         let mut session = Session {
             id,
             service,
@@ -183,6 +202,8 @@ impl Session {
             proxied_to: None,
             queue_wait: None,
             source: None,
+            target: service_pool,
+            tls: None,
             waiting_for_buffer: false,
             queued: false,
         };
@@ -192,7 +213,15 @@ impl Session {
             session.timer = Some(env.timers.insert(env.now + timeout, TimerKey::Conn(id)));
             return Ok(session);
         }
-        match session.connect(env) {
+        let admitted = session.admit(env).and_then(|()| {
+            if session.service.routing.is_some() {
+                // As the header: the hello's edge comes with the next poll.
+                session.await_hello(env);
+                return Ok(());
+            }
+            session.connect(env)
+        });
+        match admitted {
             Ok(()) => Ok(session),
             Err(reason) => Err(Rejected {
                 attempts: session.attempts(),
@@ -202,27 +231,48 @@ impl Session {
         }
     }
 
-    /// The client is known (its PROXY protocol header, if any, taken): checks its source's
-    /// limits, then dials the first backend for it (`Connecting` from here on), or queues
-    /// it when every backend is full.
-    fn connect(&mut self, env: &mut Env) -> Result<(), EndReason> {
+    /// The client is known (its PROXY protocol header, if any, taken): its class, and its
+    /// source's limits; a client past them is reset. Comes before its hello is waited for,
+    /// so a source past its limits holds nothing for `sni-timeout`.
+    fn admit(&mut self, env: &mut Env) -> Result<(), EndReason> {
         let client = self.client_addr.ip();
         self.class = self.service.class_of(client);
-        if let Some((limits, table)) = &self.service.sources {
-            match table.admit(limits, client, env.now_ms) {
-                Ok(counted) => self.source = counted,
-                Err(limited) => {
-                    let stats = &self.service.stats;
-                    let (counter, reason) = match limited {
-                        Limited::Conns => (&stats.limited_conns, EndReason::LimitedConns),
-                        Limited::Rate => (&stats.limited_rate, EndReason::LimitedRate),
-                    };
-                    ServiceStats::add(counter, 1);
-                    debug!("client {}: {}", self.client_addr, limited.as_str());
-                    net::reset_on_close(&self.client);
-                    return Err(reason);
-                }
+        let Some((limits, table)) = &self.service.sources else {
+            return Ok(());
+        };
+        match table.admit(limits, client, env.now_ms) {
+            Ok(counted) => {
+                self.source = counted;
+                Ok(())
             }
+            Err(limited) => {
+                let stats = &self.service.stats;
+                let (counter, reason) = match limited {
+                    Limited::Conns => (&stats.limited_conns, EndReason::LimitedConns),
+                    Limited::Rate => (&stats.limited_rate, EndReason::LimitedRate),
+                };
+                ServiceStats::add(counter, 1);
+                debug!("client {}: {}", self.client_addr, limited.as_str());
+                net::reset_on_close(&self.client);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Waits for the client's ClientHello, for up to the service's `sni-timeout`.
+    fn await_hello(&mut self, env: &mut Env) {
+        self.phase = Phase::Hello { needed: 0 };
+        if let Some(routing) = &self.service.routing {
+            let due = env.now + routing.sni_timeout;
+            self.timer = Some(env.timers.insert(due, TimerKey::Conn(self.id)));
+        }
+    }
+
+    /// Dials the first backend for the client (`Connecting` from here on), or queues it
+    /// when every backend is full.
+    fn connect(&mut self, env: &mut Env) -> Result<(), EndReason> {
+        if self.target.is_none() {
+            return Err(EndReason::NoRoute);
         }
         self.phase = Phase::Connecting {
             attempts: 0,
@@ -238,7 +288,10 @@ impl Session {
         let Phase::Connecting { mut attempts, .. } = self.phase else {
             return Err(EndReason::NoBackend);
         };
-        let Some(fleet) = env.topology.pool(self.service.pool).map(Arc::clone) else {
+        let Some(target) = self.target else {
+            return Err(EndReason::NoRoute);
+        };
+        let Some(fleet) = env.topology.pool(target.pool).map(Arc::clone) else {
             return Err(EndReason::NoBackend);
         };
         let queue = fleet.queue();
@@ -248,7 +301,7 @@ impl Session {
         }
         let dialled = dial(
             self.id,
-            &self.service,
+            target,
             self.client_addr,
             &mut self.tried,
             &mut attempts,
@@ -278,10 +331,12 @@ impl Session {
         self.lease = Some(lease);
         self.backend = Some(backend);
         self.duplex.backend_ready = Default::default();
-        self.timer = Some(env.timers.insert(
-            env.now + self.service.connect_timeout,
-            TimerKey::Conn(self.id),
-        ));
+        if let Some(target) = self.target {
+            self.timer = Some(
+                env.timers
+                    .insert(env.now + target.connect_timeout, TimerKey::Conn(self.id)),
+            );
+        }
     }
 
     /// Joins `fleet`'s queue (`Queued` from here on), or is turned away if it is full.
@@ -403,7 +458,7 @@ impl Session {
     /// Connect attempts made for this client so far.
     fn attempts(&self) -> u32 {
         match self.phase {
-            Phase::Header => 0,
+            Phase::Header | Phase::Hello { .. } => 0,
             Phase::Connecting { attempts, .. } | Phase::Queued { attempts, .. } => attempts,
             Phase::Established => self.tried.len() as u32 + 1,
         }
@@ -435,6 +490,9 @@ impl Session {
         }
         if self.phase == Phase::Header {
             return self.take_header(env);
+        }
+        if matches!(self.phase, Phase::Hello { .. }) {
+            return self.take_hello(env);
         }
         if self.is_queued() {
             // Only a client that is gone for good ends its wait (one that only shut its
@@ -482,10 +540,85 @@ impl Session {
                 if let Some(timer) = self.timer.take() {
                     env.timers.cancel(timer);
                 }
+                if let Err(reason) = self.admit(env) {
+                    return Report::closed(reason);
+                }
+                if self.service.routing.is_some() {
+                    // The hello may have come with the header: look at once (the header
+                    // was read, so no new edge would say so).
+                    self.await_hello(env);
+                    return self.take_hello(env);
+                }
                 match self.connect(env) {
                     Ok(()) => Report::default(),
                     Err(reason) => Report::closed(reason),
                 }
+            }
+        }
+    }
+
+    /// A service with routes: looks at the client's ClientHello, and once it is whole (or
+    /// cannot be) connects where it goes.
+    fn take_hello(&mut self, env: &mut Env) -> Report {
+        let (Phase::Hello { needed }, Some(routing)) =
+            (&mut self.phase, self.service.routing.as_ref())
+        else {
+            return Report::default();
+        };
+        match hello::inspect(
+            &self.client,
+            &mut self.duplex.client_ready,
+            needed,
+            routing,
+            env.scratch,
+        ) {
+            Inspected::Waiting => Report::default(),
+            Inspected::Reset => Report::closed(EndReason::ClientReset),
+            Inspected::Decided {
+                result,
+                route,
+                name,
+            } => self.routed(result, route, name, env),
+        }
+    }
+
+    /// The hello is decided: counts what it was, and connects the route's pool, or the
+    /// service's own; with neither, the client is reset.
+    fn routed(
+        &mut self,
+        result: TlsInspect,
+        route: Option<usize>,
+        name: Option<Arc<str>>,
+        env: &mut Env,
+    ) -> Report {
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        ServiceStats::add(&self.service.stats.tls_inspect[result as usize], 1);
+        let routed = route.and_then(|i| self.service.routing.as_ref()?.target(i));
+        debug!(
+            "{}: {} {}; {}",
+            self.client_addr,
+            result.as_str(),
+            name.as_deref().unwrap_or("-"),
+            match (route, self.service.pool) {
+                (Some(i), _) => format!("route {}", i + 1),
+                (None, Some(_)) => "no route: the service's pool".to_string(),
+                (None, None) => "no route: reset".to_string(),
+            }
+        );
+        self.tls = Some((result, name));
+        self.target = routed.or(self.service.pool);
+        // Whatever has come waits in the kernel for the backend: read it once connected
+        // (no new edge may come for it).
+        self.duplex.client_ready.readable = true;
+        match self.connect(env) {
+            Ok(()) => Report::default(),
+            Err(reason) => {
+                if reason == EndReason::NoRoute {
+                    net::reset_on_close(&self.client);
+                }
+                Report::closed(reason)
             }
         }
     }
@@ -539,6 +672,9 @@ impl Session {
         self.timer = None;
         if self.phase == Phase::Header {
             return self.refuse_header(ProxyError::Timeout, env);
+        }
+        if matches!(self.phase, Phase::Hello { .. }) {
+            return self.routed(TlsInspect::Timeout, None, None, env);
         }
         if let Phase::Queued { pool, .. } = self.phase {
             let fleet = env.topology.pool(pool).map(Arc::clone);
@@ -619,6 +755,7 @@ impl Session {
             retries: attempts.saturating_sub(1),
             class: self.class,
             queue_wait: self.queue_wait,
+            tls: self.tls.clone(),
         }
     }
 
@@ -794,22 +931,22 @@ enum Dialled {
     End(EndReason),
 }
 
-/// Leases the best backend not yet tried and starts connecting to it. A connect that fails
-/// at once (unreachable network, say) counts against that backend and the next one is
-/// tried, up to `--retries` retries in all.
+/// Leases the best backend of `target`'s pool not yet tried and starts connecting to it. A
+/// connect that fails at once (unreachable network, say) counts against that backend and
+/// the next one is tried, up to `retries` retries in all.
 fn dial(
     id: ConnId,
-    service: &Service,
+    target: Target,
     client: SocketAddr,
     tried: &mut Vec<u64>,
     attempts: &mut u32,
     env: &mut Env,
 ) -> Result<(Lease, TcpStream), Dialled> {
-    let Some(fleet) = env.topology.pool(service.pool).map(Arc::clone) else {
+    let Some(fleet) = env.topology.pool(target.pool).map(Arc::clone) else {
         return Err(Dialled::End(EndReason::NoBackend));
     };
     loop {
-        if *attempts > service.retries {
+        if *attempts > target.retries {
             return Err(Dialled::End(EndReason::NoBackend));
         }
         let request = PickRequest {
@@ -920,6 +1057,7 @@ mod tests {
         stats: WorkerStats,
         throttles: Throttles,
         cooling: Vec<(Arc<Backend>, u64)>,
+        scratch: Vec<u8>,
         now: Instant,
         /// tcplb's listening socket: the session's client connection is accepted here.
         front: TcpListener,
@@ -978,9 +1116,50 @@ mod tests {
                 stats: WorkerStats::default(),
                 throttles: Throttles::default(),
                 cooling: Vec::new(),
+                scratch: Vec::new(),
                 now,
                 front: TcpListener::bind("127.0.0.1:0").expect("bind"),
             }
+        }
+
+        /// A worker whose service routes `a.example.com` to a pool (id 1) of `routed`
+        /// backends; its own pool (id 0) has `ports`, or it has none.
+        fn routing(
+            ports: Option<&[u16]>,
+            routed: &[u16],
+            accept_proxy: Option<Duration>,
+            sni_timeout: Duration,
+        ) -> Rig {
+            let mut rig = Rig::new(ports.unwrap_or(&[]), 0, accept_proxy);
+            let specs: Vec<_> = routed.iter().map(|&p| spec(p, 1, false)).collect();
+            let other = Builder::for_pool(1, Arc::from("routed"), POLICY, Balance::LeastActive)
+                .build(&specs)
+                .0;
+            let target = |pool| Target {
+                pool,
+                connect_timeout: Duration::from_secs(5),
+                retries: 0,
+            };
+            let route = crate::service::routes::Route {
+                sni: Some("a.example.com".to_string()),
+                alpn: None,
+                target: target(1),
+            };
+            let mut service = Service::clone(&rig.service);
+            service.pool = ports.map(|_| target(0));
+            service.routing = Some(crate::service::Routing::new(
+                vec![route],
+                sni_timeout,
+                crate::tls_hello::DEFAULT_CAP,
+            ));
+            rig.service = Arc::new(service);
+            rig.topology = Topology::new(
+                1,
+                16,
+                [Arc::clone(&rig.service)],
+                [Arc::clone(&rig.fleet), other],
+            );
+            rig
         }
 
         fn env(&mut self) -> Env<'_> {
@@ -997,7 +1176,25 @@ mod tests {
                 cooling: &mut self.cooling,
                 worker: 0,
                 shared: &self.shared,
+                scratch: &mut self.scratch,
             }
+        }
+
+        /// Hands the session the events of one poll (waiting up to 100 ms for some).
+        fn turn(&mut self, session: &mut Session) -> Option<EndReason> {
+            let mut events = Events::with_capacity(16);
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+            self.now = Instant::now();
+            for event in events.iter() {
+                let (_, socket) = ConnId::from_token(event.token());
+                let side = Side::from_socket(socket);
+                if let Some(reason) = session.on_ready(side, event, &mut self.env()).closed {
+                    return Some(reason);
+                }
+            }
+            None
         }
 
         /// A client that has already sent `early`, and the session started for it.
@@ -1308,5 +1505,224 @@ mod tests {
             }
             first.release(&mut rig.env());
         }
+    }
+
+    /// A ClientHello naming `name`, padded to over 1 KiB, in one record.
+    fn hello(name: &str) -> Vec<u8> {
+        use crate::tls_hello::testing::{message, records};
+        records(&message(Some(name.as_bytes()), &[b"h2"], 1000), &[])
+    }
+
+    fn inspected(rig: &Rig, result: TlsInspect) -> u64 {
+        ServiceStats::get(&rig.service.stats.tls_inspect[result as usize])
+    }
+
+    #[test]
+    fn a_hello_is_routed_by_its_name_and_reaches_the_backend_unchanged() {
+        let (default, default_port) = listening();
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[routed_port],
+            None,
+            Duration::from_secs(5),
+        );
+        let mut sent = hello("A.Example.COM");
+        sent.extend(b"then the rest of the handshake");
+        let (_client, session) = rig.client(&sent);
+        let mut session = session.expect("a session");
+        // (drive checks that no buffer is taken before the backend is connected.)
+        assert_eq!(rig.drive(&mut session), None);
+
+        assert_eq!(
+            backend_reads(&routed, sent.len()),
+            sent,
+            "every byte, unchanged"
+        );
+        let summary = session.summary(rig.now);
+        assert_eq!(
+            summary.backend,
+            Some(
+                rig.topology
+                    .pool(1)
+                    .expect("pool")
+                    .backends()
+                    .next()
+                    .expect("one")
+                    .addr
+            )
+        );
+        let (result, name) = summary.tls.expect("inspected");
+        assert_eq!(
+            (result, name.as_deref()),
+            (TlsInspect::Sni, Some("A.Example.COM"))
+        );
+        assert_eq!(inspected(&rig, TlsInspect::Sni), 1);
+        default.set_nonblocking(true).expect("non-blocking");
+        assert!(
+            default.accept().is_err(),
+            "the service's own pool was not dialled"
+        );
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_hello_in_pieces_is_looked_at_once_its_bytes_are_there() {
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(None, &[routed_port], None, Duration::from_secs(5));
+        let sent = hello("a.example.com");
+        let (mut client, session) = rig.client(&sent[..3]);
+        let mut session = session.expect("a session");
+        assert_eq!(rig.turn(&mut session), None);
+        // Three bytes say a record header is coming, and a handshake header: 9 at least.
+        assert_eq!(session.phase, Phase::Hello { needed: 9 });
+        client.write_all(&sent[3..12]).expect("more");
+        assert_eq!(rig.turn(&mut session), None);
+        // Now the hello's length is known: nothing more is looked at before all of it.
+        assert_eq!(
+            session.phase,
+            Phase::Hello {
+                needed: sent.len() as u32
+            }
+        );
+        client.write_all(&sent[12..100]).expect("more");
+        assert_eq!(rig.turn(&mut session), None);
+        assert_eq!(
+            session.phase,
+            Phase::Hello {
+                needed: sent.len() as u32
+            }
+        );
+        client.write_all(&sent[100..]).expect("the rest");
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(backend_reads(&routed, sent.len()), sent);
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_client_that_is_not_tls_goes_to_the_services_own_pool() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let (_client, session) = rig.client(b"GET / HTTP/1.0\r\n\r\n");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(backend_reads(&default, 18), b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(inspected(&rig, TlsInspect::NotTls), 1);
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn without_a_pool_of_its_own_a_client_no_route_takes_is_reset() {
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(None, &[routed_port], None, Duration::from_secs(5));
+        let (mut client, session) = rig.client(&hello("b.example.com"));
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), Some(EndReason::NoRoute));
+        assert_eq!(inspected(&rig, TlsInspect::Sni), 1);
+        session.release(&mut rig.env());
+        drop(session);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let read = client.read(&mut [0u8; 16]);
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+        routed.set_nonblocking(true).expect("non-blocking");
+        assert!(routed.accept().is_err(), "no backend was dialled");
+    }
+
+    #[test]
+    fn a_hello_too_slow_goes_to_the_services_pool_with_what_came() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let (_client, session) = rig.client(&sent[..20]);
+        let mut session = session.expect("a session");
+        assert_eq!(rig.turn(&mut session), None);
+        assert!(matches!(session.phase, Phase::Hello { .. }));
+        // sni-timeout: the 20 bytes that came go to the service's own pool.
+        assert_eq!(session.on_timer(&mut rig.env()), Report::default());
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(backend_reads(&default, 20), &sent[..20]);
+        let (result, name) = session.summary(rig.now).tls.expect("inspected");
+        assert_eq!((result, name), (TlsInspect::Timeout, None));
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_hello_in_the_segment_of_a_proxy_header_is_routed_at_once() {
+        let (routed, routed_port) = listening();
+        let mut rig = Rig::routing(
+            None,
+            &[routed_port],
+            Some(Duration::from_secs(5)),
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let mut segment = b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 443\r\n".to_vec();
+        segment.extend(&sent);
+        let (_client, session) = rig.client(&segment);
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        assert_eq!(
+            backend_reads(&routed, sent.len()),
+            sent,
+            "the hello, not the header"
+        );
+        assert_eq!(
+            session.summary(rig.now).client_addr,
+            SocketAddr::from(([192, 0, 2, 7], 5555))
+        );
+        session.release(&mut rig.env());
+    }
+
+    #[test]
+    fn a_client_that_closes_before_its_hello_is_whole_goes_on_with_what_it_sent() {
+        let (default, default_port) = listening();
+        let mut rig = Rig::routing(
+            Some(&[default_port]),
+            &[refused_port()],
+            None,
+            Duration::from_secs(5),
+        );
+        let sent = hello("a.example.com");
+        let (client, session) = rig.client(&sent[..40]);
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let mut session = session.expect("a session");
+        assert_eq!(rig.drive(&mut session), None);
+        let (mut conn, _) = default.accept().expect("the service's pool");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got: Vec<u8> = Vec::new();
+        // Pumped on the session's events: drive it while the backend reads.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 40 {
+            assert!(Instant::now() < deadline, "{} bytes", got.len());
+            let _ = rig.turn(&mut session);
+            conn.set_nonblocking(true).expect("non-blocking");
+            let mut buf = [0u8; 64];
+            match conn.read(&mut buf) {
+                Ok(n) => got.extend(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, &sent[..40]);
+        assert_eq!(inspected(&rig, TlsInspect::Malformed), 1);
+        session.release(&mut rig.env());
     }
 }

@@ -7,6 +7,7 @@
 //! | [`admin`] | `/metrics` (one parser), `/backends` (one reader), raw HTTP, access log lines |
 //! | [`bytes`] | byte patterns and hashes to check every byte that crosses |
 //! | [`proxy`] | client addresses, PROXY protocol headers, real HAProxy and nginx |
+//! | [`tls`] | certificates, real TLS servers and clients (Python `ssl`) for routing by SNI |
 //!
 //! Everything is re-exported here, so a test file says `use common::*;`.
 #![allow(dead_code)]
@@ -16,6 +17,7 @@ pub mod backends;
 pub mod bytes;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 // (A test file uses some of each.)
 #[allow(unused_imports)]

@@ -262,10 +262,13 @@
         services.set(s.name, cells);
         parent.appendChild(cells.card);
       }
-      let sub = "listens on " + (s.listen.length ? s.listen.join(", ") : "nothing") + " → pool " + s.pool;
+      let sub = "listens on " + (s.listen.length ? s.listen.join(", ") : "nothing");
+      sub += s.pool === null ? " · no default pool" : " → pool " + s.pool;
       if (s.routes && s.routes.length) {
         sub += " · TLS routes: " + s.routes.map(function (r) {
-          return (r.sni || r.server_name || "?") + " → " + (r.pool || "?");
+          let match = r.sni === null ? "any name" : r.sni;
+          if (r.alpn !== null) match += " (" + r.alpn + ")";
+          return match + " → " + (r.pool === null ? "reset" : r.pool);
         }).join(", ");
       }
       setText(cells.sub, sub);
