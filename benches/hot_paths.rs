@@ -42,6 +42,7 @@ fn backends(n: usize) -> Vec<ResolvedBackend> {
                 weight: 1 + (i % 3) as u32,
                 backup: false,
                 send_proxy: None,
+                agent_port: None,
                 maxconn: None,
             }
         })
@@ -83,6 +84,7 @@ fn loaded_fleet(balance: Balance, n: usize) -> (std::sync::Arc<tcplb::fleet::Fle
     let policy = Policy {
         breaker: BREAKER,
         checks: None,
+        runtime: tcplb::fleet::RuntimePolicy::DEFAULT,
     };
     let (fleet, _) = Builder::new(policy, balance).build(&backends(n));
     let held = (0..n * 3)

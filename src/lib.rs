@@ -34,12 +34,15 @@
 //!   selection ([`fleet::select`]: least-active, round-robin, random-two, source-hash's
 //!   Maglev table), leases, the breaker and check state machines, the builder of each
 //!   generation and the discovery thread that runs it.
-//! - [`control`]: start-up, signals, the lifecycle, health probes, and handing fleet
+//! - [`control`]: start-up, signals, the lifecycle, health and agent checks, and handing fleet
 //!   generations to the workers; the listening sockets ([`control::sockets`]: bound, or
 //!   handed over by the process an upgrade replaces, or by systemd), the upgrade itself
 //!   (`SIGUSR2`, [`control::upgrade`]), systemd's protocols ([`control::systemd`]) and the
 //!   pid file.
 //! - [`admin`]: `/metrics` (summed over workers), `/healthz`, `/backends`, the access log.
+//! - [`ctl`]: `tcplb ctl`, the control socket's client and protocol; the control thread
+//!   serves it ([`control::ctl`], [`control::commands`]'s commands change backends' runtime
+//!   state, which every worker reads through [`fleet::backend::Backend::state`]).
 //! - [`service`]: services and the [`service::Topology`] (every service and pool) the workers
 //!   see.
 //! - [`stats`]: counters and how a session ended (no dependencies); [`config`]: the command
@@ -57,6 +60,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod fleet;
 pub mod lifecycle;
 pub mod limits;

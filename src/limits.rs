@@ -5,10 +5,11 @@
 //! The reserve has shares, each bounded where its descriptors are opened, so that clients
 //! can never take the descriptors the admin endpoint or the health checks need (nor the
 //! other way round): [`FD_HEADROOM`] for the process itself, [`ADMIN_FDS`] for the admin
-//! endpoint (at most `MAX_ADMIN_CONNS` connections, see `admin::http`), and
-//! [`MAX_PROBES_IN_FLIGHT`] for health probes (probes past it wait for a slot: see
-//! `control::prober`). A new kind of control connection (a control socket, agent checks)
-//! takes its descriptors from one of these shares, or adds its own here.
+//! endpoint (at most `MAX_ADMIN_CONNS` connections, see `admin::http`),
+//! [`MAX_PROBES_IN_FLIGHT`] for health and agent checks (checks past it wait for a slot:
+//! see `control::prober`), and [`CTL_FDS`] for the control socket (`control::ctl`). A new
+//! kind of control connection takes its descriptors from one of these shares, or adds its
+//! own here.
 
 use std::io;
 
@@ -21,6 +22,14 @@ pub const MAX_ADMIN_CONNS: usize = 32;
 /// `n / 64` connect timeouts.
 pub const MAX_PROBES_IN_FLIGHT: usize = 64;
 
+/// Control socket connections open at once (`control::ctl`): one past that is told it is
+/// busy and closed.
+pub const MAX_CTL_CONNS: usize = 8;
+
+/// Descriptors the control socket may hold at once: its listener, its connections, and
+/// one accepted past them to be told it is busy.
+pub const CTL_FDS: u64 = MAX_CTL_CONNS as u64 + 2;
+
 /// Descriptors kept free for the process itself: standard streams, listeners, pollers,
 /// wakers, the signal pipe, the access log, files and DNS look-ups of a reload, the pipe of
 /// an upgrade, and a client being turned away past `--max-conns` on each worker.
@@ -31,8 +40,9 @@ pub const FD_HEADROOM: u64 = 64;
 pub const ADMIN_FDS: u64 = MAX_ADMIN_CONNS as u64 + 1;
 
 /// The descriptors kept out of the sessions' and pipes' reach: the process's own headroom,
-/// plus the admin endpoint's share if it is on and the health probes' if checks are on.
-pub fn reserve(admin: bool, checks: bool) -> u64 {
+/// plus the admin endpoint's share if it is on, the checks' (health and agent) if any are
+/// on, and the control socket's if it is on.
+pub fn reserve(admin: bool, checks: bool, ctl: bool) -> u64 {
     FD_HEADROOM
         + if admin { ADMIN_FDS } else { 0 }
         + if checks {
@@ -40,6 +50,7 @@ pub fn reserve(admin: bool, checks: bool) -> u64 {
         } else {
             0
         }
+        + if ctl { CTL_FDS } else { 0 }
 }
 
 /// Raises the soft open-file limit to the hard limit and returns the new soft limit.
@@ -107,13 +118,17 @@ mod tests {
 
     #[test]
     fn the_admin_endpoint_and_health_probes_have_their_own_share() {
-        assert_eq!(reserve(false, false), 64);
-        assert_eq!(reserve(true, false), 64 + 33);
-        assert_eq!(reserve(false, true), 64 + 64);
-        assert_eq!(reserve(true, true), 161);
+        assert_eq!(reserve(false, false, false), 64);
+        assert_eq!(reserve(true, false, false), 64 + 33);
+        assert_eq!(reserve(false, true, false), 64 + 64);
+        assert_eq!(reserve(false, false, true), 64 + 10);
+        assert_eq!(reserve(true, true, false), 161);
         // 400 descriptors with both on: 239 left, a quarter of them (29) for pipes.
-        assert_eq!(fit(160, 256, 400, reserve(true, true)), Some((90, 29)));
-        assert_eq!(fit(160, 0, 400, reserve(true, true)), Some((119, 0)));
+        assert_eq!(
+            fit(160, 256, 400, reserve(true, true, false)),
+            Some((90, 29))
+        );
+        assert_eq!(fit(160, 0, 400, reserve(true, true, false)), Some((119, 0)));
     }
 
     #[test]

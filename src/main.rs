@@ -1,4 +1,5 @@
-//! Process entry: catch signals, parse the command line (or check a config file), set up
+//! Process entry: `tcplb ctl ...` is the control socket's client (`ctl::client`), handled
+//! first; otherwise catch signals, parse the command line (or check a config file), set up
 //! logging, start everything (`control::start`) and run the control thread until the
 //! process is done. Maps errors to exit codes: 2 for bad input (one line on stderr naming
 //! the bad value), 1 for start-up failures (the address and the OS error).
@@ -12,6 +13,12 @@ use tcplb::control::{self, failure::Failure};
 use tcplb::{clock, logging};
 
 fn main() -> ExitCode {
+    // `tcplb ctl`: a client, not a balancer.
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|first| first == "ctl") {
+        let args: Vec<String> = argv.map(|a| a.to_string_lossy().into_owned()).collect();
+        return tcplb::ctl::client::run(&args);
+    }
     // First of all: until the handlers are installed, SIGHUP (or SIGTERM) would kill the
     // process with the default action.
     let signals = match control::catch_signals() {

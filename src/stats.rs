@@ -295,6 +295,9 @@ pub enum EndReason {
     NoResources,
     /// Cut at shutdown: the drain ran out of time or a second signal came.
     Shutdown,
+    /// Cut because its backend's sessions were killed (`tcplb ctl kill sessions`, or
+    /// `on-marked-down = "shutdown-sessions"`).
+    Killed,
     /// Turned away at once: `--max-conns` sessions were open.
     ShedMaxConns,
     /// Turned away at once: the buffer pool was nearly empty.
@@ -327,6 +330,7 @@ impl EndReason {
             EndReason::NoBackend => "no_backend",
             EndReason::NoResources => "no_resources",
             EndReason::Shutdown => "shutdown",
+            EndReason::Killed => "killed",
             EndReason::ShedMaxConns => "shed_max_conns",
             EndReason::ShedPool => "shed_pool",
             EndReason::BadProxyHeader => "bad_proxy_header",

@@ -3,9 +3,10 @@
 //! from a running tcplb with three services (one routing by TLS server name) and two
 //! pools, and the tests read what the page shows from its DOM: every service (its routes
 //! too), pool and backend with its state in words; a backend killed meanwhile shown down
-//! with the reason within a few seconds; nothing requested from any host but the admin
-//! port; readable at a phone's width; a thousand backends rendered and updated without
-//! holding the page up. Screenshots go to `target/tmp/dashboard/` (the README's is
+//! with the reason within a few seconds, then back up on its slow-start ramp; a backend
+//! drained and one in maintenance by `tcplb ctl`; nothing requested from any host but the
+//! admin port; readable at a phone's width; a thousand backends rendered and updated
+//! without holding the page up. Screenshots go to `target/tmp/dashboard/` (the README's is
 //! docs/dashboard.png, taken from there).
 //!
 //! Plus `/api/stats` against its documented schema (no browser needed).
@@ -88,14 +89,17 @@ fn the_dashboard_shows_every_service_pool_and_backend_and_a_backend_going_down()
     let web = [Backend::start(1, echo()), Backend::start(2, echo())];
     let spare = Backend::start(3, echo());
     let db = [Backend::start(4, echo()), Backend::start(5, echo())];
+    let socket = ctl_socket("dashboard");
     let toml = format!(
-        "[global]\nadmin = \"127.0.0.1:0\"\n\n\
+        "[global]\nadmin = \"127.0.0.1:0\"\ncontrol-socket = \"{}\"\n\n\
          [services.web]\nlisten = [\"127.0.0.1:0\"]\npool = \"web\"\n\n\
          [services.db]\nlisten = [\"127.0.0.1:0\"]\npool = \"db\"\n\n\
          [services.tls]\nlisten = [\"127.0.0.1:0\"]\n\
          routes = [{{ sni = \"db.example.com\", pool = \"db\" }}]\n\n\
          [pools.web]\nbackends = [\"{}\", \"{}\", \"{},backup\"]\n\n\
-         [pools.db]\nbackends = [\"{}\", \"{}\"]\nhealth-interval = \"200ms\"\nfall = 1\nrise = 1\n",
+         [pools.db]\nbackends = [\"{}\", \"{}\"]\nhealth-interval = \"200ms\"\nfall = 1\nrise = 1\n\
+         slow-start = \"1m\"\n",
+        socket.arg(),
         web[0].arg(),
         web[1].arg(),
         spare.arg(),
@@ -198,6 +202,33 @@ fn the_dashboard_shows_every_service_pool_and_backend_and_a_backend_going_down()
             .is_some_and(|s| s.starts_with("live")),
         "{page:#}"
     );
+
+    // The operator's states (tcplb ctl): a backend drained, the backup in maintenance.
+    ctl_ok(&socket, &["set", "state", "web", &web[1].arg(), "drain"]);
+    ctl_ok(&socket, &["set", "state", "web", &spare.arg(), "maint"]);
+    let row_is = |address: String, badges: &str, reason: &str| {
+        format!(
+            "(() => {{ const r = document.querySelector(\"tr.backend[data-backend='{address}']\"); \
+             return [...r.querySelectorAll('.badge')].map(b => b.textContent).join(' ') === '{badges}' \
+               && r.querySelector('td.reason').textContent.startsWith('{reason}'); }})()"
+        )
+    };
+    browser.wait_for(
+        &row_is(
+            web[1].arg(),
+            "drain",
+            "drain, set by the operator (tcplb ctl)",
+        ),
+        PATIENCE,
+    );
+    browser.wait_for(
+        &row_is(
+            spare.arg(),
+            "maint backup",
+            "maint, set by the operator (tcplb ctl)",
+        ),
+        PATIENCE,
+    );
     std::fs::write(
         artefact("dashboard-1280x800.png"),
         browser.screenshot(false),
@@ -208,6 +239,10 @@ fn the_dashboard_shows_every_service_pool_and_backend_and_a_backend_going_down()
         browser.screenshot(true),
     )
     .expect("write");
+
+    // The killed one comes back: up again, on its slow-start ramp.
+    let _revived = Backend::serve(4, rebind(db[0].addr), echo());
+    browser.wait_for(&row_is(db[0].arg(), "up slow-start", ""), PATIENCE);
 
     // A phone's width: nothing wider than the screen (the backends' table scrolls inside
     // its own box).
@@ -335,6 +370,16 @@ fn a_thousand_backends_render_and_update_without_freezing() {
         "1000 backends: shown {first:?} after navigating; the longest render took {max_ms} ms \
          (the first, which builds the rows), an update {last_ms} ms"
     );
+    // The history's memory: rings are allocated whole, so this is what it stays at.
+    let (_, body) = tcplb.admin_get("/api/stats");
+    let stats: Value = serde_json::from_str(&body).expect("stats");
+    let history_bytes = stats["process"]["history_bytes"].as_u64().expect("bytes");
+    eprintln!(
+        "1000 backends: /api/stats is {} KiB, the history holds {} KiB",
+        body.len() / 1024,
+        history_bytes / 1024
+    );
+    assert!(history_bytes < 8 << 20, "{history_bytes} bytes of history");
     // Generous for a loaded machine; a page that rebuilt every row, or laid out the
     // table row by row, takes far longer.
     assert!(max_ms < 1500.0, "a render took {max_ms} ms");

@@ -1197,6 +1197,15 @@ fn backends_json_has_every_field_with_the_right_values() {
         "consecutive_failures",
         "bytes_sent",
         "bytes_received",
+        // What `tcplb ctl` set and the last checks said (`tcplb ctl show backends`).
+        "admin",
+        "weight_configured",
+        "weight_set",
+        "weight_effective",
+        "slow_start",
+        "checks",
+        "last_check",
+        "agent",
         "latency_ms",
         "maxconn",
     ]
@@ -1227,6 +1236,8 @@ fn backends_json_has_every_field_with_the_right_values() {
             "send_proxy": null, "balance": "least-active", "state": "up", "reason": null, "health_checks": "off", "active": 0, "connections_total": 1,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": n, "bytes_received": n, "maxconn": null,
+            "admin": "ready", "weight_configured": 2, "weight_set": null, "weight_effective": 2,
+            "slow_start": null, "checks": "off", "last_check": null, "agent": null,
         })
     );
     assert_eq!(
@@ -1236,6 +1247,8 @@ fn backends_json_has_every_field_with_the_right_values() {
             "send_proxy": null, "balance": "least-active", "state": "up", "reason": null, "health_checks": "off", "active": 0, "connections_total": 0,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": 0, "bytes_received": 0, "maxconn": null,
+            "admin": "ready", "weight_configured": 1, "weight_set": null, "weight_effective": 1,
+            "slow_start": null, "checks": "off", "last_check": null, "agent": null,
         })
     );
     // An active session shows.

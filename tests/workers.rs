@@ -411,7 +411,7 @@ fn one_access_log_for_every_worker_with_whole_lines() {
         .iter()
         .map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            assert_eq!(fields.len(), 11, "a whole line: {line}");
+            assert_eq!(fields.len(), 13, "a whole line: {line}");
             assert_eq!(fields[1], "service=default", "{line}");
             assert!(line.ends_with("end=client_fin") || line.ends_with("end=backend_fin"));
             assert!(line.contains(" bytes_up=2000 bytes_down=2000 "), "{line}");

@@ -1,5 +1,7 @@
 //! `/backends`: every pool with the services that use it and every backend (draining ones
-//! too) with its state (and why it is not up), weight and counters, as JSON:
+//! too) with its state (and why it is not up), weight, counters and runtime state (what
+//! `tcplb ctl` set, what the last health check and agent check said: `tcplb ctl show
+//! backends`' fields), as JSON:
 //!
 //! ```json
 //! {"services": [{"name": "web", "pool": "web", "listen": ["0.0.0.0:80"], "active": 3, ...}],
@@ -167,7 +169,7 @@ pub fn backend_members(view: &View, fleet: &Fleet, b: &Backend, out: &mut String
          \"state\": \"{}\", \"reason\": {}, \"health_checks\": \"{checks}\", \"active\": {}, \
          \"connections_total\": {}, \"connect_failures_total\": {}, \
          \"consecutive_failures\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \
-         \"latency_ms\": {}, \"maxconn\": {}",
+         \"latency_ms\": {}, \"maxconn\": {}, {}",
         json_string(fleet.name()),
         json_string(&b.addr.to_string()),
         json_string(&b.name),
@@ -194,6 +196,7 @@ pub fn backend_members(view: &View, fleet: &Fleet, b: &Backend, out: &mut String
         },
         b.maxconn()
             .map_or_else(|| "null".to_string(), |m| m.to_string()),
+        super::show::runtime_members(fleet, b, now),
     );
 }
 
@@ -205,7 +208,23 @@ pub fn reason(b: &Backend, now: u64) -> Option<String> {
     match b.state(now) {
         State::Up => None,
         State::Draining => Some("removed from the pool: finishing its sessions".to_string()),
-        State::Down if !b.checks_up() => Some("health checks failing".to_string()),
+        State::Down if !b.checks_up() => Some(match b.notes().check {
+            Some(last) => format!("health checks failing: {last}"),
+            None => "health checks failing".to_string(),
+        }),
+        State::Drain | State::Maint => {
+            let (what, after) = if b.state(now) == State::Drain {
+                ("drain", "no new sessions, live ones go on")
+            } else {
+                ("maint", "no new sessions, no health checks")
+            };
+            let who = if b.admin().as_str() == what {
+                "set by the operator (tcplb ctl)"
+            } else {
+                "said by its agent"
+            };
+            Some(format!("{what}, {who}: {after}"))
+        }
         State::Down => Some(match breaker.state() {
             BreakerState::Down { until } => format!(
                 "circuit breaker open: {fails} connect{} failed in a row; next try in {:.1}s",

@@ -154,7 +154,7 @@ pub const BACKEND_SERIES: [&str; 8] = [
     "state",
 ];
 /// The backend states of the `state` series, by index.
-pub const STATES: [&str; 4] = ["up", "down", "half_open", "draining"];
+pub const STATES: [&str; 6] = ["up", "down", "half_open", "draining", "drain", "maint"];
 
 fn state_index(state: State) -> usize {
     match state {
@@ -162,6 +162,8 @@ fn state_index(state: State) -> usize {
         State::Down => 1,
         State::HalfOpen { .. } => 2,
         State::Draining => 3,
+        State::Drain => 4,
+        State::Maint => 5,
     }
 }
 

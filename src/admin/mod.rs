@@ -14,6 +14,7 @@ pub mod history;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod show;
 pub mod stats;
 
 use crate::service::Topology;

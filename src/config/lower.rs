@@ -3,7 +3,9 @@
 //! the option table's default), parsed by its kind, and checked against the settings it
 //! depends on. The command line and a config file both end here, so they mean the same.
 
-use super::policy::{Balance, BreakerPolicy, CheckPolicy, HashSettings, LatencySettings};
+use super::policy::{
+    Balance, BreakerPolicy, CheckPolicy, HashSettings, LatencySettings, MarkedDown, RuntimePolicy,
+};
 use super::protection::{Priority, QueueSettings, SourceLimits};
 use super::table::{self, DefaultValue, Opt};
 use super::values::{self, Raw, Value};
@@ -244,6 +246,15 @@ pub fn global(l: &Layers) -> Result<Global, ConfigError> {
         drain_timeout: l.duration("drain-timeout")?,
         upgrade_timeout: l.duration("upgrade-timeout")?,
         upgrade_probation: l.duration("upgrade-probation")?,
+        control_socket: l.path("control-socket")?,
+        control_socket_mode: match l.value("control-socket-mode")? {
+            Some(Value::Mode(m)) => m,
+            _ => 0o600,
+        },
+        control_socket_group: match l.value("control-socket-group")? {
+            Some(Value::Account(g)) => Some(g),
+            _ => None,
+        },
     })
 }
 
@@ -420,7 +431,15 @@ pub fn pool(name: &str, l: &Layers, positional: &[String]) -> Result<PoolSpec, C
             ConfigError::Usage("no backend given".to_string())
         });
     }
-    let health_interval = l.duration("health-interval")?;
+    let checks = checks(l)?;
+    let runtime = RuntimePolicy {
+        agent_interval: l.duration("agent-interval")?,
+        slow_start: l.duration("slow-start")?,
+        on_marked_down: match l.value("on-marked-down")? {
+            Some(Value::Choice("shutdown-sessions")) => MarkedDown::ShutdownSessions,
+            _ => MarkedDown::Leave,
+        },
+    };
     Ok(PoolSpec {
         name: name.to_string(),
         backends,
@@ -430,16 +449,8 @@ pub fn pool(name: &str, l: &Layers, positional: &[String]) -> Result<PoolSpec, C
             max_fails: l.whole("max-fails")? as u32,
             fail_timeout: l.duration("fail-timeout")?,
         },
-        checks: if health_interval.is_zero() {
-            None
-        } else {
-            Some(CheckPolicy {
-                interval: health_interval,
-                rise: l.whole("rise")? as u32,
-                fall: l.whole("fall")? as u32,
-                timeout: l.duration("connect-timeout")?,
-            })
-        },
+        checks,
+        runtime,
         resolve_interval: l.nonzero_duration("resolve-interval")?,
         connect_timeout: l.duration("connect-timeout")?,
         retries: l.whole("retries")? as u32,
@@ -464,6 +475,41 @@ fn queue(l: &Layers) -> Result<QueueSettings, ConfigError> {
         size,
         timeout: l.duration("queue-timeout")?,
     })
+}
+
+/// The pool's health checks: a `health` table (its own settings first, then `rise`,
+/// `fall`, `connect-timeout`, and `health-interval` or 2 s), or `health-interval` alone
+/// (a TCP connect check); `None` when neither is given.
+fn checks(l: &Layers) -> Result<Option<CheckPolicy>, ConfigError> {
+    let health_interval = l.duration("health-interval")?;
+    let table = match l.value("health")? {
+        Some(Value::Health(table)) => Some(table),
+        _ => None,
+    };
+    let Some(table) = table else {
+        if health_interval.is_zero() {
+            return Ok(None);
+        }
+        return Ok(Some(CheckPolicy::connect(
+            health_interval,
+            l.whole("rise")? as u32,
+            l.whole("fall")? as u32,
+            l.duration("connect-timeout")?,
+        )));
+    };
+    let interval = table.interval.unwrap_or(if health_interval.is_zero() {
+        Duration::from_secs(2)
+    } else {
+        health_interval
+    });
+    Ok(Some(CheckPolicy {
+        interval,
+        rise: table.rise.unwrap_or(l.whole("rise")? as u32),
+        fall: table.fall.unwrap_or(l.whole("fall")? as u32),
+        timeout: table.timeout.unwrap_or(l.duration("connect-timeout")?),
+        port: table.port,
+        exchange: table.exchange,
+    }))
 }
 
 /// `balance` and the `hash-*` settings that go with source-hash.

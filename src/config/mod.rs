@@ -10,6 +10,7 @@
 //! | `lower` | settings looked up through layers (own table, `[defaults]`, default) into typed specs |
 //! | `flags` | the command line: one service and one pool, or `--config FILE` |
 //! | [`file`] | the config file's tables and keys, with `FILE:LINE:COLUMN` errors |
+//! | [`health`] | a pool's `health = { ... }` table: an application check as written |
 //! | [`spec`] | a backend as written (`HOST:PORT,weight=2`), `HOST:PORT`, [`printable`] |
 //! | [`policy`] | balance, breaker and check settings as plain data |
 //! | [`routes`] | a service's TLS routes (SNI, ALPN → pool) as written, checked |
@@ -23,6 +24,7 @@
 
 pub mod file;
 mod flags;
+pub mod health;
 mod lower;
 pub mod policy;
 pub mod protection;
@@ -40,7 +42,7 @@ pub use spec::{BackendSpec, MAX_WEIGHT, Origin, parse_host_port, printable};
 pub use table::usage;
 pub use units::{parse_duration, parse_number};
 
-use policy::{Balance, BreakerPolicy, CheckPolicy};
+use policy::{Balance, BreakerPolicy, CheckPolicy, RuntimePolicy};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -101,6 +103,12 @@ pub struct Global {
     /// How long the old process of an upgrade stands by once the new one serves, to take
     /// over again if it dies (zero: it hands over at once).
     pub upgrade_probation: Duration,
+    /// Where `tcplb ctl` finds this process: a unix socket; `None` = off.
+    pub control_socket: Option<PathBuf>,
+    /// Its permission bits (0600 unless told).
+    pub control_socket_mode: u32,
+    /// Its group, if not the process's.
+    pub control_socket_group: Option<String>,
 }
 
 /// A service: where clients connect and how they are handled.
@@ -142,6 +150,8 @@ pub struct PoolSpec {
     pub breaker: BreakerPolicy,
     /// Active health checks; `None` = off.
     pub checks: Option<CheckPolicy>,
+    /// Agent checks, slow start, what happens when a backend is marked down.
+    pub runtime: RuntimePolicy,
     /// Re-resolve backend names this often; `None` = only at start and on reload.
     pub resolve_interval: Option<Duration>,
     /// How long a connect (a session's, or a probe's) may take.

@@ -1,5 +1,6 @@
 //! Backends as the user writes them, on the command line or in a backends file:
-//! `HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2][,maxconn=N]`, one per line of the file
+//! `HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2][,maxconn=N][,agent-port=N]`,
+//! one per line of the file
 //! (`#` comments). Pure parsing;
 //! text from the user reaches a message only through [`printable`], so a control character
 //! cannot forge or colour a log line.
@@ -26,6 +27,8 @@ pub struct BackendSpec {
     pub backup: bool,
     /// A PROXY protocol header goes to it before any client byte.
     pub send_proxy: Option<Version>,
+    /// Its agent answers on this port (HAProxy's agent protocol).
+    pub agent_port: Option<u16>,
     /// Sessions it takes at once (`maxconn=N`); `None`: no limit of its own.
     pub maxconn: Option<u32>,
     /// The backends file line it came from; `None` for a positional backend.
@@ -67,6 +70,7 @@ impl BackendSpec {
             weight: 1,
             backup: false,
             send_proxy: None,
+            agent_port: None,
             maxconn: None,
             origin: None,
         };
@@ -80,6 +84,13 @@ impl BackendSpec {
                     spec.weight = parse_number(value, 1, u64::from(MAX_WEIGHT))
                         .ok_or_else(|| bad(format!("weight '{value}' is not 1..={MAX_WEIGHT}")))?
                         as u32;
+                }
+                Some(("agent-port", value)) => {
+                    spec.agent_port = Some(
+                        parse_number(value, 1, 65_535)
+                            .ok_or_else(|| bad(format!("agent-port '{value}' is not 1..=65535")))?
+                            as u16,
+                    );
                 }
                 Some(("maxconn", value)) => {
                     spec.maxconn = Some(parse_number(value, 1, 1_000_000).ok_or_else(|| {
@@ -122,10 +133,16 @@ impl BackendSpec {
 /// (`127.0.0.1:6379,weight=2`), if `text` looks like that.
 fn options_after_a_colon(text: &str) -> Option<String> {
     let addr = text.split(',').next().unwrap_or_default();
-    let colon = [":weight=", ":backup", ":send-proxy", ":maxconn="]
-        .iter()
-        .filter_map(|option| addr.find(option))
-        .min()?;
+    let colon = [
+        ":weight=",
+        ":backup",
+        ":send-proxy",
+        ":maxconn=",
+        ":agent-port=",
+    ]
+    .iter()
+    .filter_map(|option| addr.find(option))
+    .min()?;
     let before = &addr[..colon];
     // Only after HOST:PORT: `host:weight=2` lacks a port, which its own message says.
     before
@@ -147,6 +164,9 @@ impl fmt::Display for BackendSpec {
         }
         if let Some(maxconn) = self.maxconn {
             write!(f, ",maxconn={maxconn}")?;
+        }
+        if let Some(port) = self.agent_port {
+            write!(f, ",agent-port={port}")?;
         }
         Ok(())
     }

@@ -87,6 +87,13 @@ pub enum Kind {
     Factor,
     /// Backend specs: positional arguments on the command line, a list in a file.
     Backends,
+    /// A table of health check settings (`health = { ... }`, a file only: see
+    /// `config::health`).
+    Health,
+    /// File permission bits in octal, such as `0660`.
+    Mode,
+    /// A user or group: a name or a number.
+    Account,
     /// `N/s`, `N/m` or `N/h`: a rate.
     Rate,
     /// Source blocks and classes: `CIDR=CLASS,...` on the command line, a list of
@@ -311,12 +318,24 @@ pub const OPTIONS: &[Opt] = &[
     opt("health-interval", Pool, duration(Seconds, 0, DAY), Value("0"))
         .hint("DURATION")
         .help("probe every backend with a TCP connect this often, at most 64 at once; 0 = off"),
+    opt("health", Pool, Kind::Health, Off)
+        .file_only()
+        .help("an application health check: { interval, timeout, rise, fall, send, send-hex, expect, expect-regex, expect-hex, http, http-host, expect-status, port } (see docs/configuration.md)"),
     opt("rise", Pool, whole(1, 1000), Value("2"))
         .hint("N")
         .help("passed probes in a row that bring a backend up"),
     opt("fall", Pool, whole(1, 1000), Value("3"))
         .hint("N")
         .help("failed probes in a row that take a backend down"),
+    opt("on-marked-down", Pool, Kind::Choice(&["leave", "shutdown-sessions"]), Value("leave"))
+        .hint("WHAT")
+        .help("what happens to a backend's live sessions when its checks or its agent mark it down: leave them, or shutdown-sessions (cut them)"),
+    opt("agent-interval", Pool, duration(Seconds, 100 * MILLISECOND, HOUR), Value("2s"))
+        .hint("DURATION")
+        .help("how often a backend with agent-port=N is asked for its word (ready, drain, maint, up, down, N%)"),
+    opt("slow-start", Pool, duration(Seconds, 0, HOUR), Value("0"))
+        .hint("DURATION")
+        .help("a backend that comes back up ramps its weight from about nothing to full over this long; 0 = off"),
     opt("backends-file", Pool, Kind::Path, Off)
         .hint("PATH")
         .help("more backends, one BACKEND per line (# comments); re-read on SIGHUP"),
@@ -329,6 +348,15 @@ pub const OPTIONS: &[Opt] = &[
     opt("admin", Global, Kind::Address, Off)
         .hint("HOST:PORT")
         .help("serve /metrics, /healthz and /backends over HTTP here; keep it on loopback or a private network"),
+    opt("control-socket", Global, Kind::Path, Off)
+        .hint("PATH")
+        .help("serve tcplb ctl on a unix socket at PATH (mode 0600: owner only); never TCP"),
+    opt("control-socket-mode", Global, Kind::Mode, Value("0600"))
+        .hint("MODE")
+        .help("the control socket's permission bits, in octal (0660 lets its group in too)"),
+    opt("control-socket-group", Global, Kind::Account, Off)
+        .hint("GROUP")
+        .help("the control socket's group (a name or a number), with control-socket-mode 0660"),
     opt("access-log", Global, Kind::Path, Off)
         .hint("PATH")
         .help("write one line per finished session to PATH (- = stdout); SIGUSR1 reopens it"),
@@ -457,10 +485,12 @@ pub fn usage() -> String {
     let brief = "Usage: tcplb [OPTIONS] BACKEND...\n       tcplb --config FILE [OPTIONS]\n\n\
         A Layer-4 TCP load balancer: each client connection is piped to the backend with the\n\
         fewest active sessions per unit of weight (or as --balance says).\n\n\
-        BACKEND is HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2]\n\
+        BACKEND is HOST:PORT[,weight=N][,backup][,send-proxy|,send-proxy-v2][,agent-port=N]\n\
         (N from 1 to 256, default 1; HOST may be an IPv4 address, [IPv6] or a name: every\n\
         address it resolves to is a backend; send-proxy sends it a PROXY protocol v1 header\n\
-        first, send-proxy-v2 a v2 one)";
+        first, send-proxy-v2 a v2 one; agent-port: its agent answers there)\n\n\
+        A running tcplb is steered with 'tcplb ctl' through --control-socket\n\
+        (see 'tcplb ctl --help').";
     let mut text = flags().usage(brief);
     text.push_str(USAGE_NOTES);
     text

@@ -261,6 +261,7 @@ mod tests {
                 .iter()
                 .map(|(host, port)| BackendSpec {
                     maxconn: None,
+                    agent_port: None,
                     host: host.clone(),
                     port: *port,
                     weight: 1,

@@ -61,7 +61,7 @@ fn flat(c: Config) -> Flat {
         backlog: s.backlog,
         workers: g.workers,
         breaker: p.breaker,
-        checks: p.checks,
+        checks: p.checks.clone(),
         backends_file: p.backends_file.clone(),
         resolve_interval: p.resolve_interval,
         drain_timeout: g.drain_timeout,
@@ -184,12 +184,12 @@ fn resilience_and_observability_options() {
     assert_eq!(c.breaker.fail_timeout, Duration::from_millis(500));
     assert_eq!(
         c.checks,
-        Some(CheckPolicy {
-            interval: Duration::from_secs(2),
-            rise: 1,
-            fall: 4,
-            timeout: Duration::from_secs(3),
-        })
+        Some(CheckPolicy::connect(
+            Duration::from_secs(2),
+            1,
+            4,
+            Duration::from_secs(3)
+        ))
     );
     assert_eq!(c.backends_file, Some(PathBuf::from("/etc/tcplb/backends")));
     assert_eq!(c.resolve_interval, Some(Duration::from_secs(30)));

@@ -41,6 +41,11 @@ pub enum Value {
     /// Hundredths (125 = 1.25).
     Factor(u32),
     Backends(Vec<BackendSpec>),
+    Health(super::health::HealthTable),
+    /// Permission bits.
+    Mode(u32),
+    /// A user or group, as written.
+    Account(String),
     Rate(Rate),
     Priority(Priority),
     Routes(Vec<super::routes::RouteSpec>),
@@ -152,6 +157,35 @@ pub fn parse(opt: &Opt, name: &str, raw: Raw) -> Result<Value, ConfigError> {
             parse_factor(&text)
                 .map(Value::Factor)
                 .ok_or_else(|| bad_text(&name, &text, expected))
+        }
+        Kind::Health => match raw {
+            Raw::Toml(value) => super::health::parse(&name, value).map(Value::Health),
+            _ => Err(ConfigError::Usage(format!(
+                "{name} is written in a config file"
+            ))),
+        },
+        Kind::Mode => {
+            let expected = "permission bits in octal, from 0600 to 0666, such as 0660";
+            let text = scalar(&name, raw, || expected.to_string())?;
+            u32::from_str_radix(&text, 8)
+                .ok()
+                .filter(|m| m & 0o600 == 0o600 && m & !0o666 == 0 && text.len() <= 4)
+                .map(Value::Mode)
+                .ok_or_else(|| bad_text(&name, &text, expected))
+        }
+        Kind::Account => {
+            let expected = "a group name or number";
+            let text = scalar(&name, raw, || expected.to_string())?;
+            let ok = !text.is_empty()
+                && text.len() <= 32
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if ok {
+                Ok(Value::Account(text))
+            } else {
+                Err(bad_text(&name, &text, expected))
+            }
         }
         Kind::Routes => match raw {
             Raw::Toml(value) => super::routes::parse(&name, value).map(Value::Routes),

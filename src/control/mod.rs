@@ -9,8 +9,10 @@
 //! | [`sockets::Sockets`] | every service's listening sockets (the control thread's copies) |
 //! | [`registry::Registry`] | the services by name: ids, counters, what the workers use |
 //! | [`rollout::Rollout`] | the current [`Topology`] and handing new ones to the workers |
-//! | [`prober::Prober`] | health probes in flight and each pool's round |
+//! | [`prober::Prober`] | health and agent checks in flight and each pool's rounds |
 //! | `admin` | the admin endpoint's connections |
+//! | [`ctl::CtlSocket`] | the control socket and its connections (`tcplb ctl`; the commands: `commands`) |
+//! | [`ramp::Ramp`] | backends on their slow-start ramp, replayed as their weight climbs |
 //! | [`upgrade::Upgrade`] | a binary upgrade: starting, on probation, handed over |
 //! | [`reaper::Reaper`] | processes of upgrades given up on, until reaped |
 //!
@@ -19,21 +21,27 @@
 //! | signals | SIGHUP: reload; SIGTERM/SIGINT: drain (a second one: stop); SIGUSR1: reopen the access log; SIGUSR2: upgrade |
 //! | the waker | the discovery thread has news (a reload, a re-resolve); a worker adopted a generation or exited |
 //! | the admin listener | a new admin connection |
+//! | the control socket | a new `tcplb ctl` connection |
 //! | the upgrade pipe | the new process an upgrade started says it serves, or is gone |
-//! | `ConnId` tokens | an admin connection (socket 0) or a health probe (socket 1) |
+//! | `ConnId` tokens | an admin connection (socket 0), a control connection (socket 0, slots from `ctl::SLOT_BASE`) or a check (socket 1) |
 //!
 //! It exits when the last worker has, and every process an upgrade gave up on is reaped.
 
 mod admin;
+pub mod check;
+mod commands;
+pub mod ctl;
 pub mod failure;
 pub mod pid_file;
 pub mod prober;
+pub mod ramp;
 pub mod reaper;
 pub mod registry;
 mod reload;
 pub mod rollout;
 pub mod sockets;
 pub mod start;
+pub mod state;
 pub mod systemd;
 pub mod upgrade;
 
@@ -43,25 +51,31 @@ use crate::admin::history::{self, History};
 use crate::admin::http::Endpoint;
 use crate::clock;
 use crate::fleet::PoolId;
-use crate::fleet::discovery::{Discovery, Update};
+use crate::fleet::discovery::{Discovery, Overlays, PoolChange, Update};
+use crate::fleet::{Fleet, Marked, MarkedDown};
 use crate::lifecycle::{Drain, Lifecycle};
 use crate::reactor::ConnId;
 use crate::reactor::timer::Timers;
 use crate::reactor::{Throttle, suppressed_note};
+use crate::service::Topology;
 use crate::stats::WorkerStats;
 use crate::worker::{Command, Handle, Shared};
 use admin::AdminConns;
+use commands::Pending;
+use ctl::{CtlSocket, Progress};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pid_file::PidFile;
 use prober::Prober;
+use ramp::Ramp;
 use reaper::Reaper;
 use registry::Registry;
 use rollout::Rollout;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use sockets::Sockets;
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -72,6 +86,7 @@ const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
 const UPGRADE: Token = Token(usize::MAX - 3);
+const CTL_LISTENER: Token = Token(usize::MAX - 4);
 /// How often the processes an upgrade started are looked at (has one that closed its pipe,
 /// or one on probation, exited? has one given up on ended?), while there is one to look at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -96,10 +111,18 @@ pub fn poll() -> io::Result<(Poll, Arc<Waker>)> {
 pub enum TimerKey {
     /// An admin connection's deadline.
     Admin(ConnId),
+    /// A control connection's deadline.
+    Ctl(ConnId),
     /// A probe's deadline.
     Probe(ConnId),
+    /// A probe's answer has had its moment to grow.
+    ProbeSettle(ConnId),
     /// Time to probe every backend of a pool.
     HealthRound(PoolId),
+    /// Time to ask every agent of a pool.
+    AgentRound(PoolId),
+    /// Replay the backends on their slow-start ramp.
+    RampTick,
     /// Draining has run out of time.
     DrainDeadline,
     /// The new process of an upgrade has run out of time to say it serves.
@@ -135,6 +158,8 @@ pub struct ControlConfig {
     pub sockets: Sockets,
     pub discovery: Discovery,
     pub admin: Option<TcpListener>,
+    /// The control socket and its path.
+    pub ctl: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
     pub access_log: Option<AccessLog>,
     pub global: crate::config::Global,
     pub fd_budget: Option<FdBudget>,
@@ -161,6 +186,16 @@ pub struct Control {
     discovery: Discovery,
     prober: Prober,
     admin: AdminConns,
+    ctl: Option<CtlSocket>,
+    /// `tcplb ctl` commands waiting for the discovery thread, by ticket.
+    pending: HashMap<u64, Pending>,
+    /// The last ticket given (SIGHUP's reloads take 0).
+    tickets: u64,
+    /// Answers to changes, written once every worker has adopted the generation.
+    settling: Vec<(ConnId, Result<String, String>)>,
+    ramp: Ramp,
+    /// What `tcplb ctl` added and deleted, as the discovery thread last said.
+    overlays: Overlays,
     access_log: Option<AccessLog>,
     /// The process-wide settings in effect (`workers`, `admin` and the pools of buffers
     /// and pipes stay as they started until an upgrade).
@@ -203,6 +238,7 @@ impl Control {
             sockets,
             discovery,
             admin,
+            ctl,
             access_log,
             global,
             fd_budget,
@@ -212,6 +248,15 @@ impl Control {
             invocation,
             pid_file,
         } = config;
+        let ctl = match ctl {
+            Some((listener, path)) => Some(CtlSocket::new(
+                listener,
+                path,
+                poll.registry(),
+                CTL_LISTENER,
+            )?),
+            None => None,
+        };
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let admin = match admin {
@@ -245,6 +290,12 @@ impl Control {
             discovery,
             prober,
             admin,
+            ctl,
+            pending: HashMap::new(),
+            tickets: 0,
+            settling: Vec::new(),
+            ramp: Ramp::default(),
+            overlays: Vec::new(),
             access_log,
             global,
             fd_budget,
@@ -273,11 +324,12 @@ impl Control {
                     break;
                 }
             }
-            let timeout = if self.admin.is_ready() {
-                Some(Duration::ZERO)
-            } else {
-                self.timers.next_timeout(Instant::now())
-            };
+            let timeout =
+                if self.admin.is_ready() || self.ctl.as_ref().is_some_and(CtlSocket::is_ready) {
+                    Some(Duration::ZERO)
+                } else {
+                    self.timers.next_timeout(Instant::now())
+                };
             match self.poll.poll(&mut self.events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -295,18 +347,29 @@ impl Control {
                     WAKER => self.on_wake(),
                     UPGRADE => self.on_upgrade_pipe(),
                     ADMIN_LISTENER => self.admin.set_ready(),
+                    CTL_LISTENER => {
+                        if let Some(ctl) = &mut self.ctl {
+                            ctl.set_ready();
+                        }
+                    }
                     token if Prober::owns(token) => {
-                        if let Some(outcome) = self.prober.on_ready(token, event, &mut self.timers)
+                        if let Some(outcome) =
+                            self.prober
+                                .on_ready(token, event, &mut self.timers, self.now)
                         {
                             self.fold_probe(outcome);
                         }
                     }
+                    token if CtlSocket::owns(token) => self.serve_ctl(ConnId::from_token(token).0),
                     token => self.serve_admin(ConnId::from_token(token).0),
                 }
             }
             self.events = events;
             if self.admin.is_ready() {
                 self.accept_admin();
+            }
+            if self.ctl.as_ref().is_some_and(CtlSocket::is_ready) {
+                self.accept_ctl();
             }
             self.fire_timers();
         }
@@ -325,7 +388,57 @@ impl Control {
         if let Some(pid_file) = &self.pid_file {
             pid_file.remove();
         }
+        if let Some(ctl) = &mut self.ctl {
+            ctl.remove_file();
+        }
         Ok(())
+    }
+
+    /// Accepts control connections and serves them at once.
+    fn accept_ctl(&mut self) {
+        let Some(ctl) = &mut self.ctl else {
+            return;
+        };
+        let new = ctl.accept(self.poll.registry(), &mut self.timers, self.now);
+        for id in new {
+            self.serve_ctl(id);
+        }
+    }
+
+    /// A control connection's socket is ready.
+    fn serve_ctl(&mut self, id: ConnId) {
+        let Some(ctl) = &mut self.ctl else {
+            return;
+        };
+        match ctl.on_ready(id) {
+            Progress::Nothing => {}
+            Progress::Done => ctl.close(id, self.poll.registry(), &mut self.timers),
+            Progress::Request(line) => self.on_ctl_request(id, line),
+        }
+    }
+
+    /// A control connection's deadline: one still reading is closed; one still waiting is
+    /// told so (the change it asked for may still come about: it is logged).
+    fn on_ctl_timer(&mut self, id: ConnId) {
+        let Some(ctl) = &mut self.ctl else {
+            return;
+        };
+        ctl.timer_fired(id);
+        if ctl.is_waiting(id) {
+            self.pending.retain(|_, p| p.conn != id);
+            self.ctl_answer(
+                id,
+                Err("timed out waiting for the answer; see the log".to_string()),
+                false,
+            );
+        } else if let Some(ctl) = &mut self.ctl {
+            if ctl.is_reading(id) {
+                ctl.close(id, self.poll.registry(), &mut self.timers);
+            } else {
+                // Still writing its answer after all that time: give up.
+                ctl.close(id, self.poll.registry(), &mut self.timers);
+            }
+        }
     }
 
     fn join_workers(&mut self) {
@@ -474,17 +587,35 @@ impl Control {
     fn on_wake(&mut self) {
         while let Some(update) = self.discovery.next_update() {
             match update {
-                Update::Reloaded { result, .. } => match result {
-                    Ok(reloaded) => self.apply_reload(*reloaded),
-                    Err(message) => {
-                        self.reloads.errors += 1;
-                        warn!("reload failed, keeping the running set: {message}");
-                    }
-                },
-                Update::Resolved(change) => self.apply_resolved(change),
+                Update::Reloaded {
+                    tickets,
+                    result,
+                    overlays,
+                } => {
+                    self.overlays = overlays;
+                    let outcome = match result {
+                        Ok(reloaded) => Ok(self.apply_reload(*reloaded)),
+                        Err(message) => {
+                            self.reloads.errors += 1;
+                            warn!("reload failed, keeping the running set: {message}");
+                            Err(message)
+                        }
+                    };
+                    self.ctl_reloaded(&tickets, &outcome);
+                }
+                Update::Resolved(change) => self.publish_pool(change, "re-resolve"),
+                Update::Changed {
+                    ticket,
+                    result,
+                    overlays,
+                } => {
+                    self.overlays = overlays;
+                    self.ctl_changed(ticket, result);
+                }
             }
         }
         self.rollout.check_adopted(&self.shared);
+        self.answer_settled();
         self.announce_probation();
         if self.lifecycle.is_running()
             && self.shared.accepting.load(Ordering::Acquire) < self.workers.len()
@@ -496,25 +627,117 @@ impl Control {
         self.announce_drain();
     }
 
-    /// Folds a probe's outcome into its pool's current generation; its slot goes to the
-    /// next probe due.
-    fn fold_probe(&mut self, (backend, result): prober::Outcome) {
-        if let Some(fleet) = self.rollout.current().pool(backend.pool) {
-            fleet.probe_result(&backend, &result, clock::millis(self.now));
-        }
+    /// Folds a check's outcome into its pool's current generation; its slot goes to the
+    /// next check due.
+    fn fold_probe(&mut self, outcome: prober::Outcome) {
+        self.fold_outcome(outcome);
         self.start_probes();
     }
 
-    /// A pool's round of probes is due.
-    fn health_round(&mut self, pool: PoolId) {
+    fn fold_outcome(&mut self, outcome: prober::Outcome) {
+        let now = clock::millis(self.now);
+        let (backend, marked, fleet) = match outcome {
+            prober::Outcome::Health {
+                backend,
+                passed,
+                note,
+            } => {
+                let Some(fleet) = self.rollout.current().pool(backend.pool).map(Arc::clone) else {
+                    return;
+                };
+                let marked = fleet.probe_result(&backend, passed, &note, now);
+                (backend, marked, fleet)
+            }
+            prober::Outcome::Agent { backend, answer } => {
+                let Some(fleet) = self.rollout.current().pool(backend.pool).map(Arc::clone) else {
+                    return;
+                };
+                let reply = answer.map(|line| crate::fleet::agent::parse(&line));
+                let marked = fleet.agent_result(&backend, reply, now);
+                (backend, marked, fleet)
+            }
+        };
+        match marked {
+            Some(Marked::Up) => self.track_ramp(&backend),
+            Some(Marked::Down)
+                if fleet.policy().runtime.on_marked_down == MarkedDown::ShutdownSessions =>
+            {
+                let sessions = backend.active();
+                if sessions > 0 {
+                    info!(
+                        "{}backend {backend}: marked down; cutting its {sessions} sessions \
+                         (on-marked-down = shutdown-sessions)",
+                        crate::fleet::discovery::prefix(fleet.name())
+                    );
+                }
+                self.cut_backend(&backend);
+            }
+            _ => {}
+        }
+    }
+
+    /// A pool's round of checks of `kind` is due.
+    fn check_round(&mut self, pool: PoolId, kind: prober::ProbeKind) {
         if !self.lifecycle.may_serve() {
             return;
         }
         let Some(fleet) = self.rollout.current().pool(pool).map(Arc::clone) else {
             return;
         };
-        self.prober.round_due(&fleet, &mut self.timers, self.now);
+        self.prober
+            .round_due(&fleet, kind, &mut self.timers, self.now);
         self.start_probes();
+    }
+
+    /// A pool's new generation (re-resolved, or changed by `tcplb ctl`) goes out to every
+    /// worker; `what` names why in the log.
+    pub(super) fn publish_pool(&mut self, change: PoolChange, what: &str) {
+        let Some((fleet, changes)) = change.built else {
+            return;
+        };
+        let current = Arc::clone(self.rollout.current());
+        if current.pool(change.id).is_none() {
+            return; // removed by a reload since
+        }
+        let mut lines = Vec::new();
+        reload::describe_pool_named(what, &change.name, &fleet, &changes, &mut lines);
+        let fleets = current
+            .pools()
+            .map(|f| {
+                if f.pool() == change.id {
+                    Arc::clone(&fleet)
+                } else {
+                    Arc::clone(f)
+                }
+            })
+            .collect::<Vec<_>>();
+        let topology = Topology::new(
+            self.rollout.next_generation(),
+            current.max_conns(),
+            current.services().cloned(),
+            fleets,
+        );
+        self.prober.schedule(&fleet, &mut self.timers, self.now);
+        self.track_ramps(&fleet);
+        self.rollout
+            .publish(topology, vec![fleet], lines, &self.workers);
+    }
+
+    /// Follows the backends of a new generation that are on their slow-start ramp (added,
+    /// or back in the set).
+    pub(super) fn track_ramps(&mut self, fleet: &Arc<Fleet>) {
+        let now = clock::millis(self.now);
+        if fleet.policy().runtime.slow_start.is_zero() {
+            return;
+        }
+        let ramping: Vec<Arc<crate::fleet::backend::Backend>> = fleet
+            .backends()
+            .filter(|b| b.ramping(now))
+            .cloned()
+            .collect();
+        for b in &ramping {
+            self.track_ramp(b);
+        }
     }
 
     /// Starts the probes the schedule has room for.
@@ -529,10 +752,8 @@ impl Control {
             &mut self.timers,
             self.now,
         );
-        for (backend, result) in failed {
-            if let Some(fleet) = topology.pool(backend.pool) {
-                fleet.probe_result(&backend, &result, clock::millis(self.now));
-            }
+        for outcome in failed {
+            self.fold_outcome(outcome);
         }
         if let Some(e) = exhausted {
             if let Some(n) = self.fds_throttle.allow(self.now) {
@@ -550,12 +771,26 @@ impl Control {
         for key in fired.drain(..) {
             match key {
                 TimerKey::Admin(id) => self.on_admin_timer(id),
+                TimerKey::Ctl(id) => self.on_ctl_timer(id),
+                TimerKey::AgentRound(pool) => self.check_round(pool, prober::ProbeKind::Agent),
+                TimerKey::RampTick => {
+                    let topology = Arc::clone(self.rollout.current());
+                    if self.ramp.tick(&topology, clock::millis(self.now)) {
+                        self.timers
+                            .insert(self.now + Ramp::interval(), TimerKey::RampTick);
+                    }
+                }
+                TimerKey::ProbeSettle(id) => {
+                    if let Some(outcome) = self.prober.on_settled(id, &mut self.timers) {
+                        self.fold_probe(outcome);
+                    }
+                }
                 TimerKey::Probe(id) => {
                     if let Some(outcome) = self.prober.on_timer(id, &mut self.timers) {
                         self.fold_probe(outcome);
                     }
                 }
-                TimerKey::HealthRound(pool) => self.health_round(pool),
+                TimerKey::HealthRound(pool) => self.check_round(pool, prober::ProbeKind::Health),
                 TimerKey::DrainDeadline => {
                     if matches!(self.lifecycle, Lifecycle::Draining(_)) {
                         warn!("drain timeout ({:?}) reached", self.global.drain_timeout);

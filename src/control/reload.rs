@@ -46,12 +46,18 @@ fn fixed_changes(running: &Global, new: &Global) -> Vec<&'static str> {
     if running.pipes != new.pipes {
         fixed.push("pipes");
     }
+    if running.control_socket != new.control_socket
+        || running.control_socket_mode != new.control_socket_mode
+        || running.control_socket_group != new.control_socket_group
+    {
+        fixed.push("control-socket");
+    }
     fixed
 }
 
 impl Control {
-    /// A reload's outcome, applied.
-    pub(super) fn apply_reload(&mut self, reloaded: Reloaded) {
+    /// A reload's outcome, applied; returns a line that sums it up.
+    pub(super) fn apply_reload(&mut self, reloaded: Reloaded) -> String {
         let Reloaded {
             config,
             pools,
@@ -224,6 +230,7 @@ impl Control {
         );
         for fleet in &changed {
             self.prober.schedule(fleet, &mut self.timers, self.now);
+            self.track_ramps(fleet);
         }
         self.rollout
             .publish(topology, changed, lines, &self.workers);
@@ -232,13 +239,15 @@ impl Control {
         }
         self.reloads.ok += 1;
         self.reloads.last_success = Some(SystemTime::now());
+        let summary = format!(
+            "{} services ({added} added, {updated} changed), {} pools",
+            config.services.len(),
+            config.pools.len()
+        );
         if config.file.is_some() {
-            info!(
-                "reload: {} services ({added} added, {updated} changed), {} pools",
-                config.services.len(),
-                config.pools.len()
-            );
+            info!("reload: {summary}");
         }
+        summary
     }
 
     /// A reload's `max-conns`, fitted in the open-file limit as at start (a value that
@@ -281,37 +290,6 @@ impl Control {
             }
         }
     }
-
-    /// A pool's names re-resolved to a different set: its new generation goes out.
-    pub(super) fn apply_resolved(&mut self, change: PoolChange) {
-        let Some((fleet, changes)) = change.built else {
-            return;
-        };
-        let current = Arc::clone(self.rollout.current());
-        if current.pool(change.id).is_none() {
-            return; // removed by a reload since
-        }
-        let mut lines = Vec::new();
-        describe_pool_named("re-resolve", &change.name, &fleet, &changes, &mut lines);
-        let fleets = current
-            .pools()
-            .map(|f| {
-                if f.pool() == change.id {
-                    Arc::clone(&fleet)
-                } else {
-                    Arc::clone(f)
-                }
-            })
-            .collect::<Vec<_>>();
-        let topology = Topology::new(
-            self.rollout.next_generation(),
-            current.max_conns(),
-            current.services().cloned(),
-            fleets,
-        );
-        self.rollout
-            .publish(topology, vec![fleet], lines, &self.workers);
-    }
 }
 
 /// The lines that say what changed in a pool.
@@ -324,7 +302,7 @@ fn describe_pool(
     describe_pool_named("reload", &change.name, fleet, changes, lines);
 }
 
-fn describe_pool_named(
+pub(super) fn describe_pool_named(
     what: &str,
     name: &str,
     fleet: &Fleet,

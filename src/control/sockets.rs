@@ -103,37 +103,40 @@ struct Adopted {
 }
 
 impl Sockets {
-    /// Gets every service's sockets for `workers` workers: handed over, from systemd, or
-    /// bound.
-    pub fn acquire(config: &Config, workers: usize) -> Result<Sockets, Failure> {
-        let (mut inherited, admin, origin, ready) =
-            match Inherited::from_env().map_err(Failure::Start)? {
-                Some(inherited) => {
-                    let mut sockets = Vec::with_capacity(inherited.listen.len());
-                    for (fd, service) in inherited.listen {
-                        let (socket, addr) = adopt(fd)?;
-                        sockets.push(Adopted {
-                            socket,
-                            addr,
-                            service,
-                        });
-                    }
-                    let admin = inherited.admin.map(adopt).transpose()?;
-                    let origin = Origin::Upgrade {
-                        from: inherited.from,
-                    };
-                    (sockets, admin, origin, Some(inherited.ready))
+    /// Gets every service's sockets for `workers` workers: handed over (`inherited`, by
+    /// the process this one upgrades), from systemd, or bound.
+    pub fn acquire(
+        config: &Config,
+        workers: usize,
+        inherited: Option<Inherited>,
+    ) -> Result<Sockets, Failure> {
+        let (mut inherited, admin, origin, ready) = match inherited {
+            Some(inherited) => {
+                let mut sockets = Vec::with_capacity(inherited.listen.len());
+                for (fd, service) in inherited.listen {
+                    let (socket, addr) = adopt(fd)?;
+                    sockets.push(Adopted {
+                        socket,
+                        addr,
+                        service,
+                    });
                 }
-                None => {
-                    let fds = systemd::listen_fds().map_err(Failure::Start)?;
-                    if fds.is_empty() {
-                        (Vec::new(), None, Origin::Bound, None)
-                    } else {
-                        let (sockets, admin) = split_systemd(fds, config)?;
-                        (sockets, admin, Origin::Systemd, None)
-                    }
+                let admin = inherited.admin.map(adopt).transpose()?;
+                let origin = Origin::Upgrade {
+                    from: inherited.from,
+                };
+                (sockets, admin, origin, Some(inherited.ready))
+            }
+            None => {
+                let fds = systemd::listen_fds().map_err(Failure::Start)?;
+                if fds.is_empty() {
+                    (Vec::new(), None, Origin::Bound, None)
+                } else {
+                    let (sockets, admin) = split_systemd(fds, config)?;
+                    (sockets, admin, Origin::Systemd, None)
                 }
-            };
+            }
+        };
         let admin = match (admin, &config.global.admin) {
             (Some((socket, _)), Some(_)) => Some(socket),
             (None, Some(addr)) => Some(

@@ -19,6 +19,7 @@ use crate::control::rollout::Rollout;
 use crate::control::sockets::{Origin, Sockets};
 use crate::control::upgrade::{self, Invocation};
 use crate::control::{self, Control, ControlConfig, FdBudget, systemd};
+use crate::control::{ctl as control_socket_mod, state};
 use crate::fleet::Fleet;
 use crate::fleet::backend::Backend;
 use crate::fleet::discovery::{Discovery, Pools, StartError};
@@ -54,13 +55,31 @@ pub fn start(
     let listeners: usize = config.services.iter().map(|s| s.listen.len()).sum();
     let fd_budget = fit_max_conns(&mut config, workers, listeners);
 
+    // What the process this one upgrades hands over: sockets, and the runtime state
+    // `tcplb ctl` set (read first: the pools are built with it).
+    let mut inherited = upgrade::Inherited::from_env().map_err(Failure::Start)?;
+    let handed = match inherited.as_mut().and_then(|i| i.state.take()) {
+        Some(file) => match state::read(file) {
+            Ok(text) => state::parse(&text),
+            Err(e) => {
+                warn!(
+                    "upgrade: cannot read the runtime state handed over: {e}; starting without it"
+                );
+                state::Handed::default()
+            }
+        },
+        None => state::Handed::default(),
+    };
+    let inherited_ctl = inherited.as_mut().and_then(|i| i.control.take());
+
     // Every pool's first generation: its backends and backends file, every name resolved.
-    let (pools, fleets) = Pools::start(&config).map_err(|e| match e {
+    let (pools, fleets) = Pools::start(&config, &handed.overlays).map_err(|e| match e {
         StartError::Input(message) => Failure::Input(message),
         StartError::Start(message) => Failure::Start(message),
     })?;
 
-    let mut sockets = Sockets::acquire(&config, workers)?;
+    let mut sockets = Sockets::acquire(&config, workers, inherited)?;
+    let ctl = control_socket(&config, inherited_ctl)?;
     refuse_loops(&config, &sockets, &fleets)?;
     let admin = sockets.admin.take().map(mio::net::TcpListener::from_std);
     let admin_note = admin
@@ -106,6 +125,7 @@ pub fn start(
         registry.services(),
         fleets.iter().cloned(),
     ));
+    state::apply(&handed, &topology);
     let names: HashMap<&str, crate::service::ServiceId> = registry
         .entries()
         .map(|e| (e.spec.name.as_str(), e.service.id))
@@ -208,6 +228,7 @@ pub fn start(
         sockets,
         discovery,
         admin,
+        ctl,
         access_log,
         global: config.global.clone(),
         fd_budget,
@@ -391,8 +412,13 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) -> Optio
     let spare = FDS_PER_WORKER * workers.saturating_sub(WORKERS_IN_HEADROOM) as u64
         + (listeners.saturating_sub(1) * (workers + 1)) as u64;
     let admin = config.global.admin.is_some();
-    let checks = config.pools.iter().any(|p| p.checks.is_some());
-    let reserve = limits::reserve(admin, checks) + spare;
+    // Agent checks share the health checks' descriptors.
+    let checks = config
+        .pools
+        .iter()
+        .any(|p| p.checks.is_some() || p.backends.iter().any(|b| b.agent_port.is_some()));
+    let ctl = config.global.control_socket.is_some();
+    let reserve = limits::reserve(admin, checks, ctl) + spare;
     let global = &mut config.global;
     let pipes = if cfg!(target_os = "linux") {
         global.pipes
@@ -427,6 +453,9 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) -> Optio
             limits::MAX_PROBES_IN_FLIGHT
         ));
     }
+    if ctl {
+        kept.push_str(&format!(", {} for the control socket", limits::CTL_FDS));
+    }
     let given = (conns != global.max_conns && global.max_conns_given)
         || (fit_pipes != pipes && global.pipes_given);
     if given {
@@ -445,6 +474,34 @@ fn fit_max_conns(config: &mut Config, workers: usize, listeners: usize) -> Optio
         global.pipes = fit_pipes;
     }
     Some(budget)
+}
+
+/// The control socket, if one is configured: the one an upgrade handed over if it is at
+/// the same path, else a new one.
+fn control_socket(
+    config: &Config,
+    inherited: Option<std::os::fd::OwnedFd>,
+) -> Result<Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>, Failure> {
+    let adopted = inherited.map(control_socket_mod::adopt);
+    let Some(path) = &config.global.control_socket else {
+        return Ok(None);
+    };
+    if let Some(listener) = adopted {
+        let same = control_socket_mod::bound_path(&listener).is_some_and(|p| {
+            p == *path || std::fs::canonicalize(&p).ok() == std::fs::canonicalize(path).ok()
+        });
+        if same {
+            return Ok(Some((listener, path.clone())));
+        }
+    }
+    let global = &config.global;
+    let listener = control_socket_mod::bind(
+        path,
+        global.control_socket_mode,
+        global.control_socket_group.as_deref(),
+    )
+    .map_err(Failure::Start)?;
+    Ok(Some((listener, path.clone())))
 }
 
 /// Refuses a service whose pool has a backend at one of the service's own listening

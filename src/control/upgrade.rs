@@ -4,9 +4,10 @@
 //! 1. starts the binary at the path it was itself started from ([`Invocation`], resolved at
 //!    start: after `mv tcplb-new /usr/local/bin/tcplb`, `/proc/self/exe` names the old,
 //!    deleted file) with the same arguments, handing it every client listening socket, the
-//!    admin listening socket and the write end of a pipe as inherited descriptors, listed in
-//!    the environment variable [`ENV`]. Only those descriptors lose close-on-exec, and only in
-//!    the child;
+//!    admin listening socket, the control socket, the runtime state `tcplb ctl` set
+//!    (`control::state`: an anonymous file) and the write end of a pipe as inherited
+//!    descriptors, listed in the environment variable [`ENV`]. Only those descriptors lose
+//!    close-on-exec, and only in the child;
 //! 2. keeps serving meanwhile. The new process adopts the sockets instead of binding
 //!    (`control::sockets`), starts its workers, and writes [`READY`] to the pipe
 //!    ([`report_ready`]);
@@ -32,7 +33,7 @@
 //! this one exits, and killed if it ignores SIGTERM ([`super::reaper`]).
 
 use super::reaper::{Reaper, describe_exit};
-use super::{ADMIN_LISTENER, Control, TimerKey, UPGRADE, WATCH_INTERVAL, systemd};
+use super::{ADMIN_LISTENER, CTL_LISTENER, Control, TimerKey, UPGRADE, WATCH_INTERVAL, systemd};
 use crate::lifecycle::Lifecycle;
 use crate::reactor::timer::TimerId;
 use crate::worker::Command as WorkerCommand;
@@ -52,8 +53,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Names the descriptors a new process inherits from the one it upgrades:
-/// `listen=FD@SERVICE,FD@SERVICE...;admin=FD;ready=FD;from=PID` (`admin` only with
-/// `--admin`; an older tcplb names no service: `listen=FD,FD`).
+/// `listen=FD@SERVICE,FD@SERVICE...;admin=FD;control=FD;state=FD;ready=FD;from=PID`
+/// (`admin` only with `--admin`, `control` only with a control socket, `state` only with
+/// runtime state to hand over; an older tcplb names no service: `listen=FD,FD`).
 pub const ENV: &str = "TCPLB_UPGRADE_FDS";
 /// What the new process writes to the pipe once it serves.
 pub const READY: &[u8] = b"READY\n";
@@ -116,6 +118,10 @@ pub struct Handoff {
     /// Client sockets, each with the service it listens for.
     pub listen: Vec<(RawFd, Option<String>)>,
     pub admin: Option<RawFd>,
+    /// The control socket.
+    pub control: Option<RawFd>,
+    /// The runtime state (`control::state`).
+    pub state: Option<RawFd>,
     pub ready: RawFd,
     /// The process that handed them over.
     pub from: u32,
@@ -136,6 +142,12 @@ impl Handoff {
         if let Some(admin) = self.admin {
             text.push_str(&format!(";admin={admin}"));
         }
+        if let Some(control) = self.control {
+            text.push_str(&format!(";control={control}"));
+        }
+        if let Some(state) = self.state {
+            text.push_str(&format!(";state={state}"));
+        }
         text.push_str(&format!(";ready={};from={}", self.ready, self.from));
         text
     }
@@ -151,6 +163,7 @@ impl Handoff {
                 .ok_or_else(|| bad(&format!("'{value}' is not a descriptor number above 2")))
         };
         let (mut listen, mut admin, mut ready, mut from) = (None, None, None, None);
+        let (mut control, mut state) = (None, None);
         for part in text.split(';') {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(bad(&format!("'{part}' is not KEY=VALUE")));
@@ -171,6 +184,8 @@ impl Handoff {
                     )
                     .is_some(),
                 "admin" => admin.replace(fd(value)?).is_some(),
+                "control" => control.replace(fd(value)?).is_some(),
+                "state" => state.replace(fd(value)?).is_some(),
                 "ready" => ready.replace(fd(value)?).is_some(),
                 "from" => from
                     .replace(
@@ -188,6 +203,8 @@ impl Handoff {
         let handoff = Handoff {
             listen: listen.ok_or_else(|| bad("no listen="))?,
             admin,
+            control,
+            state,
             ready: ready.ok_or_else(|| bad("no ready="))?,
             from: from.ok_or_else(|| bad("no from="))?,
         };
@@ -207,6 +224,8 @@ impl Handoff {
             .iter()
             .map(|(fd, _)| *fd)
             .chain(self.admin)
+            .chain(self.control)
+            .chain(self.state)
             .chain(Some(self.ready))
     }
 }
@@ -216,6 +235,10 @@ pub struct Inherited {
     /// Client sockets, each with the service it listens for (if named).
     pub listen: Vec<(OwnedFd, Option<String>)>,
     pub admin: Option<OwnedFd>,
+    /// The control socket.
+    pub control: Option<OwnedFd>,
+    /// The runtime state handed over (`control::state`).
+    pub state: Option<File>,
     /// Where to say ready ([`report_ready`]).
     pub ready: File,
     pub from: u32,
@@ -253,6 +276,12 @@ impl Inherited {
                 .map(|(fd, service)| (own(*fd), service.clone()))
                 .collect(),
             admin: handoff.admin.map(own),
+            control: handoff.control.map(own),
+            state: handoff.state.map(|fd| {
+                let file = File::from(own(fd));
+                set_cloexec(&file);
+                file
+            }),
             ready,
             from: handoff.from,
         }))
@@ -353,12 +382,13 @@ pub struct NewProcess {
 }
 
 impl NewProcess {
-    /// Starts `invocation` again, handing it `listen` (the client sockets) and `admin`, and
-    /// registers the readiness pipe under `token`.
+    /// Starts `invocation` again, handing it `listen` (the client sockets), `admin`, the
+    /// control socket and the runtime state, and registers the readiness pipe under
+    /// `token`.
     pub fn start(
         invocation: &Invocation,
         listen: &[(RawFd, String)],
-        admin: Option<RawFd>,
+        (admin, control, state): (Option<RawFd>, Option<RawFd>, Option<RawFd>),
         registry: &Registry,
         token: Token,
     ) -> io::Result<NewProcess> {
@@ -369,6 +399,8 @@ impl NewProcess {
                 .map(|(fd, name)| (*fd, Some(name.clone())))
                 .collect(),
             admin,
+            control,
+            state,
             ready: sender.as_raw_fd(),
             from: std::process::id(),
         };
@@ -561,10 +593,25 @@ impl Control {
             return;
         }
         let admin = self.admin.listener_fd();
+        let control = self
+            .ctl
+            .as_ref()
+            .and_then(super::ctl::CtlSocket::listener_fd);
+        // What `tcplb ctl` set, for the new process (the file closes here once it has it).
+        let text = super::state::capture(self.rollout.current(), &self.overlays);
+        let state = match super::state::to_file(&text) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                warn!(
+                    "SIGUSR2: cannot hand the runtime state over ({e}); the new process starts without it"
+                );
+                None
+            }
+        };
         match NewProcess::start(
             &self.invocation,
             &listen,
-            admin,
+            (admin, control, state.as_ref().map(AsRawFd::as_raw_fd)),
             self.poll.registry(),
             UPGRADE,
         ) {
@@ -671,6 +718,9 @@ impl Control {
             w.send(WorkerCommand::Pause);
         }
         self.admin.pause(self.poll.registry());
+        if let Some(ctl) = &mut self.ctl {
+            ctl.pause(self.poll.registry());
+        }
         let ends = self.timers.insert(
             self.now + self.global.upgrade_probation,
             TimerKey::ProbationEnd,
@@ -774,6 +824,9 @@ impl Control {
             }
         }
         self.admin.stop_listening(self.poll.registry());
+        if let Some(ctl) = &mut self.ctl {
+            ctl.stop_listening(self.poll.registry());
+        }
         self.begin_drain(format!("upgrade to pid {pid}"));
     }
 
@@ -791,6 +844,11 @@ impl Control {
         }
         if let Err(e) = self.admin.resume(self.poll.registry(), ADMIN_LISTENER) {
             warn!("cannot serve the admin endpoint again: {e}");
+        }
+        if let Some(ctl) = &mut self.ctl {
+            if let Err(e) = ctl.resume(self.poll.registry(), CTL_LISTENER) {
+                warn!("cannot serve the control socket again: {e}");
+            }
         }
         if let Some(pid_file) = &self.pid_file {
             if let Err(e) = pid_file.write() {
@@ -859,12 +917,14 @@ mod tests {
         let handoff = Handoff {
             listen: vec![named(5, "web"), named(6, "web"), named(7, "cache.v2")],
             admin: Some(9),
+            control: Some(12),
+            state: Some(13),
             ready: 11,
             from: 4242,
         };
         assert_eq!(
             handoff.encode(),
-            "listen=5@web,6@web,7@cache.v2;admin=9;ready=11;from=4242"
+            "listen=5@web,6@web,7@cache.v2;admin=9;control=12;state=13;ready=11;from=4242"
         );
         assert_eq!(Handoff::parse(&handoff.encode()), Ok(handoff));
         // From an older tcplb: no service names.

@@ -187,12 +187,13 @@ impl Builder {
             primaries,
             backups,
             self.draining.values().cloned().collect(),
-            self.policy,
+            self.policy.clone(),
             self.balance,
             now,
         );
         if self.generation > 1 {
             for b in &rejoined {
+                b.came_up(now);
                 fleet.rejoin(b, now);
             }
             fleet.refresh_all(now);
@@ -227,6 +228,7 @@ pub(crate) mod tests {
             fail_timeout: Duration::from_secs(10),
         },
         checks: None,
+        runtime: crate::fleet::RuntimePolicy::DEFAULT,
     };
 
     /// `127.0.0.1:port` with these options (also the fleet tests' fixture).
@@ -238,6 +240,7 @@ pub(crate) mod tests {
             weight,
             backup,
             send_proxy: None,
+            agent_port: None,
             maxconn: None,
         }
     }
@@ -322,6 +325,7 @@ pub(crate) mod tests {
                 weight: 1,
                 backup: false,
                 send_proxy: None,
+                agent_port: None,
                 maxconn: None,
             })
             .collect();

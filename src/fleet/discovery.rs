@@ -15,8 +15,16 @@
 //! - Every `resolve-interval` a pool's names are re-resolved, and a new generation is built
 //!   only if its addresses changed.
 //!
+//! - At run time, `tcplb ctl` adds and deletes backends ([`Request::Add`],
+//!   [`Request::Delete`]) and asks for a generation rebuilt with weights it changed
+//!   ([`Request::Rebuild`]). What it adds and deletes is kept as each pool's [`Overlay`]
+//!   on the set its configuration lists, and so outlives a reload: a backend added at run
+//!   time stays until it is deleted (or the file lists it, when the file's options take
+//!   over); a listed backend deleted at run time stays out until it is added again (or the
+//!   file no longer lists it). A restart forgets the overlay; an upgrade hands it over.
+//!
 //! A pool keeps its [`Builder`] across generations, so a backend that stays keeps its
-//! counters, breaker and check state.
+//! counters, breaker, check state and runtime state.
 
 use crate::config::{self, BackendSpec, Config, PoolSpec};
 use crate::fleet::backend::ResolvedBackend;
@@ -26,7 +34,7 @@ use crate::fleet::resolver::Resolver;
 use crate::fleet::{Fleet, Policy, PoolId};
 use log::warn;
 use mio::Waker;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
@@ -51,6 +59,67 @@ pub struct Reloaded {
     pub removed: Vec<PoolId>,
 }
 
+/// What `tcplb ctl` changed in a pool's set: backends added at run time, and listed ones
+/// deleted. Kept across reloads (see the module's notes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overlay {
+    /// Added at run time: each resolved address, with the spec as it was given.
+    pub added: Vec<(ResolvedBackend, BackendSpec)>,
+    /// Listed by the configuration but deleted at run time.
+    pub deleted: Vec<SocketAddr>,
+}
+
+impl Overlay {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.deleted.is_empty()
+    }
+
+    /// The set to build: `listed` less what was deleted, plus what was added.
+    fn apply(&self, listed: &[ResolvedBackend]) -> Vec<ResolvedBackend> {
+        let deleted: HashSet<&SocketAddr> = self.deleted.iter().collect();
+        let mut set: Vec<ResolvedBackend> = listed
+            .iter()
+            .filter(|b| !deleted.contains(&b.addr))
+            .cloned()
+            .collect();
+        set.extend(self.added.iter().map(|(b, _)| b.clone()));
+        set
+    }
+
+    /// Forgets what the configuration has caught up with: added backends it now lists
+    /// (its options take over), deleted ones it no longer lists.
+    fn catch_up(&mut self, listed: &[ResolvedBackend]) {
+        let listed: HashSet<SocketAddr> = listed.iter().map(|b| b.addr).collect();
+        self.added.retain(|(b, _)| !listed.contains(&b.addr));
+        self.deleted.retain(|addr| listed.contains(addr));
+    }
+}
+
+/// Every pool's overlay that is not empty, by pool name.
+pub type Overlays = Vec<(String, Overlay)>;
+
+/// What the control thread asks of the discovery thread.
+#[derive(Debug)]
+pub enum Request {
+    /// Re-read the configuration (SIGHUP, or `tcplb ctl reload`).
+    Reload(u64),
+    /// Add a backend to a pool (every address its name resolves to).
+    Add {
+        ticket: u64,
+        pool: String,
+        spec: BackendSpec,
+    },
+    /// Take these backends out of a pool (they drain).
+    Delete {
+        ticket: u64,
+        pool: String,
+        addrs: Vec<SocketAddr>,
+    },
+    /// Build the pool's generation again (weights changed at run time; its selectors take
+    /// them when built).
+    Rebuild { ticket: u64, pool: String },
+}
+
 /// What the discovery thread tells the control thread.
 #[derive(Debug)]
 pub enum Update {
@@ -58,9 +127,27 @@ pub enum Update {
     Reloaded {
         tickets: Vec<u64>,
         result: Result<Box<Reloaded>, String>,
+        overlays: Overlays,
     },
     /// A pool's names were re-resolved to a different set.
     Resolved(PoolChange),
+    /// A run-time change ([`Request::Add`], [`Request::Delete`], [`Request::Rebuild`]):
+    /// the pool's new generation, or why nothing changed.
+    Changed {
+        ticket: u64,
+        result: Result<Changed, String>,
+        overlays: Overlays,
+    },
+}
+
+/// A run-time change carried out.
+#[derive(Debug)]
+pub struct Changed {
+    pub change: PoolChange,
+    /// What changed, for the log.
+    pub line: String,
+    /// The addresses added or deleted.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// Why start-up failed.
@@ -79,7 +166,11 @@ struct Plan {
     builder: Builder,
     /// The backends file's specs as last read.
     file_specs: Vec<BackendSpec>,
-    /// The set the newest generation was built from.
+    /// The set the configuration lists, resolved.
+    listed: Vec<ResolvedBackend>,
+    /// What `tcplb ctl` added and deleted.
+    overlay: Overlay,
+    /// The set the newest generation was built from: `listed` with `overlay` applied.
     current: Vec<ResolvedBackend>,
     next_resolve: Option<Instant>,
 }
@@ -106,7 +197,8 @@ pub fn prefix(pool: &str) -> String {
 fn policy(spec: &PoolSpec) -> Policy {
     Policy {
         breaker: spec.breaker,
-        checks: spec.checks,
+        checks: spec.checks.clone(),
+        runtime: spec.runtime,
     }
 }
 
@@ -117,8 +209,13 @@ struct Prepared {
 }
 
 impl Pools {
-    /// Every pool's first generation, in the config's order.
-    pub fn start(config: &Config) -> Result<(Pools, Vec<Arc<Fleet>>), StartError> {
+    /// Every pool's first generation, in the config's order, with the overlays an upgrade
+    /// handed over (`handed`, by pool name; for pools no longer configured they are
+    /// dropped).
+    pub fn start(
+        config: &Config,
+        handed: &Overlays,
+    ) -> Result<(Pools, Vec<Arc<Fleet>>), StartError> {
         let mut pools = Pools {
             plans: Vec::with_capacity(config.pools.len()),
             resolver: Resolver::default(),
@@ -166,15 +263,24 @@ impl Pools {
                 policy(spec),
                 spec.balance,
             );
+            let mut overlay = handed
+                .iter()
+                .find(|(name, _)| *name == spec.name)
+                .map(|(_, o)| o.clone())
+                .unwrap_or_default();
+            overlay.catch_up(&set);
+            let current = overlay.apply(&set);
             builder.set_queue(spec.queue);
-            let (fleet, _) = builder.build(&set);
+            let (fleet, _) = builder.build(&current);
             fleets.push(fleet);
             pools.plans.push(Plan {
                 id,
                 spec: spec.clone(),
                 builder,
                 file_specs,
-                current: set,
+                listed: set,
+                overlay,
+                current,
                 next_resolve: spec.resolve_interval.map(|i| Instant::now() + i),
             });
         }
@@ -259,6 +365,8 @@ impl Pools {
                         spec: spec.clone(),
                         builder,
                         file_specs: Vec::new(),
+                        listed: Vec::new(),
+                        overlay: Overlay::default(),
                         current: Vec::new(),
                         next_resolve: None,
                     };
@@ -273,9 +381,12 @@ impl Pools {
                 plan.spec = spec.clone();
             }
             plan.file_specs = ready.file_specs.unwrap_or_default();
-            let built = if fresh || settings_changed || ready.set != plan.current {
-                let built = plan.builder.build(&ready.set);
-                plan.current = ready.set;
+            plan.overlay.catch_up(&ready.set);
+            let wanted = plan.overlay.apply(&ready.set);
+            plan.listed = ready.set;
+            let built = if fresh || settings_changed || wanted != plan.current {
+                let built = plan.builder.build(&wanted);
+                plan.current = wanted;
                 Some(built)
             } else {
                 None
@@ -321,7 +432,7 @@ impl Pools {
             for failure in failures {
                 warn!("{}{failure}", prefix(&plan.spec.name));
             }
-            if set == plan.current || (set.is_empty() && !plan.current.is_empty()) {
+            if set == plan.listed || (set.is_empty() && !plan.listed.is_empty()) {
                 if set.is_empty() {
                     warn!(
                         "pool {}: the backend names resolve to no backend; keeping the \
@@ -332,7 +443,9 @@ impl Pools {
                 }
                 continue;
             }
-            match Builder::check(plan.spec.balance, &set) {
+            plan.overlay.catch_up(&set);
+            let wanted = plan.overlay.apply(&set);
+            match Builder::check(plan.spec.balance, &wanted) {
                 Err(e) => {
                     warn!(
                         "{}re-resolve refused, keeping the running set: {e}",
@@ -343,8 +456,9 @@ impl Pools {
                 Ok(Some(warning)) => warn!("{}{warning}", prefix(&plan.spec.name)),
                 Ok(None) => {}
             }
-            let built = plan.builder.build(&set);
-            plan.current = set;
+            plan.listed = set;
+            let built = plan.builder.build(&wanted);
+            plan.current = wanted;
             changes.push(PoolChange {
                 id: plan.id,
                 name: Arc::from(plan.spec.name.as_str()),
@@ -352,6 +466,124 @@ impl Pools {
             });
         }
         changes
+    }
+
+    /// Every pool's overlay that is not empty.
+    pub fn overlays(&self) -> Overlays {
+        self.plans
+            .iter()
+            .filter(|p| !p.overlay.is_empty())
+            .map(|p| (p.spec.name.clone(), p.overlay.clone()))
+            .collect()
+    }
+
+    fn plan(&mut self, pool: &str) -> Result<&mut Plan, String> {
+        let known: Vec<String> = self.plans.iter().map(|p| p.spec.name.clone()).collect();
+        self.plans
+            .iter_mut()
+            .find(|p| p.spec.name == pool)
+            .ok_or_else(|| no_pool(pool, &known))
+    }
+
+    /// A run-time change ([`Request::Add`], [`Request::Delete`], [`Request::Rebuild`]).
+    fn change(&mut self, request: Request) -> Result<Changed, String> {
+        let (pool, what) = match request {
+            Request::Add { pool, spec, .. } => {
+                let (set, failures) = self.resolver.resolve(std::slice::from_ref(&spec));
+                if set.is_empty() {
+                    return Err(failures
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| format!("backend {spec} resolves to no address")));
+                }
+                let plan = self.plan(&pool)?;
+                if let Some(b) = set
+                    .iter()
+                    .find(|b| plan.current.iter().any(|c| c.addr == b.addr))
+                {
+                    return Err(format!("pool {pool} already has backend {}", b.addr));
+                }
+                let mut overlay = plan.overlay.clone();
+                let addrs: Vec<SocketAddr> = set.iter().map(|b| b.addr).collect();
+                overlay.deleted.retain(|a| !addrs.contains(a));
+                overlay
+                    .added
+                    .extend(set.iter().map(|b| (b.clone(), spec.clone())));
+                let what = set
+                    .iter()
+                    .map(|b| b.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let line = if spec.to_string() == what {
+                    format!("added backend {what}")
+                } else {
+                    format!("added backend {what} ({spec})")
+                };
+                (pool, (overlay, line, addrs))
+            }
+            Request::Delete { pool, addrs, .. } => {
+                let plan = self.plan(&pool)?;
+                if let Some(missing) = addrs
+                    .iter()
+                    .find(|a| !plan.current.iter().any(|c| c.addr == **a))
+                {
+                    return Err(format!("pool {pool} has no backend {missing}"));
+                }
+                let mut overlay = plan.overlay.clone();
+                overlay.added.retain(|(b, _)| !addrs.contains(&b.addr));
+                for addr in &addrs {
+                    if plan.listed.iter().any(|b| b.addr == *addr)
+                        && !overlay.deleted.contains(addr)
+                    {
+                        overlay.deleted.push(*addr);
+                    }
+                }
+                let what = addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (pool, (overlay, format!("deleted backend {what}"), addrs))
+            }
+            Request::Rebuild { pool, .. } => {
+                let plan = self.plan(&pool)?;
+                let overlay = plan.overlay.clone();
+                (
+                    pool,
+                    (
+                        overlay,
+                        "rebuilt with the weights set".to_string(),
+                        Vec::new(),
+                    ),
+                )
+            }
+            Request::Reload(_) => return Err("not a run-time change".to_string()),
+        };
+        let (overlay, line, addrs) = what;
+        let plan = self.plan(&pool)?;
+        let wanted = overlay.apply(&plan.listed);
+        if wanted.is_empty() {
+            return Err(format!(
+                "pool {pool} would have no backend left (drain it instead: tcplb ctl set state)"
+            ));
+        }
+        if let Some(warning) = Builder::check(plan.spec.balance, &wanted)
+            .map_err(|e| format!("{}{e}", prefix(&pool)))?
+        {
+            warn!("{}{warning}", prefix(&pool));
+        }
+        plan.overlay = overlay;
+        let built = plan.builder.build(&wanted);
+        plan.current = wanted;
+        Ok(Changed {
+            change: PoolChange {
+                id: plan.id,
+                name: Arc::from(pool.as_str()),
+                built: Some(built),
+            },
+            line,
+            addrs,
+        })
     }
 
     /// When the next re-resolve is due, if any pool has one.
@@ -412,9 +644,18 @@ fn warn_duplicates(pool: &str, backends: &[ResolvedBackend]) {
     }
 }
 
+/// `no pool NAME`, with the one meant if it is close, else the pools there are.
+pub fn no_pool(pool: &str, known: &[String]) -> String {
+    let shown = config::printable(pool);
+    match config::table::closest(pool, known.iter().map(String::as_str)) {
+        Some(meant) => format!("no pool {shown} (did you mean {meant}?)"),
+        None => format!("no pool {shown} (the pools are {})", known.join(", ")),
+    }
+}
+
 /// The control thread's end of the discovery thread.
 pub struct Discovery {
-    requests: Sender<u64>,
+    requests: Sender<Request>,
     updates: Receiver<Update>,
 }
 
@@ -434,7 +675,12 @@ impl Discovery {
     /// Asks for a reload; its outcome names `ticket` (with every other request that came in
     /// the same burst: they are one reload).
     pub fn reload(&self, ticket: u64) {
-        let _ = self.requests.send(ticket);
+        let _ = self.requests.send(Request::Reload(ticket));
+    }
+
+    /// Asks for a run-time change; its outcome is an [`Update::Changed`] naming its ticket.
+    pub fn change(&self, request: Request) {
+        let _ = self.requests.send(request);
     }
 
     /// The next update, if one is waiting.
@@ -446,7 +692,7 @@ impl Discovery {
 fn run(
     args: &[OsString],
     mut pools: Pools,
-    requested: &Receiver<u64>,
+    requested: &Receiver<Request>,
     report: &Sender<Update>,
     waker: &Waker,
 ) {
@@ -455,23 +701,60 @@ fn run(
             Some(due) => {
                 let wait = due.saturating_duration_since(Instant::now());
                 match requested.recv_timeout(wait.max(Duration::from_millis(1))) {
-                    Ok(ticket) => Some(ticket),
+                    Ok(request) => Some(request),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             None => match requested.recv() {
-                Ok(ticket) => Some(ticket),
+                Ok(request) => Some(request),
                 Err(_) => return,
             },
         };
         match request {
             Some(first) => {
-                // Requests that came in a burst are one reload.
-                let mut tickets = vec![first];
-                tickets.extend(requested.try_iter());
-                let result = reload(args, &mut pools).map(Box::new);
-                send(report, waker, Update::Reloaded { tickets, result });
+                // Reloads asked for in a burst are one reload; run-time changes are each
+                // their own, in the order asked.
+                let mut burst = vec![first];
+                burst.extend(requested.try_iter());
+                let mut tickets = Vec::new();
+                for request in burst {
+                    match request {
+                        Request::Reload(ticket) => tickets.push(ticket),
+                        change => {
+                            let ticket = match &change {
+                                Request::Add { ticket, .. }
+                                | Request::Delete { ticket, .. }
+                                | Request::Rebuild { ticket, .. } => *ticket,
+                                Request::Reload(ticket) => *ticket,
+                            };
+                            let result = pools.change(change);
+                            let overlays = pools.overlays();
+                            send(
+                                report,
+                                waker,
+                                Update::Changed {
+                                    ticket,
+                                    result,
+                                    overlays,
+                                },
+                            );
+                        }
+                    }
+                }
+                if !tickets.is_empty() {
+                    let result = reload(args, &mut pools).map(Box::new);
+                    let overlays = pools.overlays();
+                    send(
+                        report,
+                        waker,
+                        Update::Reloaded {
+                            tickets,
+                            result,
+                            overlays,
+                        },
+                    );
+                }
             }
             None => {
                 for change in pools.resolve_due(Instant::now()) {

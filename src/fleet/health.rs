@@ -287,7 +287,7 @@ impl CheckState {
     }
 
     /// Folds in one probe result; returns the new state if it flipped.
-    pub fn record(&mut self, passed: bool, policy: CheckPolicy) -> Option<bool> {
+    pub fn record(&mut self, passed: bool, policy: &CheckPolicy) -> Option<bool> {
         if passed == self.up {
             self.streak = 0;
             return None;
@@ -324,7 +324,7 @@ impl SharedChecks {
     }
 
     /// Folds in one probe result; returns the new state if it flipped.
-    pub fn record(&self, passed: bool, policy: CheckPolicy) -> Option<bool> {
+    pub fn record(&self, passed: bool, policy: &CheckPolicy) -> Option<bool> {
         let mut state = self.get();
         let flipped = state.record(passed, policy);
         self.0.store(
@@ -537,12 +537,7 @@ mod tests {
 
     #[test]
     fn checks_flip_after_rise_or_fall_in_a_row() {
-        let policy = CheckPolicy {
-            interval: Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-            timeout: Duration::from_secs(3),
-        };
+        let policy = &CheckPolicy::connect(Duration::from_secs(1), 2, 3, Duration::from_secs(3));
         let c = SharedChecks::default();
         assert!(c.get().is_up());
         assert_eq!(c.record(false, policy), None);

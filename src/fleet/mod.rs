@@ -10,8 +10,12 @@
 //! among primaries that take sessions; else among backups; else, so a whole-fleet blip does
 //! not become an outage, the backend due back first (fail open). Connect outcomes feed the
 //! shared breaker ([`Fleet::connect_succeeded`], [`Fleet::connect_failed`]), probe results
-//! the checks ([`Fleet::probe_result`]); each change is replayed into the selector.
+//! the checks ([`Fleet::probe_result`]), agents' answers their agent state
+//! ([`Fleet::agent_result`]), and `tcplb ctl` the operator's state ([`Fleet::set_admin`]);
+//! each change is replayed into the selector. A backend that comes back up by any of these
+//! starts its slow-start ramp ([`Backend::came_up`]).
 
+pub mod agent;
 pub mod backend;
 pub mod backends_file;
 pub mod builder;
@@ -24,9 +28,10 @@ pub mod resolver;
 pub mod select;
 
 use crate::clock;
+pub use crate::config::policy::{MarkedDown, RuntimePolicy};
 use crate::reactor::{Throttle, suppressed_note};
 use crate::stats::{CONNECT_BUCKETS, SharedHistogram};
-use backend::{Backend, Seat};
+use backend::{Admin, Backend, Seat};
 use health::{BreakerPolicy, CheckPolicy, Transition};
 use lease::Lease;
 use log::{info, warn};
@@ -37,11 +42,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Health settings every generation shares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub breaker: BreakerPolicy,
     /// Active health checks; `None` = off.
     pub checks: Option<CheckPolicy>,
+    /// Agent checks, slow start, on-marked-down.
+    pub runtime: RuntimePolicy,
+}
+
+/// A change of a backend's health worth acting on (and logging).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marked {
+    /// It takes sessions again.
+    Up,
+    /// Its checks or its agent took it down.
+    Down,
 }
 
 /// Backends of one kind (primaries or backups) and the selector over them.
@@ -88,6 +104,8 @@ pub struct Fleet {
     generation: u32,
     primaries: Group,
     backups: Group,
+    /// Some backend has an `agent-port`.
+    has_agents: bool,
     /// Removed backends that still had sessions when this generation was built.
     draining: Vec<Arc<Backend>>,
     policy: Policy,
@@ -97,6 +115,10 @@ pub struct Fleet {
     fail_open_index: AtomicU32,
     fail_open_until: AtomicU64,
 }
+
+/// How often a backend on its slow-start ramp is replayed into its selector (ms), so the
+/// selectors see its weight climb.
+pub const RAMP_TICK_MS: u64 = 100;
 
 /// How long a fail-open choice stands before the set is scanned again (ms).
 pub const FAIL_OPEN_CHOICE_MS: u64 = 100;
@@ -159,8 +181,20 @@ impl Fleet {
         self.generation
     }
 
-    pub fn policy(&self) -> Policy {
-        self.policy
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Whether some backend has an agent to ask.
+    pub fn has_agents(&self) -> bool {
+        self.has_agents
+    }
+
+    /// Whether its selectors took the weights when it was built (round-robin, random-two
+    /// and source-hash): a weight changed at run time needs a new generation to count.
+    /// Least-active reads weights live.
+    pub fn static_weights(&self) -> bool {
+        self.balance != select::Balance::LeastActive
     }
 
     /// The algorithm both groups use.
@@ -262,7 +296,11 @@ impl Fleet {
             return Err(Unavailable::Full);
         }
         let chosen = match self.at(cached as usize) {
-            Some(b) if fresh && !request.tried.contains(&b.id) && b.has_room() => b,
+            Some(b)
+                if fresh && !request.tried.contains(&b.id) && b.has_room() && b.admin_ready() =>
+            {
+                b
+            }
             _ => {
                 let scanned = self.scan_for_fail_open(request);
                 if request.tried.is_empty() {
@@ -329,9 +367,10 @@ impl Fleet {
         if takers.peek().is_some() && takers.all(|b| !b.has_room()) {
             return Scan::Full;
         }
+        // Never one the operator or its agent holds out (drain, maint).
         let untried = self
             .backends()
-            .filter(|b| !request.tried.contains(&b.id))
+            .filter(|b| !request.tried.contains(&b.id) && b.admin_ready())
             .filter(|b| b.has_room());
         let chosen = untried.min_by(|a, b| {
             let (a_at, b_at) = (
@@ -354,25 +393,28 @@ impl Fleet {
         self.refresh(&backend, now);
     }
 
-    /// The lease's connect succeeded.
-    pub fn connect_succeeded(&self, lease: &mut Lease, now: u64) {
+    /// The lease's connect succeeded. Returns whether that brought the backend back up
+    /// onto a slow-start ramp (its selector must then see it again as the ramp climbs).
+    pub fn connect_succeeded(&self, lease: &mut Lease, now: u64) -> bool {
         lease.settle_trial();
         let backend = lease.backend();
         backend::BackendStats::add(&backend.stats.sessions, 1);
         // Nothing to write on the usual path: already up, no failures counted.
         let b = backend.breaker();
         if b.consecutive_failures() == 0 && b.state() == health::BreakerState::Up {
-            return;
+            return false;
         }
         let came_up =
             backend.shared_breaker().update(|b| b.on_success()) == Some(Transition::CameUp);
         if came_up {
+            backend.came_up(now);
             self.rejoin(backend, now);
         }
         self.refresh(backend, now);
         if came_up {
             info!("backend {backend} is up again: a connect succeeded");
         }
+        came_up && backend.ramping(now)
     }
 
     /// The lease's connect failed (refused, reset, unreachable, timed out).
@@ -406,37 +448,120 @@ impl Fleet {
         }
     }
 
-    /// Folds in an active probe's result. The selectors hear of a change before it is
-    /// logged, so whoever reads the log line finds it in effect.
-    pub fn probe_result(&self, backend: &Arc<Backend>, result: &io::Result<()>, now: u64) {
-        let Some(policy) = self.policy.checks else {
-            return;
-        };
-        let flipped = backend.checks().record(result.is_ok(), policy);
+    /// Folds in an active probe's result (`passed`, and what it said: `note`, kept for
+    /// `/backends` and `tcplb ctl`). The selectors hear of a change before it is logged, so
+    /// whoever reads the log line finds it in effect. Returns the change, if any.
+    pub fn probe_result(
+        &self,
+        backend: &Arc<Backend>,
+        passed: bool,
+        note: &str,
+        now: u64,
+    ) -> Option<Marked> {
+        let policy = self.policy.checks.as_ref()?;
+        backend.note(false, note.to_string());
+        let flipped = backend.checks().record(passed, policy);
         // A passing probe while the checks say up has just shown connects succeed: close a
         // breaker opened meanwhile by failing clients, without waiting for a client's trial.
         let breaker_open = backend.breaker().state() != health::BreakerState::Up;
-        // Up again: the checks flipped to up, or a probe connected while they said up but
+        // Up again: the checks flipped to up, or a probe passed while they said up but
         // the breaker was open.
         let came_up = matches!(flipped, Some(true))
-            || (flipped.is_none() && result.is_ok() && backend.checks_up() && breaker_open);
+            || (flipped.is_none() && passed && backend.checks_up() && breaker_open);
         if came_up {
             backend.shared_breaker().update(|b| b.reset());
+            backend.came_up(now);
             self.rejoin(backend, now);
         }
         self.refresh(backend, now);
-        match (flipped, result) {
-            (Some(true), _) => info!(
-                "backend {backend} is up: {} health checks passed in a row",
+        match flipped {
+            Some(true) => info!(
+                "{}backend {backend} is up: {} health checks passed in a row ({note})",
+                discovery::prefix(&self.name),
                 policy.rise
             ),
-            _ if came_up => info!("backend {backend} is up again: a health check connected"),
-            (Some(false), Err(e)) => warn!(
-                "backend {backend} is down: {} health checks failed in a row (last: {e})",
+            _ if came_up => info!(
+                "{}backend {backend} is up again: a health check {}",
+                discovery::prefix(&self.name),
+                if policy.exchange.is_none() {
+                    "connected"
+                } else {
+                    "passed"
+                }
+            ),
+            Some(false) => warn!(
+                "{}backend {backend} is down: {} health checks failed in a row (last: {note})",
+                discovery::prefix(&self.name),
                 policy.fall
             ),
-            _ => {}
+            None => {}
         }
+        match flipped {
+            Some(false) => Some(Marked::Down),
+            _ if came_up => Some(Marked::Up),
+            _ => None,
+        }
+    }
+
+    /// Folds in what a backend's agent answered (`Err`: it could not be asked). Returns
+    /// whether the backend came back up or was marked down by it.
+    pub fn agent_result(
+        &self,
+        backend: &Arc<Backend>,
+        reply: Result<agent::Reply, String>,
+        now: u64,
+    ) -> Option<Marked> {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(why) => {
+                // An agent that does not answer changes nothing (as HAProxy's).
+                backend.note(true, format!("no answer: {why}"));
+                return None;
+            }
+        };
+        let took_before = backend.admin_ready() && !backend.agent().down;
+        let before = backend.agent();
+        let after = reply.apply(before);
+        backend.set_agent(after);
+        let mut note = agent::describe(&after);
+        if !reply.unknown.is_empty() {
+            note.push_str(&format!(" (unknown: {})", reply.unknown.join(" ")));
+        }
+        backend.note(true, note.clone());
+        if after == before {
+            return None;
+        }
+        let takes_now = backend.admin_ready() && !after.down;
+        let marked = match (took_before, takes_now) {
+            (false, true) => {
+                backend.came_up(now);
+                self.rejoin(backend, now);
+                Some(Marked::Up)
+            }
+            (true, false) if after.down => Some(Marked::Down),
+            _ => None,
+        };
+        self.refresh(backend, now);
+        info!(
+            "{}backend {backend}: its agent says {} (was {})",
+            discovery::prefix(&self.name),
+            agent::describe(&after),
+            agent::describe(&before)
+        );
+        marked
+    }
+
+    /// `tcplb ctl set state`: the operator's word for `backend`. Returns the one before.
+    /// Back to ready from drain or maint, it rejoins (and ramps, with slow start).
+    pub fn set_admin(&self, backend: &Arc<Backend>, admin: Admin, now: u64) -> Admin {
+        let held_out = !backend.admin_ready();
+        let before = backend.set_admin(admin);
+        if held_out && backend.admin_ready() {
+            backend.came_up(now);
+            self.rejoin(backend, now);
+        }
+        self.refresh(backend, now);
+        before
     }
 
     /// The group and index `backend` has in this generation, if it is in it.
@@ -543,6 +668,11 @@ pub(crate) fn assemble(
     balance: select::Balance,
     now: u64,
 ) -> Fleet {
+    let slow_start = policy.runtime.slow_start.as_millis() as u64;
+    let has_agents = primaries
+        .iter()
+        .chain(&backups)
+        .any(|b| b.agent_port().is_some());
     for (backup, members) in [(false, &primaries), (true, &backups)] {
         for (index, b) in members.iter().enumerate() {
             b.set_seat(Seat {
@@ -550,6 +680,7 @@ pub(crate) fn assemble(
                 backup,
                 index: index as u32,
             });
+            b.set_slow_start(slow_start);
         }
     }
     Fleet {
@@ -567,6 +698,7 @@ pub(crate) fn assemble(
             selector: select::build(balance, &backups, now),
             members: backups,
         },
+        has_agents,
         draining,
         policy,
         fail_open_throttle: Throttle::default(),
@@ -595,6 +727,7 @@ mod tests {
         let policy = Policy {
             breaker: BREAKER,
             checks,
+            runtime: RuntimePolicy::DEFAULT,
         };
         Builder::new(policy, Balance::LeastActive).build(specs).0
     }
@@ -778,34 +911,24 @@ mod tests {
 
     #[test]
     fn failing_open_prefers_a_backend_the_checks_still_pass() {
-        let checks = CheckPolicy {
-            interval: Duration::from_secs(1),
-            rise: 1,
-            fall: 1,
-            timeout: Duration::from_secs(3),
-        };
+        let checks = CheckPolicy::connect(Duration::from_secs(1), 1, 1, Duration::from_secs(3));
         let f = fleet_of(&[spec(1, 1, false), spec(2, 1, false)], Some(checks));
         // Backend 0: breaker open (cooling down), checks up. Backend 1: checks down.
         fail(&f, 0, 2, 0);
         let one = Arc::clone(f.backends().nth(1).expect("1"));
-        f.probe_result(&one, &Err(refused()), 0);
+        f.probe_result(&one, false, "refused", 0);
         let lease = pick(&f, S, &[]).expect("fail open");
         assert_eq!(id(&lease), 0, "not the one the checks say is dead");
     }
 
     #[test]
     fn a_passing_probe_closes_a_breaker_opened_by_clients() {
-        let checks = CheckPolicy {
-            interval: Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-            timeout: Duration::from_secs(3),
-        };
+        let checks = CheckPolicy::connect(Duration::from_secs(1), 2, 3, Duration::from_secs(3));
         let f = fleet_of(&[spec(1, 1, false)], Some(checks));
         fail(&f, 0, 2, 0);
         assert!(!f.any_taking_sessions(0));
         let zero = Arc::clone(f.backends().next().expect("0"));
-        f.probe_result(&zero, &Ok(()), 0);
+        f.probe_result(&zero, true, "ok", 0);
         assert_eq!(zero.state(0), State::Up);
         assert!(f.any_taking_sessions(0));
         assert_eq!(id(&pick(&f, 0, &[]).expect("back in the selection")), 0);
@@ -844,6 +967,7 @@ mod tests {
         let policy = Policy {
             breaker: BREAKER,
             checks: None,
+            runtime: RuntimePolicy::DEFAULT,
         };
         let mut builder = Builder::new(policy, Balance::LeastActive);
         let (old, _) = builder.build(&specs);
@@ -898,6 +1022,88 @@ mod tests {
             1,
             "{picked:?}: backend 2 gets its trial, and one only"
         );
+    }
+
+    #[test]
+    fn a_held_out_backend_gets_no_session_not_even_failing_open() {
+        let f = fleet(&[1, 1]);
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        assert_eq!(f.set_admin(&zero, Admin::Drain, 0), Admin::Ready);
+        for _ in 0..6 {
+            let lease = pick(&f, 0, &[]).expect("backend 1");
+            assert_eq!(id(&lease), 1);
+            f.release(lease, 0);
+        }
+        // Backend 1 down too: failing open never goes to the drained one.
+        fail(&f, 1, 2, 0);
+        assert_eq!(id(&pick(&f, S, &[]).expect("fail open")), 1);
+        assert!(!f.any_taking_sessions(S));
+        f.set_admin(&zero, Admin::Ready, S);
+        assert_eq!(id(&pick(&f, S, &[]).expect("back")), 0);
+    }
+
+    #[test]
+    fn a_backend_on_its_ramp_takes_a_share_of_held_sessions_that_grows() {
+        let specs = [spec(1000, 1, false), spec(1001, 1, false)];
+        let policy = Policy {
+            breaker: BREAKER,
+            checks: None,
+            runtime: RuntimePolicy {
+                slow_start: std::time::Duration::from_secs(10),
+                ..RuntimePolicy::DEFAULT
+            },
+        };
+        let f = Builder::new(policy, select::Balance::LeastActive)
+            .build(&specs)
+            .0;
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        f.set_admin(&zero, Admin::Maint, 0);
+        f.set_admin(&zero, Admin::Ready, 0);
+        let share_at = |now: u64| {
+            let held: Vec<Lease> = (0..40).map(|_| pick(&f, now, &[]).expect("one")).collect();
+            let on_zero = held.iter().filter(|l| id(l) == 0).count();
+            for lease in held {
+                f.release(lease, now);
+            }
+            on_zero
+        };
+        let shares: Vec<usize> = [0, 2, 5, 8, 10].iter().map(|&s| share_at(s * S)).collect();
+        assert!(shares[0] <= 2, "{shares:?}");
+        assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+        assert_eq!(shares[4], 20, "full share after the window: {shares:?}");
+    }
+
+    #[test]
+    fn round_robin_gives_a_ramping_backend_turns_with_the_probability_of_its_ramp() {
+        let specs = [spec(1000, 1, false), spec(1001, 1, false)];
+        let policy = Policy {
+            breaker: BREAKER,
+            checks: None,
+            runtime: RuntimePolicy {
+                slow_start: std::time::Duration::from_secs(10),
+                ..RuntimePolicy::DEFAULT
+            },
+        };
+        let f = Builder::new(policy, select::Balance::RoundRobin)
+            .build(&specs)
+            .0;
+        let zero = Arc::clone(f.backends().next().expect("0"));
+        f.set_admin(&zero, Admin::Maint, 0);
+        f.set_admin(&zero, Admin::Ready, 0);
+        let turns_at = |now: u64| {
+            (0..2000)
+                .filter(|_| {
+                    let lease = pick(&f, now, &[]).expect("one");
+                    let on_zero = id(&lease) == 0;
+                    f.release(lease, now);
+                    on_zero
+                })
+                .count()
+        };
+        let early = turns_at(S);
+        let late = turns_at(10 * S);
+        assert!(early < 250, "10% of its half at 1 s of 10: {early} of 2000");
+        assert_eq!(late, 1000, "its half once the ramp is over");
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl Resolver {
                 weight: spec.weight,
                 backup: spec.backup,
                 send_proxy: spec.send_proxy,
+                agent_port: spec.agent_port,
                 maxconn: spec.maxconn,
             }));
         }
@@ -82,6 +83,7 @@ mod tests {
                     weight: 3,
                     backup: false,
                     send_proxy: None,
+                    agent_port: None,
                     maxconn: None,
                 },
                 ResolvedBackend {
@@ -90,6 +92,7 @@ mod tests {
                     weight: 1,
                     backup: true,
                     send_proxy: Some(crate::proxy_protocol::Version::V2),
+                    agent_port: None,
                     maxconn: None,
                 },
             ]

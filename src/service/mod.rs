@@ -215,11 +215,12 @@ impl Topology {
     }
 
     /// See [`Fleet::connect_succeeded`].
-    pub fn connect_succeeded(&self, lease: &mut Lease, now: u64) {
+    pub fn connect_succeeded(&self, lease: &mut Lease, now: u64) -> bool {
         match self.pool_of(lease.backend()) {
             Some(fleet) => fleet.connect_succeeded(lease, now),
             None => {
                 lease.settle_trial();
+                false
             }
         }
     }

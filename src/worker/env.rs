@@ -23,8 +23,8 @@ pub enum TimerKey {
     Conn(ConnId),
     /// Accepting was paused for lack of descriptors: try again.
     ResumeAccept,
-    /// A backend's breaker cool-down is over: let its selector see it again (index into
-    /// the worker's cool-down list).
+    /// A backend's breaker cool-down is over, or its slow-start ramp has climbed: let its
+    /// selector see it again (index into the worker's cool-down list).
     Cooldown(usize),
     /// A removed service's drain time is over: cut its sessions left (index into the
     /// worker's retired services).
@@ -56,7 +56,8 @@ pub struct Env<'a> {
     pub now_ms: u64,
     pub stats: &'a WorkerStats,
     pub throttles: &'a Throttles,
-    /// Backends whose breaker opened, with when their cool-down ends.
+    /// Backends whose selector must see them again at a time (ms): a breaker's cool-down
+    /// ends, or a slow-start ramp climbs.
     pub cooling: &'a mut Vec<(Arc<Backend>, u64)>,
     /// This worker's index, and what the workers share (their inboxes: a freed backend
     /// slot goes to whoever waits for it, on any worker).

@@ -48,6 +48,9 @@ pub enum Command {
     /// Close this worker's copies of the listeners (no client is taken after this), cut
     /// every session with a reset and exit.
     Stop,
+    /// Cut every session on the backend with this id now, with a reset both ways (`tcplb
+    /// ctl kill sessions`, or `on-marked-down = "shutdown-sessions"`).
+    CutBackend(u64),
     /// From whichever worker freed it: a backend slot (already counted) for this worker's
     /// session `conn`, which was waiting in its pool's queue.
     Slot { conn: ConnId, lease: Lease },

@@ -481,6 +481,7 @@ impl Worker {
                 }
                 Command::PutOut { conn } => self.with_session(conn, |session, _| session.put_out()),
                 Command::Drain => self.drain(),
+                Command::CutBackend(backend) => self.cut_backend(backend),
                 Command::Stop => {
                     // Listeners first: clients waiting on them are not taken in this turn.
                     self.close_listeners();
@@ -613,6 +614,28 @@ impl Worker {
         }
     }
 
+    /// Cuts the sessions on backend `id` (a scan of this worker's sessions: a rare command).
+    fn cut_backend(&mut self, id: u64) {
+        let ids: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.backend_id() == Some(id))
+            .map(|(_, s)| s.id())
+            .collect();
+        if !ids.is_empty() {
+            debug!(
+                "worker {}: cutting {} sessions of a backend",
+                self.index,
+                ids.len()
+            );
+        }
+        for id in ids {
+            let session = self.sessions.remove(id.slot as usize);
+            session.abort();
+            self.end_session(session, EndReason::Killed);
+        }
+    }
+
     /// Resets every open session (at exit: a cut transfer must not look complete).
     fn cut_sessions(&mut self) {
         let ids: Vec<ConnId> = self.sessions.iter().map(|(_, s)| s.id()).collect();
@@ -659,11 +682,16 @@ impl Worker {
                 }
                 TimerKey::Cooldown(slot) => {
                     if let Some(backend) = self.cooldowns.try_remove(slot) {
-                        let now_ms = clock::millis(self.now);
-                        self.topology.refresh(&backend, now_ms);
+                        let now = clock::millis(self.now);
+                        self.topology.refresh(&backend, now);
                         // Back in the running: it may take someone waiting.
                         if let Some(fleet) = self.topology.pool(backend.pool) {
-                            queueing::serve(fleet, &self.shared, now_ms);
+                            queueing::serve(fleet, &self.shared, now);
+                        }
+                        // Still climbing its slow-start ramp: again in a moment.
+                        if backend.settle_ramp(now) {
+                            let next = now + crate::fleet::RAMP_TICK_MS;
+                            self.cooling.push((backend, next));
                         }
                     }
                 }

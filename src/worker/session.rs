@@ -468,6 +468,11 @@ impl Session {
         self.id
     }
 
+    /// The id of the backend it has (or is connecting to), if any.
+    pub fn backend_id(&self) -> Option<u64> {
+        self.lease.as_ref().map(|l| l.backend().id)
+    }
+
     /// The service whose listener the client came to.
     pub fn service(&self) -> &Arc<Service> {
         &self.service
@@ -791,7 +796,11 @@ impl Session {
     fn established(&mut self, env: &mut Env) {
         self.phase = Phase::Established;
         if let Some(lease) = &mut self.lease {
-            env.topology.connect_succeeded(lease, env.now_ms);
+            if env.topology.connect_succeeded(lease, env.now_ms) {
+                // Back up, on its slow-start ramp: its selector must see it as it climbs.
+                let next = env.now_ms + crate::fleet::RAMP_TICK_MS;
+                env.cooling.push((Arc::clone(lease.backend()), next));
+            }
             debug!("{} connected to {}", self.client_addr, lease.backend().addr);
         }
         let took = env.now.saturating_duration_since(self.started);

@@ -6,6 +6,7 @@
 //! | [`backends`] | real backend servers on loopback, refusing and hanging ports, talking through tcplb |
 //! | [`admin`] | `/metrics` (one parser), `/backends` (one reader), raw HTTP, access log lines |
 //! | [`bytes`] | byte patterns and hashes to check every byte that crosses |
+//! | [`ctl`] | `tcplb ctl` against a running tcplb's control socket |
 //! | [`proxy`] | client addresses, PROXY protocol headers, real HAProxy and nginx |
 //! | [`tls`] | certificates, real TLS servers and clients (Python `ssl`) for routing by SNI |
 //!
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod backends;
 pub mod bytes;
+pub mod ctl;
 pub mod process;
 pub mod proxy;
 pub mod tls;
@@ -26,6 +28,8 @@ pub use admin::*;
 pub use backends::*;
 #[allow(unused_imports)]
 pub use bytes::*;
+#[allow(unused_imports)]
+pub use ctl::*;
 #[allow(unused_imports)]
 pub use process::*;
 

@@ -2,10 +2,11 @@
 //!
 //! A tournament tree over a group's backends: every internal node holds the index of the
 //! best backend in its subtree, so the root names the backend to pick. "Best" is a [`Key`]:
-//! for least-active ([`ByLoad`]) it compares `active / weight` (cross-multiplied, no
-//! division); a tie goes to the backend with the fewest sessions ever given per unit of
-//! weight (`picks / weight`), so equal backends take turns and weighted ones share in
-//! proportion even when no session is held; a tie in that too goes to the lower index.
+//! for least-active ([`ByLoad`]) it compares `active / share` (cross-multiplied, no
+//! division; the share is the weight, less while the backend is on its slow-start ramp); a
+//! tie goes to the backend with the fewest sessions ever given per unit of weight
+//! (`picks / weight`), so equal backends take turns and weighted ones share in proportion
+//! even when no session is held; a tie in that too goes to the lower index.
 //! (Least-latency, `least_latency.rs`, is the same tree with another key.) A backend that
 //! does not take sessions now (down, its trial under way, draining) never wins.
 //!
@@ -31,16 +32,17 @@ const NONE: u32 = u32::MAX;
 
 /// How two backends compare: `Less` when `a` should get the next session before `b`.
 pub trait Key: Send + Sync + std::fmt::Debug {
-    fn compare(&self, a: &Backend, b: &Backend) -> CmpOrdering;
+    /// `Less` if `a` is the better pick at `now`.
+    fn compare(&self, a: &Backend, b: &Backend, now: u64) -> CmpOrdering;
 }
 
-/// Least `active / weight` first, then least `picks / weight`.
+/// Least `active / share` first, then least `picks / weight`.
 #[derive(Debug, Default)]
 pub struct ByLoad;
 
 impl Key for ByLoad {
-    fn compare(&self, a: &Backend, b: &Backend) -> CmpOrdering {
-        compare(a, b)
+    fn compare(&self, a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
+        compare(a, b, now)
     }
 }
 
@@ -111,7 +113,7 @@ impl<K: Key> Tree<K> {
                 let old = self.nodes[node].load(Ordering::Acquire);
                 let left = self.winner_of(2 * node, members, now);
                 let right = self.winner_of(2 * node + 1, members, now);
-                let winner = self.better(members, left, right);
+                let winner = self.better(members, left, right, now);
                 let new = (old >> 32).wrapping_add(1) << 32 | u64::from(winner);
                 if self.nodes[node]
                     .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
@@ -154,14 +156,17 @@ impl<K: Key> Tree<K> {
         }
         let left = self.best_below(2 * node, members, request, stale);
         let right = self.best_below(2 * node + 1, members, request, stale);
-        self.better(members, left, right)
+        self.better(members, left, right, request.now)
     }
 
-    /// The better of two candidates (either may be `NONE`).
-    fn better(&self, members: &[Arc<Backend>], a: u32, b: u32) -> u32 {
+    /// The better of two candidates (either may be `NONE`) at `now`.
+    fn better(&self, members: &[Arc<Backend>], a: u32, b: u32, now: u64) -> u32 {
         match (a, b) {
             (NONE, x) | (x, NONE) => x,
-            (a, b) => match self.key.compare(&members[a as usize], &members[b as usize]) {
+            (a, b) => match self
+                .key
+                .compare(&members[a as usize], &members[b as usize], now)
+            {
                 CmpOrdering::Greater => b,
                 CmpOrdering::Equal if b < a => b,
                 _ => a,
@@ -198,11 +203,15 @@ impl Stale {
     }
 }
 
-/// Least `active / weight` first, then least `picks / weight`.
-pub fn compare(a: &Backend, b: &Backend) -> CmpOrdering {
-    let (wa, wb) = (u128::from(a.weight()), u128::from(b.weight()));
-    a.compare_load(b)
-        .then_with(|| (u128::from(a.picks()) * wb).cmp(&(u128::from(b.picks()) * wa)))
+/// Least `active / share` first, then least `picks / weight`.
+pub fn compare(a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
+    let ((wa, sa), (wb, sb)) = (a.weight_and_share(now), b.weight_and_share(now));
+    // Sessions (u32) times a share (at most 256 × SHARE_UNIT): no overflow in u64.
+    (u64::from(a.active()) * sb)
+        .cmp(&(u64::from(b.active()) * sa))
+        .then_with(|| {
+            (u128::from(a.picks()) * u128::from(wb)).cmp(&(u128::from(b.picks()) * u128::from(wa)))
+        })
 }
 
 impl Selector for LeastActive {
@@ -256,7 +265,7 @@ mod tests {
     fn brute_force(m: &[Arc<Backend>]) -> Option<usize> {
         (0..m.len())
             .filter(|&i| m[i].state(0).takes_sessions())
-            .min_by(|&a, &b| compare(&m[a], &m[b]).then(a.cmp(&b)))
+            .min_by(|&a, &b| compare(&m[a], &m[b], 0).then(a.cmp(&b)))
     }
 
     #[test]
@@ -409,7 +418,7 @@ mod tests {
             let r = tree.winner_of(2 * node + 1, m, 0);
             assert_eq!(
                 stored,
-                tree.better(m, l, r),
+                tree.better(m, l, r, 0),
                 "node {node} of {}",
                 tree.leaves
             );

@@ -46,10 +46,10 @@ impl ByLatency {
 }
 
 impl Key for ByLatency {
-    fn compare(&self, a: &Backend, b: &Backend) -> CmpOrdering {
+    fn compare(&self, a: &Backend, b: &Backend, now: u64) -> CmpOrdering {
         let (ca, cb) = (self.class(a), self.class(b));
-        let load =
-            |x: &Backend, other: &Backend| u64::from(x.active() + 1) * u64::from(other.weight());
+        // Sessions (u32) times a share (at most 256 × SHARE_UNIT): no overflow in u64.
+        let load = |x: &Backend, other: &Backend| u64::from(x.active() + 1) * other.share(now);
         let cost = if ca == cb {
             // Alike (the usual case, by the rounding): load alone decides.
             load(a, b).cmp(&load(b, a))
@@ -57,7 +57,7 @@ impl Key for ByLatency {
             let value = |class, x, other| class_value(class) * load(x, other) as f64;
             value(ca, a, b).total_cmp(&value(cb, b, a))
         };
-        cost.then_with(|| by_load(a, b))
+        cost.then_with(|| by_load(a, b, now))
     }
 }
 
@@ -184,7 +184,7 @@ mod tests {
         for _ in 0..200 {
             let i = tree.pick(&m, &request(&[])).expect("a backend");
             let best = (0..m.len())
-                .min_by(|&a, &b| tree.key().compare(&m[a], &m[b]).then(a.cmp(&b)))
+                .min_by(|&a, &b| tree.key().compare(&m[a], &m[b], 0).then(a.cmp(&b)))
                 .expect("one");
             assert_eq!(i, best);
             m[i].acquire();

@@ -48,6 +48,14 @@ impl PickRequest<'_> {
     }
 }
 
+/// Whether a backend on its slow-start ramp takes this turn: always at full weight, else
+/// with the probability of its ramp (for the selectors that do not weigh by load:
+/// round-robin's turns and random-two's draws).
+pub(crate) fn ramp_admits(backend: &Backend, now: u64) -> bool {
+    let ramp = backend.ramp(now);
+    ramp >= 1000 || random_two::random() % 1000 < ramp
+}
+
 /// A balancing algorithm over one group of backends.
 pub trait Selector: Send + Sync + fmt::Debug {
     /// The name `--balance` takes and `/backends` shows.
@@ -155,6 +163,7 @@ pub(crate) mod testing {
                 weight,
                 backup: false,
                 send_proxy: None,
+                agent_port: None,
                 maxconn: None,
             },
         ))

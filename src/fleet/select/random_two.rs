@@ -1,6 +1,7 @@
 //! `random-two`: the power of two random choices (Mitzenmacher), as Envoy's least-request
 //! balancer: draw two backends at random, in proportion to their weight, and take the one
-//! with fewer active sessions per unit of weight (the first drawn on a tie).
+//! with fewer active sessions per unit of weight (the first drawn on a tie). A backend on
+//! its slow-start ramp is kept in a draw with the probability of its ramp.
 //!
 //! O(1) whatever the size of the group and nothing shared is written: each worker thread
 //! draws from its own generator, and a draw is a uniform position in the generation's
@@ -11,7 +12,7 @@
 
 use crate::fleet::backend::Backend;
 use crate::fleet::select::schedule::Schedule;
-use crate::fleet::select::{PickRequest, Selector, first_allowed};
+use crate::fleet::select::{PickRequest, Selector, first_allowed, ramp_admits};
 use std::cell::Cell;
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::Arc;
@@ -48,13 +49,13 @@ impl Selector for RandomTwo {
         let mut last = 0;
         for _ in 0..DRAWS {
             last = self.schedule.at(random());
-            if !request.allows(&members[last]) {
+            if !request.allows(&members[last]) || !ramp_admits(&members[last], request.now) {
                 continue;
             }
             match first {
                 None => first = Some(last),
                 Some(a) => {
-                    return Some(match members[last].compare_load(&members[a]) {
+                    return Some(match members[last].compare_load(&members[a], request.now) {
                         CmpOrdering::Less => last,
                         _ => a,
                     });
@@ -78,7 +79,7 @@ thread_local! {
 }
 
 /// A pseudo-random number from this thread's xorshift64* generator.
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     STATE.with(|state| {
         let mut x = state.get();
         x ^= x >> 12;

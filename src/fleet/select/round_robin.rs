@@ -5,12 +5,13 @@
 //! walks the same cycle and the whole process hands out turns in order. A turn whose
 //! backend does not take sessions (or was tried for this client) is passed, and the next
 //! turn taken, as if that backend were not in the cycle: its share goes to the others in
-//! their proportions. Load is not looked at: use it for backends that are alike and
+//! their proportions; a backend on its slow-start ramp takes its turn with the
+//! probability of its ramp. Load is not looked at: use it for backends that are alike and
 //! sessions that cost about the same.
 
 use crate::fleet::backend::Backend;
 use crate::fleet::select::schedule::Schedule;
-use crate::fleet::select::{PickRequest, Selector, first_allowed};
+use crate::fleet::select::{PickRequest, Selector, first_allowed, ramp_admits};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,7 +47,7 @@ impl Selector for RoundRobin {
         for _ in 0..PROBES {
             turn = self.cursor.fetch_add(1, Ordering::Relaxed);
             let i = self.schedule.at(turn);
-            if request.allows(&members[i]) {
+            if request.allows(&members[i]) && ramp_admits(&members[i], request.now) {
                 return Some(i);
             }
         }
