@@ -654,7 +654,7 @@ fn healthz_and_states_follow_active_health_checks_down_and_back_up() {
     let entry = backend_entry(&tcplb, &label);
     assert_eq!(entry["health_checks"], "down", "{entry}");
     assert_eq!(entry["state"], "down", "{entry}");
-    assert_eq!(entry["reason"], "health checks failing", "{entry}");
+    assert_eq!(entry["reason"], "health checks failing: refused", "{entry}");
     assert_eq!(
         tcplb
             .metrics()
