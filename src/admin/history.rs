@@ -1,6 +1,7 @@
 //! The dashboard's history: the last 15 minutes of every service's, pool's and backend's
-//! rates and gauges, and the process's, in fixed-size rings ([`Ring`]): memory is bounded
-//! by the number of things watched, never by time or traffic.
+//! rates and gauges, and the process's, in fixed-size rings ([`Ring`]; the backends' in
+//! frames of the whole fleet, `frames.rs`): memory is bounded by the number of things
+//! watched, never by time or traffic.
 //!
 //! [`History::sample`] runs on the control thread every [`INTERVAL`] (never on a worker):
 //! it reads the same atomics `/metrics` does, turns counters into rates over the time
@@ -13,6 +14,8 @@
 //! with no connects for a percentile) is NaN, `null` in JSON.
 
 use crate::admin::View;
+use crate::admin::frames::{BUCKETS, BackendFrames, Reading};
+pub use crate::admin::sample::{SAMPLES, Sample, quantile};
 use crate::clock;
 use crate::fleet::backend::State;
 use crate::service::ServiceStats;
@@ -23,9 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often a sample is taken.
 pub const INTERVAL: Duration = Duration::from_secs(2);
-/// Samples kept per thing: 15 minutes at [`INTERVAL`].
-pub const SAMPLES: usize = 450;
-
 /// A ring of the last `capacity` values pushed: a fixed allocation, the oldest value
 /// overwritten once it is full.
 #[derive(Clone, Debug)]
@@ -83,31 +83,6 @@ impl<T: Copy> Ring<T> {
     }
 }
 
-/// One value of a series, as a 16-bit float (bfloat16: an `f32`'s sign, exponent and top
-/// 7 mantissa bits, rounded to nearest).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Sample(u16);
-
-impl Sample {
-    pub const MISSING: Sample = Sample(0x7fc0);
-
-    pub fn new(value: f64) -> Sample {
-        let v = value as f32;
-        if v.is_nan() {
-            return Sample::MISSING;
-        }
-        let bits = v.to_bits();
-        // Round to nearest, ties to even; an overflow rounds to infinity, as it should.
-        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-        Sample((rounded >> 16) as u16)
-    }
-
-    /// The value (NaN when missing).
-    pub fn get(self) -> f64 {
-        f64::from(f32::from_bits(u32::from(self.0) << 16))
-    }
-}
-
 /// A thing's samples: one ring of rows of `K` series (one head for all of them).
 type Rows<const K: usize> = Ring<[Sample; K]>;
 
@@ -142,8 +117,8 @@ pub const POOL_SERIES: [&str; 6] = [
     "backends_up",
 ];
 /// A backend's series (`response_*`: first-response times of the interval, milliseconds;
-/// `state`: a [`STATES`] index).
-pub const BACKEND_SERIES: [&str; 8] = [
+/// `state`: a [`STATES`] index), kept in [`BackendFrames`].
+pub const BACKEND_SERIES: [&str; crate::admin::frames::SERIES] = [
     "active",
     "sessions_per_s",
     "sent_bytes_per_s",
@@ -249,30 +224,6 @@ impl<const K: usize, const N: usize> Track<K, N> {
     }
 }
 
-/// The `q` quantile (in the bounds' unit) of a histogram's per-bucket counts (the last one
-/// past the last bound), interpolated linearly in its bucket; NaN for an empty one. One in
-/// the last bucket is taken as the last bound.
-pub fn quantile(bounds: &[f64], counts: &[u64], q: f64) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return f64::NAN;
-    }
-    let rank = q * total as f64;
-    let mut below = 0u64;
-    for (i, &c) in counts.iter().enumerate() {
-        if c > 0 && (below + c) as f64 >= rank {
-            let Some(&upper) = bounds.get(i) else {
-                return bounds.last().copied().unwrap_or(f64::NAN);
-            };
-            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
-            let into = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
-            return lower + (upper - lower) * into;
-        }
-        below += c;
-    }
-    bounds.last().copied().unwrap_or(f64::NAN)
-}
-
 /// Every history, keyed by what it belongs to.
 #[derive(Debug, Default)]
 pub struct History {
@@ -281,8 +232,8 @@ pub struct History {
     pub services: HashMap<String, Track<5, 4>>,
     /// By pool name.
     pub pools: HashMap<String, Track<6, 1>>,
-    /// By backend id (stable, never reused).
-    pub backends: HashMap<u64, Track<8, 4>>,
+    /// By backend id (stable, never reused), in frames (`frames.rs`).
+    pub backends: BackendFrames,
     /// Samples taken so far.
     ticks: u64,
     last_at: Option<Instant>,
@@ -364,6 +315,7 @@ impl History {
             ]);
         }
 
+        self.backends.begin(tick);
         for fleet in view.topology.pools() {
             let mut active = 0u64;
             let mut sessions = 0u64;
@@ -375,29 +327,21 @@ impl History {
                 active += u64::from(b.active());
                 sessions += get(&stats.sessions);
                 up += u64::from(state == State::Up);
-                let track = self.backends.entry(b.id).or_default();
-                track.seen = tick;
-                let responses = b.latency.responses.snapshot();
-                let (rates, [p50, p99]) = track.step(
-                    [
+                let mut histogram = [0u64; BUCKETS];
+                b.latency.responses.counts_into(&mut histogram);
+                let reading = Reading {
+                    active: f64::from(b.active()),
+                    state: state_index(state) as f64,
+                    counts: [
                         get(&stats.sessions),
                         get(&stats.bytes_sent),
                         get(&stats.bytes_received),
                         get(&stats.connect_failures),
                     ],
-                    Some(&responses),
-                    secs,
-                );
-                track.rows.push([
-                    Sample::new(f64::from(b.active())),
-                    Sample::new(rates[0]),
-                    Sample::new(rates[1]),
-                    Sample::new(rates[2]),
-                    Sample::new(rates[3]),
-                    Sample::new(p50),
-                    Sample::new(p99),
-                    Sample::new(state_index(state) as f64),
-                ]);
+                    histogram,
+                    bounds: b.latency.responses.bounds(),
+                };
+                self.backends.record(b.id, &reading, secs);
             }
             let [low, normal, high] = fleet.queue().by_class();
             let track = self.pools.entry(fleet.name().to_string()).or_default();
@@ -415,7 +359,7 @@ impl History {
         }
         self.services.retain(|_, t| t.seen == tick);
         self.pools.retain(|_, t| t.seen == tick);
-        self.backends.retain(|_, t| t.seen == tick);
+        self.backends.end();
     }
 
     /// Bytes the history holds (the maps' own tables roughly included).
@@ -427,7 +371,7 @@ impl History {
         self.process.bytes()
             + map(&self.services, |t| t.bytes())
             + map(&self.pools, |t| t.bytes())
-            + map(&self.backends, |t| t.bytes())
+            + self.backends.bytes()
     }
 }
 
@@ -443,6 +387,19 @@ pub fn cpu_time() -> Option<Duration> {
     Some(Duration::from_micros(
         micros(usage.ru_utime) + micros(usage.ru_stime),
     ))
+}
+
+/// The calling thread's CPU time so far (zero where it cannot be read).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given, which is ours.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// The process's resident memory in bytes, from `/proc/self/statm`.

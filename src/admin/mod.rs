@@ -10,10 +10,12 @@
 
 pub mod backends;
 pub mod dashboard;
+pub mod frames;
 pub mod history;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod sample;
 pub mod show;
 pub mod stats;
 

@@ -95,9 +95,7 @@ pub fn render(view: &View, out: &mut String) {
             let _ = write!(out, "\n  {{\"id\": {}, ", b.id);
             backend_members(view, fleet, b, out);
             out.push_str(", \"now\": ");
-            // Every series but the state, which `state` says better.
-            let names = &BACKEND_SERIES[..BACKEND_SERIES.len() - 1];
-            current(history.backends.get(&b.id), names, out);
+            backend_now(history, b.id, out);
             out.push('}');
         }
         out.push_str("\n ]}");
@@ -126,10 +124,24 @@ pub fn backend_history(view: &View, id: u64, out: &mut String) -> Option<()> {
             .map_or_else(|| "null".to_string(), |d| d.as_millis().to_string()),
         STATES.map(|s| format!("\"{s}\"")).join(", "),
     );
-    match history.backends.get(&id) {
-        Some(track) => series(track, &BACKEND_SERIES, out),
-        None => out.push_str("{}"),
+    out.push('{');
+    if let Some(rows) = history.backends.rows(id) {
+        let rows: Vec<_> = rows.collect();
+        for (k, name) in BACKEND_SERIES.iter().enumerate() {
+            if k > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "\"{name}\": [");
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                number(out, row[k].get());
+            }
+            out.push(']');
+        }
     }
+    out.push('}');
     out.push_str("}\n");
     Some(())
 }
@@ -228,6 +240,30 @@ fn current<const K: usize, const N: usize>(
         let _ = write!(out, "\"{name}\": ");
         let within = if name.contains("_p") { RECENT } else { 1 };
         number(out, track.map_or(f64::NAN, |t| t.recent(k, within)));
+    }
+    out.push('}');
+}
+
+/// A backend's newest figures (every series but the state, which `state` says better;
+/// the percentiles the newest within [`RECENT`] samples).
+fn backend_now(history: &crate::admin::history::History, id: u64, out: &mut String) {
+    let row = history.backends.latest(id);
+    let [p50, p99] = history.backends.recent_percentiles(id, RECENT as u64);
+    out.push('{');
+    for (k, name) in BACKEND_SERIES[..BACKEND_SERIES.len() - 1]
+        .iter()
+        .enumerate()
+    {
+        if k > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "\"{name}\": ");
+        let value = match *name {
+            "response_p50_ms" => p50,
+            "response_p99_ms" => p99,
+            _ => row.map_or(f64::NAN, |r| r[k].get()),
+        };
+        number(out, value);
     }
     out.push('}');
 }

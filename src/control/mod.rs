@@ -828,7 +828,14 @@ impl Control {
         let (cpu, resident) = (history::cpu_time(), history::resident_bytes());
         let mut history = std::mem::take(&mut self.history);
         let view = view!(self);
+        let (started, cpu_before) = (Instant::now(), history::thread_cpu_time());
         history.sample(&view, cpu, resident);
+        debug!(
+            "history: sampled in {:?} ({:?} of CPU; {} KiB)",
+            started.elapsed(),
+            history::thread_cpu_time().saturating_sub(cpu_before),
+            history.bytes() / 1024
+        );
         self.history = history;
         self.timers
             .insert(self.now + history::INTERVAL, TimerKey::HistoryTick);
