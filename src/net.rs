@@ -143,6 +143,31 @@ pub const fn accepted_options_are_inherited() -> bool {
     cfg!(any(target_os = "linux", target_os = "android"))
 }
 
+/// Has the kernel hand `listener` a connection only once the client's first bytes have
+/// come (or `seconds` have passed without any), `TCP_DEFER_ACCEPT`; 0 turns it off. For
+/// services that read the client's first bytes before anything else (a TLS hello): the
+/// hello is there in the turn that accepts the client, one turn of the loop sooner.
+pub fn set_defer_accept(listener: &std::net::TcpListener, seconds: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid descriptor borrowed for the call, and a pointer to an int that lives
+    // through it, with its size: what setsockopt(2) reads for TCP_DEFER_ACCEPT.
+    let done = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Prepares an accepted client socket.
 pub fn prepare_client(stream: &TcpStream) -> io::Result<()> {
     if !accepted_options_are_inherited() {

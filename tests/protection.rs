@@ -475,6 +475,37 @@ fn a_source_past_its_concurrent_limit_is_reset_while_another_source_is_not() {
 }
 
 #[test]
+fn a_client_turned_away_gives_its_sources_slot_back() {
+    // The one backend slot is held (by 127.0.0.1) and there is no queue: a client from
+    // 127.0.0.2 is turned away as pool_full, and must not keep its source's one slot (it
+    // once did: the source's next client was limited after the slot came free).
+    let held = one_slot_held("", "max-conns-per-source = 1");
+    let addr = held.tcplb.service_addr("db");
+    let turned_away = Client::connect(1, ip(2), addr).ended();
+    assert_eq!(
+        turned_away.map_err(|e| e.kind()).err(),
+        Some(io::ErrorKind::ConnectionReset)
+    );
+    held.holder.finish().expect("the holder");
+    Client::connect(2, ip(2), addr)
+        .finish()
+        .expect("the source's next client, once the backend has room");
+    let metrics = held.tcplb.metrics();
+    assert_eq!(
+        metrics.get(
+            "tcplb_connections_shed_total",
+            &[("service", "db"), ("reason", "pool_full")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("tcplb_connections_limited_total", &[("service", "db")]),
+        0.0,
+        "a turned-away client held its source's slot"
+    );
+}
+
+#[test]
 fn a_source_past_its_rate_is_reset_while_another_source_is_not() {
     let seen = Arc::new(Seen::default());
     let backend = Backend::start(1, counting(Arc::clone(&seen), Duration::ZERO));
@@ -519,13 +550,22 @@ fn nth_source(n: u32) -> IpAddr {
 }
 
 #[test]
-fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited_limited() {
+fn a_flood_of_three_times_the_table_in_sources_keeps_it_bounded_and_the_limited_limited() {
+    // 30,000 sources through a table of 10,000 in the suite (about 15 s); the figure in
+    // docs/behaviour.md is of TCPLB_FLOOD_SOURCES=100000, by hand. (The table stays at
+    // 10,000: a shard must hold every source with a session open at once, and a flood
+    // has hundreds open at a time. At 2,000 — 125 a shard — some went untracked.)
+    let sources: u32 = std::env::var("TCPLB_FLOOD_SOURCES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30_000);
+    let table: u32 = 10_000;
     let backend = Backend::start(1, echo());
     let tcplb = Tcplb::start_config(
         &config(
             &[backend.arg()],
             "",
-            "max-conns-per-source = 2\nsource-table-size = 10000",
+            &format!("max-conns-per-source = 2\nsource-table-size = {table}"),
         ),
         &[],
     );
@@ -543,13 +583,12 @@ fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited
         || "the abuser's sessions never opened".to_string(),
     );
     let rss_before = tcplb.rss_kib();
-    const SOURCES: u32 = 100_000;
     let threads = 4;
     let flood: Vec<_> = (0..threads)
         .map(|t| {
             thread::spawn(move || {
-                for n in (1 + t..=SOURCES).step_by(threads as usize) {
-                    // Connect and leave with a reset: no TIME_WAIT on 100,000 addresses.
+                for n in (1 + t..=sources).step_by(threads as usize) {
+                    // Connect and leave with a reset: no TIME_WAIT on every address.
                     let stream = connect_from(nth_source(n), addr);
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 }
@@ -565,7 +604,7 @@ fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited
             // (A connection reset while still in the listen queue may never be accepted:
             // nearly all is enough.)
             m.get("tcplb_connections_accepted_total", &[("service", "db")])
-                >= f64::from(SOURCES) * 0.99
+                >= f64::from(sources) * 0.99
                 && m.get("tcplb_sessions_active", &[("service", "db")]) == 2.0
         },
         || {
@@ -579,18 +618,18 @@ fn a_flood_of_a_hundred_thousand_sources_keeps_the_table_bounded_and_the_limited
     );
     let rss_after = tcplb.rss_kib();
     let metrics = tcplb.metrics();
-    let sources = metrics.get("tcplb_source_table_sources", &[("service", "db")]);
-    assert!(sources <= 10_000.0 + 16.0, "{sources} sources kept");
+    let kept = metrics.get("tcplb_source_table_sources", &[("service", "db")]);
+    assert!(kept <= f64::from(table) + 16.0, "{kept} sources kept");
     assert!(
-        sources >= 5_000.0,
-        "only {sources} kept: the table was not used"
+        kept >= f64::from(table) / 2.0,
+        "only {kept} kept: the table was not used"
     );
     assert_eq!(
         metrics.get("tcplb_source_table_untracked_total", &[("service", "db")]),
         0.0
     );
     println!(
-        "100,000 sources through a table of 10,000: {sources} kept, RSS {rss_before} KiB -> \
+        "{sources} sources through a table of {table}: {kept} kept, RSS {rss_before} KiB -> \
          {rss_after} KiB"
     );
     assert!(

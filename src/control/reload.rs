@@ -145,6 +145,7 @@ impl Control {
                         warn!("reload: service {} not added: {e}", spec.name);
                         continue;
                     }
+                    self.sockets.defer_accept(spec);
                     // (Validated: every pool it names exists.)
                     let Some(service) =
                         self.registry
@@ -195,6 +196,7 @@ impl Control {
                                 let mut kept = spec.clone();
                                 kept.listen = old_spec.listen.clone();
                                 kept.backlog = old_spec.backlog;
+                                self.sockets.defer_accept(&kept);
                                 let listen = self.sockets.addrs(&spec.name);
                                 if self.registry.update(&kept, &lookup, listen).is_some() {
                                     updated += 1;
@@ -203,6 +205,7 @@ impl Control {
                             }
                         }
                     }
+                    self.sockets.defer_accept(spec);
                     let listen = self.sockets.addrs(&spec.name);
                     if self.registry.update(spec, &lookup, listen).is_some() {
                         lines.push(format!("reload: service {} settings changed", spec.name));

@@ -32,6 +32,12 @@ use socket2::Socket;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+
+/// `TCP_DEFER_ACCEPT` on a service with routes: a client that has sent nothing is handed
+/// over after about this long anyway (the kernel rounds it to its SYN-ACK retransmission
+/// schedule), and then waits `sni-timeout` as any client does. HAProxy's `defer-accept`
+/// and nginx's `deferred` do the same.
+const DEFER_ACCEPT_SECONDS: u32 = 1;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Where the listening sockets came from.
@@ -246,6 +252,23 @@ impl Sockets {
         kept.extend(fresh);
         self.services[i].1 = kept;
         Ok((lost, gained))
+    }
+
+    /// Sets `TCP_DEFER_ACCEPT` on every socket of `service` ([`net::set_defer_accept`]):
+    /// on for a service with routes (its clients speak first), off otherwise.
+    pub fn defer_accept(&self, service: &ServiceSpec) {
+        let seconds = if service.routing.is_some() {
+            DEFER_ACCEPT_SECONDS
+        } else {
+            0
+        };
+        for group in self.groups(&service.name) {
+            for socket in group.sockets.iter().flatten() {
+                if let Err(e) = net::set_defer_accept(socket, seconds) {
+                    warn!("cannot set TCP_DEFER_ACCEPT on {}: {e}", group.addr);
+                }
+            }
+        }
     }
 
     /// Lets go of `service`'s sockets (a reload removed it): one nobody else holds closes.

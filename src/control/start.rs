@@ -79,6 +79,9 @@ pub fn start(
     })?;
 
     let mut sockets = Sockets::acquire(&config, workers, inherited)?;
+    for service in &config.services {
+        sockets.defer_accept(service);
+    }
     let ctl = control_socket(&config, inherited_ctl)?;
     refuse_loops(&config, &sockets, &fleets)?;
     let admin = sockets.admin.take().map(mio::net::TcpListener::from_std);

@@ -273,7 +273,7 @@ pub struct Backend {
     runtime: AtomicU64,
     /// Its agent's port (0: none).
     agent_port: AtomicU32,
-    /// When it last came back up (ms since the clock's epoch; 0: not ramping).
+    /// One past when it last came back up (ms since the clock's epoch; 0: not ramping).
     up_since: AtomicU64,
     /// Its pool's slow-start window (ms; 0: off).
     slow_start: AtomicU64,
@@ -536,7 +536,8 @@ impl Backend {
         if window == 0 {
             return 1000;
         }
-        let elapsed = now.saturating_sub(since);
+        // (Stored one past the time it came up, so that 0 can mean "not ramping".)
+        let elapsed = (now + 1).saturating_sub(since);
         if elapsed >= window {
             return 1000;
         }
@@ -552,7 +553,7 @@ impl Backend {
     /// added): with slow start, it ramps from here.
     pub fn came_up(&self, now: u64) {
         if self.slow_start.load(Ordering::Acquire) > 0 {
-            self.up_since.store(now.max(1), Ordering::Release);
+            self.up_since.store(now + 1, Ordering::Release);
         }
     }
 
@@ -780,6 +781,39 @@ mod tests {
                 maxconn: None,
             },
         )
+    }
+
+    #[test]
+    fn an_agents_maxconn_stands_for_the_configured_one_while_it_says_so() {
+        let b = backend();
+        let mut spec = ResolvedBackend {
+            addr: b.addr,
+            name: b.name.clone(),
+            weight: 1,
+            backup: false,
+            send_proxy: None,
+            agent_port: Some(81),
+            maxconn: Some(2),
+        };
+        b.set_options(&spec);
+        assert_eq!(b.maxconn(), Some(2));
+        b.set_agent(AgentState {
+            maxconn: Some(1),
+            ..AgentState::default()
+        });
+        assert_eq!((b.maxconn(), b.configured_maxconn()), (Some(1), Some(2)));
+        assert!(b.try_acquire());
+        assert!(!b.try_acquire(), "the agent's limit of 1 holds");
+        // A reload that changes the configured limit does not undo the agent's word.
+        spec.maxconn = Some(3);
+        b.set_options(&spec);
+        assert_eq!(b.maxconn(), Some(1));
+        // The agent stops saying it: the configured limit again.
+        b.set_agent(AgentState::default());
+        assert_eq!(b.maxconn(), Some(3));
+        assert!(b.try_acquire());
+        b.release();
+        b.release();
     }
 
     #[test]

@@ -181,12 +181,15 @@ impl Worker {
             Err(Rejected {
                 client,
                 reason,
-                attempts,
+                summary,
             }) => {
                 self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
                 service.stats.active.fetch_sub(1, Ordering::AcqRel);
                 drop(client);
-                self.record_refused(addr, &service, reason, attempts);
+                match summary {
+                    Some(summary) => self.record(&summary, Some(&service), reason),
+                    None => self.record_refused(addr, &service, reason, 0),
+                }
                 Some(reason)
             }
         }
