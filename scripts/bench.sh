@@ -65,6 +65,10 @@ Options:
                    (maxconn + queue), HAProxy (maxconn + timeout queue) and nginx stream
                    (max_conns): failed requests, p50/p99, proxy CPU per request; and the
                    queue's hand-over delay (scripts/bench/queue.py)
+  --dashboard [--rounds N] [-n N] [--poll SECONDS]
+                   instead: two tcplb of one config, one polled on /api/stats every second
+                   as the open dashboard does: CPU per session of each, rounds interleaved,
+                   the ratio and the rounds' spread (scripts/bench/dashboard.py)
   --services [--services N]
                    instead: N services x 4 backends (default 1000) in one config file:
                    start-up time, and the longest round trip through an untouched
@@ -142,6 +146,14 @@ while (($#)); do
             (cd "$ROOT" && cargo build --release --quiet)
         fi
         exec python3 "$HELPERS/queue.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
+        ;;
+    --dashboard)
+        # What the admin dashboard's polling costs per session (scripts/bench/dashboard.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/dashboard.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
         ;;
     --services)
         # Many services in one process: start-up and reload stall (scripts/bench/services.py).

@@ -49,7 +49,8 @@
 //!   line and the config file; [`proxy_protocol`]: the PROXY protocol's bytes (decode, encode; pure);
 //!   [`tls_hello`]: a TLS ClientHello's server name and protocols, for routing by them (pure); [`net`]:
 //!   socket set-up; [`limits`]: the open-file limit; [`logging`]: non-blocking logs and
-//!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`].
+//!   throttled warnings; [`clock`]: time for shared state; [`lifecycle`]; [`version`]: the
+//!   version, git commit and build date.
 //!
 //! The crate is a library so that tests and benchmarks reach the internals; the `tcplb`
 //! binary (`src/main.rs`) is a thin wrapper around it.
@@ -70,4 +71,5 @@ pub mod reactor;
 pub mod service;
 pub mod stats;
 pub mod tls_hello;
+pub mod version;
 pub mod worker;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         }
         Ok(Action::Help) => return print_stdout(&config::usage()),
         Ok(Action::Version) => {
-            return print_stdout(&format!("tcplb {}\n", env!("CARGO_PKG_VERSION")));
+            return print_stdout(&format!("{}\n", tcplb::version::line()));
         }
         // A config file's error says where it is; --help would not help there.
         Err(e @ config::ConfigError::At { .. }) => {

@@ -131,6 +131,18 @@ impl SharedHistogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Its per-bucket counts (the last past the last bound) into `out`, as many as fit,
+    /// without allocating.
+    pub fn counts_into(&self, out: &mut [u64]) {
+        for (o, c) in out.iter_mut().zip(self.counts.iter()) {
+            *o = c.load(Ordering::Relaxed);
+        }
+    }
+
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
     /// What it holds now, for rendering.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

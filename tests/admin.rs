@@ -286,8 +286,16 @@ fn absolute_form_requests_are_routed_by_their_path() {
     let r = get("HTTP://tcplb/backends");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains(&backend.arg()), "{}", r.text());
-    for target in ["http://tcplb", "http://tcplb/nope", "http://tcplb?/metrics"] {
-        assert_eq!(get(target).status, 404, "{target}");
+    assert_eq!(get("http://tcplb/nope").status, 404);
+    // No path is `/`: the dashboard's page, whatever the query says.
+    for target in ["http://tcplb", "http://tcplb?/metrics"] {
+        let r = get(target);
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/html; charset=utf-8"),
+            "{target}"
+        );
     }
 }
 

@@ -161,9 +161,28 @@ fn help_and_version_exit_0() {
     }
     let (code, stdout, _) = run_cli(&["-V"]);
     assert_eq!(code, Some(0));
-    assert_eq!(
-        stdout.trim(),
-        format!("tcplb {}", env!("CARGO_PKG_VERSION"))
+    let prefix = format!("tcplb {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(stdout.starts_with(&prefix), "{stdout}");
+    assert!(stdout.contains(", built 20"), "{stdout}");
+}
+
+/// `--version` names the commit the binary was built from: this checkout's HEAD (build.rs
+/// runs again when HEAD moves), or "unknown" where git cannot tell.
+#[test]
+fn version_names_the_git_commit() {
+    let (code, stdout, _) = run_cli(&["--version"]);
+    assert_eq!(code, Some(0));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let expected = head.as_deref().unwrap_or("unknown");
+    assert!(
+        stdout.contains(&format!("(commit {expected}, built ")),
+        "HEAD is {expected}: {stdout}"
     );
 }
 

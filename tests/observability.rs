@@ -597,6 +597,14 @@ fn healthz_and_states_follow_the_circuit_breaker_down_and_back_up() {
         let entry = backend_entry(&tcplb, l);
         assert_eq!(entry["state"], "down", "{entry}");
         assert_eq!(entry["consecutive_failures"], 1);
+        // Why, in words (the dashboard shows it).
+        assert!(
+            entry["reason"]
+                .as_str()
+                .is_some_and(|r| r
+                    .starts_with("circuit breaker open: 1 connect failed in a row; next try in ")),
+            "{entry}"
+        );
     }
     assert_eq!(m.get("tcplb_connections_no_backend_total", &[]), 1.0);
 
@@ -646,6 +654,7 @@ fn healthz_and_states_follow_active_health_checks_down_and_back_up() {
     let entry = backend_entry(&tcplb, &label);
     assert_eq!(entry["health_checks"], "down", "{entry}");
     assert_eq!(entry["state"], "down", "{entry}");
+    assert_eq!(entry["reason"], "health checks failing: refused", "{entry}");
     assert_eq!(
         tcplb
             .metrics()
@@ -1180,6 +1189,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         "send_proxy",
         "balance",
         "state",
+        "reason",
         "health_checks",
         "active",
         "connections_total",
@@ -1223,7 +1233,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         all[0],
         serde_json::json!({
             "pool": "default", "address": primary.arg(), "name": primary.arg(), "weight": 2, "backup": false,
-            "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 1,
+            "send_proxy": null, "balance": "least-active", "state": "up", "reason": null, "health_checks": "off", "active": 0, "connections_total": 1,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": n, "bytes_received": n, "maxconn": null,
             "admin": "ready", "weight_configured": 2, "weight_set": null, "weight_effective": 2,
@@ -1234,7 +1244,7 @@ fn backends_json_has_every_field_with_the_right_values() {
         all[1],
         serde_json::json!({
             "pool": "default", "address": backup.arg(), "name": backup.arg(), "weight": 1, "backup": true,
-            "send_proxy": null, "balance": "least-active", "state": "up", "health_checks": "off", "active": 0, "connections_total": 0,
+            "send_proxy": null, "balance": "least-active", "state": "up", "reason": null, "health_checks": "off", "active": 0, "connections_total": 0,
             "connect_failures_total": 0, "consecutive_failures": 0,
             "bytes_sent": 0, "bytes_received": 0, "maxconn": null,
             "admin": "ready", "weight_configured": 1, "weight_set": null, "weight_effective": 1,

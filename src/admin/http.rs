@@ -6,6 +6,8 @@
 //! - `GET /healthz`: 200 when at least one backend is up; 503 while none is, and from the
 //!   moment a drain starts (`draining`), so readiness probes stop sending traffic.
 //! - `GET /backends`: JSON, one object per backend (draining ones included).
+//! - `GET /`: the dashboard (`/dashboard.js`, `/dashboard.css`), polling `GET /api/stats`
+//!   (and `GET /api/history?backend=ID` for one backend's history).
 //!
 //! The target may be in origin form (`/metrics?x`) or absolute form
 //! (`http://host:9090/metrics`); only its path counts. A request head larger than
@@ -180,6 +182,7 @@ impl Endpoint {
 pub struct Shared {
     metrics: SharedRender,
     backends: SharedRender,
+    stats: SharedRender,
 }
 
 /// One rendering of a big answer, shared while it is being written. Only a weak reference
@@ -233,7 +236,8 @@ enum Head {
     Partial,
     Complete {
         method: String,
-        path: String,
+        /// The request target, whole (path and query).
+        target: String,
     },
     /// Answered with 400 and this text.
     Bad(String),
@@ -317,7 +321,7 @@ impl AdminConn {
                 Head::Partial => return false,
                 Head::Gone => return true,
                 Head::Bad(why) => self.respond(400, "text/plain", why.as_bytes()),
-                Head::Complete { method, path } => self.route(&method, &path, view, shared),
+                Head::Complete { method, target } => self.route(&method, &target, view, shared),
             }
             self.start_writing(timers, key);
         }
@@ -370,7 +374,7 @@ impl AdminConn {
             Err(e) => Head::Bad(format!("bad request: {e}\n")),
             Ok(httparse::Status::Complete(_)) => Head::Complete {
                 method: request.method.unwrap_or_default().to_string(),
-                path: target_path(request.path.unwrap_or_default()).to_string(),
+                target: request.path.unwrap_or_default().to_string(),
             },
         }
     }
@@ -412,11 +416,12 @@ impl AdminConn {
         }
     }
 
-    fn route(&mut self, method: &str, path: &str, view: &View, shared: &mut Shared) {
+    fn route(&mut self, method: &str, target: &str, view: &View, shared: &mut Shared) {
         if method != "GET" && method != "HEAD" {
             self.respond(405, "text/plain", b"only GET and HEAD\n");
             return;
         }
+        let path = target_path(target);
         let (status, content_type, body) = match path {
             "/metrics" => (
                 200,
@@ -445,14 +450,39 @@ impl AdminConn {
                         .get("/backends", view, super::backends::render),
                 ),
             ),
-            _ => (
-                404,
-                "text/plain",
-                Body::Static(b"not found: try /metrics, /healthz, /healthz/SERVICE, /backends\n"),
+            "/api/stats" => (
+                200,
+                "application/json",
+                Body::Shared(shared.stats.get("/api/stats", view, super::stats::render)),
             ),
+            "/api/history" => match backend_query(target) {
+                Some(id) => {
+                    let mut text = String::new();
+                    match super::stats::backend_history(view, id, &mut text) {
+                        Some(()) => (200, "application/json", Body::Owned(text.into_bytes())),
+                        None => (404, "text/plain", Body::Static(b"no such backend\n")),
+                    }
+                }
+                None => (
+                    400,
+                    "text/plain",
+                    Body::Static(b"give the backend's id: /api/history?backend=ID\n"),
+                ),
+            },
+            p => match super::dashboard::asset(p) {
+                Some((content_type, bytes)) => (200, content_type, Body::Static(bytes)),
+                None => (
+                    404,
+                    "text/plain",
+                    Body::Static(
+                        b"not found: try /, /metrics, /healthz, /healthz/SERVICE, /backends, /api/stats\n",
+                    ),
+                ),
+            },
         };
         match body {
             Body::Static(text) => self.respond(status, content_type, text),
+            Body::Owned(text) => self.respond(status, content_type, &text),
             Body::Shared(body) => {
                 self.head = response_head(status, content_type, body.len());
                 // HEAD: the same headers, no body.
@@ -506,9 +536,11 @@ impl AdminConn {
     }
 }
 
-/// A body: a fixed text, or a big rendering shared between connections.
+/// A body: a fixed text, one made for this request, or a big rendering shared between
+/// connections.
 enum Body {
     Static(&'static [u8]),
+    Owned(Vec<u8>),
     Shared(Rc<Vec<u8>>),
 }
 
@@ -525,7 +557,10 @@ fn response_head(status: u16, content_type: &str, length: usize) -> Vec<u8> {
     };
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {length}\r\nConnection: close\r\n"
+         Content-Length: {length}\r\nConnection: close\r\n\
+         Content-Security-Policy: {}\r\nX-Content-Type-Options: nosniff\r\n\
+         Cache-Control: no-store\r\n",
+        super::dashboard::CSP
     );
     if status == 405 {
         head.push_str("Allow: GET, HEAD\r\n");
@@ -549,6 +584,16 @@ fn target_path(target: &str) -> &str {
         _ => target,
     };
     path.split(['?', '#']).next().unwrap_or_default()
+}
+
+/// The backend id of `?backend=ID` in a request target.
+fn backend_query(target: &str) -> Option<u64> {
+    let (_, query) = target.split_once('?')?;
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("backend="))
+        .and_then(|id| id.parse().ok())
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -576,5 +621,14 @@ mod tests {
         ] {
             assert_eq!(target_path(target), path, "{target}");
         }
+    }
+
+    #[test]
+    fn a_backend_is_named_by_its_id_in_the_query() {
+        assert_eq!(backend_query("/api/history?backend=17"), Some(17));
+        assert_eq!(backend_query("/api/history?x=1&backend=3#top"), Some(3));
+        assert_eq!(backend_query("/api/history"), None);
+        assert_eq!(backend_query("/api/history?backend=web"), None);
+        assert_eq!(backend_query("/api/history?backend="), None);
     }
 }

@@ -724,7 +724,7 @@ impl ProcessStats {
     }
 }
 
-fn page_size() -> u64 {
+pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects; _SC_PAGESIZE is a valid name.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if size > 0 { size as u64 } else { 4096 }

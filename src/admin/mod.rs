@@ -1,16 +1,23 @@
-//! The admin surface: the HTTP endpoint (`--admin`: `/metrics`, `/healthz`, `/backends`)
-//! served by the control thread, never by a worker, so a scrape of a large fleet cannot
-//! stall traffic; the Prometheus rendering, which adds up every worker's figures; and the
-//! `/backends` document.
+//! The admin surface: the HTTP endpoint (`--admin`: `/metrics`, `/healthz`, `/backends`,
+//! the dashboard at `/` and its `/api/stats`) served by the control thread, never by a
+//! worker, so a scrape of a large fleet cannot stall traffic; the Prometheus rendering,
+//! which adds up every worker's figures; the `/backends` document; the dashboard's page
+//! (`dashboard`), JSON (`stats`) and the history it charts (`history`, sampled by the
+//! control thread).
 //!
 //! Everything here reads the process through a [`View`]: the services and pools, the
 //! workers' stats, the lifecycle. Nothing here changes any of it.
 
 pub mod backends;
+pub mod dashboard;
+pub mod frames;
+pub mod history;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod sample;
 pub mod show;
+pub mod stats;
 
 use crate::service::Topology;
 use crate::stats::WorkerStats;
@@ -44,6 +51,8 @@ pub struct View<'a> {
     /// Access log lines dropped so far (`None`: the log is off).
     pub access_log_dropped: Option<u64>,
     pub reloads: ReloadStats,
+    /// The dashboard's history, sampled by the control thread.
+    pub history: &'a history::History,
 }
 
 impl View<'_> {

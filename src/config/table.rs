@@ -374,7 +374,7 @@ pub const OPTIONS: &[Opt] = &[
         .help("print this help and exit"),
     opt("version", Command, Kind::Switch, Off)
         .short("V")
-        .help("print the version and exit"),
+        .help("print the version, the git commit and the build date, and exit"),
 ];
 
 /// The setting called `name`.

@@ -47,6 +47,7 @@ pub mod upgrade;
 
 use crate::access_log::AccessLog;
 use crate::admin::ReloadStats;
+use crate::admin::history::{self, History};
 use crate::admin::http::Endpoint;
 use crate::clock;
 use crate::fleet::PoolId;
@@ -130,6 +131,8 @@ pub enum TimerKey {
     ProbationEnd,
     /// Look at the processes an upgrade started ([`WATCH_INTERVAL`]).
     UpgradeWatch,
+    /// Time to sample the dashboard's history ([`crate::admin::history::INTERVAL`]).
+    HistoryTick,
     /// Time for the pools whose balance keeps figures over the whole pool (least-latency's
     /// median) to update them ([`BALANCE_TICK`]).
     BalanceTick,
@@ -199,6 +202,8 @@ pub struct Control {
     global: crate::config::Global,
     fd_budget: Option<FdBudget>,
     reloads: ReloadStats,
+    /// The dashboard's history (`/api/stats`), sampled every [`TimerKey::HistoryTick`].
+    history: History,
     workers: Vec<Handle>,
     worker_stats: Vec<Arc<WorkerStats>>,
     shared: Arc<Shared>,
@@ -269,6 +274,7 @@ impl Control {
             prober.schedule(fleet, &mut timers, now);
         }
         timers.insert(now + BALANCE_TICK, TimerKey::BalanceTick);
+        timers.insert(now, TimerKey::HistoryTick);
         Ok(Control {
             poll,
             events: Events::with_capacity(256),
@@ -294,6 +300,7 @@ impl Control {
             global,
             fd_budget,
             reloads: ReloadStats::default(),
+            history: History::default(),
             workers,
             worker_stats,
             shared,
@@ -806,9 +813,32 @@ impl Control {
                         .insert(self.now + BALANCE_TICK, TimerKey::BalanceTick);
                 }
                 TimerKey::UpgradeWatch => self.on_watch(),
+                TimerKey::HistoryTick => self.sample_history(),
             }
         }
         self.fired = fired;
+    }
+
+    /// Takes the dashboard's samples (only with the admin endpoint on: nobody else reads
+    /// them) and arms the next.
+    fn sample_history(&mut self) {
+        if self.admin.local_addr().is_none() {
+            return;
+        }
+        let (cpu, resident) = (history::cpu_time(), history::resident_bytes());
+        let mut history = std::mem::take(&mut self.history);
+        let view = view!(self);
+        let (started, cpu_before) = (Instant::now(), history::thread_cpu_time());
+        history.sample(&view, cpu, resident);
+        debug!(
+            "history: sampled in {:?} ({:?} of CPU; {} KiB)",
+            started.elapsed(),
+            history::thread_cpu_time().saturating_sub(cpu_before),
+            history.bytes() / 1024
+        );
+        self.history = history;
+        self.timers
+            .insert(self.now + history::INTERVAL, TimerKey::HistoryTick);
     }
 }
 
@@ -832,6 +862,7 @@ macro_rules! view {
                 .as_ref()
                 .map($crate::access_log::AccessLog::dropped),
             reloads: $control.reloads,
+            history: &$control.history,
         }
     };
 }
