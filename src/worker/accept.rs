@@ -185,11 +185,12 @@ impl Worker {
             }) => {
                 self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
                 service.stats.active.fetch_sub(1, Ordering::AcqRel);
-                drop(client);
+                // Counted before the client is closed: whoever sees the close sees the count.
                 match summary {
                     Some(summary) => self.record(&summary, Some(&service), reason),
                     None => self.record_refused(addr, &service, reason, 0),
                 }
+                drop(client);
                 Some(reason)
             }
         }
