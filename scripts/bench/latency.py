@@ -65,8 +65,6 @@ def delay_proxy(listen_port, upstream_port, delay):
     threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
 
 
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--binary", required=True)
