@@ -57,6 +57,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod bpf;
 pub mod clock;
 pub mod config;
 pub mod control;
