@@ -211,6 +211,12 @@ pub struct WorkerStats {
     /// Bytes moved by splice (through kernel pipes) to the backend and to the client.
     pub spliced_sent: Counter,
     pub spliced_received: Counter,
+    /// Sessions handed to the kernel fast path (`--bpf-redirect`), and the bytes the kernel
+    /// moved for them to the backend and to the client (never read by tcplb; counted when
+    /// the session ends).
+    pub fast_linked: Counter,
+    pub fast_sent: Counter,
+    pub fast_received: Counter,
     /// Clients reset for their PROXY protocol header, by [`ProxyError`].
     pub proxy_errors: [Counter; ProxyError::ALL.len()],
 }

@@ -372,6 +372,31 @@ pub fn render(view: &View, out: &mut String) {
         &[("direction", "received")],
         total(|w| w.spliced_received.get()),
     );
+    e.family(
+        "tcplb_fast_path_sessions_total",
+        "counter",
+        "Sessions handed to the kernel fast path (--bpf-redirect): from then on the kernel moves their bytes.",
+    );
+    e.sample(
+        "tcplb_fast_path_sessions_total",
+        &[],
+        total(|w| w.fast_linked.get()),
+    );
+    e.family(
+        "tcplb_fast_path_bytes_total",
+        "counter",
+        "Bytes the kernel fast path moved to the backend (sent) and to the client (received), never read by tcplb; counted when the session ends, also in tcplb_backend_bytes_total.",
+    );
+    e.sample(
+        "tcplb_fast_path_bytes_total",
+        &[("direction", "sent")],
+        total(|w| w.fast_sent.get()),
+    );
+    e.sample(
+        "tcplb_fast_path_bytes_total",
+        &[("direction", "received")],
+        total(|w| w.fast_received.get()),
+    );
     let sessions: Vec<_> = view
         .topology
         .services()

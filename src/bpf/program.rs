@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! record.stamp = now
+//! if len == 0                                     → pass    (a FIN: user space passes it on)
 //! if record.passed != record.forwarded            → pass    (user space holds bytes before it)
 //! peer = socks[record.peer]; acked = peer.bytes_acked
 //! if record.written + record.redirected + len - acked > bound
@@ -169,6 +170,8 @@ pub fn verdict(inputs: &Inputs) -> Vec<u64> {
         .op(LDX_W, R8, R6, 0, 0)
         .call(FN_KTIME_GET_NS)
         .op(STX_DW, R7, R0, f(record::STAMP), 0)
+        // No payload (a FIN): user space passes the end of stream on, after the bytes.
+        .jump(JEQ_IMM, R8, 0, 0, Pass)
         // User space still holds bytes passed to it: pass this one too.
         .op(LDX_DW, R1, R7, f(record::PASSED), 0)
         .op(LDX_DW, R2, R7, f(record::FORWARDED), 0)

@@ -255,6 +255,8 @@ pub fn global(l: &Layers) -> Result<Global, ConfigError> {
             Some(Value::Account(g)) => Some(g),
             _ => None,
         },
+        bpf_redirect: l.switch("bpf-redirect")?,
+        bpf_redirect_bound: l.whole("bpf-redirect-bound")?,
     })
 }
 

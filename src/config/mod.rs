@@ -109,6 +109,10 @@ pub struct Global {
     pub control_socket_mode: u32,
     /// Its group, if not the process's.
     pub control_socket_group: Option<String>,
+    /// The kernel fast path (`--bpf-redirect`), and the bytes it may hold in flight toward
+    /// one socket.
+    pub bpf_redirect: bool,
+    pub bpf_redirect_bound: u64,
 }
 
 /// A service: where clients connect and how they are handled.

@@ -535,6 +535,8 @@ impl Model {
             control_socket: None,
             control_socket_mode: 0o600,
             control_socket_group: None,
+            bpf_redirect: false,
+            bpf_redirect_bound: whole(g("bpf-redirect-bound")),
         }
     }
 

@@ -12,7 +12,8 @@
 
 use super::failure::Failure;
 use crate::access_log::AccessLog;
-use crate::config::{Config, DEFAULT_NAME};
+use crate::bpf::FastPath;
+use crate::config::{Config, DEFAULT_NAME, Global};
 use crate::control::pid_file::PidFile;
 use crate::control::registry::Registry;
 use crate::control::rollout::Rollout;
@@ -25,6 +26,7 @@ use crate::fleet::backend::Backend;
 use crate::fleet::discovery::{Discovery, Pools, StartError};
 use crate::service::Topology;
 use crate::stats::WorkerStats;
+use crate::worker::fast::Fast;
 use crate::worker::pipes::{PIPE_SIZE, PipePool};
 use crate::worker::pool::{Pool, PoolError};
 use crate::worker::{Inbox, Shared, Worker, WorkerConfig};
@@ -101,6 +103,7 @@ pub fn start(
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
     let buffer_pools = buffer_pools(global.buffer_size, global.buffers, workers)?;
+    let fast_path = load_fast_path(global);
     let pipe_pools =
         (0..workers).map(|i| PipePool::new(share(global.pipes, workers, i), Some(PIPE_SIZE)));
 
@@ -187,6 +190,9 @@ pub fn start(
             shared: Arc::clone(&shared),
             stats,
             access_log: batches[index].take(),
+            fast: fast_path
+                .as_ref()
+                .map(|path| Fast::new(Arc::clone(path), index, workers)),
         })
         .map_err(|e| Failure::Start(format!("cannot start worker {index}: {e}")))
         .map_err(remove_pid_file)?;
@@ -590,5 +596,27 @@ fn describe(fleet: Option<&Fleet>) -> String {
         "none".to_string()
     } else {
         parts.join(", ")
+    }
+}
+
+/// `--bpf-redirect`: the kernel fast path, for up to `max-conns` sessions at once. If it
+/// cannot be loaded, says so once and goes on without it.
+fn load_fast_path(global: &Global) -> Option<Arc<FastPath>> {
+    if !global.bpf_redirect {
+        return None;
+    }
+    let sessions = u32::try_from(global.max_conns).unwrap_or(u32::MAX);
+    match FastPath::load(sessions, global.bpf_redirect_bound) {
+        Ok(path) => {
+            info!(
+                "bpf-redirect: the kernel moves established sessions' bytes (up to {sessions} sessions, {} bytes in flight toward a socket)",
+                global.bpf_redirect_bound
+            );
+            Some(Arc::new(path))
+        }
+        Err(e) => {
+            warn!("bpf-redirect: the kernel fast path is off, sessions run in user space: {e}");
+            None
+        }
     }
 }

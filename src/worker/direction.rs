@@ -108,6 +108,10 @@ pub enum Flow {
     NeedBuffer,
     /// The turn's budget ran out with work left: resume soon, without waiting for an event.
     Yielded,
+    /// Bytes (or the end of stream) read on a session the kernel fast path moves wait for
+    /// the kernel to deliver what it redirected to the destination first (see
+    /// [`crate::bpf`]): resume once it has.
+    Gated,
 }
 
 /// A socket error, by the side it came from.
@@ -201,12 +205,20 @@ pub struct Direction {
     shut: bool,
     /// Bytes written to the destination so far, by either path.
     moved: u64,
+    /// Bytes or the end of stream were read (on a session the kernel fast path moves) that
+    /// the gate has not let out yet.
+    unchecked: bool,
 }
 
 impl Direction {
     /// Bytes written to the destination so far.
     pub fn moved(&self) -> u64 {
         self.moved
+    }
+
+    /// Counts bytes moved outside this direction (by the kernel fast path) in its total.
+    pub fn add_moved(&mut self, n: u64) {
+        self.moved += n;
     }
 
     /// Of those, bytes moved by splice.
@@ -252,6 +264,12 @@ impl Direction {
     /// Moves bytes from `src` to `dst` until both block. `closing` says the session closes
     /// as soon as this direction is done, so the end of stream need not be sent with
     /// `shutdown`: closing the socket sends it.
+    ///
+    /// `gate` is given while the kernel fast path moves the session's bytes: what this
+    /// direction reads then was passed up by the kernel behind bytes it may still be
+    /// delivering to `dst`, so nothing read is written (nor the end of stream passed on)
+    /// before `gate` says the kernel is done with them. Such a direction never splices.
+    #[allow(clippy::too_many_arguments)]
     pub fn pump<S: Stream + ?Sized, D: Stream + ?Sized>(
         &mut self,
         src: &mut S,
@@ -260,11 +278,20 @@ impl Direction {
         dst_ready: &mut Readiness,
         pools: &mut Pools<'_>,
         closing: bool,
+        gate: Option<&dyn Fn() -> bool>,
     ) -> Result<Flow, Fault> {
-        let can_splice =
-            pools.pipes.capacity() > 0 && src.splice_fd().is_some() && dst.splice_fd().is_some();
+        let can_splice = gate.is_none()
+            && pools.pipes.capacity() > 0
+            && src.splice_fd().is_some()
+            && dst.splice_fd().is_some();
         let mut budget = TURN_BUDGET;
         loop {
+            if self.unchecked && (self.holds_bytes() || (self.eof && !self.shut)) {
+                if gate.is_some_and(|open| !open()) {
+                    return Ok(Flow::Gated);
+                }
+                self.unchecked = false;
+            }
             // What is in flight goes first: bytes leave in the order they came.
             if self.holds_bytes() {
                 if !dst_ready.writable {
@@ -326,7 +353,7 @@ impl Direction {
                 None => self.read(src, src_ready, pools.buffers, can_splice),
             };
             match read {
-                Ok(true) => {}
+                Ok(true) => self.unchecked = gate.is_some(),
                 Ok(false) => return Ok(Flow::NeedBuffer),
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
@@ -537,6 +564,7 @@ mod tests {
                     pipes: &mut self.pipes,
                 },
                 closing,
+                None,
             )
         }
     }

@@ -51,6 +51,8 @@ pub struct Pumped {
     pub need_buffer: bool,
     /// A direction used up its turn with work left: run again soon.
     pub yielded: bool,
+    /// A direction waits for the kernel fast path to deliver what it redirected first.
+    pub gated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +83,22 @@ impl Duplex {
         self.up.buffers_held() + self.down.buffers_held()
     }
 
+    /// Either direction reads through a kernel pipe now.
+    pub fn splicing(&self) -> bool {
+        self.up.splicing() || self.down.splicing()
+    }
+
+    /// Either side has reached its end of stream.
+    pub fn any_eof(&self) -> bool {
+        self.up.eof() || self.down.eof()
+    }
+
+    /// Counts bytes moved outside this duplex (by the kernel fast path) in its totals.
+    pub fn add_moved(&mut self, up: u64, down: u64) {
+        self.up.add_moved(up);
+        self.down.add_moved(down);
+    }
+
     /// Kernel pipes held right now.
     pub fn pipes_held(&self) -> usize {
         usize::from(self.up.pipe_held()) + usize::from(self.down.pipe_held())
@@ -93,6 +111,19 @@ impl Duplex {
         backend: &mut S,
         pools: &mut Pools<'_>,
     ) -> Pumped {
+        self.pump_gated(client, backend, pools, [None, None])
+    }
+
+    /// As [`Duplex::pump`], for a session the kernel fast path moves: `gates` (up, down)
+    /// say when the kernel has delivered what it redirected toward the backend and toward
+    /// the client (see [`Direction::pump`]).
+    pub fn pump_gated<S: Stream + ?Sized>(
+        &mut self,
+        client: &mut S,
+        backend: &mut S,
+        pools: &mut Pools<'_>,
+        gates: [Option<&dyn Fn() -> bool>; 2],
+    ) -> Pumped {
         let before = (self.moved(), self.up.spliced(), self.down.spliced());
         let up = self.up.pump(
             client,
@@ -101,6 +132,7 @@ impl Duplex {
             &mut self.backend_ready,
             pools,
             self.down.is_done(),
+            gates[0],
         );
         let down = match up {
             Ok(_) => Some(self.down.pump(
@@ -110,6 +142,7 @@ impl Duplex {
                 &mut self.client_ready,
                 pools,
                 self.up.is_done(),
+                gates[1],
             )),
             Err(_) => None,
         };
@@ -148,6 +181,7 @@ impl Duplex {
         }
         pumped.need_buffer = flows.contains(&Flow::NeedBuffer);
         pumped.yielded = flows.contains(&Flow::Yielded);
+        pumped.gated = flows.contains(&Flow::Gated);
         if self.client_ready.error || self.backend_ready.error {
             pumped.closed = self.collect_error(client, backend);
         }
@@ -372,6 +406,87 @@ mod tests {
         assert!(d.buffers_held() > 0);
         d.release(&mut stock.pools());
         assert_eq!(stock.pool.free(), 32);
+    }
+
+    /// With the kernel fast path, bytes passed up to user space wait behind the ones the
+    /// kernel still delivers: nothing read is written, nor the end of stream passed on,
+    /// while the gate is shut, and all of it, in order, once it opens.
+    #[test]
+    fn bytes_and_the_end_of_stream_wait_for_the_kernel_to_deliver_first() {
+        use std::cell::Cell;
+        let mut d = open();
+        let mut stock = Stock::new(pool());
+        let mut client = Scripted::reading([Read::Data(b"late".to_vec()), Read::Eof]);
+        let mut backend = Scripted::reading([Read::WouldBlock]);
+        let kernel_done = Cell::new(false);
+        let up = || kernel_done.get();
+        let down = || true;
+        let pumped = d.pump_gated(
+            &mut client,
+            &mut backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        );
+        assert!(pumped.gated && pumped.closed.is_none());
+        assert_eq!((backend.written.len(), backend.shut), (0, false));
+        assert!(!d.is_quiet(), "the bytes read wait here");
+        // Still shut: the next turn waits too, and reads nothing more.
+        let pumped = d.pump_gated(
+            &mut client,
+            &mut backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        );
+        assert!(pumped.gated && backend.written.is_empty());
+        kernel_done.set(true);
+        let pumped = d.pump_gated(
+            &mut client,
+            &mut backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        );
+        assert!(!pumped.gated);
+        assert_eq!(backend.written, b"late");
+        // Then the client's FIN is reported: passed on (the gate is open).
+        d.client_ready.readable = true;
+        d.client_ready.read_closed = true;
+        d.pump_gated(
+            &mut client,
+            &mut backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        );
+        assert!(backend.shut, "the FIN follows once the kernel is done");
+    }
+
+    #[test]
+    fn an_end_of_stream_alone_waits_for_the_gate() {
+        use std::cell::Cell;
+        let mut d = open();
+        let mut stock = Stock::new(pool());
+        let mut client = Scripted::reading([Read::Eof]);
+        let mut backend = Scripted::reading([Read::WouldBlock]);
+        let kernel_done = Cell::new(false);
+        let up = || kernel_done.get();
+        let down = || true;
+        let pumped = d.pump_gated(
+            &mut client,
+            &mut backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        );
+        assert!(
+            pumped.gated && !backend.shut,
+            "no FIN ahead of the kernel's bytes"
+        );
+        kernel_done.set(true);
+        d.pump_gated(
+            &mut client,
+            &mut backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        );
+        assert!(backend.shut);
     }
 
     #[test]

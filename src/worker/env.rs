@@ -66,6 +66,8 @@ pub struct Env<'a> {
     /// Where a client's TLS ClientHello is peeked at (see [`crate::worker::hello`]): empty
     /// until a service with routes needs it.
     pub scratch: &'a mut Vec<u8>,
+    /// The worker's share of the kernel fast path (`--bpf-redirect`), if loaded.
+    pub fast: Option<&'a mut crate::worker::fast::Fast>,
 }
 
 /// Lends a session the worker's resources: an [`Env`] of disjoint borrows of the worker's
@@ -86,6 +88,7 @@ macro_rules! lend_env {
             worker: $worker.index,
             shared: &$worker.shared,
             scratch: &mut $worker.scratch,
+            fast: $worker.fast.as_mut(),
         }
     };
 }

@@ -140,6 +140,8 @@ pub struct WorkerConfig {
     pub shared: Arc<Shared>,
     pub stats: Arc<WorkerStats>,
     pub access_log: Option<AccessLogBatch>,
+    /// Its share of the kernel fast path (`--bpf-redirect`), if loaded.
+    pub fast: Option<crate::worker::fast::Fast>,
 }
 
 /// The control thread's handle on a running worker.

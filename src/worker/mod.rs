@@ -25,6 +25,7 @@ pub mod accept;
 pub mod direction;
 pub mod duplex;
 pub mod env;
+pub mod fast;
 pub mod handle;
 pub mod hello;
 pub mod pipes;
@@ -133,6 +134,8 @@ pub struct Worker {
     /// Where the ClientHellos of services with routes are peeked at (one for the worker;
     /// grown to twice the largest `max-hello` when first needed).
     scratch: Vec<u8>,
+    /// Its share of the kernel fast path (`--bpf-redirect`), if loaded.
+    fast: Option<fast::Fast>,
     state: LoopState,
 }
 
@@ -203,6 +206,7 @@ impl Worker {
             retired: Slab::new(),
             access_log: config.access_log,
             scratch: Vec::new(),
+            fast: config.fast,
             state: LoopState::Running,
         })
     }
@@ -341,6 +345,8 @@ impl Worker {
     /// in that order, so a client that sees its connection close and asks `/metrics` finds
     /// it counted and its buffers and lease returned.
     fn end_session(&mut self, mut session: Session, reason: EndReason) {
+        // The bytes the kernel fast path moved are the session's too.
+        session.unlink(&mut lend_env!(self));
         let summary = session.summary(self.now);
         session.release(&mut lend_env!(self));
         self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
@@ -783,6 +789,7 @@ mod tests {
             shared: Arc::new(Shared::for_tests(1, control)),
             stats: Arc::new(WorkerStats::default()),
             access_log: None,
+            fast: None,
         };
         let worker = Worker::new(poll, inbox, config).expect("worker");
         (worker, commands, waker, addr)

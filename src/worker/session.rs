@@ -37,6 +37,7 @@ use crate::service::{Service, ServiceStats, Target};
 use crate::stats::{EndReason, ProxyError, SessionSummary, TlsInspect};
 use crate::worker::direction::Pools;
 use crate::worker::duplex::{Duplex, Side};
+use crate::worker::fast::Pair;
 use crate::worker::hello::{self, Inspected};
 use crate::worker::proxy_header::{self, Received};
 use crate::worker::queueing;
@@ -46,6 +47,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -137,7 +139,21 @@ pub struct Session {
     pub(crate) waiting_for_buffer: bool,
     /// Queued in the worker's run queue.
     pub(crate) queued: bool,
+    /// The kernel fast path: its pair of slots once linked ([`Pair::to_word`]; 0: not
+    /// linked), [`NEVER_LINK`] once it cannot be.
+    fast: u32,
+    /// Turns in a row a direction has waited for the kernel (see [`Flow::Gated`]): the
+    /// first waits are retried at once, later ones on a timer tick.
+    ///
+    /// [`Flow::Gated`]: crate::worker::direction::Flow::Gated
+    gate_waits: u8,
 }
+
+/// [`Session::fast`] of a session that will not be linked (it splices, or linking failed).
+const NEVER_LINK: u32 = u32::MAX;
+
+/// Gate waits retried at once (through the run queue) before they wait a timer tick.
+const GATE_SPINS: u8 = 2;
 
 /// Where the measure of the backend's first-response time stands: nothing sent to it yet,
 /// the client's first bytes sent at a time, or measured (what least-latency learns from).
@@ -207,6 +223,8 @@ impl Session {
             tls: None,
             waiting_for_buffer: false,
             queued: false,
+            fast: 0,
+            gate_waits: 0,
         };
         if let Some(timeout) = session.service.accept_proxy {
             // The header's readable edge comes with the next poll (registering a socket
@@ -713,6 +731,29 @@ impl Session {
             let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
             return self.connect_failed(error, env);
         }
+        if self.phase == Phase::Established && self.pair().is_some() {
+            let kernel_quiet = self.kernel_quiet(env);
+            if let Some(idle) = self.service.idle_timeout
+                && self.last_active + idle <= env.now
+            {
+                if !(kernel_quiet && self.is_quiet()) {
+                    self.abort();
+                }
+                return Report::closed(EndReason::IdleTimeout);
+            }
+            // A direction may be waiting for the kernel (the gate's timer).
+            let report = self.pump(env);
+            if report.closed.is_some() || self.timer.is_some() {
+                return report;
+            }
+            if let Some(idle) = self.service.idle_timeout {
+                self.timer = Some(
+                    env.timers
+                        .insert(self.last_active + idle, TimerKey::Conn(self.id)),
+                );
+            }
+            return report;
+        }
         if let Some(idle) = self.service.idle_timeout {
             let due = self.last_active + idle;
             if due <= env.now {
@@ -779,6 +820,7 @@ impl Session {
     /// Gives back what the session holds: timer cancelled, buffers and pipes returned,
     /// lease released. Dropping it then closes the sockets (with a reset if one was set up).
     pub fn release(&mut self, env: &mut Env) {
+        self.unlink(env);
         if let Some(timer) = self.timer.take() {
             env.timers.cancel(timer);
         }
@@ -857,17 +899,30 @@ impl Session {
     /// Nothing moves while the backend is connecting: the client's first bytes wait in the
     /// kernel's receive queue, where they cost no pool buffer and survive a retry untouched.
     fn pump(&mut self, env: &mut Env) -> Report {
+        let linked = self.pair();
         let (Phase::Established, Some(backend)) = (&self.phase, &mut self.backend) else {
             return Report::default();
         };
-        let pumped = self.duplex.pump(
-            &mut self.client,
-            backend,
-            &mut Pools {
-                buffers: env.pool,
-                pipes: env.pipes,
-            },
-        );
+        let mut pools = Pools {
+            buffers: env.pool,
+            pipes: env.pipes,
+        };
+        let pumped = match (linked, env.fast.as_deref()) {
+            (Some(pair), Some(fast)) => {
+                let (client_fd, backend_fd) = (self.client.as_raw_fd(), backend.as_raw_fd());
+                let up = || fast.drained(pair, Side::Client, backend_fd);
+                let down = || fast.drained(pair, Side::Backend, client_fd);
+                let pumped = self.duplex.pump_gated(
+                    &mut self.client,
+                    backend,
+                    &mut pools,
+                    [Some(&up), Some(&down)],
+                );
+                fast.note_moved(pair, self.duplex.moved());
+                pumped
+            }
+            _ => self.duplex.pump(&mut self.client, backend, &mut pools),
+        };
         if pumped.sent + pumped.received > 0 {
             self.last_active = env.now;
             // Spliced bytes first: counted no later than the totals they are part of.
@@ -882,11 +937,108 @@ impl Session {
             }
             self.note_response(pumped.sent, pumped.received, env);
         }
+        let mut yielded = pumped.yielded;
+        if pumped.closed.is_none() {
+            if pumped.gated {
+                yielded |= self.wait_for_gate(env);
+            } else {
+                self.gate_waits = 0;
+                if self.fast == 0 && env.fast.is_some() {
+                    self.link(env);
+                }
+            }
+        }
         Report {
             closed: pumped.closed,
             need_buffer: pumped.need_buffer,
-            yielded: pumped.yielded,
+            yielded,
         }
+    }
+
+    /// `--bpf-redirect`: once the session has moved its first bytes and holds none, its
+    /// sockets go into the kernel's map and the kernel moves what follows. A session that
+    /// splices stays in user space (a splice reads past the kernel's program).
+    fn link(&mut self, env: &mut Env) {
+        let (Some(fast), Some(backend)) = (env.fast.as_deref_mut(), &self.backend) else {
+            return;
+        };
+        let moved = self.duplex.moved();
+        if moved == (0, 0) || !self.is_quiet() || self.duplex.any_eof() {
+            return;
+        }
+        if self.duplex.splicing() {
+            self.fast = NEVER_LINK;
+            return;
+        }
+        let Some((pair, linked)) = fast.link(self.client.as_raw_fd(), backend.as_raw_fd(), moved)
+        else {
+            // Every pair of this worker is in use: this one stays in user space.
+            self.fast = NEVER_LINK;
+            return;
+        };
+        // Linked even if the kernel refused part of it: a socket whose peer is not in the
+        // map has its bytes passed up, so the session runs as in user space, through the
+        // gates, until it ends.
+        self.fast = pair.to_word();
+        env.stats.fast_linked.add(1);
+        if let Err(e) = linked {
+            debug!(
+                "{}: not handed to the kernel fast path: {e}",
+                self.client_addr
+            );
+        }
+    }
+
+    /// The session's pair of slots in the kernel fast path, while it is linked.
+    fn pair(&self) -> Option<Pair> {
+        Pair::from_word(self.fast).filter(|_| self.fast != NEVER_LINK)
+    }
+
+    /// A direction waits for the kernel to deliver what it redirected: retried at once for
+    /// the first [`GATE_SPINS`] turns (the kernel's worker usually has by then), then on the
+    /// next timer tick. Says whether to run again at once.
+    fn wait_for_gate(&mut self, env: &mut Env) -> bool {
+        if self.gate_waits < GATE_SPINS {
+            self.gate_waits += 1;
+            return true;
+        }
+        if let Some(timer) = self.timer.take() {
+            env.timers.cancel(timer);
+        }
+        self.timer = Some(env.timers.insert(env.now, TimerKey::Conn(self.id)));
+        false
+    }
+
+    /// The kernel fast path is done with the session (it is ending): the bytes the kernel
+    /// moved are counted as the session's, and its pair of slots goes back.
+    pub fn unlink(&mut self, env: &mut Env) {
+        let (Some(pair), Some(fast)) = (self.pair(), env.fast.as_deref_mut()) else {
+            return;
+        };
+        self.fast = NEVER_LINK;
+        let (sent, received) = fast.unlink(pair);
+        self.duplex.add_moved(sent, received);
+        env.stats.fast_sent.add(sent);
+        env.stats.fast_received.add(received);
+        if let Some(lease) = &self.lease {
+            let stats = &lease.backend().stats;
+            crate::fleet::backend::BackendStats::add(&stats.bytes_sent, sent);
+            crate::fleet::backend::BackendStats::add(&stats.bytes_received, received);
+        }
+    }
+
+    /// The kernel fast path's view of the session: when it last saw a byte (folded into
+    /// `last_active`), and whether it holds any.
+    fn kernel_quiet(&mut self, env: &mut Env) -> bool {
+        let (Some(pair), Some(fast), Some(backend)) =
+            (self.pair(), env.fast.as_deref(), &self.backend)
+        else {
+            return true;
+        };
+        if let Some(seen) = env.now.checked_sub(fast.quiet_for(pair)) {
+            self.last_active = self.last_active.max(seen);
+        }
+        fast.quiet(pair, self.client.as_raw_fd(), backend.as_raw_fd())
     }
 }
 
@@ -1079,6 +1231,8 @@ mod tests {
         throttles: Throttles,
         cooling: Vec<(Arc<Backend>, u64)>,
         scratch: Vec<u8>,
+        /// The kernel fast path, for the tests that link sessions.
+        fast: Option<crate::worker::fast::Fast>,
         now: Instant,
         /// tcplb's listening socket: the session's client connection is accepted here.
         front: TcpListener,
@@ -1138,6 +1292,7 @@ mod tests {
                 throttles: Throttles::default(),
                 cooling: Vec::new(),
                 scratch: Vec::new(),
+                fast: None,
                 now,
                 front: TcpListener::bind("127.0.0.1:0").expect("bind"),
             }
@@ -1198,6 +1353,7 @@ mod tests {
                 worker: 0,
                 shared: &self.shared,
                 scratch: &mut self.scratch,
+                fast: self.fast.as_mut(),
             }
         }
 

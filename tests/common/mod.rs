@@ -45,6 +45,12 @@ pub fn test_workers() -> usize {
         .unwrap_or(1)
 }
 
+/// Whether each tcplb under test runs with the kernel fast path: `TCPLB_TEST_BPF_REDIRECT=1`
+/// (CI runs the suite a third time so, where the kernel allows it).
+pub fn test_bpf_redirect() -> bool {
+    std::env::var("TCPLB_TEST_BPF_REDIRECT").is_ok_and(|v| v == "1")
+}
+
 /// How long any wait in a test may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -3,7 +3,7 @@
 //! scratch files and other views of a process from `/proc`.
 
 use super::admin::{Exposition, http_request};
-use super::{PATIENCE, test_workers, wait_until};
+use super::{PATIENCE, test_bpf_redirect, test_workers, wait_until};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -106,6 +106,14 @@ impl<'a> Launch<'a> {
                 .is_some_and(|t| t.lines().any(|l| l.trim_start().starts_with("workers")));
         if !says_workers {
             command.args(["--workers", &test_workers().to_string()]);
+        }
+        let says_bpf = self.args.iter().any(|a| a.starts_with("--bpf-redirect"))
+            || self
+                .config
+                .as_deref()
+                .is_some_and(|t| t.contains("bpf-redirect"));
+        if test_bpf_redirect() && !says_bpf {
+            command.arg("--bpf-redirect");
         }
         command.env("RUST_LOG", "info").stdout(Stdio::null());
         if let Some(nofile) = self.nofile {

@@ -101,6 +101,7 @@ impl Rig {
                 pipes: &mut self.pipes,
             },
             false,
+            None,
         )
     }
 
