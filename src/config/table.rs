@@ -252,10 +252,10 @@ pub const OPTIONS: &[Opt] = &[
         .hint("N")
         .help("kernel pipes for moving bulk flows with splice, without a copy (Linux); each is 2 descriptors, held only while bytes sit in it; 0 = splice off"),
     opt("bpf-redirect", Global, Kind::Switch, Off)
-        .help("the kernel fast path (Linux, root or CAP_BPF + CAP_NET_ADMIN): once a session is established the kernel moves its bytes socket to socket (sockmap), never waking tcplb; if it cannot be loaded, tcplb says so and runs as without"),
+        .help("the kernel fast path (Linux, sockmap): the kernel moves established sessions' bytes socket to socket; stays off, with a warning, on the kernels tested, whose pass path can deliver a segment twice (docs/fastpath.md)"),
     opt("bpf-redirect-bound", Global, Kind::Size { min: 16 << 10, max: 64 << 20 }, Value("256k"))
         .hint("BYTES")
-        .help("with --bpf-redirect: bytes the kernel may hold in flight toward one socket; past it the session's bytes go through tcplb's buffers, where a reader that stops holds its sender back"),
+        .help("with --bpf-redirect: bytes the kernel may hold in flight toward one socket before the session's bytes go through tcplb's buffers"),
     opt("balance", Pool, Kind::Choice(&super::policy::NAMES), Value("least-active"))
         .hint("NAME")
         .help("how a backend is chosen: least-active, round-robin, random-two, source-hash or least-latency"),

@@ -599,10 +599,25 @@ fn describe(fleet: Option<&Fleet>) -> String {
     }
 }
 
-/// `--bpf-redirect`: the kernel fast path, for up to `max-conns` sessions at once. If it
-/// cannot be loaded, says so once and goes on without it.
+/// Set to `1` to run the kernel fast path although it can deliver a segment twice (for
+/// benchmarks and for testing a kernel: see docs/fastpath.md).
+pub const UNSAFE_FAST_PATH: &str = "TCPLB_BPF_REDIRECT_UNSAFE";
+
+/// `--bpf-redirect`: the kernel fast path, for up to `max-conns` sessions at once. It
+/// stays off unless [`UNSAFE_FAST_PATH`] says otherwise: the kernels we know can pass a
+/// segment up twice on the path its memory bound relies on, and tcplb does not trade a
+/// stream's bytes for speed. If it cannot be loaded, says so once and goes on without it.
 fn load_fast_path(global: &Global) -> Option<Arc<FastPath>> {
     if !global.bpf_redirect {
+        return None;
+    }
+    if std::env::var(UNSAFE_FAST_PATH).as_deref() != Ok("1") {
+        warn!(
+            "bpf-redirect: the kernel fast path stays off, sessions run in user space: on the \
+             kernels tested (6.18) the sockmap pass path its memory bound relies on can deliver \
+             a segment twice (docs/fastpath.md); {UNSAFE_FAST_PATH}=1 runs it anyway, for tests \
+             and benchmarks only"
+        );
         return None;
     }
     let sessions = u32::try_from(global.max_conns).unwrap_or(u32::MAX);

@@ -131,6 +131,10 @@ struct Chain {
     held: u8,
     head: u32,
     tail: u32,
+    /// What was read last (these bytes, or the end of stream behind them) came on a
+    /// session the kernel fast path moves, and the gate has not let it out yet. Kept here,
+    /// where the chain's padding has room, so a direction grows by nothing.
+    unchecked: bool,
 }
 
 impl Chain {
@@ -199,15 +203,21 @@ pub struct Direction {
     splice: Splice,
     /// The last read filled every buffer it had: take several next time.
     bulk: bool,
-    /// The source has reached end of stream.
-    eof: bool,
-    /// The destination has been told (or will be, by closing it) that no more bytes come.
-    shut: bool,
+    /// How far the end of stream has come.
+    end: End,
     /// Bytes written to the destination so far, by either path.
     moved: u64,
-    /// Bytes or the end of stream were read (on a session the kernel fast path moves) that
-    /// the gate has not let out yet.
-    unchecked: bool,
+}
+
+/// Where a direction's end of stream is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum End {
+    #[default]
+    Open,
+    /// The source has reached it.
+    Reached,
+    /// The destination has been told (or will be, by closing it) that no more bytes come.
+    PassedOn,
 }
 
 impl Direction {
@@ -228,12 +238,12 @@ impl Direction {
 
     /// The source has reached end of stream.
     pub fn eof(&self) -> bool {
-        self.eof
+        self.end != End::Open
     }
 
     /// Every byte is delivered and the end of stream passed on.
     pub fn is_done(&self) -> bool {
-        self.shut && !self.holds_bytes()
+        self.end == End::PassedOn && !self.holds_bytes()
     }
 
     /// Bytes are in flight here (in pool buffers or in a pipe).
@@ -286,11 +296,11 @@ impl Direction {
             && dst.splice_fd().is_some();
         let mut budget = TURN_BUDGET;
         loop {
-            if self.unchecked && (self.holds_bytes() || (self.eof && !self.shut)) {
+            if self.chain.unchecked && (self.holds_bytes() || self.end == End::Reached) {
                 if gate.is_some_and(|open| !open()) {
                     return Ok(Flow::Gated);
                 }
-                self.unchecked = false;
+                self.chain.unchecked = false;
             }
             // What is in flight goes first: bytes leave in the order they came.
             if self.holds_bytes() {
@@ -317,8 +327,8 @@ impl Direction {
                 }
             }
 
-            if self.eof {
-                if !self.shut {
+            if self.end != End::Open {
+                if self.end == End::Reached {
                     if !closing {
                         match dst.shutdown_write() {
                             Ok(()) => {}
@@ -327,7 +337,7 @@ impl Direction {
                             Err(e) => return Err(Fault::Destination(e)),
                         }
                     }
-                    self.shut = true;
+                    self.end = End::PassedOn;
                 }
                 return Ok(Flow::Blocked);
             }
@@ -353,7 +363,7 @@ impl Direction {
                 None => self.read(src, src_ready, pools.buffers, can_splice),
             };
             match read {
-                Ok(true) => self.unchecked = gate.is_some(),
+                Ok(true) => self.chain.unchecked = gate.is_some(),
                 Ok(false) => return Ok(Flow::NeedBuffer),
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
@@ -376,7 +386,7 @@ impl Direction {
         let slices = &slices[..count];
         let offered: usize = slices.iter().map(|s| s.len()).sum();
         // After EOF the FIN follows these bytes at once: let it share their segment.
-        let n = dst.write_vectored(slices, self.eof)?;
+        let n = dst.write_vectored(slices, self.end != End::Open)?;
         self.moved += n as u64;
         self.chain.consume(n, pool);
         Ok(n == offered)
@@ -408,7 +418,7 @@ impl Direction {
         match self.splice.fill(fd, pools.pipes) {
             Ok(None) => None,
             Ok(Some(0)) => {
-                self.eof = true;
+                self.end = End::Reached;
                 src_ready.readable = false;
                 Some(Ok(true))
             }
@@ -476,7 +486,7 @@ impl Direction {
             .filter_map(Option::take)
             .for_each(|b| pool.give(b));
         if n == 0 {
-            self.eof = true;
+            self.end = End::Reached;
             src_ready.readable = false;
             return Ok(true);
         }
@@ -485,6 +495,7 @@ impl Direction {
             held: used as u8,
             head: 0,
             tail: (n - (used - 1) * pool.buffer_size()) as u32,
+            unchecked: false,
         };
         let full = n == asked;
         if full && self.bulk && can_splice {
@@ -494,7 +505,7 @@ impl Direction {
         if n < asked && !src_ready.urgent {
             if src_ready.fin {
                 // The receive queue is empty and the FIN was next in line.
-                self.eof = true;
+                self.end = End::Reached;
                 src_ready.readable = false;
             } else if !src_ready.read_closed {
                 src_ready.readable = false;

@@ -83,11 +83,6 @@ impl Duplex {
         self.up.buffers_held() + self.down.buffers_held()
     }
 
-    /// Either direction reads through a kernel pipe now.
-    pub fn splicing(&self) -> bool {
-        self.up.splicing() || self.down.splicing()
-    }
-
     /// Either side has reached its end of stream.
     pub fn any_eof(&self) -> bool {
         self.up.eof() || self.down.eof()

@@ -142,18 +142,10 @@ pub struct Session {
     /// The kernel fast path: its pair of slots once linked ([`Pair::to_word`]; 0: not
     /// linked), [`NEVER_LINK`] once it cannot be.
     fast: u32,
-    /// Turns in a row a direction has waited for the kernel (see [`Flow::Gated`]): the
-    /// first waits are retried at once, later ones on a timer tick.
-    ///
-    /// [`Flow::Gated`]: crate::worker::direction::Flow::Gated
-    gate_waits: u8,
 }
 
 /// [`Session::fast`] of a session that will not be linked (it splices, or linking failed).
 const NEVER_LINK: u32 = u32::MAX;
-
-/// Gate waits retried at once (through the run queue) before they wait a timer tick.
-const GATE_SPINS: u8 = 2;
 
 /// Where the measure of the backend's first-response time stands: nothing sent to it yet,
 /// the client's first bytes sent at a time, or measured (what least-latency learns from).
@@ -224,7 +216,6 @@ impl Session {
             waiting_for_buffer: false,
             queued: false,
             fast: 0,
-            gate_waits: 0,
         };
         if let Some(timeout) = session.service.accept_proxy {
             // The header's readable edge comes with the next poll (registering a socket
@@ -786,7 +777,7 @@ impl Session {
         } else {
             self.waiting_for_buffer = false;
         }
-        self.pump(env)
+        self.pump_again(from_run_queue, env)
     }
 
     /// What the session came to, so far (for the counters and the access log).
@@ -899,6 +890,12 @@ impl Session {
     /// Nothing moves while the backend is connecting: the client's first bytes wait in the
     /// kernel's receive queue, where they cost no pool buffer and survive a retry untouched.
     fn pump(&mut self, env: &mut Env) -> Report {
+        self.pump_again(false, env)
+    }
+
+    /// As [`Session::pump`]; `again` says it is the retry of a turn that waited for the
+    /// kernel fast path (see [`Session::wait_for_gate`]).
+    fn pump_again(&mut self, again: bool, env: &mut Env) -> Report {
         let linked = self.pair();
         let (Phase::Established, Some(backend)) = (&self.phase, &mut self.backend) else {
             return Report::default();
@@ -921,6 +918,17 @@ impl Session {
                 fast.note_moved(pair, self.duplex.moved());
                 pumped
             }
+            // May yet be linked: no splice meanwhile (a splice reads past the kernel's
+            // program), which an always-open gate says.
+            (None, Some(_)) if self.fast == 0 => {
+                let open = || true;
+                self.duplex.pump_gated(
+                    &mut self.client,
+                    backend,
+                    &mut pools,
+                    [Some(&open), Some(&open)],
+                )
+            }
             _ => self.duplex.pump(&mut self.client, backend, &mut pools),
         };
         if pumped.sent + pumped.received > 0 {
@@ -940,12 +948,9 @@ impl Session {
         let mut yielded = pumped.yielded;
         if pumped.closed.is_none() {
             if pumped.gated {
-                yielded |= self.wait_for_gate(env);
-            } else {
-                self.gate_waits = 0;
-                if self.fast == 0 && env.fast.is_some() {
-                    self.link(env);
-                }
+                yielded |= self.wait_for_gate(again, env);
+            } else if self.fast == 0 && env.fast.is_some() {
+                self.link(env);
             }
         }
         Report {
@@ -955,24 +960,31 @@ impl Session {
         }
     }
 
-    /// `--bpf-redirect`: once the session has moved its first bytes and holds none, its
-    /// sockets go into the kernel's map and the kernel moves what follows. A session that
-    /// splices stays in user space (a splice reads past the kernel's program).
+    /// `--bpf-redirect`: once the first exchange is over (the client's first bytes out,
+    /// so a retry keeps them; the backend's first answer back, so its first-response time
+    /// is measured) and the session holds no byte, its sockets go into the kernel's map and
+    /// the kernel moves what follows. Until then it does not splice (a splice reads past
+    /// the kernel's program); one that cannot be linked may.
     fn link(&mut self, env: &mut Env) {
         let (Some(fast), Some(backend)) = (env.fast.as_deref_mut(), &self.backend) else {
             return;
         };
         let moved = self.duplex.moved();
-        if moved == (0, 0) || !self.is_quiet() || self.duplex.any_eof() {
-            return;
-        }
-        if self.duplex.splicing() {
-            self.fast = NEVER_LINK;
+        // Both receive queues read to the end (the last reads came up short): the kernel
+        // reads whole segments from the head of the queue, so one we had read part of would
+        // reach the peer twice.
+        let read_out = !self.duplex.client_ready.readable && !self.duplex.backend_ready.readable;
+        if !matches!(self.first_response, FirstResponse::Measured(_))
+            || !self.is_quiet()
+            || !read_out
+            || self.duplex.any_eof()
+        {
             return;
         }
         let Some((pair, linked)) = fast.link(self.client.as_raw_fd(), backend.as_raw_fd(), moved)
         else {
-            // Every pair of this worker is in use: this one stays in user space.
+            // Every pair of this worker is in use: this one stays in user space, and may
+            // splice.
             self.fast = NEVER_LINK;
             return;
         };
@@ -994,12 +1006,11 @@ impl Session {
         Pair::from_word(self.fast).filter(|_| self.fast != NEVER_LINK)
     }
 
-    /// A direction waits for the kernel to deliver what it redirected: retried at once for
-    /// the first [`GATE_SPINS`] turns (the kernel's worker usually has by then), then on the
-    /// next timer tick. Says whether to run again at once.
-    fn wait_for_gate(&mut self, env: &mut Env) -> bool {
-        if self.gate_waits < GATE_SPINS {
-            self.gate_waits += 1;
+    /// A direction waits for the kernel to deliver what it redirected: retried at once, in
+    /// the next turn (the kernel's worker usually has by then), then on the next timer tick.
+    /// Says whether to run again at once.
+    fn wait_for_gate(&mut self, again: bool, env: &mut Env) -> bool {
+        if !again {
             return true;
         }
         if let Some(timer) = self.timer.take() {
@@ -1915,10 +1926,10 @@ mod size {
     /// An idle connection costs its session and the kernel's sockets, nothing else (no
     /// buffer): the session's size is part of what an idle connection costs, so it grows
     /// only on purpose. 408 bytes before the queue, classes, per-source limits and TLS
-    /// routes; 528 with them.
+    /// routes; 528 with them; 544 with the kernel fast path's pair of slots and gates.
     #[test]
     fn a_session_stays_small() {
         let size = std::mem::size_of::<super::Session>();
-        assert!(size <= 528, "a Session is {size} bytes");
+        assert!(size <= 544, "a Session is {size} bytes");
     }
 }
