@@ -56,8 +56,8 @@ class Target:
 
 def sizes(quick):
     if quick:
-        return {"keepalive": 20000, "redis": 50000, "pgbench": 4, "bulk": 1}
-    return {"keepalive": 100000, "redis": 300000, "pgbench": 15, "bulk": 3}
+        return {"keepalive": 30000, "redis": 150000, "pgbench": 4, "bulk": 1}
+    return {"keepalive": 200000, "redis": 500000, "pgbench": 15, "bulk": 3}
 
 
 # ---------------------------------------------------------------------------
