@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -62,6 +63,30 @@ def machine_busy_ticks():
     assert fields[0] == "cpu"
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
     return user + nice + system + irq + softirq + steal
+
+
+def stack_seconds(roots):
+    """CPU seconds of what a benchmark runs, and of nothing else the machine runs: the
+    processes `roots` and all their descendants (with their exited children's time), this
+    script's exited children (the clients), the kernel's threads (kworkers, ksoftirqd) and
+    interrupt and softirq time (/proc/stat; softirq ticks are charged to no task)."""
+    tasks = {}  # pid: (ppid, own + exited children's ticks)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        tasks[int(pid)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    wanted, frontier = set(roots) | {2}, set(roots) | {2}  # 2: kthreadd, the kernel's threads
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in tasks.items() if ppid in frontier} - wanted
+        wanted |= frontier
+    with open("/proc/stat") as f:
+        irq, softirq = map(int, f.readline().split()[6:8])
+    clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = sum(tasks[p][1] for p in wanted if p in tasks) + irq + softirq
+    return ticks / CLK_TCK + clients.ru_utime + clients.ru_stime
 
 
 def ab(port, n, c, *extra):

@@ -37,7 +37,7 @@ import time
 
 from common import (CLIENT_CPU, CLK_TCK, Procs, ab, cpu_ticks, free_port, haproxy,
                     machine_busy_ticks, metric_sum, metrics, need, nginx_backends,
-                    nginx_stream, save_results, tcplb, wait_listening)
+                    nginx_stream, save_results, stack_seconds, tcplb, wait_listening)
 
 GIB = 1 << 30
 SCENARIOS = ("keepalive", "redis", "pgbench", "bulk")
@@ -103,6 +103,11 @@ def postgres_start(tmp):
     subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", str(port),
                     "-U", "postgres", "postgres"], check=True, capture_output=True)
     return port
+
+
+def postmaster_pid(tmp):
+    with open(f"{tmp}/pg/data/postmaster.pid") as f:
+        return int(f.readline())
 
 
 def postgres_stop(tmp):
@@ -230,13 +235,16 @@ def settled_counters(admin, timeout=10):
     return c
 
 
-def measure(target, scenario, size, tmp):
-    """One client run through `target`: the client's numbers, the proxy's and the
-    machine's CPU seconds, and for tcplb its counters' growth."""
+def measure(target, scenario, size, tmp, roots):
+    """One client run through `target`: the client's numbers, CPU seconds of the proxy, of
+    the stack (`roots`' trees, the clients, kernel threads, irq: stack_seconds) and of the
+    machine, and for tcplb its counters' growth."""
     counters = fast_counters(target.admin) if target.admin else None
     proxy0, machine0 = cpu_ticks(target.pids), machine_busy_ticks()
+    stack0 = stack_seconds(roots)
     result = CLIENTS[scenario](target.port, size, tmp)
     result["proxy_s"] = (cpu_ticks(target.pids) - proxy0) / CLK_TCK
+    result["stack_s"] = stack_seconds(roots) - stack0
     result["machine_s"] = (machine_busy_ticks() - machine0) / CLK_TCK
     if counters:
         after = settled_counters(target.admin)
@@ -249,7 +257,7 @@ def describe(scenario, target, r):
     p99 = "" if r["p99_ms"] is None else f", p99 {r['p99_ms']} ms"
     line = (f"{scenario} {target}: {r['throughput']:.{3 if scenario == 'bulk' else 0}f} "
             f"{unit(scenario)[0]}{p99}, {r['failed']} failed, proxy "
-            f"{r['proxy_s']:.2f} s, machine {r['machine_s']:.2f} s CPU")
+            f"{r['proxy_s']:.2f} s, stack {r['stack_s']:.2f} s, machine {r['machine_s']:.2f} s CPU")
     if "sessions" in r:
         line += (f"; fast path sessions {r['sessions']:.0f}, bytes {r['fast_sent']:.0f} sent "
                  f"{r['fast_received']:.0f} received of {r['backend_bytes']:.0f}, spliced "
@@ -285,9 +293,9 @@ def splice_calls(target, size, tmp):
 
 def medians(runs):
     """Medians over the rounds (failures: the sum)."""
-    keys = ("throughput", "p99_ms", "per_unit_proxy", "per_unit_machine")
-    rows = [{**r, "per_unit_proxy": r["proxy_s"] / r["units"],
-             "per_unit_machine": r["machine_s"] / r["units"]} for r in runs]
+    keys = ("throughput", "p99_ms", "per_unit_proxy", "per_unit_stack", "per_unit_machine")
+    rows = [{**r, **{f"per_unit_{k}": r[f"{k}_s"] / r["units"]
+                     for k in ("proxy", "stack", "machine")}} for r in runs]
     med = {k: statistics.median(r[k] for r in rows) if all(r[k] is not None for r in rows)
            else None for k in keys}
     return {**med, "failed": sum(r["failed"] for r in rows)}
@@ -308,28 +316,32 @@ def report(results, scenarios, meta):
     for scenario in scenarios:
         thr_unit, cpu_unit, scale = unit(scenario)
         med = {t: medians(runs) for t, runs in results[scenario].items()}
-        base = med["direct"]["per_unit_machine"]
-        lines += [f"## {scenario}: {meta[scenario + '_cmd']}", "",
-                  f"| target | {thr_unit} | p99 ms | failed (all rounds) | proxy {cpu_unit} | "
-                  f"machine {cpu_unit} | machine − direct {cpu_unit} |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        base = {k: med["direct"][f"per_unit_{k}"] for k in ("stack", "machine")}
+        lines += [f"## {scenario}: {meta[scenario + '_cmd']}", "", f"{cpu_unit}:", "",
+                  f"| target | {thr_unit} | p99 ms | failed (all rounds) | proxy | stack | "
+                  "stack − direct | machine | machine − direct |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        digits = 3 if scenario == "bulk" else 1
         for t, m in med.items():
-            own = m["per_unit_machine"] - base
-            digits = 3 if scenario == "bulk" else 1
+            proxy = t != "direct"
+            cells = [m["per_unit_proxy"] if proxy else None, m["per_unit_stack"],
+                     m["per_unit_stack"] - base["stack"] if proxy else None,
+                     m["per_unit_machine"],
+                     m["per_unit_machine"] - base["machine"] if proxy else None]
             lines.append(
-                f"| {t} | {fmt(m['throughput'], 3 if scenario == 'bulk' else 0)} | "
+                f"| {t} | {fmt(m['throughput'], digits if scenario == 'bulk' else 0)} | "
                 f"{fmt(m['p99_ms'], 2)} | {m['failed']:.0f} | "
-                f"{fmt(m['per_unit_proxy'] * scale if t != 'direct' else None, digits)} | "
-                f"{fmt(m['per_unit_machine'] * scale, digits)} | "
-                f"{fmt(own * scale if t != 'direct' else None, digits)} |")
+                + " | ".join(fmt(None if c is None else c * scale, digits) for c in cells)
+                + " |")
         fast = results[scenario][FAST]
         lines += ["", "Fast path engaged (per round): " + "; ".join(
             f"{r['sessions']:.0f} sessions, {r['fast_sent'] + r['fast_received']:.0f} of "
             f"{r['backend_bytes']:.0f} bytes" for r in fast), ""]
         f = med[FAST]
-        for measure_name, key, minus in (("proxy process", "per_unit_proxy", 0),
-                                         ("whole machine", "per_unit_machine", 0),
-                                         ("whole machine − direct", "per_unit_machine", base)):
+        for measure_name, key, minus in (
+                ("proxy process", "per_unit_proxy", 0),
+                ("stack − direct", "per_unit_stack", base["stack"]),
+                ("whole machine − direct", "per_unit_machine", base["machine"])):
             cells = [ratio(f[key] - minus, med[p][key] - minus) if p in med else "–"
                      for p in PEERS]
             ratio_rows.append(f"| {scenario} | {measure_name} | " + " | ".join(cells) + " |")
@@ -389,10 +401,12 @@ def main():
                         CLIENTS[s](t.port, smoke[s], tmp)["failed"]:
                     raise SystemExit(f"{s} through {t.name} fails (see above)")
                 results[s][t.name] = []
+        roots = [p.pid for p in procs] + ([postmaster_pid(tmp)] if "pgbench" in scenarios
+                                          else [])
         for r in range(rounds):
             for s in scenarios:
                 for t in targets[s]:
-                    res = measure(t, s, sz[s], tmp)
+                    res = measure(t, s, sz[s], tmp, roots)
                     res["round"] = r + 1
                     results[s][t.name].append(res)
                     print(f"round {r + 1} {describe(s, t.name, res)}", file=sys.stderr)
@@ -422,8 +436,13 @@ def main():
                      "(1 redis-server; req/s over both tests)",
         "pgbench_cmd": f"pgbench -S -c 16 -j 2 -T {sz['pgbench']} (scale 1; p99 from -l)",
         "bulk_cmd": f"{sz['bulk']} x curl of a 1 GiB file (1 nginx backend, sendfile)",
-        "machine CPU": "/proc/stat user+nice+system+irq+softirq+steal, both CPUs, whole run "
-                       "(other work on the machine counts too)",
+        "CPU": "per request (per GiB for bulk), over the client's run. proxy: utime+stime of "
+               "its processes. stack: the proxy, backends and clients (with their exited "
+               "children), every kernel thread (kworker, ksoftirqd) and irq+softirq time "
+               "(/proc/stat): what the benchmark costs, little of other work on the machine. "
+               "machine: /proc/stat user+nice+system+irq+softirq+steal of both CPUs (all "
+               "other work on the machine counts too). − direct: minus direct's, the proxy's "
+               "whole cost",
     }
     if checks:
         meta["splice calls for 1 GiB (strace)"] = ", ".join(f"{k} {v}"
