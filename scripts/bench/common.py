@@ -65,28 +65,44 @@ def machine_busy_ticks():
     return user + nice + system + irq + softirq + steal
 
 
-def stack_seconds(roots):
-    """CPU seconds of what a benchmark runs, and of nothing else the machine runs: the
-    processes `roots` and all their descendants (with their exited children's time), this
-    script's exited children (the clients), the kernel's threads (kworkers, ksoftirqd) and
-    interrupt and softirq time (/proc/stat; softirq ticks are charged to no task)."""
-    tasks = {}  # pid: (ppid, own + exited children's ticks)
+def stack_snapshot(roots):
+    """What stack_seconds needs: per task of `roots`' trees and the kernel's threads
+    (children of kthreadd, pid 2) its parent, own ticks and its reaped children's ticks;
+    this script's reaped children's seconds."""
+    tasks = {}  # pid: (ppid, own ticks, reaped children's ticks)
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        tasks[int(pid)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-    wanted, frontier = set(roots) | {2}, set(roots) | {2}  # 2: kthreadd, the kernel's threads
+        tasks[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]),
+                           int(fields[13]) + int(fields[14]))
+    wanted, frontier = set(roots) | {2}, set(roots) | {2}
     while frontier:
-        frontier = {pid for pid, (ppid, _) in tasks.items() if ppid in frontier} - wanted
+        frontier = {pid for pid, (ppid, *_) in tasks.items() if ppid in frontier} - wanted
         wanted |= frontier
-    with open("/proc/stat") as f:
-        irq, softirq = map(int, f.readline().split()[6:8])
     clients = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ticks = sum(tasks[p][1] for p in wanted if p in tasks) + irq + softirq
-    return ticks / CLK_TCK + clients.ru_utime + clients.ru_stime
+    return {p: tasks[p] for p in wanted if p in tasks}, clients.ru_utime + clients.ru_stime
+
+
+def stack_seconds(before, after):
+    """CPU seconds between two stack_snapshots of what a benchmark runs, and of little else
+    the machine runs: the processes `roots` and their descendants (with the time of those
+    that exited, through their parents), the clients (this script's children), the
+    kernel's threads (kworkers, ksoftirqd). A task's time includes the softirq work done
+    in its context (the kernel here has no CONFIG_IRQ_TIME_ACCOUNTING; /proc/stat's softirq
+    column would count it twice). A kernel thread that exits takes its last moments' time
+    with it."""
+    (b_tasks, b_clients), (a_tasks, a_clients) = before, after
+    ticks = 0
+    for pid, (_, own, reaped) in a_tasks.items():
+        _, own0, reaped0 = b_tasks.get(pid, (0, 0, 0))
+        ticks += own - own0 + reaped - reaped0
+    for pid, (ppid, own0, reaped0) in b_tasks.items():
+        if pid not in a_tasks and ppid in a_tasks and ppid != 2:
+            ticks -= own0 + reaped0  # its parent's reaped time now holds all of it
+    return ticks / CLK_TCK + a_clients - b_clients
 
 
 def ab(port, n, c, *extra):

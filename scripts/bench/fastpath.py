@@ -13,11 +13,14 @@ Scenarios:
   bulk       1 GiB from an nginx backend (a sparse file, sendfile), fetched with curl
 
 Per target and scenario, medians over rounds (targets interleaved within a round):
-throughput, p99 latency, the proxy's CPU per request (or per GiB: utime + stime of its
-processes), and the whole machine's busy CPU per request (/proc/stat: user + nice + system
-+ irq + softirq + steal). The second counts what the first cannot see: with the fast path
-the kernel redirects in softirq of the sender's context and in kworker threads, charged to
-no tcplb process. "machine - direct" is then the proxy's whole cost. After each fast-path
+throughput, p99 latency, and CPU per request (or per GiB) three ways: the proxy's
+(utime + stime of its processes); the stack's (the proxy, backends, clients and the
+kernel's threads: common.stack_seconds); the whole machine's busy time (/proc/stat: user +
+nice + system + irq + softirq + steal). The last two count what the first cannot see: with
+the fast path the kernel redirects in softirq of the sender's context and in kworker
+threads, charged to no tcplb process. Each "- direct" (minus no proxy's) is the proxy's
+whole cost; the stack's leaves out most other work on a shared machine, which the
+machine's counts in proportion to a run's length. After each fast-path
 run it reads tcplb's /metrics to show the fast path engaged (sessions, bytes). Prints a
 Markdown table with the fast path's ratios to each peer and saves it with the raw
 per-round numbers under bench-results/.
@@ -37,7 +40,8 @@ import time
 
 from common import (CLIENT_CPU, CLK_TCK, Procs, ab, cpu_ticks, free_port, haproxy,
                     machine_busy_ticks, metric_sum, metrics, need, nginx_backends,
-                    nginx_stream, save_results, stack_seconds, tcplb, wait_listening)
+                    nginx_stream, save_results, stack_seconds, stack_snapshot, tcplb,
+                    wait_listening)
 
 GIB = 1 << 30
 SCENARIOS = ("keepalive", "redis", "pgbench", "bulk")
@@ -237,14 +241,14 @@ def settled_counters(admin, timeout=10):
 
 def measure(target, scenario, size, tmp, roots):
     """One client run through `target`: the client's numbers, CPU seconds of the proxy, of
-    the stack (`roots`' trees, the clients, kernel threads, irq: stack_seconds) and of the
+    the stack (`roots`' trees, the clients, kernel threads: stack_seconds) and of the
     machine, and for tcplb its counters' growth."""
     counters = fast_counters(target.admin) if target.admin else None
     proxy0, machine0 = cpu_ticks(target.pids), machine_busy_ticks()
-    stack0 = stack_seconds(roots)
+    stack0 = stack_snapshot(roots)
     result = CLIENTS[scenario](target.port, size, tmp)
     result["proxy_s"] = (cpu_ticks(target.pids) - proxy0) / CLK_TCK
-    result["stack_s"] = stack_seconds(roots) - stack0
+    result["stack_s"] = stack_seconds(stack0, stack_snapshot(roots))
     result["machine_s"] = (machine_busy_ticks() - machine0) / CLK_TCK
     if counters:
         after = settled_counters(target.admin)
@@ -438,8 +442,9 @@ def main():
         "bulk_cmd": f"{sz['bulk']} x curl of a 1 GiB file (1 nginx backend, sendfile)",
         "CPU": "per request (per GiB for bulk), over the client's run. proxy: utime+stime of "
                "its processes. stack: the proxy, backends and clients (with their exited "
-               "children), every kernel thread (kworker, ksoftirqd) and irq+softirq time "
-               "(/proc/stat): what the benchmark costs, little of other work on the machine. "
+               "children) and every kernel thread (kworker, ksoftirqd), softirq work done in "
+               "their context included: what the benchmark costs, little of other work on "
+               "the machine. "
                "machine: /proc/stat user+nice+system+irq+softirq+steal of both CPUs (all "
                "other work on the machine counts too). − direct: minus direct's, the proxy's "
                "whole cost",
