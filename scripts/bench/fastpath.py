@@ -260,8 +260,8 @@ def measure(target, scenario, size, tmp, roots):
 def describe(scenario, target, r):
     p99 = "" if r["p99_ms"] is None else f", p99 {r['p99_ms']} ms"
     line = (f"{scenario} {target}: {r['throughput']:.{3 if scenario == 'bulk' else 0}f} "
-            f"{unit(scenario)[0]}{p99}, {r['failed']} failed, proxy "
-            f"{r['proxy_s']:.2f} s, stack {r['stack_s']:.2f} s, machine {r['machine_s']:.2f} s CPU")
+            f"{unit(scenario)[0]}{p99}, {r['failed']} failed, CPU: proxy {r['proxy_s']:.2f} s, "
+            f"stack {r['stack_s']:.2f} s, machine {r['machine_s']:.2f} s")
     if "sessions" in r:
         line += (f"; fast path sessions {r['sessions']:.0f}, bytes {r['fast_sent']:.0f} sent "
                  f"{r['fast_received']:.0f} received of {r['backend_bytes']:.0f}, spliced "
