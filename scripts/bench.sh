@@ -69,6 +69,15 @@ Options:
                    instead: two tcplb of one config, one polled on /api/stats every second
                    as the open dashboard does: CPU per session of each, rounds interleaved,
                    the ratio and the rounds' spread (scripts/bench/dashboard.py)
+  --bpf [--quick] [--rounds N] [--only SCENARIOS]
+                   instead: the kernel fast path (tcplb --bpf-redirect, needs root) against
+                   tcplb in user space, nginx stream, HAProxy (and HAProxy splice for bulk)
+                   and no proxy: keep-alive ab -k, redis-benchmark -P 16, pgbench -S and
+                   1 GiB bulk; throughput, p99, proxy CPU and whole-machine CPU (softirq
+                   and kworkers included) per request or GiB, the fast path's ratios to
+                   each, and whether it engaged (/metrics). --quick: about 2 minutes.
+                   Needs redis-server, redis-tools, postgresql, curl, strace
+                   (scripts/bench/fastpath.py)
   --services [--services N]
                    instead: N services x 4 backends (default 1000) in one config file:
                    start-up time, and the longest round trip through an untouched
@@ -154,6 +163,14 @@ while (($#)); do
             (cd "$ROOT" && cargo build --release --quiet)
         fi
         exec python3 "$HELPERS/dashboard.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
+        ;;
+    --bpf)
+        # The kernel fast path against its peers, per request and per GiB (scripts/bench/fastpath.py).
+        shift
+        if [[ -z ${TCPLB_BIN:-} ]]; then
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
+        exec python3 "$HELPERS/fastpath.py" --binary "${TCPLB_BIN:-$ROOT/target/release/tcplb}" "$@"
         ;;
     --services)
         # Many services in one process: start-up and reload stall (scripts/bench/services.py).

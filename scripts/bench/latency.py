@@ -11,22 +11,13 @@ Each proxy runs on CPU 1; the backends, the delay proxy and ab on CPU 0.
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 
-from common import CLK_TCK, Procs, ab, cpu_ticks, free_port, need, nginx_backends, wait_listening
-
-
-
-
-
-
-
+from common import (CLK_TCK, Procs, ab, cpu_ticks, free_port, haproxy, need, nginx_backends,
+                    nginx_stream, tcplb, wait_listening)
 
 
 def delay_proxy(listen_port, upstream_port, delay):
@@ -89,42 +80,12 @@ def main():
         pids = {}
         for name, balance in (("tcplb least-active", "least-active"),
                               ("tcplb least-latency", "least-latency")):
-            p = subprocess.Popen(
-                ["taskset", "-c", "1", args.binary, "--listen",
-                 f"127.0.0.1:{ports[name]}", "--workers", "1", "--balance", balance]
-                + backends, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-            procs.append(p)
-            pids[name] = [p.pid]
-        haproxy_cfg = f"{tmp}/haproxy.cfg"
-        with open(haproxy_cfg, "w") as f:
-            f.write("global\n    nbthread 1\n    maxconn 4000\ndefaults\n    mode tcp\n"
-                    "    balance leastconn\n    timeout connect 3s\n    timeout client 60s\n"
-                    "    timeout server 60s\nfrontend fe\n"
-                    f"    bind 127.0.0.1:{ports['HAProxy leastconn']}\n    default_backend be\n"
-                    "backend be\n" + "".join(f"    server b{i} {b}\n"
-                                             for i, b in enumerate(backends)))
-        p = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-db", "-f", haproxy_cfg],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(p)
-        pids["HAProxy leastconn"] = [p.pid]
-        module = "/usr/lib/nginx/modules/ngx_stream_module.so"
-        os.makedirs(f"{tmp}/stream", exist_ok=True)
-        with open(f"{tmp}/stream/nginx.conf", "w") as f:
-            f.write((f"load_module {module};\n" if os.path.exists(module) else "")
-                    + f"worker_processes 1; daemon off; pid {tmp}/stream/nginx.pid;\n"
-                    f"error_log {tmp}/stream/error.log warn; events {{ worker_connections 4096; }}\n"
-                    "stream { upstream b { least_conn;\n"
-                    + "".join(f"  server {b};\n" for b in backends)
-                    + f"}} server {{ listen 127.0.0.1:{ports['nginx least_conn']}; proxy_pass b; }} }}\n")
-        p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", f"{tmp}/stream", "-c",
-                              f"{tmp}/stream/nginx.conf", "-e", f"{tmp}/stream/error.log"])
-        procs.append(p)
-        for name, port in ports.items():
-            wait_listening(port, None, name)
-        time.sleep(0.5)
-        workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
-                                 text=True).stdout.split()
-        pids["nginx least_conn"] = [p.pid] + [int(w) for w in workers]
+            pids[name] = tcplb(args.binary, procs, ports[name], backends, "--workers", "1",
+                               "--balance", balance)
+        pids["HAProxy leastconn"] = haproxy(tmp, procs, "haproxy", ports["HAProxy leastconn"],
+                                            backends)
+        pids["nginx least_conn"] = nginx_stream(tmp, procs, "stream", ports["nginx least_conn"],
+                                                backends)
 
         results = {name: [] for name in ports}
         for r in range(args.rounds):
