@@ -175,12 +175,16 @@ def children(pid):
 
 
 def tcplb(binary, procs, port, backends, *flags, admin=None):
-    """tcplb on CPU 1 listening on `port`; its pids (one process)."""
+    """tcplb on CPU 1 listening on `port`; its pids (one process). With --bpf-redirect the
+    fast path is run although it stays off by default (docs/fastpath.md: a benchmark of
+    it is what TCPLB_BPF_REDIRECT_UNSAFE is for)."""
     cmd = ["taskset", "-c", PROXY_CPU, binary, "--listen", f"127.0.0.1:{port}", *flags]
     if admin:
         cmd += ["--admin", f"127.0.0.1:{admin}"]
-    p = subprocess.Popen(cmd + list(backends), stderr=subprocess.DEVNULL,
-                         env={**os.environ, "RUST_LOG": "warn"})
+    env = {**os.environ, "RUST_LOG": "warn"}
+    if "--bpf-redirect" in flags:
+        env["TCPLB_BPF_REDIRECT_UNSAFE"] = "1"
+    p = subprocess.Popen(cmd + list(backends), stderr=subprocess.DEVNULL, env=env)
     procs.append(p)
     wait_listening(port, p, "tcplb")
     return [p.pid]
