@@ -46,6 +46,11 @@ fn fixed_changes(running: &Global, new: &Global) -> Vec<&'static str> {
     if running.pipes != new.pipes {
         fixed.push("pipes");
     }
+    if running.bpf_redirect != new.bpf_redirect
+        || running.bpf_redirect_bound != new.bpf_redirect_bound
+    {
+        fixed.push("bpf-redirect");
+    }
     if running.control_socket != new.control_socket
         || running.control_socket_mode != new.control_socket_mode
         || running.control_socket_group != new.control_socket_group
