@@ -120,6 +120,15 @@ impl Asm {
         self.op(code, dst, src, 0, imm)
     }
 
+    /// r0 = bpf_map_lookup_elem(map, r10 + key_at); to `miss` if there is none.
+    fn lookup(&mut self, map: i32, key_at: i32, miss: Label) -> &mut Asm {
+        self.map(R1, map)
+            .op(MOV_REG, R2, R10, 0, 0)
+            .op(ADD_IMM, R2, 0, 0, key_at)
+            .call(FN_MAP_LOOKUP_ELEM)
+            .jump(JEQ_IMM, R0, 0, 0, miss)
+    }
+
     fn call(&mut self, function: i32) -> &mut Asm {
         self.op(CALL, 0, 0, 0, function)
     }
@@ -152,19 +161,11 @@ pub fn verdict(inputs: &Inputs) -> Vec<u64> {
     a.op(MOV_REG, R6, R1, 0, 0)
         .call(FN_GET_SOCKET_COOKIE)
         .op(STX_DW, R10, R0, -8, 0)
-        .map(R1, inputs.slots)
-        .op(MOV_REG, R2, R10, 0, 0)
-        .op(ADD_IMM, R2, 0, 0, -8)
-        .call(FN_MAP_LOOKUP_ELEM)
-        .jump(JEQ_IMM, R0, 0, 0, PassUncounted)
+        .lookup(inputs.slots, -8, PassUncounted)
         // r7 = its record.
         .op(LDX_W, R1, R0, 0, 0)
         .op(STX_W, R10, R1, -12, 0)
-        .map(R1, inputs.records)
-        .op(MOV_REG, R2, R10, 0, 0)
-        .op(ADD_IMM, R2, 0, 0, -12)
-        .call(FN_MAP_LOOKUP_ELEM)
-        .jump(JEQ_IMM, R0, 0, 0, PassUncounted)
+        .lookup(inputs.records, -12, PassUncounted)
         .op(MOV_REG, R7, R0, 0, 0)
         // r8 = len; record.stamp = now.
         .op(LDX_W, R8, R6, 0, 0)
@@ -179,11 +180,7 @@ pub fn verdict(inputs: &Inputs) -> Vec<u64> {
         // r9 = the peer socket (a reference, released below).
         .op(LDX_W, R1, R7, f(record::PEER), 0)
         .op(STX_W, R10, R1, -16, 0)
-        .map(R1, inputs.socks)
-        .op(MOV_REG, R2, R10, 0, 0)
-        .op(ADD_IMM, R2, 0, 0, -16)
-        .call(FN_MAP_LOOKUP_ELEM)
-        .jump(JEQ_IMM, R0, 0, 0, Pass)
+        .lookup(inputs.socks, -16, Pass)
         .op(MOV_REG, R9, R0, 0, 0)
         // acked (stack -24) = peer's tcp_sock.bytes_acked, 0 if it is not a TCP socket.
         .op(MOV_IMM, R1, 0, 0, 0)

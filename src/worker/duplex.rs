@@ -403,84 +403,63 @@ mod tests {
         assert_eq!(stock.pool.free(), 32);
     }
 
+    /// A pump with the kernel fast path's gates: toward the backend open or not, toward the
+    /// client open.
+    fn pump_gated(
+        d: &mut Duplex,
+        client: &mut Scripted,
+        backend: &mut Scripted,
+        stock: &mut Stock,
+        up_open: bool,
+    ) -> Pumped {
+        let up = || up_open;
+        let down = || true;
+        d.pump_gated(
+            client,
+            backend,
+            &mut stock.pools(),
+            [Some(&up), Some(&down)],
+        )
+    }
+
     /// With the kernel fast path, bytes passed up to user space wait behind the ones the
     /// kernel still delivers: nothing read is written, nor the end of stream passed on,
     /// while the gate is shut, and all of it, in order, once it opens.
     #[test]
     fn bytes_and_the_end_of_stream_wait_for_the_kernel_to_deliver_first() {
-        use std::cell::Cell;
         let mut d = open();
         let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::Data(b"late".to_vec()), Read::Eof]);
         let mut backend = Scripted::reading([Read::WouldBlock]);
-        let kernel_done = Cell::new(false);
-        let up = || kernel_done.get();
-        let down = || true;
-        let pumped = d.pump_gated(
-            &mut client,
-            &mut backend,
-            &mut stock.pools(),
-            [Some(&up), Some(&down)],
-        );
+        let pumped = pump_gated(&mut d, &mut client, &mut backend, &mut stock, false);
         assert!(pumped.gated && pumped.closed.is_none());
         assert_eq!((backend.written.len(), backend.shut), (0, false));
         assert!(!d.is_quiet(), "the bytes read wait here");
         // Still shut: the next turn waits too, and reads nothing more.
-        let pumped = d.pump_gated(
-            &mut client,
-            &mut backend,
-            &mut stock.pools(),
-            [Some(&up), Some(&down)],
-        );
+        let pumped = pump_gated(&mut d, &mut client, &mut backend, &mut stock, false);
         assert!(pumped.gated && backend.written.is_empty());
-        kernel_done.set(true);
-        let pumped = d.pump_gated(
-            &mut client,
-            &mut backend,
-            &mut stock.pools(),
-            [Some(&up), Some(&down)],
-        );
+        let pumped = pump_gated(&mut d, &mut client, &mut backend, &mut stock, true);
         assert!(!pumped.gated);
         assert_eq!(backend.written, b"late");
         // Then the client's FIN is reported: passed on (the gate is open).
         d.client_ready.readable = true;
         d.client_ready.read_closed = true;
-        d.pump_gated(
-            &mut client,
-            &mut backend,
-            &mut stock.pools(),
-            [Some(&up), Some(&down)],
-        );
+        pump_gated(&mut d, &mut client, &mut backend, &mut stock, true);
         assert!(backend.shut, "the FIN follows once the kernel is done");
     }
 
     #[test]
     fn an_end_of_stream_alone_waits_for_the_gate() {
-        use std::cell::Cell;
         let mut d = open();
         let mut stock = Stock::new(pool());
         let mut client = Scripted::reading([Read::Eof]);
         let mut backend = Scripted::reading([Read::WouldBlock]);
-        let kernel_done = Cell::new(false);
-        let up = || kernel_done.get();
-        let down = || true;
-        let pumped = d.pump_gated(
-            &mut client,
-            &mut backend,
-            &mut stock.pools(),
-            [Some(&up), Some(&down)],
-        );
+        let pumped = pump_gated(&mut d, &mut client, &mut backend, &mut stock, false);
         assert!(
             pumped.gated && !backend.shut,
             "no FIN ahead of the kernel's bytes"
         );
-        kernel_done.set(true);
-        d.pump_gated(
-            &mut client,
-            &mut backend,
-            &mut stock.pools(),
-            [Some(&up), Some(&down)],
-        );
+        pump_gated(&mut d, &mut client, &mut backend, &mut stock, true);
         assert!(backend.shut);
     }
 
