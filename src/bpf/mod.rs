@@ -95,7 +95,7 @@ impl FastPath {
         let bytes_acked = btf::member_offset(&vmlinux, "tcp_sock", "bytes_acked")?;
         let socks = sys::map_create(sys::MAP_TYPE_SOCKHASH, 4, 4, capacity, 0, "tcplb_socks")
             .map_err(|e| context("create the socket map", e))?;
-        let slots = sys::map_create(sys::MAP_TYPE_LRU_HASH, 8, 4, capacity * 2, 0, "tcplb_slots")
+        let slots = sys::map_create(sys::MAP_TYPE_HASH, 8, 4, capacity, 0, "tcplb_slots")
             .map_err(|e| context("create the cookie map", e))?;
         let records_fd = sys::map_create(
             sys::MAP_TYPE_ARRAY,
@@ -170,10 +170,17 @@ impl FastPath {
     }
 
     /// Puts a session's two sockets into the map: from now on the kernel moves their bytes.
-    /// `written[i]` is the payload user space has written into socket `i` so far. On an
-    /// error nothing is lost: a socket whose peer is not in the map has all its bytes
+    /// `written[i]` is the payload user space has written into socket `i` so far; the
+    /// sockets' cookies go into `cookies` as they are entered (for [`FastPath::forget`]).
+    /// On an error nothing is lost: a socket whose peer is not in the map has all its bytes
     /// passed up to user space, as before.
-    pub fn link(&self, slots: [u32; 2], fds: [RawFd; 2], written: [u64; 2]) -> io::Result<()> {
+    pub fn link(
+        &self,
+        slots: [u32; 2],
+        fds: [RawFd; 2],
+        written: [u64; 2],
+        cookies: &mut [u64; 2],
+    ) -> io::Result<()> {
         let now = monotonic_ns();
         for i in 0..2 {
             let (r, peer) = (self.record(slots[i]), 1 - i);
@@ -187,13 +194,14 @@ impl FastPath {
             r.offset.store(offset, Ordering::Relaxed);
             r.stamp.store(now, Ordering::Release);
         }
-        for (&slot, &fd) in slots.iter().zip(&fds) {
-            let cookie = cookie(fd)?;
+        for i in 0..2 {
+            let cookie = cookie(fds[i])?;
             sys::map_update(
                 self.slots.as_raw_fd(),
                 &cookie.to_ne_bytes(),
-                &slot.to_ne_bytes(),
+                &slots[i].to_ne_bytes(),
             )?;
+            cookies[i] = cookie;
         }
         for (&slot, &fd) in slots.iter().zip(&fds) {
             sys::map_update(
@@ -203,6 +211,17 @@ impl FastPath {
             )?;
         }
         Ok(())
+    }
+
+    /// A linked session has ended: its sockets' cookies leave the map (a socket leaves the
+    /// socket map by itself when it closes). Cookies are never reused, so a missed one
+    /// only costs a map entry.
+    pub fn forget(&self, cookies: [u64; 2]) {
+        for cookie in cookies.into_iter().filter(|&c| c != 0) {
+            if let Err(e) = sys::map_delete(self.slots.as_raw_fd(), &cookie.to_ne_bytes()) {
+                log::debug!("fast path: cookie {cookie} not forgotten: {e}");
+            }
+        }
     }
 
     /// User space has written `written` bytes of payload into the peer of `slot`'s socket
@@ -277,14 +296,19 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// [`taken_by_kernel`], exactly: read until no acknowledgement came in between.
+/// [`taken_by_kernel`], exactly: read until no acknowledgement came in between (a few
+/// tries: the loop must not wait on a busy connection; linking fails instead).
 fn settled_taken(fd: RawFd) -> io::Result<u64> {
-    loop {
+    for _ in 0..8 {
         let (before, taken) = (acked(fd)?, taken_by_kernel(fd)?);
         if acked(fd)? == before {
             return Ok(taken);
         }
     }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "acknowledgements kept coming while the socket's count was read",
+    ))
 }
 
 fn acked(fd: RawFd) -> io::Result<u64> {

@@ -77,7 +77,7 @@ const SK_PASS: i32 = 1;
 
 /// The descriptors and the one kernel offset the program is built from.
 pub struct Inputs {
-    /// LRU hash: socket cookie (u64) → slot (u32).
+    /// Hash: socket cookie (u64) → slot (u32).
     pub slots: i32,
     /// Array of records, by slot.
     pub records: i32,

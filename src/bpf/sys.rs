@@ -8,11 +8,12 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 
 pub const MAP_TYPE_ARRAY: u32 = 2;
-pub const MAP_TYPE_LRU_HASH: u32 = 9;
+pub const MAP_TYPE_HASH: u32 = 1;
 pub const MAP_TYPE_SOCKHASH: u32 = 18;
 pub const F_MMAPABLE: u32 = 1 << 10;
 pub const PROG_TYPE_SK_SKB: u32 = 14;
@@ -95,6 +96,13 @@ pub fn map_update(map: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
         .u64_at(8, key.as_ptr() as u64)
         .u64_at(16, value.as_ptr() as u64);
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_DELETE_ELEM`.
+pub fn map_delete(map: RawFd, key: &[u8]) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.u32_at(0, map as u32).u64_at(8, key.as_ptr() as u64);
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
 }
 
 /// `BPF_PROG_LOAD`. On a refusal the error says what the verifier said.

@@ -45,8 +45,13 @@ fn rig() -> Rig {
 fn bytes_cross_both_ways_without_user_space_and_are_counted() {
     let Some(fast) = loaded() else { return };
     let r = rig();
-    fast.link([0, 1], [r.front.as_raw_fd(), r.back.as_raw_fd()], [0, 0])
-        .expect("link");
+    fast.link(
+        [0, 1],
+        [r.front.as_raw_fd(), r.back.as_raw_fd()],
+        [0, 0],
+        &mut [0; 2],
+    )
+    .expect("link");
     let (mut client, mut backend) = (&r.client, &r.backend);
     client.write_all(b"hello").expect("write");
     let mut got = [0u8; 5];
@@ -67,13 +72,56 @@ fn bytes_cross_both_ways_without_user_space_and_are_counted() {
     assert_eq!(fast.record(1).offset.load(Ordering::Relaxed), 0);
 }
 
+/// Sessions that come and go give their cookies back: a long-lived one stays in the map
+/// (an LRU map evicted it once enough had passed, and its bytes went the slow way).
+#[test]
+fn a_long_lived_session_outlives_many_short_ones() {
+    let Ok(fast) = FastPath::load(2, 1 << 20) else {
+        return;
+    };
+    let lived = rig();
+    fast.link(
+        [0, 1],
+        [lived.front.as_raw_fd(), lived.back.as_raw_fd()],
+        [0, 0],
+        &mut [0; 2],
+    )
+    .expect("link");
+    for _ in 0..20 {
+        let short = rig();
+        let mut cookies = [0; 2];
+        fast.link(
+            [2, 3],
+            [short.front.as_raw_fd(), short.back.as_raw_fd()],
+            [0, 0],
+            &mut cookies,
+        )
+        .expect("a short session links: the map has room");
+        fast.forget(cookies);
+    }
+    (&lived.client).write_all(b"still").expect("write");
+    lived
+        .backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = [0u8; 5];
+    (&lived.backend).read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"still");
+    assert_eq!(fast.record(0).redirected.load(Ordering::Relaxed), 5);
+}
+
 #[test]
 fn a_reader_that_stops_holds_the_kernel_to_the_bound() {
     let Some(fast) = loaded() else { return };
     let r = rig();
     let bound = 256 * 1024;
-    fast.link([2, 3], [r.front.as_raw_fd(), r.back.as_raw_fd()], [0, 0])
-        .expect("link");
+    fast.link(
+        [2, 3],
+        [r.front.as_raw_fd(), r.back.as_raw_fd()],
+        [0, 0],
+        &mut [0; 2],
+    )
+    .expect("link");
     // The backend floods; the client reads nothing; neither does the proxy.
     let mut backend = r.backend.try_clone().expect("clone");
     backend.set_nonblocking(true).expect("nonblocking");
@@ -113,8 +161,13 @@ fn the_kernels_pass_path_delivers_each_segment_once() {
     const LEN: usize = 256 << 20;
     for round in 0..50 {
         let r = rig();
-        fast.link([4, 5], [r.front.as_raw_fd(), r.back.as_raw_fd()], [0, 0])
-            .expect("link");
+        fast.link(
+            [4, 5],
+            [r.front.as_raw_fd(), r.back.as_raw_fd()],
+            [0, 0],
+            &mut [0; 2],
+        )
+        .expect("link");
         // Each 8-byte word is its own index: a repeated segment shows where it landed.
         let data: Vec<u8> = (0..LEN / 8)
             .flat_map(|i| (i as u64).to_le_bytes())

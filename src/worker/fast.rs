@@ -33,6 +33,9 @@ impl Pair {
 pub struct Fast {
     path: Arc<FastPath>,
     free: Vec<u32>,
+    /// The first pair of this worker's range, and the cookies each of its pairs entered.
+    first: u32,
+    cookies: Vec<[u64; 2]>,
 }
 
 impl Fast {
@@ -43,7 +46,12 @@ impl Fast {
         let first = share * index as u32;
         // Taken from the end: the lowest pairs first.
         let free = (first..first + share).rev().collect();
-        Fast { path, free }
+        Fast {
+            path,
+            free,
+            first,
+            cookies: vec![[0; 2]; share as usize],
+        }
     }
 
     /// Puts a session's sockets in the map; `moved` is what user space has written to the
@@ -56,7 +64,11 @@ impl Fast {
     ) -> Option<(Pair, io::Result<()>)> {
         let pair = Pair(self.free.pop()?);
         let slots = [pair.slot(Side::Client), pair.slot(Side::Backend)];
-        let linked = self.path.link(slots, [client, backend], [moved.1, moved.0]);
+        let cookies = &mut self.cookies[(pair.0 - self.first) as usize];
+        *cookies = [0; 2];
+        let linked = self
+            .path
+            .link(slots, [client, backend], [moved.1, moved.0], cookies);
         Some((pair, linked))
     }
 
@@ -110,6 +122,8 @@ impl Fast {
                 .load(Ordering::Acquire)
         };
         let totals = (moved(Side::Client), moved(Side::Backend));
+        self.path
+            .forget(self.cookies[(pair.0 - self.first) as usize]);
         self.free.push(pair.0);
         totals
     }

@@ -144,8 +144,12 @@ pub struct Session {
     fast: u32,
 }
 
-/// [`Session::fast`] of a session that will not be linked (it splices, or linking failed).
+/// [`Session::fast`] of a session that will not be linked.
 const NEVER_LINK: u32 = u32::MAX;
+
+/// Bytes a session may move while it waits to be linked (without splicing, which would read
+/// past the kernel's program); past them it stays in user space.
+const LINK_WITHIN: u64 = 1 << 20;
 
 /// Where the measure of the backend's first-response time stands: nothing sent to it yet,
 /// the client's first bytes sent at a time, or measured (what least-latency learns from).
@@ -970,6 +974,12 @@ impl Session {
             return;
         };
         let moved = self.duplex.moved();
+        if moved.0 + moved.1 > LINK_WITHIN {
+            // Not linked in its first exchanges (a backend that never answers, a stream
+            // that never paused): it stays in user space, where it may splice.
+            self.fast = NEVER_LINK;
+            return;
+        }
         // Both receive queues read to the end (the last reads came up short): the kernel
         // reads whole segments from the head of the queue, so one we had read part of would
         // reach the peer twice.
@@ -992,12 +1002,12 @@ impl Session {
         // map has its bytes passed up, so the session runs as in user space, through the
         // gates, until it ends.
         self.fast = pair.to_word();
-        env.stats.fast_linked.add(1);
-        if let Err(e) = linked {
-            debug!(
+        match linked {
+            Ok(()) => env.stats.fast_linked.add(1),
+            Err(e) => debug!(
                 "{}: not handed to the kernel fast path: {e}",
                 self.client_addr
-            );
+            ),
         }
     }
 

@@ -45,8 +45,9 @@ pub fn test_workers() -> usize {
         .unwrap_or(1)
 }
 
-/// Whether each tcplb under test runs with the kernel fast path: `TCPLB_TEST_BPF_REDIRECT=1`
-/// (CI runs the suite a third time so, where the kernel allows it).
+/// Whether each tcplb under test runs with the kernel fast path, forced on although it
+/// stays off by default (docs/fastpath.md): `TCPLB_TEST_BPF_REDIRECT=1`. CI does not (the
+/// kernels tested can pass a segment up twice); by hand, to try a kernel.
 pub fn test_bpf_redirect() -> bool {
     std::env::var("TCPLB_TEST_BPF_REDIRECT").is_ok_and(|v| v == "1")
 }

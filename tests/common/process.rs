@@ -113,7 +113,9 @@ impl<'a> Launch<'a> {
                 .as_deref()
                 .is_some_and(|t| t.contains("bpf-redirect"));
         if test_bpf_redirect() && !says_bpf {
-            command.arg("--bpf-redirect");
+            command
+                .arg("--bpf-redirect")
+                .env("TCPLB_BPF_REDIRECT_UNSAFE", "1");
         }
         command.env("RUST_LOG", "info").stdout(Stdio::null());
         if let Some(nofile) = self.nofile {
