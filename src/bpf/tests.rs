@@ -26,6 +26,21 @@ struct Rig {
     backend: TcpStream,
 }
 
+impl Rig {
+    /// Links the proxy's two sockets in `slots`; returns the cookies entered.
+    fn link(&self, fast: &FastPath, slots: [u32; 2]) -> [u64; 2] {
+        let mut cookies = [0; 2];
+        fast.link(
+            slots,
+            [self.front.as_raw_fd(), self.back.as_raw_fd()],
+            [0, 0],
+            &mut cookies,
+        )
+        .expect("link");
+        cookies
+    }
+}
+
 fn rig() -> Rig {
     let l1 = TcpListener::bind("127.0.0.1:0").expect("bind");
     let l2 = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -45,13 +60,7 @@ fn rig() -> Rig {
 fn bytes_cross_both_ways_without_user_space_and_are_counted() {
     let Some(fast) = loaded() else { return };
     let r = rig();
-    fast.link(
-        [0, 1],
-        [r.front.as_raw_fd(), r.back.as_raw_fd()],
-        [0, 0],
-        &mut [0; 2],
-    )
-    .expect("link");
+    r.link(&fast, [0, 1]);
     let (mut client, mut backend) = (&r.client, &r.backend);
     client.write_all(b"hello").expect("write");
     let mut got = [0u8; 5];
@@ -80,24 +89,10 @@ fn a_long_lived_session_outlives_many_short_ones() {
         return;
     };
     let lived = rig();
-    fast.link(
-        [0, 1],
-        [lived.front.as_raw_fd(), lived.back.as_raw_fd()],
-        [0, 0],
-        &mut [0; 2],
-    )
-    .expect("link");
+    lived.link(&fast, [0, 1]);
     for _ in 0..20 {
         let short = rig();
-        let mut cookies = [0; 2];
-        fast.link(
-            [2, 3],
-            [short.front.as_raw_fd(), short.back.as_raw_fd()],
-            [0, 0],
-            &mut cookies,
-        )
-        .expect("a short session links: the map has room");
-        fast.forget(cookies);
+        fast.forget(short.link(&fast, [2, 3]));
     }
     (&lived.client).write_all(b"still").expect("write");
     lived
@@ -115,13 +110,7 @@ fn a_reader_that_stops_holds_the_kernel_to_the_bound() {
     let Some(fast) = loaded() else { return };
     let r = rig();
     let bound = 256 * 1024;
-    fast.link(
-        [2, 3],
-        [r.front.as_raw_fd(), r.back.as_raw_fd()],
-        [0, 0],
-        &mut [0; 2],
-    )
-    .expect("link");
+    r.link(&fast, [2, 3]);
     // The backend floods; the client reads nothing; neither does the proxy.
     let mut backend = r.backend.try_clone().expect("clone");
     backend.set_nonblocking(true).expect("nonblocking");
@@ -161,13 +150,7 @@ fn the_kernels_pass_path_delivers_each_segment_once() {
     const LEN: usize = 256 << 20;
     for round in 0..50 {
         let r = rig();
-        fast.link(
-            [4, 5],
-            [r.front.as_raw_fd(), r.back.as_raw_fd()],
-            [0, 0],
-            &mut [0; 2],
-        )
-        .expect("link");
+        r.link(&fast, [4, 5]);
         // Each 8-byte word is its own index: a repeated segment shows where it landed.
         let data: Vec<u8> = (0..LEN / 8)
             .flat_map(|i| (i as u64).to_le_bytes())

@@ -767,33 +767,31 @@ mod tests {
     use crate::fleet::health::CheckPolicy;
     use std::time::Duration;
 
-    fn backend() -> Backend {
+    /// The options of a backend at 127.0.0.1:80 of weight 1 and nothing else.
+    fn plain_spec() -> ResolvedBackend {
         let addr: SocketAddr = "127.0.0.1:80".parse().expect("addr");
-        Backend::new(
-            1,
-            &ResolvedBackend {
-                addr,
-                name: addr.to_string(),
-                weight: 1,
-                backup: false,
-                send_proxy: None,
-                agent_port: None,
-                maxconn: None,
-            },
-        )
+        ResolvedBackend {
+            addr,
+            name: addr.to_string(),
+            weight: 1,
+            backup: false,
+            send_proxy: None,
+            agent_port: None,
+            maxconn: None,
+        }
+    }
+
+    fn backend() -> Backend {
+        Backend::new(1, &plain_spec())
     }
 
     #[test]
     fn an_agents_maxconn_stands_for_the_configured_one_while_it_says_so() {
         let b = backend();
         let mut spec = ResolvedBackend {
-            addr: b.addr,
-            name: b.name.clone(),
-            weight: 1,
-            backup: false,
-            send_proxy: None,
             agent_port: Some(81),
             maxconn: Some(2),
+            ..plain_spec()
         };
         b.set_options(&spec);
         assert_eq!(b.maxconn(), Some(2));
@@ -883,15 +881,7 @@ mod tests {
         assert_eq!(b.weight(), MAX_WEIGHT, "never above the most");
         b.set_agent(AgentState::default());
         // A file that changes the configured weight wins over the one set at run time.
-        let mut spec = ResolvedBackend {
-            addr: b.addr,
-            name: b.name.clone(),
-            weight: 1,
-            backup: false,
-            send_proxy: None,
-            agent_port: None,
-            maxconn: None,
-        };
+        let mut spec = plain_spec();
         b.set_options(&spec);
         assert_eq!(b.weight_set(), Some(4), "unchanged in the file: kept");
         spec.weight = 3;
